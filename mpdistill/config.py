@@ -1,0 +1,146 @@
+"""Recipes: one YAML file describes one training run (a method, its models, data and budget).
+
+Every field is typed and unknown keys are errors, so a typo fails before any model is loaded,
+with the offending key named (``training.stpes: unknown key``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .rewrite import DEFAULT_REWRITE_PROMPT
+
+METHODS = ("mpd", "opd", "offpolicy_kd", "rewrite_sft")
+
+
+class ConfigError(ValueError):
+    """A recipe that cannot be run; the message names the file and the key."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Strict):
+    # "embedded:chain" draws problems from the embedded task; otherwise a JSONL/Parquet path or
+    # a Hugging Face dataset name with ``question_field`` / ``answer_field``.
+    train: str = "embedded:chain"
+    split: str = "train"
+    question_field: str = "problem"
+    answer_field: str | None = "answer"
+    n_train: int = Field(default=2048, gt=0)
+    prompt_style: Literal["plain", "chat"] = "plain"
+
+
+class TrainingConfig(_Strict):
+    steps: int = Field(default=40, gt=0)
+    batch_size: int = Field(default=32, gt=0)
+    gradient_accumulation_steps: int = Field(default=1, gt=0)
+    learning_rate: float = Field(default=5e-4, gt=0)
+    warmup_steps: int = Field(default=0, ge=0)
+    lr_scheduler_type: str = "constant"
+    beta: float = Field(default=0.5, ge=0, le=1)
+    temperature: float = Field(default=1.0, gt=0)
+    top_p: float = Field(default=1.0, gt=0, le=1)
+    top_k: int = Field(default=0, ge=0)
+    max_completion_length: int = Field(default=256, gt=0)
+    logging_steps: int = Field(default=5, gt=0)
+    gradient_checkpointing: bool = False
+    bf16: bool = False
+    max_grad_norm: float = Field(default=1.0, gt=0)
+    save_steps: int | None = Field(default=None, gt=0)
+
+
+class RewriteConfig(_Strict):
+    prompt_template: str = DEFAULT_REWRITE_PROMPT
+    max_ratio: float = Field(default=0.9, gt=0, le=1)
+    require_gold: bool = False
+    on_reject: Literal["student", "drop"] = "student"
+    on_policy_fraction: float = Field(default=0.0, ge=0, le=1)
+    use_chat_template: bool = True
+    max_new_tokens: int = Field(default=512, gt=0)
+    temperature: float = Field(default=0.6, ge=0)
+    top_p: float = Field(default=0.95, gt=0, le=1)
+    top_k: int = Field(default=20, ge=0)
+    batch_size: int = Field(default=64, gt=0)
+
+    @field_validator("prompt_template")
+    @classmethod
+    def _has_fields(cls, v: str) -> str:
+        for key in ("{problem}", "{trace}"):
+            if key not in v:
+                raise ValueError(f"must contain {key}")
+        return v
+
+
+class EvalConfig(_Strict):
+    n: int = Field(default=1000, gt=0)
+    max_new_tokens: int = Field(default=256, gt=0)
+    temperature: float = Field(default=1.0, ge=0)
+    top_p: float = Field(default=1.0, gt=0, le=1)
+    top_k: int = Field(default=0, ge=0)
+    batch_size: int = Field(default=250, gt=0)
+
+
+class Recipe(_Strict):
+    method: Literal["mpd", "opd", "offpolicy_kd", "rewrite_sft"] = "mpd"
+    seed: int = 0
+    task: Literal["chain", "math"] = "chain"
+    # "embedded:student" / "embedded:teacher" are the bundled tiny models; anything else is a
+    # local path or a Hugging Face model name.
+    student: str = "embedded:student"
+    teacher: str = "embedded:teacher"
+    data: DataConfig = DataConfig()
+    training: TrainingConfig = TrainingConfig()
+    rewrite: RewriteConfig = RewriteConfig()
+    eval: EvalConfig = EvalConfig()
+
+
+def _describe(err: ValidationError, source: str) -> str:
+    lines = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        if e["type"] == "extra_forbidden":
+            lines.append(f"{source}: {key}: unknown key")
+        else:
+            got = e.get("input")
+            shown = "" if isinstance(got, dict) else f" (got {got!r})"
+            lines.append(f"{source}: {key}: {e['msg']}{shown}")
+    return "\n".join(lines)
+
+
+def recipe_from_dict(data: dict, source: str = "recipe") -> Recipe:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping at the top level, got {type(data).__name__}")
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_describe(err, source)) from None
+
+
+def load_recipe(path: str | Path, overrides: dict | None = None) -> Recipe:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"recipe not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    if overrides:
+        data = _merge(data, overrides)
+    return recipe_from_dict(data, str(path))
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for k, v in extra.items():
+        out[k] = _merge(out.get(k) or {}, v) if isinstance(v, dict) else v
+    return out
+
+
+def dump_recipe(recipe: Recipe) -> str:
+    return yaml.safe_dump(recipe.model_dump(), sort_keys=False)

@@ -1,0 +1,154 @@
+"""``mpdistill demo``: MPD and every baseline on the embedded default, measured side by side.
+
+One process, one seed: the embedded student (base) is trained by each method with the same
+recipe (``recipes/embedded.yaml``, only ``method`` changes), then base, the four trained
+students and the teacher answer the same held-out problems with the same sampling settings.
+Finished stages are kept, so a re-run with the same ``--out`` resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from .config import Recipe, load_recipe
+from .evaluate import build_results, evaluate_model, format_table, paired_delta_ci, read_jsonl, write_report
+from .pipeline import load_model, train
+from .rollout import GenerationSettings
+from .tasks import get_task
+from .tasks.problems import chain_problems
+
+METHODS = ("mpd", "opd", "offpolicy_kd", "rewrite_sft")
+EVAL_ORDER = ("base", *METHODS, "teacher")
+RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "embedded.yaml"
+
+# --quick: the same pipeline on a budget small enough for a test (< 2 minutes on 2 cores).
+QUICK = {"training": {"steps": 3, "batch_size": 8, "logging_steps": 1}, "data": {"n_train": 64}}
+QUICK_EVAL_N = 64
+
+
+def _eval_settings(recipe: Recipe) -> GenerationSettings:
+    e = recipe.eval
+    return GenerationSettings(
+        max_new_tokens=e.max_new_tokens, temperature=e.temperature, top_p=e.top_p, top_k=e.top_k, batch_size=e.batch_size
+    )
+
+
+def run_demo(out: str | Path, *, quick: bool = False, seed: int | None = None, recipe_path: str | Path | None = None,
+             console: Console | None = None) -> dict:
+    console = console or Console()
+    out = Path(out)
+    path = Path(recipe_path) if recipe_path else RECIPE
+    overrides = dict(QUICK) if quick else {}
+    if seed is not None:
+        overrides["seed"] = seed
+    recipe = load_recipe(path, overrides)
+    n_eval = QUICK_EVAL_N if quick else recipe.eval.n
+    task = get_task(recipe.task)
+    started = time.time()
+
+    # Held-out problems first: training prompts are drawn to exclude every one of them.
+    eval_problems = chain_problems(n_eval, recipe.seed)
+    held_out = {p["prompt"] for p in eval_problems}
+
+    models_dir = out / "models"
+    console.rule(f"mpdistill demo  seed={recipe.seed}  n_eval={n_eval}  steps={recipe.training.steps}")
+    for name, source in (("base", recipe.student), ("teacher", recipe.teacher)):
+        target = models_dir / name
+        if not (target / "config.json").exists():
+            model, tok = load_model(source)
+            _save_atomic(model, tok, target)
+    for method in METHODS:
+        target = models_dir / method
+        if (target / "config.json").exists():
+            console.print(f"[green]✓[/] {method}: trained model found in {target}, skipping")
+            continue
+        console.print(f"[bold]training {method}[/] ({recipe.training.steps} steps, batch {recipe.training.batch_size})")
+        t0 = time.time()
+        run_dir = out / "runs" / method
+        model_dir = train(recipe.model_copy(update={"method": method}), run_dir, exclude_prompts=held_out)
+        _replace_dir(model_dir, target)
+        console.print(f"  done in {time.time() - t0:.0f}s")
+
+    settings = _eval_settings(recipe)
+    records: dict[str, list[dict]] = {}
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
+    ) as bar:
+        for name in EVAL_ORDER:
+            path = out / "eval" / f"{name}.jsonl"
+            if path.exists():
+                done = read_jsonl(path)
+                if [r["prompt"] for r in done] == [p["prompt"] for p in eval_problems]:
+                    records[name] = done
+                    continue
+            job = bar.add_task(f"eval {name:<12}", total=n_eval)
+            model, tok = load_model(str(models_dir / name))
+            records[name] = evaluate_model(
+                model, tok, eval_problems, task, settings, seed=recipe.seed, out_path=path,
+                progress=lambda k, _j=job: bar.advance(_j, k),
+            )
+
+    results = build_results(recipe.seed, records)
+    results["eval_settings"] = {**settings.kwargs(), "n": n_eval}
+    results["recipe"] = recipe.model_dump()
+    results["comparisons"] = compare_to_baselines(results, records)
+    results["wall_seconds"] = round(time.time() - started, 1)
+    write_report(out, results)
+    console.print(format_table(results))
+    for line in results["comparisons"]["lines"]:
+        console.print(line)
+    console.print(f"wrote {out / 'results.json'}, results.md, tradeoff.png in {results['wall_seconds']:.0f}s")
+    return results
+
+
+def compare_to_baselines(results: dict, records: dict[str, list[dict]]) -> dict:
+    """MPD against each baseline on both axes, on the same problems.
+
+    Accuracy is compared with the paired 95% CI of (MPD - baseline): "better"/"worse" only when
+    the interval excludes zero, otherwise "tied". Tokens: fewer or not, with the relative change.
+    """
+    m = results["methods"]
+    mpd = m["mpd"]
+    out: dict = {"lines": []}
+    for name in ("opd", "offpolicy_kd", "rewrite_sft"):
+        b = m[name]
+        delta, lo, hi = paired_delta_ci([r["correct"] for r in records[name]], [r["correct"] for r in records["mpd"]])
+        accuracy = "better" if lo > 0 else "worse" if hi < 0 else "tied"
+        token_change = mpd["mean_tokens"] / b["mean_tokens"] - 1
+        out[name] = {
+            "accuracy_delta": delta,
+            "accuracy_delta_ci95": [lo, hi],
+            "accuracy": accuracy,
+            "token_change": token_change,
+            "fewer_tokens": token_change < 0,
+            "beats_on_both": token_change < 0 and accuracy != "worse",
+        }
+        out["lines"].append(
+            f"MPD vs {name}: {100 * token_change:+.1f}% tokens ({mpd['mean_tokens']:.1f} vs {b['mean_tokens']:.1f}), "
+            f"accuracy {100 * delta:+.1f} pts [{100 * lo:+.1f}, {100 * hi:+.1f}] -> {accuracy} (n={mpd['n']})"
+        )
+    return out
+
+
+def _save_atomic(model, tok, target: Path) -> None:
+    tmp = target.with_name(target.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    tok.save_pretrained(tmp)
+    _replace_dir(tmp, target)
+
+
+def _replace_dir(src: Path, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(target, ignore_errors=True)
+    src.rename(target)
+
+
+def load_results(out: str | Path) -> dict:
+    return json.loads((Path(out) / "results.json").read_text(encoding="utf-8"))

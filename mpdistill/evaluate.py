@@ -1,0 +1,369 @@
+"""Statistics and reports for comparing methods on one evaluation set.
+
+Every method is scored on the same problems, so accuracy differences are reported *paired*
+against a base method, together with the token reduction and the Accuracy-Efficiency Score (AES)
+of O1-Pruner. All intervals are 95% by default: Wilson for an accuracy, normal approximation of
+the per-problem differences for an accuracy delta. Generation itself is delegated to :mod:`mpdistill.rollout`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import statistics
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+__all__ = [
+    "AES_COEFFICIENTS",
+    "aes",
+    "build_results",
+    "evaluate_model",
+    "read_jsonl",
+    "write_jsonl",
+    "format_table",
+    "paired_delta_ci",
+    "plot_tradeoff",
+    "summarize",
+    "wilson_interval",
+    "write_report",
+]
+
+# Coefficients of O1-Pruner's AES (Luo et al. 2025, arXiv 2501.12570).
+AES_COEFFICIENTS = {"alpha": 1, "beta": 3, "gamma": 5}
+AES_NOTE = (
+    "AES = α·ΔL + β·ΔA if ΔA ≥ 0 else α·ΔL − γ·|ΔA|, with ΔL = (L_base − L)/L_base and "
+    "ΔA = (A − A_base)/A_base (α=1, β=3, γ=5, O1-Pruner). CIs are 95%: Wilson for accuracy, "
+    "paired normal approximation for the accuracy delta."
+)
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval for a binomial proportion ``successes / n``.
+
+    Unlike the normal (Wald) interval it stays inside [0, 1] and keeps its coverage near 0 and 1,
+    which matters for small evaluation sets and near-perfect accuracies.
+    """
+    if n <= 0:
+        raise ValueError(f"wilson_interval needs n > 0 trials, got n={n}")
+    if not 0 <= successes <= n:
+        raise ValueError(f"successes must be in [0, n={n}], got {successes}")
+    p = successes / n
+    z2 = z * z
+    denom = 1.0 + z2 / n
+    center = (p + z2 / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / denom
+    return max(0.0, center - half), min(1.0, center + half)
+
+
+def paired_delta_ci(a: Sequence[bool], b: Sequence[bool], z: float = 1.96) -> tuple[float, float, float]:
+    """Mean of ``b_i - a_i`` over the same problems, with a normal-approximation CI.
+
+    Returns ``(delta, lo, hi)``: the accuracy of b minus that of a. Pairing removes the
+    between-problem variance that two independent intervals would count twice. The standard
+    error uses the sample standard deviation of the differences (n - 1); with a single problem it
+    is undefined and the bounds are NaN. When all differences are equal the interval collapses
+    to a point, a known weakness of the normal approximation on small sets.
+    """
+    if len(a) != len(b):
+        raise ValueError(f"paired_delta_ci needs equal lengths, got len(a)={len(a)} and len(b)={len(b)}")
+    if not a:
+        raise ValueError("paired_delta_ci needs at least one pair")
+    diffs = [float(bool(y)) - float(bool(x)) for x, y in zip(a, b)]
+    delta = statistics.fmean(diffs)
+    if len(diffs) < 2:
+        return delta, math.nan, math.nan
+    half = z * statistics.stdev(diffs) / math.sqrt(len(diffs))
+    return delta, max(-1.0, delta - half), min(1.0, delta + half)
+
+
+def aes(
+    accuracy: float,
+    mean_tokens: float,
+    base_accuracy: float,
+    base_mean_tokens: float,
+    alpha: float = 1.0,
+    beta: float = 3.0,
+    gamma: float = 5.0,
+) -> float:
+    """Accuracy-Efficiency Score of O1-Pruner (Luo et al. 2025, arXiv 2501.12570).
+
+    With ``ΔL = (L_base - L) / L_base`` (relative length saving) and
+    ``ΔA = (A - A_base) / A_base`` (relative accuracy change)::
+
+        AES = α·ΔL + β·|ΔA|   if ΔA >= 0
+        AES = α·ΔL - γ·|ΔA|   otherwise
+
+    The defaults α=1, β=3, γ=5 are O1-Pruner's: a relative accuracy loss is penalised more
+    heavily (γ) than a gain is rewarded (β). Accuracies may be fractions or percentages, only
+    their ratio is used. Returns NaN when ``base_accuracy`` or ``base_mean_tokens`` is 0, where
+    the relative changes are undefined.
+    """
+    if base_accuracy == 0 or base_mean_tokens == 0:
+        return math.nan
+    d_length = (base_mean_tokens - mean_tokens) / base_mean_tokens
+    d_accuracy = (accuracy - base_accuracy) / base_accuracy
+    weight = beta if d_accuracy >= 0 else -gamma
+    return alpha * d_length + weight * abs(d_accuracy)
+
+
+def summarize(records: Sequence[dict]) -> dict:
+    """Accuracy (with Wilson CI), token statistics and truncation rate of one method.
+
+    Each record needs ``correct`` (bool) and ``tokens`` (int); ``truncated`` is optional and
+    counts as False when absent.
+    """
+    if not records:
+        raise ValueError("summarize needs at least one record")
+    n = len(records)
+    n_correct = sum(bool(r["correct"]) for r in records)
+    tokens = [r["tokens"] for r in records]
+    lo, hi = wilson_interval(n_correct, n)
+    return {
+        "n": n,
+        "accuracy": n_correct / n,
+        "accuracy_ci95": [lo, hi],
+        "mean_tokens": statistics.fmean(tokens),
+        "median_tokens": float(statistics.median(tokens)),
+        "truncation_rate": sum(bool(r.get("truncated", False)) for r in records) / n,
+    }
+
+
+def build_results(seed: int, records_by_method: dict[str, list[dict]], base: str = "base") -> dict:
+    """Per-method summaries plus paired comparisons against ``base``, as a JSON-ready dict.
+
+    All methods must have been run on the same problems in the same order: records are paired
+    by position, and when two paired records both carry ``prompt`` they must be equal.
+    """
+    if base not in records_by_method:
+        raise ValueError(f"base method {base!r} not among the methods: {sorted(records_by_method)}")
+    sizes = {name: len(recs) for name, recs in records_by_method.items()}
+    if len(set(sizes.values())) != 1:
+        raise ValueError(f"all methods must be evaluated on the same number of problems, got {sizes}")
+
+    base_records = records_by_method[base]
+    base_summary = summarize(base_records)
+    methods = {}
+    for name, records in records_by_method.items():
+        if name == base:
+            summary, comparison = base_summary, _base_comparison()
+        else:
+            _check_prompts_aligned(base_records, records, base, name)
+            summary = summarize(records)
+            comparison = _compare_to_base(summary, records, base_summary, base_records)
+        methods[name] = {
+            "accuracy": summary["accuracy"],
+            "accuracy_ci95": summary["accuracy_ci95"],
+            "mean_tokens": summary["mean_tokens"],
+            "n": summary["n"],
+            **comparison,
+            "median_tokens": summary["median_tokens"],
+            "truncation_rate": summary["truncation_rate"],
+        }
+    return {
+        "seed": seed,
+        "n_eval": base_summary["n"],
+        "base_method": base,
+        "aes_coefficients": dict(AES_COEFFICIENTS),
+        "methods": methods,
+    }
+
+
+def _base_comparison() -> dict:
+    """The comparison fields of the base method against itself."""
+    return {
+        "token_reduction_vs_base": 0.0,
+        "accuracy_delta_vs_base": 0.0,
+        "accuracy_delta_ci95_vs_base": [0.0, 0.0],
+        "aes": 0.0,
+    }
+
+
+def _compare_to_base(summary: dict, records: list[dict], base_summary: dict, base_records: list[dict]) -> dict:
+    """Token reduction, paired accuracy delta and AES of one method against the base."""
+    base_tokens = base_summary["mean_tokens"]
+    delta, lo, hi = paired_delta_ci([r["correct"] for r in base_records], [r["correct"] for r in records])
+    return {
+        "token_reduction_vs_base": 1.0 - summary["mean_tokens"] / base_tokens if base_tokens else math.nan,
+        "accuracy_delta_vs_base": delta,
+        "accuracy_delta_ci95_vs_base": [lo, hi],
+        "aes": aes(
+            summary["accuracy"], summary["mean_tokens"], base_summary["accuracy"], base_tokens, **AES_COEFFICIENTS
+        ),
+    }
+
+
+def _check_prompts_aligned(base_records: list[dict], records: list[dict], base: str, name: str) -> None:
+    """Raise if a paired record carries a different prompt than its base counterpart."""
+    for i, (b, r) in enumerate(zip(base_records, records)):
+        if "prompt" in b and "prompt" in r and b["prompt"] != r["prompt"]:
+            raise ValueError(
+                f"records of {name!r} and base {base!r} are not aligned: prompts differ at index {i}"
+            )
+
+
+def format_table(results: dict) -> str:
+    """Markdown table, one row per method in insertion order, followed by a one-line note."""
+    base = results.get("base_method")
+    header = (
+        "| method | n | accuracy % [95% CI] | mean tokens | token reduction vs base "
+        "| Δ accuracy vs base, points [95% CI] | AES |"
+    )
+    lines = [header, "|---|---:|---:|---:|---:|---:|---:|"]
+    for name, m in results["methods"].items():
+        lo, hi = m["accuracy_ci95"]
+        accuracy = f"{_pct(m['accuracy'])} [{_pct(lo)}, {_pct(hi)}]"
+        if name == base:
+            reduction = delta = score = "(base)"
+        else:
+            d_lo, d_hi = m["accuracy_delta_ci95_vs_base"]
+            reduction = f"{_pct(m['token_reduction_vs_base'], signed=True)}%"
+            delta = (
+                f"{_pct(m['accuracy_delta_vs_base'], signed=True)} "
+                f"[{_pct(d_lo, signed=True)}, {_pct(d_hi, signed=True)}]"
+            )
+            score = _num(m["aes"], "{:.3f}")
+        row = [name, str(m["n"]), accuracy, _num(m["mean_tokens"], "{:.1f}"), reduction, delta, score]
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines) + "\n\n" + AES_NOTE + "\n"
+
+
+def _pct(fraction: float, signed: bool = False) -> str:
+    """A fraction as percent (or percentage points) with one decimal; 'n/a' for NaN."""
+    return _num(100.0 * fraction, "{:+.1f}" if signed else "{:.1f}")
+
+
+def _num(value: float, fmt: str) -> str:
+    return "n/a" if math.isnan(value) else fmt.format(value)
+
+
+def plot_tradeoff(results: dict, path: str | os.PathLike) -> None:
+    """Accuracy (%) against mean tokens, one labelled point per method with its 95% CI.
+
+    Uses the object-oriented Figure API, so no pyplot state or global backend is touched.
+    """
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6.4, 4.8), layout="constrained")
+    ax = fig.add_subplot()
+    for name, m in results["methods"].items():
+        acc = 100.0 * m["accuracy"]
+        lo, hi = (100.0 * v for v in m["accuracy_ci95"])
+        ax.errorbar(m["mean_tokens"], acc, yerr=[[acc - lo], [hi - acc]], fmt="o", capsize=4)
+        ax.annotate(name, (m["mean_tokens"], acc), textcoords="offset points", xytext=(6, 6))
+    ax.set_xlabel("mean generated tokens per problem")
+    ax.set_ylabel("accuracy (%), 95% Wilson CI")
+    ax.set_title(f"Accuracy vs. length (n = {results['n_eval']} problems, seed {results['seed']})")
+    ax.margins(x=0.15, y=0.1)  # room for the labels of the outermost points
+    ax.grid(alpha=0.3)
+    fig.savefig(path, dpi=120)
+
+
+def write_report(out_dir: str | os.PathLike, results: dict) -> dict[str, Path]:
+    """Write ``results.json``, ``results.md`` and ``tradeoff.png`` into ``out_dir``.
+
+    Each file is written under a temporary name in the same folder and then renamed over the
+    target, so an interrupted run leaves either the old file or the new one, never half of one.
+    NaN values (e.g. AES with a zero base accuracy) are written as JSON ``null``.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out / "results.json", "markdown": out / "results.md", "plot": out / "tradeoff.png"}
+    json_text = json.dumps(_nan_to_none(results), indent=2, allow_nan=False) + "\n"
+    _atomic_write(paths["json"], lambda tmp: tmp.write_text(json_text, encoding="utf-8"))
+    _atomic_write(paths["markdown"], lambda tmp: tmp.write_text(_markdown(results), encoding="utf-8"))
+    _atomic_write(paths["plot"], lambda tmp: plot_tradeoff(results, tmp))
+    return paths
+
+
+def _markdown(results: dict) -> str:
+    return (
+        "# Evaluation results\n\n"
+        f"Seed: {results['seed']}. Problems per method: n = {results['n_eval']}.\n\n"
+        f"{format_table(results)}"
+    )
+
+
+def _atomic_write(path: Path, write: Callable[[Path], Any]) -> None:
+    """Let ``write`` fill a temporary file next to ``path``, then move it into place atomically."""
+    # Same folder, so os.replace is a rename on one filesystem; same suffix, so writers that
+    # infer the format from the name (matplotlib) still do the right thing.
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".tmp{path.suffix}")
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _nan_to_none(value: Any) -> Any:
+    """Replace NaN floats by None, recursively, since strict JSON has no NaN."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _nan_to_none(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_nan_to_none(v) for v in value]
+    return value
+
+
+# ---------------------------------------------------------------------------------------------
+# Running a model on a problem set.
+
+
+def evaluate_model(
+    model,
+    tokenizer,
+    problems: list[dict],
+    task,
+    settings,
+    *,
+    seed: int,
+    out_path: str | Path | None = None,
+    progress=None,
+) -> list[dict]:
+    """Sample one response per problem and grade it; one record per problem, in order.
+
+    Records are ``{"prompt", "response", "tokens", "truncated", "extracted", "gold", "correct"}``,
+    where ``prompt`` is the exact text given to the model and ``tokens`` counts the response
+    tokens in the model's own tokenizer (end-of-sequence excluded). With ``out_path`` the records
+    are written as JSONL (temporary name, then renamed).
+    """
+    from .rollout import generate_texts
+
+    prompts = [p["prompt"] for p in problems]
+    gens = generate_texts(model, tokenizer, prompts, settings, seed=seed, progress=progress)
+    records = []
+    for prob, gen in zip(problems, gens, strict=True):
+        extracted = task.extract_answer(gen.text)
+        records.append(
+            {
+                "prompt": prob["prompt"],
+                "response": gen.text,
+                "tokens": len(gen.token_ids),
+                "truncated": gen.truncated,
+                "extracted": extracted,
+                "gold": prob["answer"],
+                "correct": extracted is not None and task.answers_match(extracted, prob["answer"]),
+            }
+        )
+    if out_path is not None:
+        write_jsonl(out_path, records)
+    return records
+
+
+def write_jsonl(path: str | Path, records: list[dict]) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+    _atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    with Path(path).open(encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]

@@ -1,0 +1,230 @@
+"""Step 2-3 of MPD: the teacher rewrites a student trace, the rewrite is verified, and the
+mixing rule decides what the student is trained on.
+
+* :class:`RewriteSettings` — the prompt, the acceptance rule and the mixing rule (all config).
+* :class:`Rewriter` — anything that turns rewrite prompts into text; :class:`TransformersRewriter`
+  is the local ``transformers`` teacher (batched, length-sorted, KV cache).
+* :func:`verify` — accept or reject one rewrite, with a reason.
+* :func:`plan_batch` — rewrite a batch, verify it and apply the mixing rule.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Callable, Literal, Protocol, Sequence
+
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from .rollout import GenerationSettings, generate_texts
+from .tasks import Task
+
+# A general-purpose rewrite instruction for chat models (the embedded teacher has its own
+# layout, see ``tasks.chain.REWRITE_TEMPLATE``). It asks to keep the route and the answer,
+# which is what verification then checks.
+DEFAULT_REWRITE_PROMPT = (
+    "Below is a problem and a solution written by a student. Rewrite the solution so it is as "
+    "short as possible while keeping the same approach, the same order of steps and the same "
+    "final answer. Remove repetition, restatements of the problem, needless re-checking and "
+    "abandoned attempts. Keep every step that the answer depends on. End with the final answer "
+    "in \\boxed{{}} exactly as the student gave it.\n\n"
+    "Problem:\n{problem}\n\nStudent solution:\n{trace}\n\nShort solution:"
+)
+
+REASONS = (
+    "accepted",
+    "on_policy",  # kept on-policy by the lambda fraction: no rewrite was requested
+    "backend_error",
+    "empty",
+    "truncated",
+    "unparsed",
+    "student_unparsed",
+    "not_shorter",
+    "answer_changed",
+    "wrong_answer",
+)
+
+
+@dataclass
+class RewriteSettings:
+    """How rewrites are produced, accepted and mixed.
+
+    ``max_ratio``: a rewrite is accepted only if its token count is at most this fraction of the
+    student trace's. ``on_reject``: train on the student's own trace (``"student"``, plain
+    on-policy distillation for that sample) or skip the sample (``"drop"``).
+    ``on_policy_fraction`` (lambda): fraction of samples kept on-policy without a rewrite.
+    """
+
+    prompt_template: str = DEFAULT_REWRITE_PROMPT
+    max_ratio: float = 0.9
+    require_gold: bool = False
+    on_reject: Literal["student", "drop"] = "student"
+    on_policy_fraction: float = 0.0
+    use_chat_template: bool = True
+    generation: GenerationSettings = field(default_factory=lambda: GenerationSettings(max_new_tokens=512))
+
+    def __post_init__(self) -> None:
+        for key in ("{problem}", "{trace}"):
+            if key not in self.prompt_template:
+                raise ValueError(f"rewrite.prompt_template must contain {key}")
+        if not 0 < self.max_ratio <= 1:
+            raise ValueError(f"rewrite.max_ratio must be in (0, 1], got {self.max_ratio}")
+        if not 0 <= self.on_policy_fraction <= 1:
+            raise ValueError(f"rewrite.on_policy_fraction must be in [0, 1], got {self.on_policy_fraction}")
+        if self.on_reject not in ("student", "drop"):
+            raise ValueError(f"rewrite.on_reject must be 'student' or 'drop', got {self.on_reject!r}")
+
+    def render(self, problem: str, trace: str) -> str:
+        # str.format would choke on braces inside the trace; substitute the two fields only.
+        return self.prompt_template.replace("{{", "\0").replace("}}", "\1").replace(
+            "{problem}", "\2"
+        ).replace("{trace}", "\3").replace("\0", "{").replace("\1", "}").replace("\2", problem).replace("\3", trace)
+
+
+@dataclass
+class RewriteOutput:
+    text: str
+    truncated: bool = False
+    error: str | None = None
+
+
+class Rewriter(Protocol):
+    """Turns fully rendered rewrite prompts into rewrites, one per prompt, in order."""
+
+    def rewrite(self, prompts: Sequence[str]) -> list[RewriteOutput]: ...
+
+
+class TransformersRewriter:
+    """The local ``transformers`` teacher as rewriter."""
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        settings: GenerationSettings,
+        *,
+        use_chat_template: bool = True,
+        chat_template_kwargs: dict | None = None,
+        seed: int | None = None,
+    ) -> None:
+        self.model, self.tokenizer, self.settings = model, tokenizer, settings
+        self.use_chat_template = use_chat_template and getattr(tokenizer, "chat_template", None) is not None
+        self.chat_template_kwargs = chat_template_kwargs or {}
+        self._rng = random.Random(seed)
+
+    def _encode(self, prompt: str) -> list[int]:
+        if self.use_chat_template:
+            return list(
+                self.tokenizer.apply_chat_template(
+                    [{"role": "user", "content": prompt}],
+                    add_generation_prompt=True,
+                    tokenize=True,
+                    return_dict=False,
+                    **self.chat_template_kwargs,
+                )
+            )
+        return self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+
+    def rewrite(self, prompts: Sequence[str]) -> list[RewriteOutput]:
+        ids = [self._encode(p) for p in prompts]
+        gens = generate_texts(self.model, self.tokenizer, ids, self.settings, seed=self._rng.randrange(2**31))
+        return [RewriteOutput(text=g.text.strip(), truncated=g.truncated) for g in gens]
+
+
+@dataclass
+class Verdict:
+    accepted: bool
+    reason: str
+
+
+def verify(
+    task: Task,
+    student_text: str,
+    student_tokens: int,
+    rewrite: RewriteOutput,
+    rewrite_tokens: int,
+    max_ratio: float,
+    gold: str | None = None,
+) -> Verdict:
+    """Accept a rewrite only if it is complete, shorter, and reaches the student's answer."""
+    if rewrite.error is not None:
+        return Verdict(False, "backend_error")
+    if not rewrite.text.strip():
+        return Verdict(False, "empty")
+    if rewrite.truncated:
+        return Verdict(False, "truncated")
+    new_answer = task.extract_answer(rewrite.text)
+    if new_answer is None:
+        return Verdict(False, "unparsed")
+    if rewrite_tokens > max_ratio * student_tokens:
+        return Verdict(False, "not_shorter")
+    old_answer = task.extract_answer(student_text)
+    if old_answer is None:
+        return Verdict(False, "student_unparsed")
+    if not task.answers_match(new_answer, old_answer):
+        return Verdict(False, "answer_changed")
+    if gold is not None and not task.answers_match(new_answer, gold):
+        return Verdict(False, "wrong_answer")
+    return Verdict(True, "accepted")
+
+
+@dataclass
+class Sample:
+    """One student rollout and what the mixing rule made of it."""
+
+    problem: str
+    student_text: str
+    student_ids: list[int]
+    gold: str | None = None
+    rewrite_text: str | None = None
+    rewrite_ids: list[int] | None = None
+    verdict: Verdict | None = None
+    trained_on: str = "student"  # "rewrite" | "student" | "dropped"
+
+
+def plan_batch(
+    samples: list[Sample],
+    rewriter: Rewriter,
+    settings: RewriteSettings,
+    task: Task,
+    encode: Callable[[str], list[int]],
+    rng: random.Random,
+) -> list[Sample]:
+    """Rewrite, verify and mix one batch in place; returns the same list.
+
+    Samples picked for the on-policy fraction, and traces with no final answer (nothing to keep
+    the rewrite faithful to), are not sent to the rewriter at all.
+    """
+    todo = []
+    for s in samples:
+        if settings.on_policy_fraction > 0 and rng.random() < settings.on_policy_fraction:
+            s.verdict = Verdict(False, "on_policy")
+        elif task.extract_answer(s.student_text) is None:
+            s.verdict = Verdict(False, "student_unparsed")
+        else:
+            todo.append(s)
+    if todo:
+        outputs = rewriter.rewrite([settings.render(s.problem, s.student_text) for s in todo])
+        if len(outputs) != len(todo):
+            raise RuntimeError(f"rewriter returned {len(outputs)} rewrites for {len(todo)} prompts")
+        for s, out in zip(todo, outputs):
+            s.rewrite_text = out.text
+            s.rewrite_ids = encode(out.text) if out.text else []
+            s.verdict = verify(
+                task,
+                s.student_text,
+                len(s.student_ids),
+                out,
+                len(s.rewrite_ids),
+                settings.max_ratio,
+                s.gold if settings.require_gold else None,
+            )
+    fallback = "dropped" if settings.on_reject == "drop" else "student"
+    for s in samples:
+        if s.verdict is not None and s.verdict.accepted:
+            s.trained_on = "rewrite"
+        elif s.verdict is not None and s.verdict.reason == "on_policy":
+            s.trained_on = "student"
+        else:
+            s.trained_on = fallback
+    return samples

@@ -1,0 +1,111 @@
+"""Batched generation with a local ``transformers`` model: length-sorted, left-padded, KV cache."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+
+@dataclass
+class GenerationSettings:
+    max_new_tokens: int = 256
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    batch_size: int = 64
+    extra: dict = field(default_factory=dict)
+
+    def kwargs(self) -> dict:
+        if self.temperature <= 0:
+            return {"do_sample": False, "max_new_tokens": self.max_new_tokens, **self.extra}
+        return {
+            "do_sample": True,
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "top_k": self.top_k,
+            "max_new_tokens": self.max_new_tokens,
+            **self.extra,
+        }
+
+
+@dataclass
+class Generation:
+    text: str
+    token_ids: list[int]
+    truncated: bool  # hit max_new_tokens before an end-of-sequence token
+
+
+def _eos_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    ids = model.generation_config.eos_token_id
+    ids = [] if ids is None else [ids] if isinstance(ids, int) else list(ids)
+    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
+        ids.append(tokenizer.eos_token_id)
+    return ids
+
+
+@torch.no_grad()
+def generate_texts(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list[str] | list[list[int]],
+    settings: GenerationSettings,
+    *,
+    seed: int | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> list[Generation]:
+    """Sample one completion per prompt (text prompts are tokenized as given, no template).
+
+    Prompts are sorted by length so each batch pads little; results come back in input order.
+    With ``seed`` set, the same prompts give the same samples whatever else ran before.
+    """
+    if not prompts:
+        return []
+    ids = [
+        p if isinstance(p, list) else tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts
+    ]
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+    eos = _eos_ids(model, tokenizer)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    out: list[Generation | None] = [None] * len(ids)
+    generator_state = None
+    if seed is not None:
+        generator_state = torch.random.get_rng_state()
+        torch.manual_seed(seed)
+    try:
+        for start in range(0, len(order), settings.batch_size):
+            batch = order[start : start + settings.batch_size]
+            width = max(len(ids[i]) for i in batch)
+            input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+            attention = torch.zeros((len(batch), width), dtype=torch.long)
+            for row, i in enumerate(batch):
+                input_ids[row, width - len(ids[i]) :] = torch.tensor(ids[i])
+                attention[row, width - len(ids[i]) :] = 1
+            generated = model.generate(
+                input_ids=input_ids.to(device),
+                attention_mask=attention.to(device),
+                pad_token_id=pad_id,
+                eos_token_id=eos,
+                **settings.kwargs(),
+            )[:, width:].cpu()
+            for row, i in enumerate(batch):
+                seq = generated[row].tolist()
+                cut = next((j for j, t in enumerate(seq) if t in eos), None)
+                kept = seq if cut is None else seq[:cut]
+                out[i] = Generation(
+                    text=tokenizer.decode(kept, skip_special_tokens=True),
+                    token_ids=kept,
+                    truncated=cut is None,
+                )
+            if progress is not None:
+                progress(len(batch))
+    finally:
+        if generator_state is not None:
+            torch.random.set_rng_state(generator_state)
+        model.train(was_training)
+    return out  # type: ignore[return-value]

@@ -1,0 +1,98 @@
+"""Problem sets for training and evaluation: the embedded chain task or user files/datasets.
+
+A problem row is ``{"prompt", "problem", "answer"}``: ``prompt`` is what the student is given
+(plain text, or a chat conversation), ``problem`` the bare question (what the rewriter sees),
+``answer`` the gold answer (optional for training).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+from . import chain
+
+
+class DataError(ValueError):
+    """A dataset that cannot be used; the message names the file, the row and the field."""
+
+
+def chain_problems(n: int, seed: int, split: str = "train", exclude: set[str] | None = None) -> list[dict]:
+    """``n`` distinct chain problems of ``split`` drawn with ``seed``, none of whose prompt is in ``exclude``."""
+    rng = random.Random(seed)
+    seen = set(exclude or ())
+    rows = []
+    attempts = 0
+    while len(rows) < n:
+        attempts += 1
+        if attempts > 50 * n + 1000:
+            raise DataError(f"could not draw {n} distinct chain problems (got {len(rows)})")
+        p = chain.sample_problem(rng, split)
+        if p.prompt in seen:
+            continue
+        seen.add(p.prompt)
+        rows.append({"prompt": p.prompt, "problem": p.prompt, "answer": p.answer})
+    return rows
+
+
+def _read_rows(path: Path) -> list[dict]:
+    if path.suffix == ".parquet":
+        import pandas as pd
+
+        return pd.read_parquet(path).to_dict(orient="records")
+    rows = []
+    with path.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise DataError(f"{path}:{lineno}: not valid JSON ({err.msg})") from None
+            if not isinstance(row, dict):
+                raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
+            rows.append(row)
+    return rows
+
+
+def load_problems(
+    source: str,
+    *,
+    question_field: str = "problem",
+    answer_field: str | None = "answer",
+    split: str = "train",
+    prompt_style: str = "plain",
+    limit: int | None = None,
+) -> list[dict]:
+    """Rows from a local JSONL/Parquet file or a Hugging Face dataset name, validated up front."""
+    path = Path(source)
+    if path.exists():
+        raw = _read_rows(path)
+        where = str(path)
+    else:
+        try:
+            import datasets
+
+            raw = list(datasets.load_dataset(source, split=split))
+        except Exception as err:  # offline, unknown name, ...: say which source failed and why
+            raise DataError(f"cannot load dataset {source!r} (not a local file; Hugging Face said: {err})") from None
+        where = f"{source}[{split}]"
+    if not raw:
+        raise DataError(f"{where}: the dataset is empty")
+    rows = []
+    for i, r in enumerate(raw):
+        q = r.get(question_field)
+        if not isinstance(q, str) or not q.strip():
+            raise DataError(f"{where}: row {i}: missing or empty field {question_field!r} (fields: {sorted(r)})")
+        a = None
+        if answer_field is not None:
+            a = r.get(answer_field)
+            if a is None or (isinstance(a, str) and not a.strip()):
+                raise DataError(f"{where}: row {i}: missing answer field {answer_field!r}")
+            a = str(a)
+        prompt = [{"role": "user", "content": q}] if prompt_style == "chat" else q
+        rows.append({"prompt": prompt, "problem": q, "answer": a})
+        if limit is not None and len(rows) >= limit:
+            break
+    return rows

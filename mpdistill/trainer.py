@@ -1,0 +1,243 @@
+"""MPD and its baselines as TRL ``DistillationTrainer`` subclasses (step 4 of the pipeline).
+
+TRL's trainer samples the student (``_generate``), pads prompt and completion, and minimises the
+chunked full-vocabulary generalized JSD between teacher and student at every completion token,
+with the teacher conditioned on the original prompt. Each method here changes only *which*
+completion the loss runs on, or the loss itself:
+
+=================  ==========================================  ==============================
+method             completion trained on                        loss
+=================  ==========================================  ==============================
+``opd``            the student's own sample ``y``                JSD(beta) vs teacher (TRL as is)
+``mpd``            the teacher's verified rewrite ``z`` of ``y`` JSD(beta) vs teacher
+``offpolicy_kd``   the teacher's own sample for the prompt      JSD(beta) vs teacher
+``rewrite_sft``    accepted rewrites ``z`` only                 cross-entropy, no teacher logits
+=================  ==========================================  ==============================
+
+The hook is TRL's private ``_generate(prompts) -> (prompt_ids, completion_ids, tool_mask,
+images, tool_images)``; ``tests/test_trl_contract.py`` fails loudly if it moves. A dropped
+sample keeps its tokens but gets a zero loss mask through the ``tool_mask`` slot, which TRL
+multiplies into the loss mask and the token count that normalises the loss.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate.utils import gather_object
+from trl import DistillationTrainer
+
+from .rewrite import REASONS, Rewriter, RewriteSettings, Sample, plan_batch
+from .rollout import GenerationSettings, generate_texts
+from .tasks import Task
+
+
+def problem_text(prompt: Any) -> str:
+    """The problem as the rewriter should see it: the text, or the last user turn of a chat."""
+    if isinstance(prompt, str):
+        return prompt
+    users = [m["content"] for m in prompt if m.get("role") == "user"]
+    if not users or not isinstance(users[-1], str):
+        raise ValueError(f"conversational prompt has no text user turn: {prompt!r}")
+    return users[-1]
+
+
+class _RolloutLogMixin:
+    """Appends one JSON line per sample to ``rollouts_path``, on the main process only."""
+
+    rollouts_path: Path | None
+
+    def _write_rollouts(self, records: list[dict]) -> None:
+        records = gather_object(records)
+        if self.rollouts_path is None or not self.accelerator.is_main_process:
+            return
+        self.rollouts_path.parent.mkdir(parents=True, exist_ok=True)
+        with self.rollouts_path.open("a", encoding="utf-8") as f:
+            for index, rec in enumerate(records):
+                f.write(json.dumps({"step": self.state.global_step, "index": index, **rec}) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def _stash_inputs(self, inputs: list[dict]) -> None:
+        # ``_generate`` only receives prompts; the gold answer and problem text ride along here.
+        self._inputs = inputs
+
+
+class MPDTrainer(_RolloutLogMixin, DistillationTrainer):
+    """Mixed-Policy Distillation: KL to the teacher on the teacher's rewrite of the student's sample."""
+
+    _tag_names = ["trl", "distillation", "mpd"]
+    _name = "MPD"
+
+    def __init__(
+        self,
+        *args,
+        rewriter: Rewriter,
+        rewrite_settings: RewriteSettings,
+        task: Task,
+        rollouts_path: str | Path | None = None,
+        **kwargs,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        if self.tools:
+            raise ValueError("MPD does not support tool calling: a rewrite cannot replay tool results")
+        self.rewriter = rewriter
+        self.rewrite_settings = rewrite_settings
+        self.task = task
+        self.rollouts_path = Path(rollouts_path) if rollouts_path else None
+        self._mix_rng = random.Random(self.args.seed + self.accelerator.process_index)
+        self._inputs: list[dict] = []
+
+    def _generate_and_score_completions(self, inputs):
+        self._stash_inputs(inputs)
+        return super()._generate_and_score_completions(inputs)
+
+    def _encode_completion(self, text: str) -> list[int]:
+        return self._tokenizer(text, add_special_tokens=False)["input_ids"] + [self._tokenizer.eos_token_id]
+
+    def _generate(self, prompts):
+        prompt_ids, completion_ids, _, images, tool_images = super()._generate(prompts)
+        mode = "train" if self.model.training else "eval"
+        texts = self.processing_class.batch_decode(completion_ids, skip_special_tokens=True)
+        samples = [
+            Sample(
+                problem=row.get("problem") or problem_text(row["prompt"]),
+                student_text=text,
+                student_ids=list(ids),
+                gold=row.get("answer"),
+            )
+            for row, text, ids in zip(self._inputs, texts, completion_ids, strict=True)
+        ]
+        plan_batch(samples, self.rewriter, self.rewrite_settings, self.task, self._encode_completion, self._mix_rng)
+
+        new_ids, keep = [], []
+        for s in samples:
+            ids = s.rewrite_ids if s.trained_on == "rewrite" else s.student_ids
+            new_ids.append(ids)
+            keep.append([0 if s.trained_on == "dropped" else 1] * len(ids))
+        self._log_mix(samples, mode)
+        self._write_rollouts([self._record(prompt, s) for prompt, s in zip(prompts, samples)])
+        return prompt_ids, new_ids, keep, images, tool_images
+
+    @staticmethod
+    def _record(prompt, s: Sample) -> dict:
+        return {
+            "prompt": prompt,
+            "student": s.student_text,
+            "rewrite": s.rewrite_text,
+            "accepted": bool(s.verdict and s.verdict.accepted),
+            "reason": s.verdict.reason if s.verdict else None,
+            "student_tokens": len(s.student_ids),
+            "rewrite_tokens": len(s.rewrite_ids) if s.rewrite_ids is not None else None,
+            "trained_on": s.trained_on,
+        }
+
+    def _log_mix(self, samples: list[Sample], mode: str) -> None:
+        # Gathered so that every process logs the same global numbers.
+        rows = gather_object(
+            [
+                (len(s.student_ids), len(s.rewrite_ids) if s.rewrite_ids is not None else -1, s.verdict.reason, s.trained_on)
+                for s in samples
+            ]
+        )
+        m = self._metrics[mode]
+        n = len(rows)
+        accepted = [(st, rw) for st, rw, reason, _ in rows if reason == "accepted"]
+        m["mpd/student_tokens"].append(sum(r[0] for r in rows) / n)
+        m["mpd/acceptance_rate"].append(len(accepted) / n)
+        if accepted:
+            m["mpd/rewrite_tokens"].append(sum(rw for _, rw in accepted) / len(accepted))
+            m["mpd/compression_ratio"].append(sum(rw for _, rw in accepted) / sum(st for st, _ in accepted))
+        trained = Counter(t for *_, t in rows)
+        for what in ("rewrite", "student", "dropped"):
+            m[f"mpd/trained_on_{what}"].append(trained[what] / n)
+        reasons = Counter(r for _, _, r, _ in rows)
+        for reason in REASONS[1:]:
+            m[f"mpd/reject/{reason}"].append(reasons[reason] / n)
+
+
+class RewriteSFTTrainer(MPDTrainer):
+    """Baseline: cross-entropy on accepted rewrites only, no teacher logits in the loss."""
+
+    _name = "Rewrite-SFT"
+
+    def __init__(self, *args, rewrite_settings: RewriteSettings, **kwargs) -> None:
+        if rewrite_settings.on_reject != "drop" or rewrite_settings.on_policy_fraction:
+            # Cross-entropy on the student's own samples would be self-training, not this baseline.
+            from dataclasses import replace
+
+            rewrite_settings = replace(rewrite_settings, on_reject="drop", on_policy_fraction=0.0)
+        super().__init__(*args, rewrite_settings=rewrite_settings, **kwargs)
+
+    def _compute_loss(self, unwrapped_student, inputs, num_items_in_batch):
+        input_ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], dim=1)
+        attention_mask = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1)
+        mask = inputs["completion_mask"] * inputs.get("tool_mask", 1)
+        k = inputs["completion_ids"].size(1)
+        hidden = self._get_last_hidden_state(unwrapped_student, input_ids, attention_mask, k)
+        head = unwrapped_student.get_output_embeddings()
+        nll = chunked_token_nll(hidden, head, inputs["completion_ids"], mask)
+        n_valid = mask.sum()
+        denom = num_items_in_batch if num_items_in_batch is not None else n_valid.clamp(min=1)
+        loss = nll / denom
+        return loss, torch.zeros((), device=loss.device), n_valid
+
+
+def chunked_token_nll(
+    hidden: torch.Tensor, head: torch.nn.Module, targets: torch.Tensor, mask: torch.Tensor, chunk: int = 1024
+) -> torch.Tensor:
+    """Summed masked NLL, projecting ``chunk`` positions at a time (never B x L x V logits at once)."""
+    h = hidden.reshape(-1, hidden.size(-1))
+    t = targets.reshape(-1)
+    keep = mask.reshape(-1) != 0
+    h, t = h[keep], t[keep]
+    # A graph-connected zero, so a batch whose samples were all dropped still backpropagates.
+    total = hidden.sum().float() * 0.0
+    for start in range(0, h.size(0), chunk):
+        hs, ts = h[start : start + chunk], t[start : start + chunk]
+        total = total + torch.utils.checkpoint.checkpoint(
+            lambda x, y: torch.nn.functional.cross_entropy(head(x).float(), y, reduction="sum"),
+            hs,
+            ts,
+            use_reentrant=False,
+        )
+    return total
+
+
+class OffPolicyKDTrainer(_RolloutLogMixin, DistillationTrainer):
+    """Baseline: the same divergence on the teacher's own samples for each prompt."""
+
+    _name = "Off-policy KD"
+
+    def __init__(self, *args, teacher_generation: GenerationSettings, rollouts_path=None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.teacher_generation = teacher_generation
+        self.rollouts_path = Path(rollouts_path) if rollouts_path else None
+        self._seed_rng = random.Random(self.args.seed + self.accelerator.process_index)
+
+    def _generate(self, prompts):
+        prompt_ids, _, _ = self._tokenize_prompts(prompts)
+        teacher = self.accelerator.unwrap_model(self.teacher_model)
+        gens = generate_texts(
+            teacher, self._tokenizer, [list(p) for p in prompt_ids], self.teacher_generation,
+            seed=self._seed_rng.randrange(2**31),
+        )
+        eos = self._tokenizer.eos_token_id
+        completion_ids = [g.token_ids if g.truncated else g.token_ids + [eos] for g in gens]
+        mode = "train" if self.model.training else "eval"
+        self._metrics[mode]["completions/mean_length"].append(sum(map(len, completion_ids)) / len(completion_ids))
+        self._write_rollouts(
+            [
+                {"prompt": p, "student": None, "rewrite": None, "teacher": g.text, "accepted": None,
+                 "reason": None, "student_tokens": None, "rewrite_tokens": None, "teacher_tokens": len(ids),
+                 "trained_on": "teacher"}
+                for p, g, ids in zip(prompts, gens, completion_ids)
+            ]
+        )
+        return prompt_ids, completion_ids, None, None, None

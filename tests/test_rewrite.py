@@ -1,0 +1,78 @@
+import random
+
+import pytest
+
+from mpdistill.rewrite import RewriteOutput, RewriteSettings, Sample, plan_batch, verify
+from mpdistill.tasks import get_task
+
+TASK = get_task("chain")
+VERBOSE = "so we need 7+3\n7+3=0\ncheck 0-3=7 ok\nso the answer is 0\nA:0"
+
+
+@pytest.mark.parametrize(
+    "out, tokens, reason",
+    [
+        (RewriteOutput("7+3=0\nA:0"), 8, "accepted"),
+        (RewriteOutput("", error=None), 0, "empty"),
+        (RewriteOutput("7+3=0\nA:0", error="HTTP 500"), 8, "backend_error"),
+        (RewriteOutput("7+3=0\nA:0", truncated=True), 8, "truncated"),
+        (RewriteOutput("7+3=0"), 6, "unparsed"),
+        (RewriteOutput("7+3=0\nA:0"), 40, "not_shorter"),
+        (RewriteOutput("7+3=1\nA:1"), 8, "answer_changed"),
+    ],
+)
+def test_verify_reasons(out, tokens, reason):
+    verdict = verify(TASK, VERBOSE, 40, out, tokens, max_ratio=0.9)
+    assert verdict.reason == reason and verdict.accepted == (reason == "accepted")
+
+
+def test_verify_gold_check_and_student_without_answer():
+    assert verify(TASK, "A:1", 40, RewriteOutput("A:1"), 3, 0.9, gold="0").reason == "wrong_answer"
+    assert verify(TASK, "no answer", 40, RewriteOutput("A:1"), 3, 0.9).reason == "student_unparsed"
+
+
+class ListRewriter:
+    """Returns fixed texts and records what it was asked."""
+
+    def __init__(self, texts):
+        self.texts, self.calls = list(texts), []
+
+    def rewrite(self, prompts):
+        self.calls.append(list(prompts))
+        return [RewriteOutput(self.texts.pop(0)) for _ in prompts]
+
+
+def _samples(n):
+    return [Sample(problem="Q:7+3\n", student_text=VERBOSE, student_ids=list(range(40)), gold="0") for _ in range(n)]
+
+
+def _encode(text):
+    return list(range(len(text) // 2))
+
+
+def test_plan_batch_mixing_rule_and_fallbacks():
+    rw = ListRewriter(["7+3=0\nA:0", "7+3=1\nA:1"])
+    samples = plan_batch(_samples(2), rw, RewriteSettings(prompt_template="{problem}|{trace}"), TASK, _encode, random.Random(0))
+    assert [s.trained_on for s in samples] == ["rewrite", "student"]
+    assert rw.calls[0][0] == "Q:7+3\n|" + VERBOSE
+    drop = RewriteSettings(prompt_template="{problem}{trace}", on_reject="drop")
+    samples = plan_batch(_samples(1), ListRewriter(["A:5"]), drop, TASK, _encode, random.Random(0))
+    assert samples[0].trained_on == "dropped" and samples[0].verdict.reason == "answer_changed"
+
+
+def test_on_policy_fraction_skips_the_rewriter():
+    rw = ListRewriter([])
+    settings = RewriteSettings(prompt_template="{problem}{trace}", on_policy_fraction=1.0)
+    samples = plan_batch(_samples(3), rw, settings, TASK, _encode, random.Random(0))
+    assert rw.calls == [] and all(s.trained_on == "student" and s.verdict.reason == "on_policy" for s in samples)
+
+
+def test_render_keeps_braces_in_traces():
+    s = RewriteSettings(prompt_template="P={problem} T={trace} {{literal}}")
+    assert s.render("x{1}", "\\boxed{2} {trace}") == "P=x{1} T=\\boxed{2} {trace} {literal}"
+
+
+@pytest.mark.parametrize("kwargs", [{"prompt_template": "no fields"}, {"max_ratio": 0}, {"on_reject": "maybe"}])
+def test_settings_validation(kwargs):
+    with pytest.raises(ValueError):
+        RewriteSettings(**kwargs)

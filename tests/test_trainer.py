@@ -1,0 +1,148 @@
+"""The trainers end to end on tiny random models (CPU, seconds)."""
+
+import json
+
+import pytest
+import torch
+
+from mpdistill.config import ConfigError, recipe_from_dict
+from mpdistill.pipeline import build_trainer, check_compatible, load_model, train
+from mpdistill.rewrite import RewriteOutput
+from mpdistill.tasks import chain
+
+FIELDS = {"step", "index", "prompt", "student", "rewrite", "accepted", "reason", "student_tokens", "rewrite_tokens",
+          "trained_on"}
+
+
+def _recipe(tiny_pair, method, **rewrite):
+    return recipe_from_dict(
+        {
+            "method": method,
+            "student": str(tiny_pair / "student"),
+            "teacher": str(tiny_pair / "teacher"),
+            "data": {"n_train": 16},
+            "training": {"steps": 2, "batch_size": 4, "max_completion_length": 24, "logging_steps": 1},
+            "rewrite": {"prompt_template": chain.REWRITE_TEMPLATE.replace("{prompt}", "{problem}"),
+                        "use_chat_template": False, "max_new_tokens": 24, **rewrite},
+            "eval": {"n": 8},
+        }
+    )
+
+
+class OracleRewriter:
+    """Answers every rewrite prompt with the concise trace whose final answer matches the student's.
+
+    A test double for the plumbing: accepted rewrites must replace the student's completion.
+    """
+
+    def __init__(self, answer_from_trace=True):
+        self.answer_from_trace = answer_from_trace
+
+    def rewrite(self, prompts):
+        out = []
+        for p in prompts:
+            problem_line, _, rest = p.partition("rewrite:\n")
+            trace = rest.rsplit("\nshort:\n", 1)[0]
+            answer = chain.extract_answer(trace)
+            out.append(RewriteOutput(f"A:{answer}" if self.answer_from_trace else "A:x"))
+        return out
+
+
+def _trainer(tiny_pair, tmp_path, method, **rewrite):
+    recipe = _recipe(tiny_pair, method, **rewrite)
+    student, tok = load_model(recipe.student)
+    teacher, _ = load_model(recipe.teacher)
+    from mpdistill.pipeline import training_problems
+
+    return build_trainer(recipe, student, teacher, tok, training_problems(recipe), tmp_path)
+
+
+def _force_answers(trainer):
+    """Make the random student end every completion with an answer, so rewrites can be verified."""
+    from trl import DistillationTrainer
+
+    original = DistillationTrainer._generate
+
+    def patched(self, prompts):
+        prompt_ids, completion_ids, *rest = original(self, prompts)
+        ids = trainer._tokenizer("so the answer is 3\nA:3", add_special_tokens=False)["input_ids"]
+        return (prompt_ids, [ids + [trainer._tokenizer.eos_token_id] for _ in completion_ids], *rest)
+
+    return patched
+
+
+def test_mpd_trains_on_accepted_rewrites_and_logs_every_sample(tiny_pair, tmp_path, monkeypatch):
+    trainer = _trainer(tiny_pair, tmp_path, "mpd")
+    trainer.rewriter = OracleRewriter()
+    from trl import DistillationTrainer
+
+    monkeypatch.setattr(DistillationTrainer, "_generate", _force_answers(trainer))
+    before = [p.detach().clone() for p in trainer.model.parameters()]
+    trainer.train()
+    rows = [json.loads(line) for line in (tmp_path / "rollouts.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 * 4
+    assert all(set(r) == FIELDS for r in rows)
+    assert all(r["accepted"] and r["reason"] == "accepted" and r["trained_on"] == "rewrite" for r in rows)
+    assert all(r["rewrite"] == "A:3" and r["rewrite_tokens"] < r["student_tokens"] for r in rows)
+    assert sorted((r["step"], r["index"]) for r in rows) == [(s, i) for s in (0, 1) for i in range(4)]
+    assert any(not torch.equal(a, b) for a, b in zip(before, trainer.model.parameters()))
+    logged = [h for h in trainer.state.log_history if "mpd/acceptance_rate" in h]
+    assert logged and logged[0]["mpd/acceptance_rate"] == 1.0 and logged[0]["mpd/compression_ratio"] < 1
+
+
+def test_rejected_rewrites_are_dropped_with_zero_loss_weight(tiny_pair, tmp_path, monkeypatch):
+    trainer = _trainer(tiny_pair, tmp_path, "mpd", on_reject="drop")
+    trainer.rewriter = OracleRewriter(answer_from_trace=False)  # never parses: every sample rejected
+    from trl import DistillationTrainer
+
+    monkeypatch.setattr(DistillationTrainer, "_generate", _force_answers(trainer))
+    trainer.model.train()
+    batch = trainer._generate_and_score_completions([trainer.train_dataset[i] for i in range(4)])
+    assert batch["num_items_in_batch"].item() == 0
+    assert batch["tool_mask"].sum().item() == 0
+    rows = [json.loads(line) for line in (tmp_path / "rollouts.jsonl").read_text().splitlines()]
+    assert {r["trained_on"] for r in rows} == {"dropped"} and {r["reason"] for r in rows} == {"unparsed"}
+
+
+def test_random_student_rewrites_are_rejected_not_crashing(tiny_pair, tmp_path):
+    trainer = _trainer(tiny_pair, tmp_path, "mpd")
+    trainer.train()
+    rows = [json.loads(line) for line in (tmp_path / "rollouts.jsonl").read_text().splitlines()]
+    assert len(rows) == 8 and not any(r["accepted"] for r in rows)
+    assert all(r["trained_on"] == "student" for r in rows)
+
+
+@pytest.mark.parametrize("method", ["opd", "offpolicy_kd", "rewrite_sft"])
+def test_baselines_run_through_the_same_pipeline(tiny_pair, tmp_path, method):
+    model_dir = train(_recipe(tiny_pair, method), tmp_path)
+    reloaded, tok = load_model(str(model_dir))
+    assert reloaded.config.vocab_size == len(tok)
+    assert (tmp_path / "recipe.yaml").exists() and (tmp_path / "train_log.jsonl").exists()
+
+
+def test_rewrite_sft_loss_is_cross_entropy_on_the_completion(tiny_pair, tmp_path):
+    trainer = _trainer(tiny_pair, tmp_path, "rewrite_sft")
+    prompt = torch.tensor([[5, 6, 7]])
+    completion = torch.tensor([[8, 9, 1]])
+    inputs = {"prompt_ids": prompt, "prompt_mask": torch.ones_like(prompt), "completion_ids": completion,
+              "completion_mask": torch.ones_like(completion)}
+    model = trainer.model
+    loss, _, n = trainer._compute_loss(model, inputs, None)
+    logits = model(input_ids=torch.cat([prompt, completion], 1)).logits[:, 2:5]
+    expected = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), completion.reshape(-1))
+    assert n.item() == 3 and torch.allclose(loss, expected, atol=1e-5)
+
+
+def test_teacher_with_another_vocabulary_is_refused(tiny_pair):
+    from transformers import PreTrainedTokenizerFast
+    from tokenizers import Tokenizer, models
+
+    student, tok = load_model(str(tiny_pair / "student"))
+    other = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel({"a": 0, "<unk>": 1}, unk_token="<unk>")))
+    with pytest.raises(ConfigError, match="does not share the vocabulary"):
+        check_compatible("s", tok, student, "t", other, student)
+
+
+def test_missing_model_path_is_a_clear_error(tmp_path):
+    with pytest.raises(ConfigError, match="no such folder"):
+        load_model(str(tmp_path / "nowhere"))
