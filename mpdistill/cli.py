@@ -62,7 +62,9 @@ def bootstrap(
     student_max_steps: Optional[int] = typer.Option(None, "--student-max-steps"),
     teacher_max_steps: Optional[int] = typer.Option(None, "--teacher-max-steps"),
     first_check: Optional[int] = typer.Option(None, "--first-check", help="First step with a validation check."),
-    only: Optional[str] = typer.Option(None, "--only", help="Train only 'student' or only 'teacher'."),
+    only: Optional[str] = typer.Option(
+        None, "--only", help="Train only 'student' or only 'teacher'."
+    ),
 ) -> None:
     """Train the embedded student and teacher from scratch (deterministic from the seed)."""
     from dataclasses import replace
@@ -78,9 +80,11 @@ def bootstrap(
     ):
         if value is not None:
             plan = replace(plan, **{field: value})
-    if only not in (None, "student", "teacher"):
-        _fail(f"--only must be 'student' or 'teacher', got {only!r}")
-    names = (only,) if only else ("student", "teacher")
+    from .embedded import STAGES
+
+    if only is not None and only not in STAGES:
+        _fail(f"--only must be one of {', '.join(STAGES)}; got {only!r}")
+    names = (only,) if only else STAGES
 
     def progress(name: str, step: int, loss: float, scores: dict | None) -> None:
         if scores is not None:
@@ -90,7 +94,7 @@ def bootstrap(
             console.print(f"{name}: step {step} loss {loss:.4f}")
 
     manifest = run(out, plan, progress=progress, only=names)
-    for name, info in manifest["models"].items():
+    for name, info in manifest["stages"].items():
         console.print(
             f"{name}: {info['parameters']:,} parameters, {info['steps']} steps, "
             f"final loss {info['final_loss']:.4f}, {info['seconds']}s"

@@ -53,7 +53,7 @@ def run_demo(out: str | Path, *, quick: bool = False, seed: int | None = None, r
     started = time.time()
 
     # Held-out problems first: training prompts are drawn to exclude every one of them.
-    eval_problems = chain_problems(n_eval, recipe.seed)
+    eval_problems = chain_problems(n_eval, recipe.seed, split="eval")
     held_out = {p["prompt"] for p in eval_problems}
 
     models_dir = out / "models"

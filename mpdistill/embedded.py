@@ -100,6 +100,7 @@ TEACHER_OWN_ROUTE_P = {"L": 0.85, "P": 0.15}
 
 
 def teacher_example(rng: random.Random) -> tuple[str, str]:
+    """Half concise solutions in the teacher's own style, half rewrites (verbose -> concise, same route)."""
     problem = chain.sample_problem(rng, "train")
     if rng.random() < 0.5:
         route = "L" if rng.random() < TEACHER_OWN_ROUTE_P["L"] else "P"
@@ -266,42 +267,51 @@ def _save(model: Qwen3ForCausalLM, tokenizer: PreTrainedTokenizerFast, path: Pat
     tokenizer.save_pretrained(path)
 
 
+STAGES = ("student", "teacher")
+
+
 def bootstrap(
     out_dir: str | Path,
     plan: BootstrapPlan = BootstrapPlan(),
     progress: Callable[[str, int, float, dict | None], None] | None = None,
-    only: tuple[str, ...] = ("student", "teacher"),
+    only: tuple[str, ...] = STAGES,
     device: str | None = None,
 ) -> dict:
     """Train the embedded student and teacher from scratch, deterministically from ``plan.seed``.
 
     Writes ``out_dir/student`` and ``out_dir/teacher``, each loadable with ``from_pretrained`` and
-    holding a ``bootstrap.json`` (the plan, the validation checks, final loss, wall time). ``only``
-    trains a subset, so the two models can be trained by two processes at once.
+    holding a ``bootstrap.json`` (plan, validation checks, final loss, wall time, device). ``only``
+    trains one of the two, so both can be trained by two processes (or machines) at once.
     """
+    unknown = set(only) - set(STAGES)
+    if unknown:
+        raise ValueError(f"unknown bootstrap stage(s) {sorted(unknown)}; stages: {', '.join(STAGES)}")
     out_dir = Path(out_dir)
     tokenizer = build_tokenizer()
-    manifest: dict = {"plan": asdict(plan), "models": {}}
-    jobs = (
-        ("student", STUDENT_SHAPE, student_example, plan.student_max_steps, plan.seed),
-        ("teacher", TEACHER_SHAPE, teacher_example, plan.teacher_max_steps, plan.seed + 1),
-    )
-    for name, shape, make, max_steps, seed in jobs:
-        if name not in only:
-            continue
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    manifest: dict = {"plan": asdict(plan), "stages": {}}
+    for stage in (s for s in STAGES if s in only):
+        name = stage
         start = time.time()
-        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        seed = plan.seed + STAGES.index(stage)
+        shape = STUDENT_SHAPE if stage == "student" else TEACHER_SHAPE
         model = make_model(shape, tokenizer, seed).to(device)
+        make = student_example if stage == "student" else teacher_example
+        max_steps = plan.student_max_steps if stage == "student" else plan.teacher_max_steps
         checks: list[dict] = []
 
-        def should_stop(step: int, _name=name, _model=model, _checks=checks) -> bool:
-            if step < plan.first_check or (step - plan.first_check) % plan.check_every:
-                return False
+        def check(step: int, _name=name, _model=model, _checks=checks) -> dict:
             scores = validation_scores(_model, tokenizer, plan.validation_n, plan.seed + 2, _name == "teacher")
             _model.train()
             _checks.append({"step": step, **scores})
             if progress is not None:
                 progress(_name, step, float("nan"), scores)
+            return scores
+
+        def should_stop(step: int, _name=name) -> bool:
+            if step < plan.first_check or (step - plan.first_check) % plan.check_every:
+                return False
+            scores = check(step)
             if _name == "student":
                 return scores["accuracy"] >= plan.student_stop_accuracy
             return scores["accuracy"] >= plan.teacher_stop_accuracy and scores["rewrite_exact"] >= plan.teacher_stop_rewrite
@@ -314,7 +324,8 @@ def bootstrap(
         _save(model.cpu(), tokenizer, out_dir / name)
         tail = losses[-50:]
         info = {
-            "shape": asdict(shape),
+            "stage": stage,
+            "shape": {k: getattr(model.config, k) for k in asdict(STUDENT_SHAPE)},
             "parameters": sum(p.numel() for p in model.parameters()),
             "steps": len(losses),
             "final_loss": sum(tail) / len(tail),
@@ -323,8 +334,7 @@ def bootstrap(
             "torch": torch.__version__,
             "device": torch.cuda.get_device_name(0) if device.startswith("cuda") else "cpu",
         }
-        manifest["models"][name] = info
-        (out_dir / name / "bootstrap.json").write_text(
-            json.dumps({"plan": asdict(plan), **info}, indent=2) + "\n", encoding="utf-8"
-        )
+        manifest["stages"][stage] = info
+        record = out_dir / name / "bootstrap.json"
+        record.write_text(json.dumps({"plan": asdict(plan), **info}, indent=2) + "\n", encoding="utf-8")
     return manifest

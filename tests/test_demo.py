@@ -1,0 +1,75 @@
+"""`mpdistill demo --quick` end to end on the shipped embedded models (about a minute on 2 cores)."""
+
+import json
+
+import pytest
+from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+from typer.testing import CliRunner
+
+from mpdistill.cli import app
+from mpdistill.demo import EVAL_ORDER, QUICK_EVAL_N
+
+METHOD_FIELDS = {"accuracy", "accuracy_ci95", "mean_tokens", "n", "token_reduction_vs_base", "accuracy_delta_vs_base",
+                 "aes"}
+EVAL_FIELDS = {"prompt", "response", "tokens", "extracted", "gold", "correct"}
+
+
+@pytest.fixture(scope="module")
+def demo_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    result = CliRunner().invoke(app, ["demo", "--quick", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def test_results_cover_every_method_with_sample_size_and_interval(demo_dir):
+    results = json.loads((demo_dir / "results.json").read_text())
+    assert results["seed"] == 0 and results["n_eval"] == QUICK_EVAL_N
+    assert list(results["methods"]) == list(EVAL_ORDER)
+    for name, m in results["methods"].items():
+        assert METHOD_FIELDS <= set(m), name
+        lo, hi = m["accuracy_ci95"]
+        assert 0 <= lo <= m["accuracy"] <= hi <= 1 and m["n"] == QUICK_EVAL_N
+    assert results["methods"]["base"]["token_reduction_vs_base"] == 0
+    assert set(results["comparisons"]) >= {"opd", "offpolicy_kd", "rewrite_sft"}
+    table = (demo_dir / "results.md").read_text()
+    assert all(name in table for name in EVAL_ORDER)
+    assert (demo_dir / "tradeoff.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_eval_files_are_graded_from_the_responses(demo_dir):
+    from mpdistill.tasks import chain
+
+    results = json.loads((demo_dir / "results.json").read_text())
+    for name in EVAL_ORDER:
+        rows = [json.loads(line) for line in (demo_dir / "eval" / f"{name}.jsonl").read_text().splitlines()]
+        assert len(rows) == QUICK_EVAL_N and all(EVAL_FIELDS <= set(r) for r in rows)
+        for r in rows:
+            assert r["extracted"] == chain.extract_answer(r["response"])
+            assert r["correct"] == (r["extracted"] == r["gold"] == chain.ChainProblem.parse(r["prompt"]).answer)
+        accuracy = sum(r["correct"] for r in rows) / len(rows)
+        assert results["methods"][name]["accuracy"] == pytest.approx(accuracy)
+        # Held-out problems never appear among the training prompts.
+        if name == "mpd":
+            trained = {json.loads(line)["prompt"] for line in (demo_dir / "runs" / "mpd" / "rollouts.jsonl").open()}
+            assert not trained & {r["prompt"] for r in rows}
+
+
+def test_every_model_loads_with_plain_transformers(demo_dir):
+    for name in EVAL_ORDER:
+        path = demo_dir / "models" / name
+        model = AutoModelForCausalLM.from_pretrained(path)
+        tok = AutoTokenizer.from_pretrained(path)
+        assert model.config.vocab_size == len(tok)
+        assert GenerationConfig.from_pretrained(path).eos_token_id == tok.eos_token_id
+
+
+def test_rerun_resumes_without_retraining(demo_dir):
+    before = (demo_dir / "results.json").read_text()
+    stamp = (demo_dir / "models" / "mpd" / "model.safetensors").stat().st_mtime_ns
+    result = CliRunner().invoke(app, ["demo", "--quick", "--out", str(demo_dir)])
+    assert result.exit_code == 0, result.output
+    assert "skipping" in result.output
+    assert (demo_dir / "models" / "mpd" / "model.safetensors").stat().st_mtime_ns == stamp
+    after = json.loads((demo_dir / "results.json").read_text())
+    assert after["methods"] == json.loads(before)["methods"]
