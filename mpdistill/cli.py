@@ -15,7 +15,10 @@ console = Console()
 
 
 def _fail(message: str) -> None:
-    console.print(f"[red]error:[/] {message}")
+    from rich.markup import escape
+
+    # Messages quote user text (paths, keys, dataset[split]); never read them as markup.
+    console.print(f"[red]error:[/] {escape(message)}")
     raise typer.Exit(code=2)
 
 

@@ -128,9 +128,11 @@ def load_recipe(path: str | Path, overrides: dict | None = None) -> Recipe:
         raise ConfigError(f"recipe not found: {path}")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a UTF-8 text file") from None
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from None
-    if overrides:
+    if overrides and isinstance(data, dict):
         data = _merge(data, overrides)
     return recipe_from_dict(data, str(path))
 
@@ -138,7 +140,12 @@ def load_recipe(path: str | Path, overrides: dict | None = None) -> Recipe:
 def _merge(base: dict, extra: dict) -> dict:
     out = dict(base)
     for k, v in extra.items():
-        out[k] = _merge(out.get(k) or {}, v) if isinstance(v, dict) else v
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        elif isinstance(v, dict) and k in out:
+            continue  # the file's own non-mapping value stays, so validation names that key
+        else:
+            out[k] = v
     return out
 
 

@@ -136,7 +136,6 @@ def test_parquet_missing_question_column(tmp_path):
         load_problems(str(path))
 
 
-@pytest.mark.xfail(strict=True, reason="bug: a null Parquet answer arrives as NaN and is accepted as the string 'nan'")
 def test_parquet_null_answer_is_missing(tmp_path):
     pd = pytest.importorskip("pandas")
     path = tmp_path / "d.parquet"

@@ -42,7 +42,7 @@ def _read_rows(path: Path) -> list[dict]:
 
         return pd.read_parquet(path).to_dict(orient="records")
     rows = []
-    with path.open(encoding="utf-8") as f:
+    with path.open(encoding="utf-8-sig") as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue
@@ -67,6 +67,8 @@ def load_problems(
 ) -> list[dict]:
     """Rows from a local JSONL/Parquet file or a Hugging Face dataset name, validated up front."""
     path = Path(source)
+    if path.is_dir():
+        raise DataError(f"{path}: is a folder; expected a .jsonl or .parquet file")
     if path.exists():
         raw = _read_rows(path)
         where = str(path)
@@ -88,6 +90,11 @@ def load_problems(
         a = None
         if answer_field is not None:
             a = r.get(answer_field)
+            # Parquet/pandas turn a null into NaN, and a numeric column with a null into floats.
+            if isinstance(a, float) and a != a:
+                a = None
+            elif isinstance(a, float) and a.is_integer():
+                a = int(a)
             if a is None or (isinstance(a, str) and not a.strip()):
                 raise DataError(f"{where}: row {i}: missing answer field {answer_field!r}")
             a = str(a)
