@@ -71,6 +71,11 @@ def run_demo(out: str | Path, *, quick: bool = False, seed: int | None = None, r
         console.print(f"[bold]training {method}[/] ({recipe.training.steps} steps, batch {recipe.training.batch_size})")
         t0 = time.time()
         run_dir = out / "runs" / method
+        if run_dir.exists():
+            # An interrupted training of this method: keep its logs, start the method afresh.
+            stale = _free_name(run_dir.with_name(f"{method}.interrupted"))
+            run_dir.rename(stale)
+            console.print(f"  kept the interrupted run's files in {stale}")
         model_dir = train(recipe.model_copy(update={"method": method}), run_dir, exclude_prompts=held_out)
         _replace_dir(model_dir, target)
         console.print(f"  done in {time.time() - t0:.0f}s")
@@ -134,6 +139,13 @@ def compare_to_baselines(results: dict, records: dict[str, list[dict]]) -> dict:
             f"accuracy {100 * delta:+.1f} pts [{100 * lo:+.1f}, {100 * hi:+.1f}] -> {accuracy} (n={mpd['n']})"
         )
     return out
+
+
+def _free_name(path: Path) -> Path:
+    n = 1
+    while path.with_name(f"{path.name}-{n}").exists():
+        n += 1
+    return path.with_name(f"{path.name}-{n}")
 
 
 def _save_atomic(model, tok, target: Path) -> None:

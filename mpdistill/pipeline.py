@@ -176,14 +176,14 @@ def train(recipe: Recipe, run_dir: str | Path, *, exclude_prompts: set[str] | No
     before the first step.
     """
     run_dir = Path(run_dir)
+    for existing in ("rollouts.jsonl", "model"):
+        if (run_dir / existing).exists():
+            raise ConfigError(f"{run_dir} already holds a run ({existing}); choose another --out or move it away")
     rows = training_problems(recipe, exclude=exclude_prompts)
     student, tokenizer = load_model(recipe.student)
     teacher, t_tok = load_model(recipe.teacher)
     check_compatible(recipe.student, tokenizer, student, recipe.teacher, t_tok, teacher)
     run_dir.mkdir(parents=True, exist_ok=True)
-    rollouts = run_dir / "rollouts.jsonl"
-    if rollouts.exists():
-        rollouts.unlink()  # a fresh run; resuming a run mid-way is not supported yet
     (run_dir / "recipe.yaml").write_text(dump_recipe(recipe), encoding="utf-8")
     trainer = build_trainer(recipe, student, teacher, tokenizer, rows, run_dir)
     trainer.train()

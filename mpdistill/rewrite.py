@@ -11,6 +11,7 @@ mixing rule decides what the student is trained on.
 from __future__ import annotations
 
 import random
+import re
 from dataclasses import dataclass, field
 from typing import Callable, Literal, Protocol, Sequence
 
@@ -75,10 +76,12 @@ class RewriteSettings:
             raise ValueError(f"rewrite.on_reject must be 'student' or 'drop', got {self.on_reject!r}")
 
     def render(self, problem: str, trace: str) -> str:
-        # str.format would choke on braces inside the trace; substitute the two fields only.
-        return self.prompt_template.replace("{{", "\0").replace("}}", "\1").replace(
-            "{problem}", "\2"
-        ).replace("{trace}", "\3").replace("\0", "{").replace("\1", "}").replace("\2", problem).replace("\3", trace)
+        # Not str.format: a trace full of braces (LaTeX, code) must pass through untouched.
+        fields = {"{problem}": problem, "{trace}": trace, "{{": "{", "}}": "}"}
+        return _FIELD_RE.sub(lambda m: fields[m.group(0)], self.prompt_template)
+
+
+_FIELD_RE = re.compile(r"\{problem\}|\{trace\}|\{\{|\}\}")
 
 
 @dataclass

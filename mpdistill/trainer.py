@@ -26,6 +26,7 @@ import json
 import os
 import random
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -170,8 +171,6 @@ class RewriteSFTTrainer(MPDTrainer):
     def __init__(self, *args, rewrite_settings: RewriteSettings, **kwargs) -> None:
         if rewrite_settings.on_reject != "drop" or rewrite_settings.on_policy_fraction:
             # Cross-entropy on the student's own samples would be self-training, not this baseline.
-            from dataclasses import replace
-
             rewrite_settings = replace(rewrite_settings, on_reject="drop", on_policy_fraction=0.0)
         super().__init__(*args, rewrite_settings=rewrite_settings, **kwargs)
 

@@ -73,3 +73,15 @@ def test_rerun_resumes_without_retraining(demo_dir):
     assert (demo_dir / "models" / "mpd" / "model.safetensors").stat().st_mtime_ns == stamp
     after = json.loads((demo_dir / "results.json").read_text())
     assert after["methods"] == json.loads(before)["methods"]
+
+
+def test_an_interrupted_method_is_retrained_and_its_files_kept(demo_dir):
+    import shutil
+
+    shutil.rmtree(demo_dir / "models" / "opd")
+    (demo_dir / "runs" / "opd" / "marker").write_text("from the interrupted run")
+    result = CliRunner().invoke(app, ["demo", "--quick", "--out", str(demo_dir)])
+    assert result.exit_code == 0, result.output
+    assert (demo_dir / "models" / "opd" / "config.json").exists()
+    assert (demo_dir / "runs" / "opd.interrupted-1" / "marker").read_text() == "from the interrupted run"
+    assert not (demo_dir / "runs" / "opd" / "marker").exists()

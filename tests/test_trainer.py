@@ -146,3 +146,10 @@ def test_teacher_with_another_vocabulary_is_refused(tiny_pair):
 def test_missing_model_path_is_a_clear_error(tmp_path):
     with pytest.raises(ConfigError, match="no such folder"):
         load_model(str(tmp_path / "nowhere"))
+
+
+def test_train_refuses_a_folder_that_holds_a_run(tiny_pair, tmp_path):
+    (tmp_path / "rollouts.jsonl").write_text('{"step": 0}\n')
+    with pytest.raises(ConfigError, match="already holds a run"):
+        train(_recipe(tiny_pair, "mpd"), tmp_path)
+    assert (tmp_path / "rollouts.jsonl").read_text() == '{"step": 0}\n'
