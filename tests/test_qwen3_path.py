@@ -40,7 +40,8 @@ def test_chat_teacher_rewrites_through_its_chat_template(qwen3_pair):
     assert text.endswith("<think>\n\n</think>\n\n")
     out = rw.rewrite(["Rewrite this.", "And this."])
     assert len(out) == 2
-    assert all(len(tok(o.text, add_special_tokens=False)["input_ids"]) <= 4 for o in out)
+    assert all(isinstance(o.text, str) and o.error is None for o in out)
+    assert all("Rewrite this." not in o.text for o in out)  # only the completion comes back
 
 
 def test_mpd_step_on_qwen3_shapes_with_chat_prompts(qwen3_pair, tmp_path):
