@@ -180,6 +180,10 @@ def train(recipe: Recipe, run_dir: str | Path, *, exclude_prompts: set[str] | No
         if (run_dir / existing).exists():
             raise ConfigError(f"{run_dir} already holds a run ({existing}); choose another --out or move it away")
     rows = training_problems(recipe, exclude=exclude_prompts)
+    if recipe.rewrite.require_gold and recipe.method in ("mpd", "rewrite_sft"):
+        missing = next((i for i, r in enumerate(rows) if r.get("answer") is None), None)
+        if missing is not None:
+            raise ConfigError(f"rewrite.require_gold is set but training row {missing} has no answer (data.answer_field)")
     student, tokenizer = load_model(recipe.student)
     teacher, t_tok = load_model(recipe.teacher)
     check_compatible(recipe.student, tokenizer, student, recipe.teacher, t_tok, teacher)

@@ -153,3 +153,14 @@ def test_train_refuses_a_folder_that_holds_a_run(tiny_pair, tmp_path):
     with pytest.raises(ConfigError, match="already holds a run"):
         train(_recipe(tiny_pair, "mpd"), tmp_path)
     assert (tmp_path / "rollouts.jsonl").read_text() == '{"step": 0}\n'
+
+
+def test_require_gold_without_answers_is_refused_before_training(tiny_pair, tmp_path):
+    data = tmp_path / "rows.jsonl"
+    data.write_text('{"problem": "Q:1+2\\n"}\n')
+    recipe = _recipe(tiny_pair, "mpd", require_gold=True).model_copy(
+        update={"data": recipe_from_dict({"data": {"train": str(data), "answer_field": None}}).data}
+    )
+    with pytest.raises(ConfigError, match="training row 0 has no answer"):
+        train(recipe, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
