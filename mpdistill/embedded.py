@@ -97,14 +97,22 @@ def student_example(rng: random.Random) -> tuple[str, str]:
 
 
 TEACHER_OWN_ROUTE_P = {"L": 0.85, "P": 0.15}
+# What the teacher reads and writes. Mostly concise solutions (its own style) and rewrites; a
+# minority of verbose solutions, because a large teacher has read plenty of rambling reasoning
+# even though it prefers not to write it. Without them its next-token distribution inside a
+# student's verbose phrasing ("so now we ...") is meaningless, and any divergence computed on the
+# student's own traces (OPD, or MPD's fallback) would train the student on noise.
+TEACHER_MIX = {"concise": 0.40, "verbose": 0.15, "rewrite": 0.45}
 
 
 def teacher_example(rng: random.Random) -> tuple[str, str]:
-    """Half concise solutions in the teacher's own style, half rewrites (verbose -> concise, same route)."""
     problem = chain.sample_problem(rng, "train")
-    if rng.random() < 0.5:
+    u = rng.random()
+    if u < TEACHER_MIX["concise"]:
         route = "L" if rng.random() < TEACHER_OWN_ROUTE_P["L"] else "P"
         return problem.prompt, chain.concise_trace(problem, route)
+    if u < TEACHER_MIX["concise"] + TEACHER_MIX["verbose"]:
+        return problem.prompt, chain.verbose_trace(problem, rng.choice(chain.ROUTES), rng)
     route = rng.choice(chain.ROUTES)
     trace = chain.verbose_trace(problem, route, rng)
     return chain.rewrite_prompt(problem.prompt, trace), chain.concise_trace(problem, route)
