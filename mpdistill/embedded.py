@@ -2,10 +2,11 @@
 from scratch on the chain task (:mod:`mpdistill.tasks.chain`) so the whole pipeline runs on a CPU.
 
 ``bootstrap()`` is deterministic from its seed. The student is pretrained on verbose traces only
-(both routes), so it writes like a small reasoning model; the teacher is larger, sees concise
-solutions (mostly route L: its own style) and learns to rewrite a verbose trace into a concise
-one along the trace's own route. Nothing here decides what the models will later answer: their
-accuracy and length on held-out problems come from sampling them.
+(both routes), so it writes like a small reasoning model; the teacher is larger, writes concise
+solutions (mostly route L: its own style), learns to rewrite a verbose trace into a concise one
+along the trace's own route, and has read some verbose solutions too (``TEACHER_MIX``). Nothing
+here decides what the models will later answer: their accuracy and length on held-out problems
+come from sampling them.
 """
 
 from __future__ import annotations
