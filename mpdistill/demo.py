@@ -8,7 +8,6 @@ Finished stages are kept, so a re-run with the same ``--out`` resumes where it s
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from pathlib import Path
@@ -57,12 +56,14 @@ def run_demo(out: str | Path, *, quick: bool = False, seed: int | None = None, r
     held_out = {p["prompt"] for p in eval_problems}
 
     models_dir = out / "models"
+    fresh: set[str] = set()  # models written by this run: their old evaluations no longer apply
     console.rule(f"mpdistill demo  seed={recipe.seed}  n_eval={n_eval}  steps={recipe.training.steps}")
     for name, source in (("base", recipe.student), ("teacher", recipe.teacher)):
         target = models_dir / name
         if not (target / "config.json").exists():
             model, tok = load_model(source)
             _save_atomic(model, tok, target)
+            fresh.add(name)
     for method in METHODS:
         target = models_dir / method
         if (target / "config.json").exists():
@@ -78,6 +79,7 @@ def run_demo(out: str | Path, *, quick: bool = False, seed: int | None = None, r
             console.print(f"  kept the interrupted run's files in {stale}")
         model_dir = train(recipe.model_copy(update={"method": method}), run_dir, exclude_prompts=held_out)
         _replace_dir(model_dir, target)
+        fresh.add(method)
         console.print(f"  done in {time.time() - t0:.0f}s")
 
     settings = _eval_settings(recipe)
@@ -87,9 +89,12 @@ def run_demo(out: str | Path, *, quick: bool = False, seed: int | None = None, r
     ) as bar:
         for name in EVAL_ORDER:
             path = out / "eval" / f"{name}.jsonl"
-            if path.exists():
-                done = read_jsonl(path)
-                if [r["prompt"] for r in done] == [p["prompt"] for p in eval_problems]:
+            if path.exists() and name not in fresh:
+                try:
+                    done = read_jsonl(path)
+                except ValueError:  # unreadable (written by hand or by another tool): redo it
+                    done = []
+                if [r.get("prompt") for r in done] == [p["prompt"] for p in eval_problems]:
                     records[name] = done
                     continue
             job = bar.add_task(f"eval {name:<12}", total=n_eval)
@@ -161,6 +166,3 @@ def _replace_dir(src: Path, target: Path) -> None:
     shutil.rmtree(target, ignore_errors=True)
     src.rename(target)
 
-
-def load_results(out: str | Path) -> dict:
-    return json.loads((Path(out) / "results.json").read_text(encoding="utf-8"))

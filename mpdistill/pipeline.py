@@ -7,7 +7,6 @@ and each baseline run through the same code with the same prompts, teacher and b
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 
 import torch
@@ -18,8 +17,6 @@ from .rewrite import RewriteSettings, TransformersRewriter
 from .rollout import GenerationSettings
 from .tasks import get_task
 from .tasks.problems import chain_problems, load_problems
-
-log = logging.getLogger(__name__)
 
 EMBEDDED_PREFIX = "embedded:"
 # Training prompts are drawn with a seed offset from the evaluation problems', and the demo

@@ -80,8 +80,11 @@ def test_an_interrupted_method_is_retrained_and_its_files_kept(demo_dir):
 
     shutil.rmtree(demo_dir / "models" / "opd")
     (demo_dir / "runs" / "opd" / "marker").write_text("from the interrupted run")
+    (demo_dir / "eval" / "opd.jsonl").write_text("stale\n")  # must be redone for the new model
     result = CliRunner().invoke(app, ["demo", "--quick", "--out", str(demo_dir)])
     assert result.exit_code == 0, result.output
     assert (demo_dir / "models" / "opd" / "config.json").exists()
     assert (demo_dir / "runs" / "opd.interrupted-1" / "marker").read_text() == "from the interrupted run"
     assert not (demo_dir / "runs" / "opd" / "marker").exists()
+    rows = (demo_dir / "eval" / "opd.jsonl").read_text().splitlines()
+    assert len(rows) == QUICK_EVAL_N and rows[0] != "stale"
