@@ -12,7 +12,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from .rewrite import DEFAULT_REWRITE_PROMPT
+from .rewrite import DEFAULT_REWRITE_PROMPT, check_template
 
 METHODS = ("mpd", "opd", "offpolicy_kd", "rewrite_sft")
 
@@ -68,13 +68,7 @@ class RewriteConfig(_Strict):
     top_k: int = Field(default=20, ge=0)
     batch_size: int = Field(default=64, gt=0)
 
-    @field_validator("prompt_template")
-    @classmethod
-    def _has_fields(cls, v: str) -> str:
-        for key in ("{problem}", "{trace}"):
-            if key not in v:
-                raise ValueError(f"must contain {key}")
-        return v
+    _template = field_validator("prompt_template")(lambda cls, v: check_template(v))
 
 
 class EvalConfig(_Strict):

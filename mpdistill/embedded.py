@@ -300,7 +300,6 @@ def bootstrap(
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     manifest: dict = {"plan": asdict(plan), "stages": {}}
     for stage in (s for s in STAGES if s in only):
-        name = stage
         start = time.time()
         seed = plan.seed + STAGES.index(stage)
         shape = STUDENT_SHAPE if stage == "student" else TEACHER_SHAPE
@@ -309,7 +308,7 @@ def bootstrap(
         max_steps = plan.student_max_steps if stage == "student" else plan.teacher_max_steps
         checks: list[dict] = []
 
-        def check(step: int, _name=name, _model=model, _checks=checks) -> dict:
+        def check(step: int, _name=stage, _model=model, _checks=checks) -> dict:
             scores = validation_scores(_model, tokenizer, plan.validation_n, plan.seed + 2, _name == "teacher")
             _model.train()
             _checks.append({"step": step, **scores})
@@ -317,7 +316,7 @@ def bootstrap(
                 progress(_name, step, float("nan"), scores)
             return scores
 
-        def should_stop(step: int, _name=name) -> bool:
+        def should_stop(step: int, _name=stage) -> bool:
             if step < plan.first_check or (step - plan.first_check) % plan.check_every:
                 return False
             scores = check(step)
@@ -325,12 +324,12 @@ def bootstrap(
                 return scores["accuracy"] >= plan.student_stop_accuracy
             return scores["accuracy"] >= plan.teacher_stop_accuracy and scores["rewrite_exact"] >= plan.teacher_stop_rewrite
 
-        report = None if progress is None else (lambda s, loss, _n=name: progress(_n, s + 1, loss, None))
+        report = None if progress is None else (lambda s, loss, _n=stage: progress(_n, s + 1, loss, None))
         losses = pretrain(
             model, make, tokenizer, steps=max_steps, seed=seed, batch_size=plan.batch_size, lr=plan.lr,
             progress=report, should_stop=should_stop,
         )
-        _save(model.cpu(), tokenizer, out_dir / name)
+        _save(model.cpu(), tokenizer, out_dir / stage)
         tail = losses[-50:]
         info = {
             "stage": stage,
@@ -344,6 +343,6 @@ def bootstrap(
             "device": torch.cuda.get_device_name(0) if device.startswith("cuda") else "cpu",
         }
         manifest["stages"][stage] = info
-        record = out_dir / name / "bootstrap.json"
+        record = out_dir / stage / "bootstrap.json"
         record.write_text(json.dumps({"plan": asdict(plan), **info}, indent=2) + "\n", encoding="utf-8")
     return manifest

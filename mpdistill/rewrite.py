@@ -46,6 +46,14 @@ REASONS = (
 )
 
 
+def check_template(template: str) -> str:
+    """A rewrite prompt must show the teacher both the problem and the trace."""
+    for key in ("{problem}", "{trace}"):
+        if key not in template:
+            raise ValueError(f"must contain {key}")
+    return template
+
+
 @dataclass
 class RewriteSettings:
     """How rewrites are produced, accepted and mixed.
@@ -65,9 +73,7 @@ class RewriteSettings:
     generation: GenerationSettings = field(default_factory=lambda: GenerationSettings(max_new_tokens=512))
 
     def __post_init__(self) -> None:
-        for key in ("{problem}", "{trace}"):
-            if key not in self.prompt_template:
-                raise ValueError(f"rewrite.prompt_template must contain {key}")
+        check_template(self.prompt_template)
         if not 0 < self.max_ratio <= 1:
             raise ValueError(f"rewrite.max_ratio must be in (0, 1], got {self.max_ratio}")
         if not 0 <= self.on_policy_fraction <= 1:
