@@ -16,6 +16,13 @@ def here(tmp_path, monkeypatch):
     return tmp_path
 
 
+def fails(args: list[str]) -> str:
+    """Run the CLI, require exit code 2 (a clear error, nothing trained), return what it printed."""
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, result.output
+    return result.output
+
+
 def recipe_text(student: str = "embedded:student", teacher: str = "embedded:teacher", extra: str = "") -> str:
     return (
         f"method: mpd\nstudent: {student}\nteacher: {teacher}\n"
@@ -40,98 +47,85 @@ def test_each_command_has_help(command, option):
 
 def test_train_unknown_key_exits_2_naming_it(here):
     (here / "r.yaml").write_text(recipe_text(extra="  stpes: 3\n"))
-    result = runner.invoke(app, ["train", "r.yaml", "--out", "run"])
-    assert result.exit_code == 2, result.output
-    assert "error: r.yaml: training.stpes: unknown key" in result.output
+    output = fails(["train", "r.yaml", "--out", "run"])
+    assert "error: r.yaml: training.stpes: unknown key" in output
     assert not (here / "run").exists()
 
 
 def test_train_wrong_type_exits_2(here):
     (here / "r.yaml").write_text(recipe_text(extra="rewrite:\n  on_reject: maybe\n"))
-    result = runner.invoke(app, ["train", "r.yaml", "--out", "run"])
-    assert result.exit_code == 2, result.output
-    assert "rewrite.on_reject" in result.output and "'maybe'" in result.output
+    output = fails(["train", "r.yaml", "--out", "run"])
+    assert "rewrite.on_reject" in output and "'maybe'" in output
 
 
 def test_train_missing_recipe_exits_2(here):
-    result = runner.invoke(app, ["train", "nope.yaml", "--out", "run"])
-    assert result.exit_code == 2, result.output
-    assert "recipe not found: nope.yaml" in result.output
+    output = fails(["train", "nope.yaml", "--out", "run"])
+    assert "recipe not found: nope.yaml" in output
 
 
 def test_train_missing_teacher_folder_exits_2_naming_it(here, tiny_pair):
     (here / "r.yaml").write_text(recipe_text(student=str(tiny_pair / "student"), teacher="./no-teacher"))
-    result = runner.invoke(app, ["train", "r.yaml", "--out", "run"])
-    assert result.exit_code == 2, result.output
-    assert "error: model './no-teacher': no such folder ./no-teacher" in result.output
+    output = fails(["train", "r.yaml", "--out", "run"])
+    assert "error: model './no-teacher': no such folder ./no-teacher" in output
     assert not (here / "run").exists()
 
 
 def test_train_missing_student_folder_exits_2_naming_it(here, tiny_pair):
     (here / "r.yaml").write_text(recipe_text(student="./no-student", teacher=str(tiny_pair / "teacher")))
-    result = runner.invoke(app, ["train", "r.yaml", "--out", "run"])
-    assert result.exit_code == 2, result.output
-    assert "model './no-student': no such folder" in result.output
+    output = fails(["train", "r.yaml", "--out", "run"])
+    assert "model './no-student': no such folder" in output
 
 
 def test_train_bad_data_file_exits_2_with_file_and_line(here):
     (here / "d.jsonl").write_text('{"problem": "a", "answer": "1"}\n{"problem": \n')
     (here / "r.yaml").write_text(recipe_text(extra="").replace("  n_train: 4\n", "  n_train: 4\n  train: d.jsonl\n"))
-    result = runner.invoke(app, ["train", "r.yaml", "--out", "run"])
-    assert result.exit_code == 2, result.output
-    assert "error: d.jsonl:2: not valid JSON" in result.output
+    output = fails(["train", "r.yaml", "--out", "run"])
+    assert "error: d.jsonl:2: not valid JSON" in output
     assert not (here / "run").exists()
 
 
 def test_train_unknown_embedded_model_exits_2(here):
     (here / "r.yaml").write_text(recipe_text(student="embedded:pupil"))
-    result = runner.invoke(app, ["train", "r.yaml", "--out", "run"])
-    assert result.exit_code == 2, result.output
-    assert "unknown embedded model 'embedded:pupil'" in result.output
+    output = fails(["train", "r.yaml", "--out", "run"])
+    assert "unknown embedded model 'embedded:pupil'" in output
 
 
 def test_demo_recipe_with_bad_key_exits_2(here):
     (here / "r.yaml").write_text(recipe_text(extra="  stpes: 3\n"))
-    result = runner.invoke(app, ["demo", "--recipe", "r.yaml", "--out", "demo"])
-    assert result.exit_code == 2, result.output
-    assert "error: r.yaml: training.stpes: unknown key" in result.output
+    output = fails(["demo", "--recipe", "r.yaml", "--out", "demo"])
+    assert "error: r.yaml: training.stpes: unknown key" in output
     assert not (here / "demo").exists()
 
 
 def test_demo_quick_with_bad_key_exits_2(here):
     # --quick and --seed go through the override path of load_recipe.
     (here / "r.yaml").write_text(recipe_text(extra="evaluation:\n  n: 3\n"))
-    result = runner.invoke(app, ["demo", "--quick", "--seed", "3", "--recipe", "r.yaml", "--out", "demo"])
-    assert result.exit_code == 2, result.output
-    assert "r.yaml: evaluation: unknown key" in result.output
+    output = fails(["demo", "--quick", "--seed", "3", "--recipe", "r.yaml", "--out", "demo"])
+    assert "r.yaml: evaluation: unknown key" in output
 
 
 def test_demo_missing_recipe_exits_2(here):
-    result = runner.invoke(app, ["demo", "--recipe", "missing.yaml", "--out", "demo"])
-    assert result.exit_code == 2, result.output
-    assert "recipe not found: missing.yaml" in result.output
+    output = fails(["demo", "--recipe", "missing.yaml", "--out", "demo"])
+    assert "recipe not found: missing.yaml" in output
 
 
 def test_demo_quick_with_a_list_recipe_exits_2(here):
     (here / "r.yaml").write_text("- mpd\n- opd\n")
-    result = runner.invoke(app, ["demo", "--quick", "--recipe", "r.yaml", "--out", "demo"])
-    assert result.exit_code == 2, result.output
-    assert "expected a mapping at the top level" in result.output
+    output = fails(["demo", "--quick", "--recipe", "r.yaml", "--out", "demo"])
+    assert "expected a mapping at the top level" in output
 
 
 def test_error_messages_are_printed_verbatim(here):
     folder = here / "[old]"
     folder.mkdir()
     (folder / "r.yaml").write_text("methd: mpd\n")
-    result = runner.invoke(app, ["train", "[old]/r.yaml", "--out", "run"])
-    assert result.exit_code == 2, result.output
-    assert "[old]/r.yaml: methd: unknown key" in result.output
+    output = fails(["train", "[old]/r.yaml", "--out", "run"])
+    assert "[old]/r.yaml: methd: unknown key" in output
 
 
 def test_bootstrap_rejects_an_unknown_stage_before_any_work(here):
-    result = runner.invoke(app, ["bootstrap", "--out", "models", "--only", "studnet"])
-    assert result.exit_code == 2, result.output
-    assert "--only must be one of student, teacher; got 'studnet'" in result.output
+    output = fails(["bootstrap", "--out", "models", "--only", "studnet"])
+    assert "--only must be one of student, teacher; got 'studnet'" in output
     assert not (here / "models").exists()
 
 

@@ -11,6 +11,13 @@ from mpdistill.rewrite import DEFAULT_REWRITE_PROMPT
 EMBEDDED = Path(__file__).resolve().parents[1] / "recipes" / "embedded.yaml"
 
 
+def config_error(path) -> str:
+    """Load a recipe that must be refused; return the ConfigError's message."""
+    with pytest.raises(ConfigError) as info:
+        load_recipe(path)
+    return str(info.value)
+
+
 def write(tmp_path: Path, text: str, name: str = "recipe.yaml") -> Path:
     path = tmp_path / name
     path.write_text(text, encoding="utf-8")
@@ -45,16 +52,12 @@ def test_defaults_are_not_shared_between_recipes():
 
 def test_unknown_top_level_key(tmp_path):
     path = write(tmp_path, "method: mpd\nmethd: opd\n")
-    with pytest.raises(ConfigError) as info:
-        load_recipe(path)
-    assert f"{path}: methd: unknown key" in str(info.value)
+    assert f"{path}: methd: unknown key" in config_error(path)
 
 
 def test_unknown_nested_key_is_named_with_its_section(tmp_path):
     path = write(tmp_path, "training:\n  steps: 3\n  stpes: 4\n")
-    with pytest.raises(ConfigError) as info:
-        load_recipe(path)
-    message = str(info.value)
+    message = config_error(path)
     assert "training.stpes: unknown key" in message
     assert str(path) in message
     # The valid sibling is not reported.
@@ -63,9 +66,7 @@ def test_unknown_nested_key_is_named_with_its_section(tmp_path):
 
 def test_every_error_is_reported_at_once(tmp_path):
     path = write(tmp_path, "foo: 1\neval:\n  nn: 3\n")
-    with pytest.raises(ConfigError) as info:
-        load_recipe(path)
-    lines = str(info.value).splitlines()
+    lines = config_error(path).splitlines()
     assert f"{path}: foo: unknown key" in lines
     assert f"{path}: eval.nn: unknown key" in lines
 
@@ -86,18 +87,14 @@ def test_every_error_is_reported_at_once(tmp_path):
 )
 def test_wrong_types_and_ranges_name_the_key(tmp_path, text, key, detail):
     path = write(tmp_path, text)
-    with pytest.raises(ConfigError) as info:
-        load_recipe(path)
-    message = str(info.value)
+    message = config_error(path)
     assert message.startswith(f"{path}: {key}: "), message
     assert detail in message
 
 
 def test_rewrite_template_must_keep_the_trace(tmp_path):
     path = write(tmp_path, "rewrite:\n  prompt_template: 'Shorten this: {problem}'\n")
-    with pytest.raises(ConfigError) as info:
-        load_recipe(path)
-    message = str(info.value)
+    message = config_error(path)
     assert "rewrite.prompt_template" in message
     assert "must contain {trace}" in message
 
@@ -134,16 +131,12 @@ def test_a_folder_is_not_a_recipe(tmp_path):
 
 def test_invalid_yaml_names_the_file(tmp_path):
     path = write(tmp_path, "training: [1, 2\nmethod: mpd\n")
-    with pytest.raises(ConfigError) as info:
-        load_recipe(path)
-    assert str(info.value).startswith(f"{path}: not valid YAML")
+    assert config_error(path).startswith(f"{path}: not valid YAML")
 
 
 def test_top_level_must_be_a_mapping(tmp_path):
     path = write(tmp_path, "- method\n- mpd\n")
-    with pytest.raises(ConfigError) as info:
-        load_recipe(path)
-    assert str(info.value) == f"{path}: expected a mapping at the top level, got list"
+    assert config_error(path) == f"{path}: expected a mapping at the top level, got list"
 
 
 def test_empty_file_gives_the_defaults(tmp_path):
