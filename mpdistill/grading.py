@@ -3,23 +3,26 @@
 ``extract_answer`` pulls the final answer out of a model response with a linear-time scan, so a
 degenerate generation (unclosed braces, 100k-character digit runs) cannot stall an evaluation.
 ``verify`` compares that answer with the gold one, first by plain string equality and otherwise
-with ``math_verify`` (symbolic / numeric equivalence), and never raises.
+with ``math_verify`` (symbolic / numeric equivalence), and never raises. Answers that are very long,
+or that stand for numbers too large to compute (``9^{9^{9}}``), are only compared as strings.
 """
 
 from __future__ import annotations
 
+import math
 import re
 import threading
 
 from math_verify import parse as mv_parse
 from math_verify import verify as mv_verify
 from math_verify.errors import TimeoutException
+from sympy import Basic, Float, Integer, Pow, Rational, binomial, factorial, gamma
 
 __all__ = ["extract_answer", "normalize_gold", "verify"]
 
-# `\boxed{` / `\fbox{`, optionally with spaces before the brace (valid LaTeX).
-_BOX_OPEN = re.compile(r"\\(?:boxed|fbox)\s*\{")
-_BOX_NAMES = ("boxed", "fbox")
+# `\boxed{` / `\fbox{` / `\framebox{`, optionally with spaces before the brace (valid LaTeX).
+_BOX_OPEN = re.compile(r"\\(?:boxed|fbox|framebox)\s*\{")
+_BOX_NAMES = ("boxed", "fbox", "framebox")
 # Every quantifier is followed by a distinct literal, so a failed match only re-reads its own
 # whitespace run: the search stays linear in the length of the text.
 _ANSWER_IS = re.compile(r"\bthe\s+(?:final\s+)?answer\s+is\b\s*:?", re.IGNORECASE)
@@ -34,6 +37,19 @@ _MV_TIMEOUT_S = 5
 # Answers longer than this are only compared as strings: sympy can take very long on huge
 # expressions, and off the main thread there is no timeout to stop it (see `_math_equal`).
 _MAX_SYMBOLIC_CHARS = 1000
+# A short answer can still stand for a huge number ("9^{9^{9}}" has 369 million digits), which
+# sympy would compute in full. Answers whose value may have more digits than this are only
+# compared as strings.
+_MAX_DIGITS = 10_000
+# latex2sympy evaluates these while parsing (before math_verify's comparison timeout applies), so
+# a big argument is refused from the text alone: integer functions with a power, a factorial or a
+# 5-digit number in the answer, matrix constructors with a 3-digit number.
+_EAGER_INTEGER_FUNCTIONS = re.compile(r"binom|choose|gcd|lcm|gamma|Gamma")
+_EAGER_MATRIX_FUNCTIONS = re.compile(r"zeros|ones|eye|diag|stack")
+_BIG_INTEGER_ARGUMENT = re.compile(r"\d{5}|\^|!")
+_BIG_MATRIX_ARGUMENT = re.compile(r"\d{3}|\^|!")
+# Bold is only emphasis: `\textbf{(073)}` is the answer 073 (AoPS solutions write answers so).
+_BOLD_OPEN = re.compile(r"\\(?:textbf|mathbf|boldsymbol|bm)\s*\{")
 
 
 def extract_answer(response: str) -> str | None:
@@ -41,8 +57,8 @@ def extract_answer(response: str) -> str | None:
 
     Tried in this order, the first that yields a non-empty answer wins:
 
-    1. the content of the last complete ``\\boxed{...}`` or ``\\fbox{...}`` (the one that starts
-       last), braces matched by a linear scan; an unclosed ``\\boxed{`` is ignored;
+    1. the content of the last complete ``\\boxed{...}``, ``\\fbox{...}`` or ``\\framebox{...}``
+       (the one that starts last), braces matched by a linear scan; an unclosed ``\\boxed{`` is ignored;
     2. GSM8K style: the rest of the line after the last ``####``, stripped;
     3. the last "the answer is X" / "The final answer is X": X runs to the end of the line or to
        a period followed by whitespace, with ``$`` and trailing punctuation stripped.
@@ -63,7 +79,7 @@ def _last_boxed_content(text: str) -> str | None:
     braces nest. Escaped ``\\{``, ``\\}`` are literal characters in LaTeX, not groups, so they are
     skipped (an answer like ``\\left\\{ ... \\right.`` stays balanced).
     """
-    if "\\boxed" not in text and "\\fbox" not in text:
+    if not any(f"\\{name}" in text for name in _BOX_NAMES):
         return None
     # For each open brace: where the box content starts if it opens a box, else -1.
     stack: list[int] = []
@@ -161,16 +177,95 @@ def _math_equal(gold: str, predicted: str) -> bool:
     # math_verify times out with signal.alarm, which only works on the main thread: elsewhere its
     # parse() raises ValueError, which would silently grade every answer as wrong. Off the main
     # thread we therefore pass None, its documented switch for "no signal-based timeout"; the
-    # length cap in `verify` bounds the work instead. On the main thread the alarm replaces any
-    # SIGALRM handler the caller had set, for the duration of the call.
+    # length cap in `answers_match` and the huge-number guards below bound the work instead. On
+    # the main thread the alarm replaces any SIGALRM handler the caller had set, for the call.
     timeout = _MV_TIMEOUT_S if threading.current_thread() is threading.main_thread() else None
+    gold, predicted = _unbold(_strip_dollars(gold)), _unbold(_strip_dollars(predicted))
+    if _evaluated_while_parsing_is_big(gold) or _evaluated_while_parsing_is_big(predicted):
+        return False
     # Wrapping in $...$ makes math_verify read the answer as LaTeX; it parses more forms than a
     # \boxed{} wrapper does (e.g. "3." parses inside $...$ but not inside \boxed{}).
-    gold_parsed = mv_parse(f"${_strip_dollars(gold)}$", parsing_timeout=timeout)
-    pred_parsed = mv_parse(f"${_strip_dollars(predicted)}$", parsing_timeout=timeout)
+    gold_parsed = mv_parse(f"${gold}$", parsing_timeout=timeout)
+    pred_parsed = mv_parse(f"${predicted}$", parsing_timeout=timeout)
     if not gold_parsed or not pred_parsed:
         return False
+    if any(_may_be_huge(expr) for expr in (*gold_parsed, *pred_parsed)):
+        return False
     return bool(mv_verify(gold_parsed, pred_parsed, timeout_seconds=timeout))
+
+
+def _unbold(answer: str) -> str:
+    """``\\textbf{X}`` (or ``\\mathbf``, ``\\boldsymbol``, ``\\bm``) around the whole answer -> ``X``.
+
+    math_verify reads ``\\textbf{(073)}`` as the text "(073)", which then differs from 73.
+    """
+    while (opener := _BOLD_OPEN.match(answer)) and answer.endswith("}"):
+        depth = 0
+        for i in range(opener.end() - 1, len(answer)):
+            if answer[i] == "{" and answer[i - 1] != "\\":
+                depth += 1
+            elif answer[i] == "}" and answer[i - 1] != "\\":
+                depth -= 1
+                if depth == 0:
+                    break
+        if i != len(answer) - 1:  # the bold group closes before the end: "\textbf{a} + b"
+            break
+        answer = answer[opener.end() : -1].strip()
+    return answer
+
+
+def _evaluated_while_parsing_is_big(answer: str) -> bool:
+    """True if parsing could already build a huge number or matrix (``\\binom{10^9}{5}``)."""
+    return bool(
+        (_EAGER_INTEGER_FUNCTIONS.search(answer) and _BIG_INTEGER_ARGUMENT.search(answer))
+        or (_EAGER_MATRIX_FUNCTIONS.search(answer) and _BIG_MATRIX_ARGUMENT.search(answer))
+    )
+
+
+def _may_be_huge(expr) -> bool:
+    """True if evaluating a parsed answer could produce a number with more than ``_MAX_DIGITS`` digits."""
+    if not isinstance(expr, Basic):
+        return False
+    try:
+        return _digits_bound(expr) > _MAX_DIGITS
+    except RecursionError:
+        return True
+
+
+def _digits_bound(expr: Basic) -> float:
+    """A rough upper bound on the decimal digits of the value of ``expr`` (a symbol counts as 1 digit).
+
+    Exact integer arithmetic is what makes sympy slow, so only powers, factorials and their
+    relatives grow the bound; other operations keep the largest bound of their arguments.
+    """
+    if isinstance(expr, Integer):
+        return max(1.0, abs(int(expr)).bit_length() * math.log10(2))
+    if isinstance(expr, Rational):
+        return max(_digits_bound(Integer(expr.p)), _digits_bound(Integer(expr.q)))
+    if isinstance(expr, Float):
+        _sign, _man, exp, bits = expr._mpf_
+        return max(1.0, abs(exp + bits) * math.log10(2))
+    args = [_digits_bound(a) for a in expr.args if isinstance(a, Basic)]
+    if isinstance(expr, Pow):
+        base, exponent = args
+        return max(1.0, base * _value_bound(expr.exp, exponent))
+    if isinstance(expr, (factorial, gamma, binomial)):
+        n = _value_bound(expr.args[0], args[0])
+        return n * math.log10(n) if n > 1 else 1.0
+    if not args:
+        return 1.0
+    # A sum or product of k terms has at most k digits more than, or the sum of, its terms'.
+    return sum(args) if expr.is_Mul else max(args) + len(args)
+
+
+def _value_bound(expr: Basic, digits: float) -> float:
+    """A bound on ``|expr|`` given its digit bound; a symbolic expression counts as small."""
+    if digits > 15:
+        return math.inf
+    try:
+        return abs(float(expr.evalf(15)))
+    except (TypeError, ValueError, AttributeError):
+        return 10.0**digits
 
 
 def _strip_dollars(answer: str) -> str:

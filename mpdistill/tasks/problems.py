@@ -56,16 +56,12 @@ def _read_rows(path: Path) -> list[dict]:
     return rows
 
 
-def load_problems(
-    source: str,
-    *,
-    question_field: str = "problem",
-    answer_field: str | None = "answer",
-    split: str = "train",
-    prompt_style: str = "plain",
-    limit: int | None = None,
-) -> list[dict]:
-    """Rows from a local JSONL/Parquet file or a Hugging Face dataset name, validated up front."""
+def read_source(source: str, *, split: str = "train") -> tuple[list[dict], str]:
+    """The raw rows of a local JSONL/Parquet file or a Hugging Face dataset, and where they came from.
+
+    ``where`` is the file path, or ``"name[split]"`` for a dataset. Raises DataError for a folder,
+    a malformed JSONL line (naming file and line), a dataset that cannot be loaded, or no rows.
+    """
     path = Path(source)
     if path.is_dir():
         raise DataError(f"{path}: is a folder; expected a .jsonl or .parquet file")
@@ -82,6 +78,20 @@ def load_problems(
         where = f"{source}[{split}]"
     if not raw:
         raise DataError(f"{where}: the dataset is empty")
+    return raw, where
+
+
+def load_problems(
+    source: str,
+    *,
+    question_field: str = "problem",
+    answer_field: str | None = "answer",
+    split: str = "train",
+    prompt_style: str = "plain",
+    limit: int | None = None,
+) -> list[dict]:
+    """Rows from a local JSONL/Parquet file or a Hugging Face dataset name, validated up front."""
+    raw, where = read_source(source, split=split)
     rows = []
     for i, r in enumerate(raw):
         q = r.get(question_field)
