@@ -1,4 +1,4 @@
-"""Command line: ``mpdistill demo | train | bootstrap``."""
+"""Command line: ``mpdistill demo | train | eval | compare | bootstrap``."""
 
 from __future__ import annotations
 
@@ -56,6 +56,74 @@ def train_cmd(
     except (ConfigError, DataError) as err:
         _fail(str(err))
     console.print(f"saved {recipe.method} student to {model_dir}")
+
+
+@app.command("eval")
+def eval_cmd(
+    model: str = typer.Option(..., "--model", help="Checkpoint folder, Hub name, embedded:student|teacher, or 'gold' "
+                              "(grade each benchmark's reference solutions: a check of the grader)."),
+    benchmarks: str = typer.Option("gsm8k,math500,aime24,aime25,amc23", "--benchmarks",
+                                   help="Comma-separated shipped names, .jsonl/.parquet files or Hugging Face dataset names."),
+    out: Path = typer.Option(..., "--out", help="Output folder; re-running with it resumes."),
+    n_samples: int = typer.Option(1, "--n-samples", help="Samples per problem (avg@k accuracy, pass@k)."),
+    max_new_tokens: int = typer.Option(4096, "--max-new-tokens", help="Response budget, thinking included."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Only the first N problems of each benchmark."),
+    thinking: Optional[bool] = typer.Option(None, "--thinking/--no-thinking",
+                                            help="Qwen3 thinking mode (chat template's enable_thinking); default: the template's."),
+    temperature: Optional[float] = typer.Option(None, "--temperature", help="Default: the model family's (0 = greedy)."),
+    top_p: Optional[float] = typer.Option(None, "--top-p"),
+    top_k: Optional[int] = typer.Option(None, "--top-k", help="0 turns top-k off."),
+    backend: str = typer.Option("transformers", "--backend", help="transformers or vllm (GPU, needs vllm)."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Prompts per generate call (default 16; vllm 1024)."),
+    seed: int = typer.Option(0, "--seed"),
+    chat_template: bool = typer.Option(True, "--chat-template/--no-chat-template",
+                                       help="Prompt through the tokenizer's chat template when it has one."),
+    prompt_template: Optional[str] = typer.Option(None, "--prompt-template", help="User message with {problem}; "
+                                                  "default asks for step-by-step reasoning and a \\boxed{} answer."),
+    question_field: str = typer.Option("problem", "--question-field", help="Question column of file/HF benchmarks."),
+    answer_field: str = typer.Option("answer", "--answer-field", help="Answer column of file/HF benchmarks."),
+    id_field: Optional[str] = typer.Option(None, "--id-field", help="Id column of file/HF benchmarks (default: row index)."),
+    split: str = typer.Option("test", "--split", help="Split of a Hugging Face dataset."),
+    tensor_parallel_size: int = typer.Option(1, "--tensor-parallel-size", help="vllm backend only."),
+) -> None:
+    """Accuracy and response tokens of a model on math benchmarks: samples.jsonl, summary.json, summary.md."""
+    from .config import ConfigError
+    from .eval_runner import EvalError, EvalSpec, run_eval
+    from .rollout.vllm import BackendUnavailable
+    from .tasks.problems import DataError
+
+    spec = EvalSpec(
+        model=model, benchmarks=[b.strip() for b in benchmarks.split(",") if b.strip()], backend=backend,
+        n_samples=n_samples, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
+        thinking=thinking, chat_template=chat_template, prompt_template=prompt_template or "", batch_size=batch_size,
+        seed=seed, limit=limit, question_field=question_field, answer_field=answer_field, id_field=id_field,
+        split=split, tensor_parallel_size=tensor_parallel_size,
+    )
+    try:
+        run_eval(spec, out, console=console)
+    except (EvalError, DataError, ConfigError, BackendUnavailable) as err:
+        _fail(str(err))
+
+
+@app.command("compare")
+def compare_cmd(
+    base: Path = typer.Argument(..., help="Evaluation folder of the starting model (from mpdistill eval)."),
+    new: Path = typer.Argument(..., help="Evaluation folder of the trained model."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Write compare.json, compare.md, compare.png here."),
+) -> None:
+    """Per benchmark: accuracy change with a paired CI, token reduction and AES, base -> new."""
+    from .compare import CompareError, compare_runs, format_comparison, write_comparison
+
+    try:
+        result = compare_runs(base, new)
+    except CompareError as err:
+        _fail(str(err))
+    console.print(format_comparison(result), markup=False)
+    for warning in result.get("warnings", []):
+        console.print(f"[yellow]warning:[/] {warning}", markup=True, highlight=False)
+    if out is not None:
+        paths = write_comparison(out, result)
+        console.print(f"wrote {', '.join(str(p) for p in paths.values())}", markup=False)
 
 
 @app.command()

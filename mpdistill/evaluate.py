@@ -3,7 +3,7 @@
 Every method is scored on the same problems, so accuracy differences are reported *paired*
 against a base method, together with the token reduction and the Accuracy-Efficiency Score (AES)
 of O1-Pruner. All intervals are 95% by default: Wilson for an accuracy, normal approximation of
-the per-problem differences for an accuracy delta. Generation itself is delegated to :mod:`mpdistill.rollout`.
+the per-problem differences for an accuracy delta. Sampling and grading are in :mod:`mpdistill.eval_runner`.
 """
 
 from __future__ import annotations
@@ -20,14 +20,15 @@ __all__ = [
     "AES_COEFFICIENTS",
     "aes",
     "build_results",
-    "evaluate_model",
-    "read_jsonl",
-    "write_jsonl",
+    "format_benchmark_table",
     "format_table",
     "paired_delta_ci",
+    "pass_at_k",
     "plot_tradeoff",
     "summarize",
+    "summarize_benchmark",
     "wilson_interval",
+    "wilson_interval_mean",
     "write_report",
 ]
 
@@ -58,10 +59,25 @@ def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, flo
     return max(0.0, center - half), min(1.0, center + half)
 
 
-def paired_delta_ci(a: Sequence[bool], b: Sequence[bool], z: float = 1.96) -> tuple[float, float, float]:
+def wilson_interval_mean(scores: Sequence[float], z: float = 1.96) -> tuple[float, float]:
+    """Wilson interval for the mean of per-problem scores in [0, 1], with n = number of problems.
+
+    The score sum takes the place of the success count, so it may be fractional when problems
+    have several samples. A per-problem mean has variance at most p(1−p) (equality with one
+    sample per problem), so treating each problem as one Bernoulli trial gives an interval that is
+    at least as wide as needed: conservative, never overconfident.
+    """
+    n = len(scores)
+    successes = min(float(n), max(0.0, math.fsum(scores)))  # guard against rounding past n
+    return wilson_interval(successes, n, z)  # type: ignore[arg-type]  # the formula accepts fractions
+
+
+def paired_delta_ci(a: Sequence[float], b: Sequence[float], z: float = 1.96) -> tuple[float, float, float]:
     """Mean of ``b_i - a_i`` over the same problems, with a normal-approximation CI.
 
-    Returns ``(delta, lo, hi)``: the accuracy of b minus that of a. Pairing removes the
+    ``a_i``, ``b_i`` are per-problem scores: a correctness (bool) or, with several samples per
+    problem, the fraction of them that are correct. Returns ``(delta, lo, hi)``: the accuracy of b
+    minus that of a. Pairing removes the
     between-problem variance that two independent intervals would count twice. The standard
     error uses the sample standard deviation of the differences (n - 1); with a single problem it
     is undefined and the bounds are NaN. When all differences are equal the interval collapses
@@ -71,12 +87,30 @@ def paired_delta_ci(a: Sequence[bool], b: Sequence[bool], z: float = 1.96) -> tu
         raise ValueError(f"paired_delta_ci needs equal lengths, got len(a)={len(a)} and len(b)={len(b)}")
     if not a:
         raise ValueError("paired_delta_ci needs at least one pair")
-    diffs = [float(bool(y)) - float(bool(x)) for x, y in zip(a, b)]
+    diffs = [float(y) - float(x) for x, y in zip(a, b)]
     delta = statistics.fmean(diffs)
     if len(diffs) < 2:
         return delta, math.nan, math.nan
     half = z * statistics.stdev(diffs) / math.sqrt(len(diffs))
     return delta, max(-1.0, delta - half), min(1.0, delta + half)
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k of one problem from ``n`` samples of which ``c`` are correct (Chen et al. 2021).
+
+    ``1 - C(n-c, k) / C(n, k)``: the chance that at least one of k samples drawn without
+    replacement from the n is correct. Computed as a running product, so it stays exact for large n.
+    """
+    if not 0 < k <= n:
+        raise ValueError(f"pass_at_k needs 0 < k <= n, got k={k}, n={n}")
+    if not 0 <= c <= n:
+        raise ValueError(f"pass_at_k needs 0 <= c <= n, got c={c}, n={n}")
+    if n - c < k:
+        return 1.0
+    miss = 1.0
+    for i in range(n - c + 1, n + 1):
+        miss *= 1.0 - k / i
+    return 1.0 - miss
 
 
 def aes(
@@ -135,7 +169,7 @@ def build_results(seed: int, records_by_method: dict[str, list[dict]], base: str
     """Per-method summaries plus paired comparisons against ``base``, as a JSON-ready dict.
 
     All methods must have been run on the same problems in the same order: records are paired
-    by position, and when two paired records both carry ``prompt`` they must be equal.
+    by position, and when two paired records both carry an ``id`` (or ``prompt``) they must be equal.
     """
     if base not in records_by_method:
         raise ValueError(f"base method {base!r} not among the methods: {sorted(records_by_method)}")
@@ -196,12 +230,11 @@ def _compare_to_base(summary: dict, records: list[dict], base_summary: dict, bas
 
 
 def _check_prompts_aligned(base_records: list[dict], records: list[dict], base: str, name: str) -> None:
-    """Raise if a paired record carries a different prompt than its base counterpart."""
+    """Raise if a paired record names another problem (``id``, else ``prompt``) than its base counterpart."""
     for i, (b, r) in enumerate(zip(base_records, records)):
-        if "prompt" in b and "prompt" in r and b["prompt"] != r["prompt"]:
-            raise ValueError(
-                f"records of {name!r} and base {base!r} are not aligned: prompts differ at index {i}"
-            )
+        for key in ("id", "prompt"):
+            if key in b and key in r and b[key] != r[key]:
+                raise ValueError(f"records of {name!r} and base {base!r} are not aligned: {key}s differ at index {i}")
 
 
 def format_table(results: dict) -> str:
@@ -313,57 +346,83 @@ def _nan_to_none(value: Any) -> Any:
 
 
 # ---------------------------------------------------------------------------------------------
-# Running a model on a problem set.
+# Benchmark summaries: several samples per problem, pass@k.
 
 
-def evaluate_model(
-    model,
-    tokenizer,
-    problems: list[dict],
-    task,
-    settings,
-    *,
-    seed: int,
-    out_path: str | Path | None = None,
-    progress=None,
-) -> list[dict]:
-    """Sample one response per problem and grade it; one record per problem, in order.
+def summarize_benchmark(records: Sequence[dict]) -> dict:
+    """Accuracy, pass@k and token statistics of one benchmark's sample records.
 
-    Records are ``{"prompt", "response", "tokens", "truncated", "extracted", "gold", "correct"}``,
-    where ``prompt`` is the exact text given to the model and ``tokens`` counts the response
-    tokens in the model's own tokenizer (end-of-sequence excluded). With ``out_path`` the records
-    are written as JSONL (temporary name, then renamed).
+    Accuracy is avg@k: the mean over problems of the fraction of their samples that are correct.
+    Its 95% CI is Wilson's with n = number of problems, which is conservative for a mean of
+    per-problem fractions (each has variance at most p(1 - p)). pass@k is the unbiased estimator
+    for k = 1, 2, 4, ... up to the samples per problem. Token statistics are over samples and are
+    None when the records carry no token counts (the grader check).
     """
-    from .rollout import generate_texts
+    if not records:
+        raise ValueError("summarize_benchmark needs at least one record")
+    by_problem: dict[str, list[dict]] = {}
+    for r in records:
+        by_problem.setdefault(str(r["id"]), []).append(r)
+    sizes = {len(v) for v in by_problem.values()}
+    if len(sizes) != 1:
+        raise ValueError(f"every problem needs the same number of samples, got sizes {sorted(sizes)}")
+    k_max = sizes.pop()
+    n_problems = len(by_problem)
+    scores = [sum(bool(r["correct"]) for r in rs) / k_max for rs in by_problem.values()]
+    accuracy = statistics.fmean(scores)
+    lo, hi = wilson_interval_mean(scores)
+    ks = sorted({2**i for i in range(k_max.bit_length()) if 2**i <= k_max} | {k_max})
+    pass_k = {
+        str(k): statistics.fmean(pass_at_k(k_max, sum(bool(r["correct"]) for r in rs), k) for rs in by_problem.values())
+        for k in ks
+    }
+    tokens = [r["tokens"] for r in records if r.get("tokens") is not None]
+    thinking = [r["thinking_tokens"] for r in records if r.get("thinking_tokens") is not None]
+    answer = [r["answer_tokens"] for r in records if r.get("answer_tokens") is not None]
+    n = len(records)
+    return {
+        "n_problems": n_problems,
+        "samples_per_problem": k_max,
+        "n_samples": n,
+        "accuracy": accuracy,
+        "accuracy_ci95": [lo, hi],
+        "pass_at_k": pass_k,
+        "mean_tokens": statistics.fmean(tokens) if tokens else None,
+        "median_tokens": float(statistics.median(tokens)) if tokens else None,
+        "mean_thinking_tokens": statistics.fmean(thinking) if thinking else None,
+        "mean_answer_tokens": statistics.fmean(answer) if answer else None,
+        "samples_with_thinking": len(thinking),
+        "truncation_rate": sum(bool(r.get("truncated")) for r in records) / n,
+        "no_answer_rate": sum(r.get("extracted") is None for r in records) / n,
+    }
 
-    prompts = [p["prompt"] for p in problems]
-    gens = generate_texts(model, tokenizer, prompts, settings, seed=seed, progress=progress)
-    records = []
-    for prob, gen in zip(problems, gens, strict=True):
-        extracted = task.extract_answer(gen.text)
-        records.append(
-            {
-                "prompt": prob["prompt"],
-                "response": gen.text,
-                "tokens": len(gen.token_ids),
-                "truncated": gen.truncated,
-                "extracted": extracted,
-                "gold": prob["answer"],
-                "correct": extracted is not None and task.answers_match(extracted, prob["answer"]),
-            }
+
+def format_benchmark_table(benchmarks: dict[str, dict]) -> str:
+    """Markdown table of :func:`summarize_benchmark` results, one row per benchmark."""
+    lines = [
+        "| benchmark | problems × samples | accuracy % [95% CI] | pass@k % | mean tokens | median tokens "
+        "| thinking / answer tokens | truncated % | no answer % |",
+        "|---|---:|---:|---|---:|---:|---:|---:|---:|",
+    ]
+    for name, s in benchmarks.items():
+        lo, hi = s["accuracy_ci95"]
+        passes = ", ".join(f"@{k} {_pct(v)}" for k, v in s["pass_at_k"].items())
+        split = (
+            f"{_opt(s['mean_thinking_tokens'])} / {_opt(s['mean_answer_tokens'])} (n={s['samples_with_thinking']})"
+            if s["samples_with_thinking"]
+            else "—"
         )
-    if out_path is not None:
-        write_jsonl(out_path, records)
-    return records
+        lines.append(
+            f"| {name} | {s['n_problems']} × {s['samples_per_problem']} | {_pct(s['accuracy'])} [{_pct(lo)}, {_pct(hi)}] "
+            f"| {passes} | {_opt(s['mean_tokens'])} | {_opt(s['median_tokens'])} | {split} "
+            f"| {_pct(s['truncation_rate'])} | {_pct(s['no_answer_rate'])} |"
+        )
+    note = (
+        "Accuracy is avg@k over each problem's samples, 95% Wilson CI with n = problems; pass@k is the "
+        "unbiased estimator; tokens are the model's own tokenizer's, thinking included, per sample."
+    )
+    return "\n".join(lines) + "\n\n" + note + "\n"
 
 
-def write_jsonl(path: str | Path, records: list[dict]) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
-    _atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
-
-
-def read_jsonl(path: str | Path) -> list[dict]:
-    with Path(path).open(encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+def _opt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1f}"

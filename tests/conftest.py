@@ -25,3 +25,25 @@ def tiny_pair(tmp_path_factory):
         model.save_pretrained(root / name)
         tok.save_pretrained(root / name)
     return root
+
+
+QWEN3_FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "qwen3")
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen3(tmp_path_factory):
+    """A randomly initialised one-layer Qwen3 with the real Qwen3 tokenizer and chat template."""
+    import json
+
+    from transformers import AutoTokenizer, Qwen3Config, Qwen3ForCausalLM
+
+    root = tmp_path_factory.mktemp("tiny_qwen3") / "model"
+    tok = AutoTokenizer.from_pretrained(QWEN3_FIXTURES)
+    with open(os.path.join(QWEN3_FIXTURES, "Qwen3-1.7B.json")) as f:
+        real = json.load(f)
+    small = {**real, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
+             "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 16}
+    torch.manual_seed(0)
+    Qwen3ForCausalLM(Qwen3Config(**small)).save_pretrained(root)
+    tok.save_pretrained(root)
+    return root

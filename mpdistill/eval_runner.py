@@ -1,0 +1,467 @@
+"""Run a model over problem sets and grade every sample, resumably: ``mpdistill eval`` and the demo.
+
+The work is a fixed plan: every (benchmark, problem, sample index) is one unit; units are sorted
+by prompt length and cut into batches, and batch ``i`` is sampled with a seed derived from the run
+seed and ``i``. Each finished batch is appended to ``samples.jsonl`` and flushed to disk, so an
+interrupted run loses at most the batch in flight, and a re-run with the same plan skips every
+unit already on disk and draws the rest exactly as an uninterrupted run would have.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Protocol, Sequence
+
+from .prompts import split_response
+from .rollout.hf import Generation, GenerationSettings, generate_texts
+from .tasks import Task
+
+log = logging.getLogger(__name__)
+
+
+class EvalError(ValueError):
+    """An evaluation that cannot run or resume; the message names the file, line or setting."""
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One sample to draw: the ``sample``-th response to problem ``id`` of ``benchmark``."""
+
+    benchmark: str
+    id: str
+    sample: int
+    prompt_ids: tuple[int, ...]
+    gold: str
+    reference: str | None = None  # graded instead of a generation by the "gold" backend
+
+    @property
+    def key(self) -> tuple[str, str, int]:
+        return (self.benchmark, self.id, self.sample)
+
+
+class Backend(Protocol):
+    """Draws one response per prompt; ``seeds`` has one seed per prompt (a backend may use only the first)."""
+
+    def generate(self, prompts: list[list[int]], seeds: list[int]) -> list[Generation]: ...
+
+
+class TransformersBackend:
+    """Batched ``transformers.generate`` (length-sorted, left-padded, KV cache); one seed per batch."""
+
+    def __init__(self, model, tokenizer, settings: GenerationSettings) -> None:
+        self.model, self.tokenizer, self.settings = model, tokenizer, settings
+
+    def generate(self, prompts: list[list[int]], seeds: list[int]) -> list[Generation]:
+        return generate_texts(self.model, self.tokenizer, prompts, self.settings, seed=seeds[0])
+
+
+class VLLMBackend:
+    def __init__(self, generator, settings: GenerationSettings) -> None:
+        self.generator, self.settings = generator, settings
+
+    def generate(self, prompts: list[list[int]], seeds: list[int]) -> list[Generation]:
+        return self.generator.generate(prompts, self.settings, seeds)
+
+
+def derive_seed(seed: int, *parts: object) -> int:
+    """A 31-bit seed from the run seed and a label; the same in every process and Python version."""
+    return zlib.crc32("/".join(map(str, (seed, *parts))).encode()) & 0x7FFFFFFF
+
+
+def plan_batches(units: Sequence[Unit], batch_size: int) -> list[list[Unit]]:
+    """Units sorted by prompt length (stable, so a problem's samples stay together), in batches."""
+    if batch_size < 1:
+        raise EvalError(f"batch size must be at least 1, got {batch_size}")
+    ordered = sorted(units, key=lambda u: len(u.prompt_ids))
+    return [ordered[i : i + batch_size] for i in range(0, len(ordered), batch_size)]
+
+
+def grade(unit: Unit, gen: Generation | None, task: Task, tokenizer) -> dict:
+    """The samples.jsonl record of one unit. ``gen`` None means: grade the unit's reference text."""
+    if gen is None:
+        response, token_ids, truncated = unit.reference or "", None, False
+    else:
+        response, token_ids, truncated = gen.text, gen.token_ids, gen.truncated
+    parts = split_response(response, token_ids or [], tokenizer if token_ids is not None else None)
+    extracted = task.extract_answer(parts.answer_text) if parts.answer_text else None
+    return {
+        "benchmark": unit.benchmark,
+        "id": unit.id,
+        "sample": unit.sample,
+        "response": response,
+        "tokens": None if token_ids is None else len(token_ids),
+        "thinking_tokens": parts.thinking_tokens,
+        "answer_tokens": parts.answer_tokens,
+        "truncated": truncated,
+        "extracted": extracted,
+        "gold": unit.gold,
+        "correct": extracted is not None and task.answers_match(extracted, unit.gold),
+    }
+
+
+def run_units(
+    units: Sequence[Unit],
+    backend: Backend | None,
+    task: Task,
+    tokenizer,
+    samples_path: str | Path,
+    *,
+    seed: int,
+    batch_size: int,
+    progress: Callable[[int], None] | None = None,
+) -> list[dict]:
+    """Draw and grade every unit not yet in ``samples_path``; return all records in plan order.
+
+    ``backend`` None grades each unit's ``reference`` instead of generating (the grader check).
+    ``progress`` is called with the number of units finished, first for those found on disk.
+    """
+    path = Path(samples_path)
+    by_key = {u.key: u for u in units}
+    if len(by_key) != len(units):
+        raise EvalError("the plan has repeated (benchmark, id, sample) units: problem ids must be unique")
+    done = {}
+    found, torn_at = read_samples(path)
+    for lineno, record in found:
+        key = (record.get("benchmark"), record.get("id"), record.get("sample"))
+        if key not in by_key:
+            raise EvalError(
+                f"{path}:{lineno}: sample {key} is not part of this evaluation; "
+                "it was written with other settings: use a new output folder"
+            )
+        done.setdefault(key, record)
+    _cut_torn_tail(path, torn_at)
+    if progress is not None and done:
+        progress(len(done))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a", encoding="utf-8") as sink:
+        for index, batch in enumerate(plan_batches(units, batch_size)):
+            todo = [u for u in batch if u.key not in done]
+            if not todo:
+                continue
+            if backend is None:
+                gens: list[Generation | None] = [None] * len(batch)
+            else:
+                # The whole batch is generated again so its seed gives the same samples as before.
+                seeds = [derive_seed(seed, "batch", index)] + [derive_seed(seed, *u.key) for u in batch[1:]]
+                gens = list(backend.generate([list(u.prompt_ids) for u in batch], seeds))
+            lines = []
+            for unit, gen in zip(batch, gens, strict=True):
+                if unit.key in done:
+                    continue
+                record = grade(unit, gen, task, tokenizer)
+                done[unit.key] = record
+                lines.append(json.dumps(record, ensure_ascii=False) + "\n")
+            sink.write("".join(lines))
+            sink.flush()
+            os.fsync(sink.fileno())
+            if progress is not None:
+                progress(len(todo))
+    return [done[u.key] for u in units]
+
+
+def read_samples(path: Path) -> tuple[list[tuple[int, dict]], int | None]:
+    """``(line number, record)`` of a samples file, and where a torn last line starts, if any.
+
+    Only the last line may be broken (the write in flight when a run was killed): its byte
+    offset is returned so the caller can cut it off. A bad line anywhere else is an error that
+    names it. The file is only read.
+    """
+    if not path.exists():
+        return [], None
+    data = path.read_bytes()
+    lines = data.split(b"\n")
+    if lines and not lines[-1]:
+        lines.pop()  # the file ends with a newline: nothing after it
+    records = []
+    offset = 0  # byte offset where the current line starts
+    for lineno, line in enumerate(lines, 1):
+        try:
+            record = json.loads(line) if line.strip() else None
+        except ValueError:
+            if lineno == len(lines):
+                log.warning("%s: line %d is incomplete (interrupted write); it is dropped", path, lineno)
+                return records, offset
+            raise EvalError(f"{path}:{lineno}: not a valid JSON record; fix or remove that line to resume") from None
+        if record is not None:
+            if not isinstance(record, dict):
+                raise EvalError(f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}")
+            records.append((lineno, record))
+        offset += len(line) + 1
+    return records, None
+
+
+def _cut_torn_tail(path: Path, torn_at: int | None) -> None:
+    """Make ``path`` end with a complete line, so appending can continue."""
+    if torn_at is not None:
+        with path.open("r+b") as f:
+            f.truncate(torn_at)
+    elif path.exists() and path.stat().st_size:
+        with path.open("rb+") as f:
+            f.seek(-1, os.SEEK_END)
+            if f.read(1) != b"\n":  # a complete last record without its newline
+                f.write(b"\n")
+
+
+# ---------------------------------------------------------------------------------------------
+# ``mpdistill eval``: benchmarks × model -> samples.jsonl, summary.json, summary.md.
+
+GOLD = "gold"  # the model name that grades each benchmark's reference solutions (grader check)
+BACKENDS = ("transformers", "vllm")
+DEFAULT_BATCH = {"transformers": 16, "vllm": 1024}
+# Settings that decide what is sampled: a resumed run must use the same ones.
+PLAN_KEYS = ("model", "benchmarks", "backend", "n_samples", "max_new_tokens", "temperature", "top_p", "top_k",
+             "thinking", "chat_template", "prompt_template", "batch_size", "seed", "limit")
+
+
+@dataclass
+class EvalSpec:
+    """Everything ``mpdistill eval`` needs; sampling left as None takes the model family's defaults."""
+
+    model: str
+    benchmarks: list[str]
+    backend: str = "transformers"
+    n_samples: int = 1
+    max_new_tokens: int = 4096
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    thinking: bool | None = None
+    chat_template: bool = True
+    prompt_template: str = ""
+    batch_size: int | None = None
+    seed: int = 0
+    limit: int | None = None
+    # Column mapping for benchmark files and Hugging Face datasets given by path or name.
+    question_field: str = "problem"
+    answer_field: str = "answer"
+    id_field: str | None = None
+    split: str = "test"
+    tensor_parallel_size: int = 1
+
+    def check(self) -> None:
+        """Refuse impossible settings before anything is loaded."""
+        from .prompts import MATH_PROMPT
+
+        if not self.prompt_template:
+            self.prompt_template = MATH_PROMPT
+        if "{problem}" not in self.prompt_template:
+            raise EvalError("the prompt template must contain {problem}")
+        if not self.benchmarks:
+            raise EvalError("no benchmarks given")
+        if self.backend not in BACKENDS:
+            raise EvalError(f"unknown backend {self.backend!r}; use one of {', '.join(BACKENDS)}")
+        for name, value, low in (("--n-samples", self.n_samples, 1), ("--max-new-tokens", self.max_new_tokens, 1),
+                                 ("--limit", self.limit, 1), ("--batch-size", self.batch_size, 1)):
+            if value is not None and value < low:
+                raise EvalError(f"{name} must be at least {low}, got {value}")
+        if self.temperature is not None and self.temperature < 0:
+            raise EvalError(f"--temperature must be >= 0, got {self.temperature}")
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            raise EvalError(f"--top-p must be in (0, 1], got {self.top_p}")
+        if self.top_k is not None and self.top_k < 0:
+            raise EvalError(f"--top-k must be >= 0 (0: off), got {self.top_k}")
+        if self.model != GOLD and self.backend == "vllm":
+            from .rollout.vllm import require_vllm
+
+            require_vllm()
+
+
+def load_benchmarks(spec: EvalSpec):
+    """Each ``--benchmarks`` entry: a shipped name, else a local file or Hugging Face dataset."""
+    from .benchmarks import known_benchmarks, load_benchmark, load_custom_benchmark
+
+    loaded = []
+    for entry in spec.benchmarks:
+        if entry in known_benchmarks() or not (Path(entry).exists() or "/" in entry or "." in entry):
+            loaded.append(load_benchmark(entry, limit=spec.limit))  # an unknown bare name lists the known ones
+        else:
+            loaded.append(load_custom_benchmark(
+                entry, question_field=spec.question_field, answer_field=spec.answer_field, id_field=spec.id_field,
+                split=spec.split, limit=spec.limit,
+            ))
+    names = [b.name for b in loaded]
+    if len(set(names)) != len(names):
+        raise EvalError(f"two benchmarks share a name: {names}")
+    return loaded
+
+
+def run_eval(spec: EvalSpec, out: str | Path, *, console=None) -> dict:
+    """Evaluate ``spec.model`` on ``spec.benchmarks`` into ``out``; resumes what ``out`` already holds."""
+    from rich.console import Console
+
+    from .evaluate import format_benchmark_table, summarize_benchmark
+    from .tasks import get_task
+
+    console = console or Console()
+    spec.check()
+    out = Path(out)
+    benchmarks = load_benchmarks(spec)
+    task = get_task("math")
+    gold = spec.model == GOLD
+    batch_size = spec.batch_size or DEFAULT_BATCH[spec.backend]
+
+    tokenizer, model_config, encoder, sampling, sampling_source = None, None, None, {}, "none (reference solutions)"
+    if gold:
+        missing = [(b.name, it.id) for b in benchmarks for it in b.items if not it.reference]
+        if missing:
+            raise EvalError(f"--model gold needs reference solutions; none for {missing[0][0]} problem {missing[0][1]}")
+    else:
+        tokenizer, model_config = _load_tokenizer_and_config(spec.model)
+        from .prompts import PromptEncoder, sampling_defaults
+
+        encoder = PromptEncoder(tokenizer, template=spec.prompt_template, use_chat_template=spec.chat_template,
+                                thinking=spec.thinking)
+        thinking_on = spec.thinking if spec.thinking is not None else True  # Qwen3's template default
+        sampling, sampling_source = sampling_defaults(
+            getattr(model_config, "model_type", None), thinking_on, _generation_config(spec.model)
+        )
+        for key in ("temperature", "top_p", "top_k"):
+            if getattr(spec, key) is not None:
+                sampling[key] = getattr(spec, key)
+                sampling_source = "given"
+    config = {
+        "model": spec.model,
+        "benchmarks": [{"name": b.name, "source": b.source, "n_problems": len(b.items)} for b in benchmarks],
+        "backend": "references" if gold else spec.backend,
+        "n_samples": 1 if gold else spec.n_samples,
+        "max_new_tokens": None if gold else spec.max_new_tokens,
+        **{k: sampling.get(k) for k in ("temperature", "top_p", "top_k")},
+        "sampling_source": sampling_source,
+        "thinking": spec.thinking,
+        "chat_template": None if gold else encoder.chat,
+        "prompt_template": None if gold else spec.prompt_template,
+        "batch_size": batch_size,
+        "seed": spec.seed,
+        "limit": spec.limit,
+    }
+    _check_or_write_config(out, config)
+
+    units = []
+    for b in benchmarks:
+        for item in b.items:
+            prompt = () if gold else tuple(encoder.encode(item.problem))
+            units += [Unit(b.name, item.id, k, prompt, item.answer, item.reference) for k in range(config["n_samples"])]
+
+    backend = None
+    if not gold:
+        settings = GenerationSettings(max_new_tokens=spec.max_new_tokens, temperature=sampling["temperature"],
+                                      top_p=sampling["top_p"], top_k=sampling["top_k"], batch_size=batch_size)
+        backend = _load_backend(spec, settings, tokenizer)
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    with Progress(TextColumn("eval {task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  TimeRemainingColumn(), console=console) as bar:
+        job = bar.add_task(spec.model, total=len(units))
+        records = run_units(units, backend, task, tokenizer, out / "samples.jsonl", seed=spec.seed,
+                            batch_size=batch_size, progress=lambda k: bar.advance(job, k))
+
+    per_benchmark = {}
+    for b in benchmarks:
+        per_benchmark[b.name] = summarize_benchmark([r for r in records if r["benchmark"] == b.name])
+        if gold:
+            from .benchmarks import check_grader
+
+            per_benchmark[b.name]["shuffled_gold"] = check_grader(b, shuffle_seed=spec.seed)["shuffled"]
+    summary = {"model": spec.model, "settings": config, "benchmarks": per_benchmark}
+    table = format_benchmark_table(per_benchmark)
+    if gold:
+        table += "\n" + _shuffled_lines(per_benchmark)
+    _write_summary(out, summary, table)
+    console.print(table, markup=False, highlight=False, soft_wrap=True)
+    console.print(f"wrote {out / 'samples.jsonl'}, summary.json, summary.md")
+    return summary
+
+
+def _shuffled_lines(per_benchmark: dict) -> str:
+    """The grader check's false-positive rate: references graded against another problem's gold."""
+    lines = []
+    for name, s in per_benchmark.items():
+        sh = s["shuffled_gold"]
+        lines.append(f"{name}: golds shuffled between problems graded correct {sh['correct']}/{sh['n']} "
+                     f"({100 * sh['rate']:.2f}%; {sh['same_gold_pairs']} pairs share the same gold)")
+    return "\n".join(lines) + "\n"
+
+
+def _load_tokenizer_and_config(name: str):
+    from transformers import AutoConfig, AutoTokenizer
+
+    from .pipeline import resolve_model
+
+    path = resolve_model(name)
+    looks_local = path.startswith((".", "/", "~")) or Path(path).exists()
+    if looks_local and not Path(path).expanduser().is_dir():
+        raise EvalError(f"model {name!r}: no such folder {path}")
+    try:
+        return AutoTokenizer.from_pretrained(path, padding_side="left"), AutoConfig.from_pretrained(path)
+    except OSError as err:
+        raise EvalError(f"cannot load model {name!r}: {err}") from None
+
+
+def _generation_config(name: str):
+    from transformers import GenerationConfig
+
+    from .pipeline import resolve_model
+
+    try:
+        return GenerationConfig.from_pretrained(resolve_model(name))
+    except OSError:  # no generation_config.json: no model-specific sampling
+        return None
+
+
+def _load_backend(spec: EvalSpec, settings: GenerationSettings, tokenizer) -> Backend:
+    if spec.backend == "vllm":
+        from .pipeline import resolve_model
+        from .rollout.vllm import VLLMGenerator
+
+        generator = VLLMGenerator(resolve_model(spec.model), seed=spec.seed, tensor_parallel_size=spec.tensor_parallel_size)
+        return VLLMBackend(generator, settings)
+    import torch
+
+    from .pipeline import load_model
+
+    cuda = torch.cuda.is_available()
+    model, _ = load_model(spec.model, dtype=torch.bfloat16 if cuda else torch.float32)
+    if cuda:
+        model = model.to("cuda")
+    return TransformersBackend(model, tokenizer, settings)
+
+
+def _check_or_write_config(out: Path, config: dict) -> None:
+    """Write ``eval_config.json``, or check that a resumed run asks for the same plan."""
+    from .evaluate import _atomic_write
+
+    path = out / "eval_config.json"
+    if path.exists():
+        try:
+            old = json.loads(path.read_text(encoding="utf-8"))
+        except ValueError:
+            raise EvalError(f"{path}: not valid JSON; remove it (and samples.jsonl) or use a new --out") from None
+        changed = [k for k in PLAN_KEYS if old.get(k) != config.get(k)]
+        if changed:
+            diffs = "; ".join(f"{k}: {old.get(k)!r} -> {config.get(k)!r}" for k in changed)
+            raise EvalError(f"{out} holds an evaluation with other settings ({diffs}); use a new --out to keep both")
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(config, indent=2) + "\n"
+    _atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def _write_summary(out: Path, summary: dict, table: str) -> None:
+    from .evaluate import _atomic_write, _nan_to_none
+
+    text = json.dumps(_nan_to_none(summary), indent=2, allow_nan=False) + "\n"
+    _atomic_write(out / "summary.json", lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    s = summary["settings"]
+    header = (
+        f"# Evaluation of `{summary['model']}`\n\n"
+        f"Backend {s['backend']}, {s['n_samples']} sample(s) per problem, max {s['max_new_tokens']} new tokens, "
+        f"temperature {s['temperature']}, top-p {s['top_p']}, top-k {s['top_k']} ({s['sampling_source']}), "
+        f"thinking {s['thinking']}, seed {s['seed']}.\n\n"
+    )
+    _atomic_write(out / "summary.md", lambda tmp: tmp.write_text(header + table, encoding="utf-8"))

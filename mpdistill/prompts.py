@@ -1,0 +1,143 @@
+"""What a model is given and how its answer is read back: chat templates, thinking mode, sampling.
+
+A benchmark question becomes token ids through the model's own chat template (with Qwen3's
+``enable_thinking`` switch when asked) or, for a tokenizer without one, as plain text with a
+warning. A response is split at its ``</think>`` into the thinking and the final answer section,
+so both can be counted, and only the answer section is graded.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from transformers import PreTrainedTokenizerBase
+
+log = logging.getLogger(__name__)
+
+# The instruction Qwen's math evaluations append to every question (Qwen2.5-Math, Qwen3 model card).
+MATH_PROMPT = "{problem}\nPlease reason step by step, and put your final answer within \\boxed{{}}."
+
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+
+# Sampling recommended by each family's model card, keyed by (config.model_type, thinking).
+# Qwen3: thinking T=0.6, top-p 0.95, top-k 20; non-thinking T=0.7, top-p 0.8, top-k 20
+# (Qwen3 model card, "Best Practices"; greedy decoding is discouraged there for thinking mode).
+FAMILY_SAMPLING: dict[tuple[str, bool], dict] = {
+    ("qwen3", True): {"temperature": 0.6, "top_p": 0.95, "top_k": 20},
+    ("qwen3", False): {"temperature": 0.7, "top_p": 0.8, "top_k": 20},
+}
+
+
+def sampling_defaults(model_type: str | None, thinking: bool, generation_config=None) -> tuple[dict, str]:
+    """Default ``temperature``/``top_p``/``top_k`` for a model, and where they came from.
+
+    The family's documented values first; otherwise the model's own ``generation_config`` when it
+    samples; otherwise greedy decoding (temperature 0).
+    """
+    family = FAMILY_SAMPLING.get((model_type or "", thinking))
+    if family is not None:
+        return dict(family), f"{model_type} {'thinking' if thinking else 'non-thinking'} defaults"
+    gc = generation_config
+    if gc is not None and getattr(gc, "do_sample", False):
+        return {
+            "temperature": float(gc.temperature if gc.temperature is not None else 1.0),
+            "top_p": float(gc.top_p if gc.top_p is not None else 1.0),
+            "top_k": int(gc.top_k or 0),
+        }, "the model's generation_config"
+    return {"temperature": 0.0, "top_p": 1.0, "top_k": 0}, "greedy (no family defaults, generation_config does not sample)"
+
+
+class PromptEncoder:
+    """Question text to prompt token ids, through the chat template when the tokenizer has one.
+
+    ``thinking`` is passed to the template as ``enable_thinking`` (Qwen3's switch); ``None`` leaves
+    the template's default. A tokenizer without a chat template falls back to the plain prompt, and
+    says so once.
+    """
+
+    def __init__(
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        *,
+        template: str = MATH_PROMPT,
+        use_chat_template: bool = True,
+        thinking: bool | None = None,
+    ) -> None:
+        self.tokenizer = tokenizer
+        self.template = template
+        has_template = getattr(tokenizer, "chat_template", None) is not None
+        if use_chat_template and not has_template:
+            log.warning("the tokenizer has no chat template: prompting with the plain question text")
+        self.chat = use_chat_template and has_template
+        self.thinking = thinking
+        if self.chat and thinking is not None and "enable_thinking" not in str(tokenizer.chat_template):
+            log.warning("the chat template has no enable_thinking switch: --thinking/--no-thinking has no effect")
+
+    def text(self, problem: str) -> str:
+        """The user message (or, without a chat template, the whole prompt)."""
+        return self.template.format(problem=problem)
+
+    def render(self, problem: str) -> str:
+        """The exact prompt string the model sees."""
+        return self.tokenizer.decode(self.encode(problem))
+
+    def encode(self, problem: str) -> list[int]:
+        message = self.text(problem)
+        if not self.chat:
+            return self.tokenizer(message, add_special_tokens=False)["input_ids"]
+        kwargs = {} if self.thinking is None else {"enable_thinking": self.thinking}
+        return list(
+            self.tokenizer.apply_chat_template(
+                [{"role": "user", "content": message}],
+                add_generation_prompt=True,
+                tokenize=True,
+                return_dict=False,
+                **kwargs,
+            )
+        )
+
+
+@dataclass(frozen=True)
+class ResponseParts:
+    """A response split at its thinking block. Token counts are None when there is no ``<think>``."""
+
+    answer_text: str  # what is graded: after the last </think>, or the whole text without one
+    thinking_tokens: int | None
+    answer_tokens: int | None
+    thinking_closed: bool
+
+
+def split_response(text: str, token_ids: list[int], tokenizer: PreTrainedTokenizerBase | None) -> ResponseParts:
+    """Split a response into thinking and final answer, counting the tokens of each.
+
+    A ``<think>`` that never closes (the budget ran out while thinking) leaves an empty answer
+    section: a tentative ``\\boxed{}`` inside unfinished thinking is not graded as the answer.
+    Counting uses the token ids when ``</think>`` is one token of the vocabulary (Qwen3), else
+    re-tokenizes the two parts.
+    """
+    close = text.rfind(THINK_CLOSE)
+    if close >= 0:
+        answer_text = text[close + len(THINK_CLOSE) :]
+    elif THINK_OPEN in text:
+        answer_text = ""
+    else:
+        return ResponseParts(text, None, None, thinking_closed=False)
+    closed = close >= 0
+    if tokenizer is None:
+        return ResponseParts(answer_text, None, None, thinking_closed=closed)
+    close_id = _single_token_id(tokenizer, THINK_CLOSE)
+    if close_id is not None and (close_id in token_ids or not closed):
+        if closed:
+            last = len(token_ids) - 1 - token_ids[::-1].index(close_id)
+            thinking = last + 1
+        else:
+            thinking = len(token_ids)
+        return ResponseParts(answer_text, thinking, len(token_ids) - thinking, thinking_closed=closed)
+    answer = len(tokenizer(answer_text, add_special_tokens=False)["input_ids"]) if answer_text else 0
+    return ResponseParts(answer_text, max(len(token_ids) - answer, 0), answer, thinking_closed=closed)
+
+
+def _single_token_id(tokenizer: PreTrainedTokenizerBase, token: str) -> int | None:
+    ids = tokenizer(token, add_special_tokens=False)["input_ids"]
+    return ids[0] if len(ids) == 1 else None
