@@ -16,7 +16,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from .config import Recipe, load_recipe
-from .evaluate import build_results, evaluate_model, format_table, paired_delta_ci, read_jsonl, write_report
+from .eval_runner import EvalError, TransformersBackend, Unit, run_units
+from .evaluate import build_results, format_table, paired_delta_ci, write_report
 from .pipeline import load_model, train
 from .rollout import GenerationSettings
 from .tasks import get_task
@@ -89,20 +90,12 @@ def run_demo(out: str | Path, *, quick: bool = False, seed: int | None = None, r
     ) as bar:
         for name in EVAL_ORDER:
             path = out / "eval" / f"{name}.jsonl"
-            if path.exists() and name not in fresh:
-                try:
-                    done = read_jsonl(path)
-                except ValueError:  # unreadable (written by hand or by another tool): redo it
-                    done = []
-                if [r.get("prompt") for r in done] == [p["prompt"] for p in eval_problems]:
-                    records[name] = done
-                    continue
+            if name in fresh:
+                path.unlink(missing_ok=True)  # samples of a model this run replaced
             job = bar.add_task(f"eval {name:<12}", total=n_eval)
             model, tok = load_model(str(models_dir / name))
-            records[name] = evaluate_model(
-                model, tok, eval_problems, task, settings, seed=recipe.seed, out_path=path,
-                progress=lambda k, _j=job: bar.advance(_j, k),
-            )
+            records[name] = _evaluate(model, tok, eval_problems, task, settings, recipe.seed, path,
+                                      progress=lambda k, _j=job: bar.advance(_j, k))
 
     results = build_results(recipe.seed, records)
     results["eval_settings"] = {**settings.kwargs(), "n": n_eval}
@@ -115,6 +108,19 @@ def run_demo(out: str | Path, *, quick: bool = False, seed: int | None = None, r
         console.print(line)
     console.print(f"wrote {out / 'results.json'}, results.md, tradeoff.png in {results['wall_seconds']:.0f}s")
     return results
+
+
+def _evaluate(model, tok, problems: list[dict], task, settings: GenerationSettings, seed: int, path: Path,
+              progress) -> list[dict]:
+    """The evaluator of ``mpdistill eval`` on chain problems (id = the prompt): resumes ``path``."""
+    units = [Unit("chain", p["prompt"], 0, tuple(tok(p["prompt"], add_special_tokens=False)["input_ids"]), p["answer"])
+             for p in problems]
+    backend = TransformersBackend(model, tok, settings)
+    try:
+        return run_units(units, backend, task, tok, path, seed=seed, batch_size=settings.batch_size, progress=progress)
+    except EvalError:  # samples of other problems or settings: this model's evaluation starts over
+        path.unlink()
+        return run_units(units, backend, task, tok, path, seed=seed, batch_size=settings.batch_size, progress=progress)
 
 
 def compare_to_baselines(results: dict, records: dict[str, list[dict]]) -> dict:

@@ -11,7 +11,7 @@ from mpdistill.demo import EVAL_ORDER, QUICK_EVAL_N
 
 METHOD_FIELDS = {"accuracy", "accuracy_ci95", "mean_tokens", "n", "token_reduction_vs_base", "accuracy_delta_vs_base",
                  "aes"}
-EVAL_FIELDS = {"prompt", "response", "tokens", "extracted", "gold", "correct"}
+EVAL_FIELDS = {"benchmark", "id", "sample", "response", "tokens", "truncated", "extracted", "gold", "correct"}
 
 
 @pytest.fixture(scope="module")
@@ -46,13 +46,13 @@ def test_eval_files_are_graded_from_the_responses(demo_dir):
         assert len(rows) == QUICK_EVAL_N and all(EVAL_FIELDS <= set(r) for r in rows)
         for r in rows:
             assert r["extracted"] == chain.extract_answer(r["response"])
-            assert r["correct"] == (r["extracted"] == r["gold"] == chain.ChainProblem.parse(r["prompt"]).answer)
+            assert r["correct"] == (r["extracted"] == r["gold"] == chain.ChainProblem.parse(r["id"]).answer)
         accuracy = sum(r["correct"] for r in rows) / len(rows)
         assert results["methods"][name]["accuracy"] == pytest.approx(accuracy)
         # Held-out problems never appear among the training prompts.
         if name == "mpd":
             trained = {json.loads(line)["prompt"] for line in (demo_dir / "runs" / "mpd" / "rollouts.jsonl").open()}
-            assert not trained & {r["prompt"] for r in rows}
+            assert not trained & {r["id"] for r in rows}
 
 
 def test_every_model_loads_with_plain_transformers(demo_dir):
