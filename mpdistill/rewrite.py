@@ -10,6 +10,7 @@ mixing rule decides what the student is trained on.
 
 from __future__ import annotations
 
+import math
 import random
 import re
 from dataclasses import dataclass, field
@@ -98,9 +99,13 @@ class RewriteOutput:
 
 
 class Rewriter(Protocol):
-    """Turns fully rendered rewrite prompts into rewrites, one per prompt, in order."""
+    """Turns fully rendered rewrite prompts into rewrites, one per prompt, in order.
 
-    def rewrite(self, prompts: Sequence[str]) -> list[RewriteOutput]: ...
+    ``max_new_tokens``, when given, caps each rewrite's length (one budget per prompt); a rewrite
+    that reaches its cap comes back with ``truncated`` set.
+    """
+
+    def rewrite(self, prompts: Sequence[str], max_new_tokens: Sequence[int] | None = None) -> list[RewriteOutput]: ...
 
 
 class TransformersRewriter:
@@ -134,9 +139,12 @@ class TransformersRewriter:
             )
         return self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
 
-    def rewrite(self, prompts: Sequence[str]) -> list[RewriteOutput]:
+    def rewrite(self, prompts: Sequence[str], max_new_tokens: Sequence[int] | None = None) -> list[RewriteOutput]:
         ids = [self._encode(p) for p in prompts]
-        gens = generate_texts(self.model, self.tokenizer, ids, self.settings, seed=self._rng.randrange(2**31))
+        gens = generate_texts(
+            self.model, self.tokenizer, ids, self.settings, seed=self._rng.randrange(2**31),
+            max_new_tokens=list(max_new_tokens) if max_new_tokens is not None else None,
+        )
         return [RewriteOutput(text=g.text.strip(), truncated=g.truncated) for g in gens]
 
 
@@ -191,6 +199,18 @@ class Sample:
     trained_on: str = "student"  # "rewrite" | "student" | "dropped"
 
 
+def length_budget(student_tokens: int, settings: RewriteSettings) -> int:
+    """New tokens a rewrite may generate and still be accepted, capped by ``max_new_tokens``.
+
+    A rewrite is encoded with an end-of-sequence token and must have at most ``max_ratio`` times
+    the student's tokens (end-of-sequence included), so its text may have at most
+    ``floor(max_ratio * student_tokens - 1)`` tokens; one more generated token without an end
+    proves it too long.
+    """
+    fits = math.floor(settings.max_ratio * student_tokens - 1)
+    return max(0, min(fits + 1, settings.generation.max_new_tokens))
+
+
 def plan_batch(
     samples: list[Sample],
     rewriter: Rewriter,
@@ -201,24 +221,33 @@ def plan_batch(
 ) -> list[Sample]:
     """Rewrite, verify and mix one batch in place; returns the same list.
 
-    Samples picked for the on-policy fraction, and traces with no final answer (nothing to keep
-    the rewrite faithful to), are not sent to the rewriter at all.
+    Only rewrites the mixing rule could use are generated: samples picked for the on-policy
+    fraction, traces with no final answer (nothing to keep the rewrite faithful to) and, when
+    the gold answer is checked, traces whose answer is wrong are not sent to the rewriter. Each
+    rewrite stops once it can no longer be short enough to be accepted (see `length_budget`).
     """
     todo = []
     for s in samples:
+        answer = task.extract_answer(s.student_text)
         if settings.on_policy_fraction > 0 and rng.random() < settings.on_policy_fraction:
             s.verdict = Verdict(False, "on_policy")
-        elif task.extract_answer(s.student_text) is None:
+        elif answer is None:
             s.verdict = Verdict(False, "student_unparsed")
+        elif settings.require_gold and s.gold is not None and not task.answers_match(answer, s.gold):
+            s.verdict = Verdict(False, "wrong_answer")  # the rewrite must keep this answer: it cannot pass
         else:
             todo.append(s)
     if todo:
-        outputs = rewriter.rewrite([settings.render(s.problem, s.student_text) for s in todo])
+        budgets = [length_budget(len(s.student_ids), settings) for s in todo]
+        outputs = rewriter.rewrite([settings.render(s.problem, s.student_text) for s in todo], max_new_tokens=budgets)
         if len(outputs) != len(todo):
             raise RuntimeError(f"rewriter returned {len(outputs)} rewrites for {len(todo)} prompts")
-        for s, out in zip(todo, outputs):
+        for s, out, budget in zip(todo, outputs, budgets):
             s.rewrite_text = out.text
             s.rewrite_ids = encode(out.text) if out.text else []
+            if out.truncated and out.error is None and budget < settings.generation.max_new_tokens:
+                s.verdict = Verdict(False, "not_shorter")  # stopped at the length it had to stay under
+                continue
             s.verdict = verify(
                 task,
                 s.student_text,

@@ -2,7 +2,7 @@ import random
 
 import pytest
 
-from mpdistill.rewrite import RewriteOutput, RewriteSettings, Sample, plan_batch, verify
+from mpdistill.rewrite import RewriteOutput, RewriteSettings, Sample, length_budget, plan_batch, verify
 from mpdistill.tasks import get_task
 
 TASK = get_task("chain")
@@ -34,12 +34,13 @@ def test_verify_gold_check_and_student_without_answer():
 class ListRewriter:
     """Returns fixed texts and records what it was asked."""
 
-    def __init__(self, texts):
-        self.texts, self.calls = list(texts), []
+    def __init__(self, texts, truncated=False):
+        self.texts, self.calls, self.budgets, self.truncated = list(texts), [], [], truncated
 
-    def rewrite(self, prompts):
+    def rewrite(self, prompts, max_new_tokens=None):
         self.calls.append(list(prompts))
-        return [RewriteOutput(self.texts.pop(0)) for _ in prompts]
+        self.budgets.append(max_new_tokens)
+        return [RewriteOutput(self.texts.pop(0), truncated=self.truncated) for _ in prompts]
 
 
 def _samples(n):
@@ -76,3 +77,29 @@ def test_render_keeps_braces_in_traces():
 def test_settings_validation(kwargs):
     with pytest.raises(ValueError):
         RewriteSettings(**kwargs)
+
+
+def test_each_rewrite_gets_the_longest_budget_that_could_still_be_accepted():
+    settings = RewriteSettings(prompt_template="{problem}{trace}", max_ratio=0.5)
+    # 40 student tokens, ratio 0.5: the rewrite (+ end token) may have 20 tokens, so 19 of text;
+    # the 20th generated token without an end proves it too long.
+    assert length_budget(40, settings) == 20
+    assert length_budget(41, settings) == 20  # 0.5 * 41 - 1 = 19.5 -> 19 tokens of text
+    assert length_budget(1, settings) == 0
+    assert length_budget(10_000, settings) == settings.generation.max_new_tokens
+    rw = ListRewriter(["7+3=", "A:0"], truncated=True)
+    samples = plan_batch(_samples(2), rw, settings, TASK, _encode, random.Random(0))
+    assert rw.budgets == [[20, 20]]
+    # Cut off at the ratio's budget: too long, whatever its text says.
+    assert [s.verdict.reason for s in samples] == ["not_shorter", "not_shorter"]
+
+
+def test_rewrites_are_not_generated_when_the_mixing_rule_cannot_use_them():
+    rw = ListRewriter(["A:0"])
+    samples = _samples(3)
+    samples[1].student_text = "no final answer"
+    samples[2].student_text = samples[2].student_text.replace("A:0", "A:4")  # wrong, with gold checked
+    plan_batch(samples, rw, RewriteSettings(prompt_template="{problem}{trace}", require_gold=True), TASK, _encode,
+               random.Random(0))
+    assert len(rw.calls[0]) == 1
+    assert [s.verdict.reason for s in samples] == ["accepted", "student_unparsed", "wrong_answer"]

@@ -38,7 +38,7 @@ class OracleRewriter:
     def __init__(self, answer_from_trace=True):
         self.answer_from_trace = answer_from_trace
 
-    def rewrite(self, prompts):
+    def rewrite(self, prompts, max_new_tokens=None):
         out = []
         for p in prompts:
             problem_line, _, rest = p.partition("rewrite:\n")

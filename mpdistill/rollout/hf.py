@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, StoppingCriteria, StoppingCriteriaList
 
 
 @dataclass
@@ -46,6 +46,17 @@ def _eos_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> list
     return ids
 
 
+class _RowBudgets(StoppingCriteria):
+    """Stops each row of a batch once it has generated its own number of new tokens."""
+
+    def __init__(self, prompt_width: int, budgets: list[int], device) -> None:
+        self.prompt_width = prompt_width
+        self.budgets = torch.tensor(budgets, device=device)
+
+    def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.BoolTensor:
+        return (input_ids.shape[1] - self.prompt_width) >= self.budgets
+
+
 @torch.no_grad()
 def generate_texts(
     model: PreTrainedModel,
@@ -55,16 +66,26 @@ def generate_texts(
     *,
     seed: int | None = None,
     progress: Callable[[int], None] | None = None,
+    max_new_tokens: list[int] | None = None,
 ) -> list[Generation]:
     """Sample one completion per prompt (text prompts are tokenized as given, no template).
 
     Prompts are sorted by length so each batch pads little; results come back in input order.
     With ``seed`` set, the same prompts give the same samples whatever else ran before.
+    ``max_new_tokens`` gives each prompt its own budget (at most ``settings.max_new_tokens``): a
+    row stops at its budget, and a batch as soon as all its rows have, so a short budget saves
+    the work. Rows that stop earlier do not change what the other rows sample.
     """
     if not prompts:
         return []
     ids = [
         p if isinstance(p, list) else tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts
+    ]
+    if max_new_tokens is not None and len(max_new_tokens) != len(ids):
+        raise ValueError(f"got {len(max_new_tokens)} token budgets for {len(ids)} prompts")
+    budgets = [
+        settings.max_new_tokens if max_new_tokens is None else max(0, min(b, settings.max_new_tokens))
+        for b in (max_new_tokens or [None] * len(ids))
     ]
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
     eos = _eos_ids(model, tokenizer)
@@ -86,15 +107,20 @@ def generate_texts(
             for row, i in enumerate(batch):
                 input_ids[row, width - len(ids[i]) :] = torch.tensor(ids[i])
                 attention[row, width - len(ids[i]) :] = 1
+            row_budgets = [budgets[i] for i in batch]
+            kwargs = settings.kwargs()
+            if max_new_tokens is not None:
+                kwargs["max_new_tokens"] = max(max(row_budgets), 1)
+                kwargs["stopping_criteria"] = StoppingCriteriaList([_RowBudgets(width, row_budgets, device)])
             generated = model.generate(
                 input_ids=input_ids.to(device),
                 attention_mask=attention.to(device),
                 pad_token_id=pad_id,
                 eos_token_id=eos,
-                **settings.kwargs(),
+                **kwargs,
             )[:, width:].cpu()
             for row, i in enumerate(batch):
-                seq = generated[row].tolist()
+                seq = generated[row].tolist()[: budgets[i]]
                 cut = next((j for j, t in enumerate(seq) if t in eos), None)
                 kept = seq if cut is None else seq[:cut]
                 out[i] = Generation(
