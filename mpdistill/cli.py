@@ -1,4 +1,4 @@
-"""Command line: ``mpdistill demo | train | eval | compare | bootstrap``."""
+"""Command line: ``mpdistill demo | train | eval | compare | bench | bootstrap``."""
 
 from __future__ import annotations
 
@@ -124,6 +124,64 @@ def compare_cmd(
     if out is not None:
         paths = write_comparison(out, result)
         console.print(f"wrote {', '.join(str(p) for p in paths.values())}", markup=False)
+
+
+@app.command("bench")
+def bench_cmd(
+    quick: bool = typer.Option(False, "--quick", help="A small run that checks every field (for tests)."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the full result as JSON."),
+    student: str = typer.Option("embedded:student", "--student", help="Model, or a config .json for random weights."),
+    teacher: str = typer.Option("embedded:teacher", "--teacher", help="Model, or a config .json for random weights."),
+    tokenizer: Optional[str] = typer.Option(None, "--tokenizer", help="Tokenizer folder (with config .json models)."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Default: the recipe's."),
+    completion_length: Optional[int] = typer.Option(None, "--completion-length", help="Default: the recipe's."),
+    rewrite_tokens: Optional[int] = typer.Option(None, "--rewrite-tokens", help="Default: the recipe's."),
+    prompt_length: int = typer.Option(128, "--prompt-length", help="Synthetic prompt tokens (random-weight models)."),
+    warmup: int = typer.Option(2, "--warmup", help="Steps per method before measuring."),
+    repeats: int = typer.Option(10, "--repeats", help="Measured steps per method."),
+    seed: int = typer.Option(0, "--seed"),
+    memory_lengths: Optional[str] = typer.Option(None, "--memory-lengths",
+                                                 help="Comma-separated completion lengths: peak memory of MPD and OPD at each."),
+    eval_throughput: bool = typer.Option(False, "--eval-throughput",
+                                         help="Also time batched evaluation against a one-prompt-at-a-time loop."),
+    demo_dir: Optional[Path] = typer.Option(None, "--demo-dir", help="A finished demo folder: training time to each token reduction."),
+) -> None:
+    """MPD's training step against TRL's on-policy distillation step, phase by phase, in one process."""
+    import json
+
+    from .bench import (QUICK, BenchSettings, bench_eval, bench_memory, format_bench, format_eval, format_memory,
+                        format_time_to_reduction, run_bench, time_to_reduction)
+    from .config import ConfigError
+
+    settings = BenchSettings(student=student, teacher=teacher, tokenizer=tokenizer, batch_size=batch_size,
+                             completion_length=completion_length, rewrite_tokens=rewrite_tokens,
+                             prompt_length=prompt_length, warmup=warmup, repeats=repeats, seed=seed)
+    if quick:
+        settings = BenchSettings(**{**settings.__dict__, **QUICK})
+    if settings.repeats < 1 or settings.warmup < 0:
+        _fail("--repeats must be at least 1 and --warmup at least 0")
+    if demo_dir is not None and not (demo_dir / "results.json").exists():
+        _fail(f"--demo-dir {demo_dir}: no results.json there (run mpdistill demo first)")
+    result: dict = {}
+    try:
+        result["steps"] = run_bench(settings, progress=lambda msg: console.print(msg, highlight=False))
+        console.print(format_bench(result["steps"]), markup=False, soft_wrap=True)
+        if memory_lengths:
+            lengths = [int(x) for x in memory_lengths.split(",") if x.strip()]
+            result["memory"] = bench_memory(settings, lengths)
+            console.print(format_memory(result["memory"]), markup=False, soft_wrap=True)
+    except ConfigError as err:
+        _fail(str(err))
+    if eval_throughput:
+        result["eval"] = bench_eval(n=40 if quick else 200, max_new_tokens=256)
+        console.print(format_eval(result["eval"]), markup=False, soft_wrap=True)
+    if demo_dir is not None:
+        result["time_to_reduction"] = time_to_reduction(demo_dir)
+        console.print(format_time_to_reduction(result["time_to_reduction"]), markup=False, soft_wrap=True)
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+        console.print(f"wrote {json_out}", markup=False)
 
 
 @app.command()

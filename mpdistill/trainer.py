@@ -155,6 +155,9 @@ class MPDTrainer(_RolloutLogMixin, DistillationTrainer):
         if accepted:
             m["mpd/rewrite_tokens"].append(sum(rw for _, rw in accepted) / len(accepted))
             m["mpd/compression_ratio"].append(sum(rw for _, rw in accepted) / sum(st for st, _ in accepted))
+        kept = [rw if t == "rewrite" else st for st, rw, _, t in rows if t != "dropped"]
+        if kept:  # what the loss runs on: shorter than mpd/student_tokens when rewrites are accepted
+            m["mpd/trained_tokens"].append(sum(kept) / len(kept))
         trained = Counter(t for *_, t in rows)
         for what in ("rewrite", "student", "dropped"):
             m[f"mpd/trained_on_{what}"].append(trained[what] / n)

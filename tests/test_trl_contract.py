@@ -32,3 +32,15 @@ def test_hooks_used_by_baselines_exist():
         assert callable(getattr(DistillationTrainer, name)), name
     params = list(inspect.signature(DistillationTrainer._compute_loss).parameters)
     assert params == ["self", "unwrapped_student", "inputs", "num_items_in_batch"]
+
+
+def test_hooks_timed_by_bench_exist():
+    # `mpdistill bench` times phases by wrapping these on the trainer instance (and the instance
+    # attribute `_forward_redirection`, through which the teacher scores the loss).
+    for name in ("_generate_single_turn", "_prepare_inputs", "training_step",
+                 "create_optimizer_and_scheduler", "get_train_dataloader"):
+        assert hasattr(DistillationTrainer, name), name
+    generate = inspect.getsource(DistillationTrainer._generate)
+    assert "completion_ids = self._generate_single_turn(prompt_ids, images, multimodal_fields)" in generate
+    loss = inspect.getsource(DistillationTrainer._compute_loss)
+    assert "self._forward_redirection(\n                self.teacher_model," in loss

@@ -1,0 +1,88 @@
+"""``mpdistill bench`` runs and reports every field; time-to-reduction arithmetic on a known log."""
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from mpdistill.bench import PHASES, format_time_to_reduction, time_to_reduction
+from mpdistill.cli import app
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def quick_bench(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench") / "bench.json"
+    result = runner.invoke(app, ["bench", "--quick", "--json", str(out), "--eval-throughput"])
+    assert result.exit_code == 0, result.output
+    return json.loads(out.read_text()), result.output
+
+
+def test_bench_reports_every_phase_for_both_methods(quick_bench):
+    result, output = quick_bench
+    steps = result["steps"]
+    assert steps["n_steps_per_method"] == 2
+    for method in ("mpd", "opd"):
+        m = steps["methods"][method]
+        assert set(m["phases_median_seconds"]) == set(PHASES)
+        assert len(m["steps"]) == 2 and all(s["seconds"] > 0 for s in m["steps"])
+        assert m["peak_memory_bytes_max"] > 0 and m["rollout_tokens_per_second"] > 0
+        assert m["student_tokens_per_sample"] > 0 and m["trained_tokens_per_sample"] > 0
+    # OPD has no rewrite; MPD's embedded teacher rewrites the student's finished traces.
+    assert steps["methods"]["opd"]["phases_median_seconds"]["teacher_rewrite"] == 0
+    assert steps["methods"]["mpd"]["phases_median_seconds"]["teacher_rewrite"] > 0
+    r = steps["ratio_mpd_over_opd"]
+    assert len(r["per_step"]) == 2 and r["min"] <= r["median"] <= r["max"]
+    assert "MPD/OPD step time, n = 2 pairs" in output and "| teacher_scoring |" in output
+
+
+def test_bench_eval_throughput_compares_the_same_outputs(quick_bench):
+    e = quick_bench[0]["eval"]
+    assert e["n_prompts"] == 40 and e["batched"]["tokens"] > 0 and e["speedup"] > 0
+    assert e["responses_that_differ"] == 0  # greedy: batching must not change what is generated
+
+
+def test_memory_lengths_with_random_weights(tmp_path):
+    cfg = json.loads(open("tests/fixtures/qwen3/Qwen3-1.7B.json").read())
+    cfg.update(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+               num_key_value_heads=1, head_dim=16)
+    path = tmp_path / "tiny.json"
+    path.write_text(json.dumps(cfg))
+    out = tmp_path / "m.json"
+    result = runner.invoke(app, ["bench", "--student", str(path), "--teacher", str(path), "--tokenizer",
+                                 "tests/fixtures/qwen3", "--batch-size", "2", "--completion-length", "8",
+                                 "--prompt-length", "8", "--warmup", "0", "--repeats", "1",
+                                 "--memory-lengths", "4,8", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(out.read_text())["memory"]["rows"]
+    assert [r["completion_length"] for r in rows] == [4, 8]
+    assert all(r["mpd_peak_bytes"] > 0 and r["opd_peak_bytes"] > 0 for r in rows)
+    # Random weights never stop early: every completion has the full length.
+    assert [r["opd_student_tokens"] for r in rows] == [4, 8]
+
+
+def test_random_weights_need_a_tokenizer(tmp_path):
+    path = tmp_path / "c.json"
+    path.write_text("{}")
+    result = runner.invoke(app, ["bench", "--student", str(path), "--teacher", str(path)])
+    assert result.exit_code == 2 and "--tokenizer" in result.output
+
+
+def test_time_to_reduction_on_a_known_log(tmp_path):
+    (tmp_path / "results.json").write_text(json.dumps({"methods": {
+        "base": {"mean_tokens": 100.0}, "mpd": {"token_reduction_vs_base": 0.6}}}))
+    for method, lengths in (("mpd", [70, 45, 38]), ("opd", [90, 70, 60])):
+        log = tmp_path / "runs" / method / "train_log.jsonl"
+        log.parent.mkdir(parents=True)
+        log.write_text("".join(json.dumps({"completions/mean_length": n, "step_time": 2.0, "step": 5 * (i + 1)}) + "\n"
+                               for i, n in enumerate(lengths)) + json.dumps({"train_runtime": 1}) + "\n")
+    r = time_to_reduction(tmp_path)
+    assert r["targets"] == [0.25, 0.5, 0.6]
+    mpd, opd = r["methods"]["mpd"], r["methods"]["opd"]
+    assert mpd["reached"]["0.25"] == {"step": 5, "seconds": 10.0}
+    assert mpd["reached"]["0.5"] == {"step": 10, "seconds": 20.0}
+    assert mpd["reached"]["0.6"] == {"step": 15, "seconds": 30.0}
+    assert opd["reached"] == {"0.25": {"step": 10, "seconds": 20.0}}
+    table = format_time_to_reduction(r)
+    assert "not reached" in table and "| mpd | 10 s (step 5) |" in table
