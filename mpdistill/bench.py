@@ -15,8 +15,9 @@ the instance (no training code changes):
 - ``student_forward_backward``: the rest of ``training_step`` (student forward, chunked JSD, backward);
 - ``optimizer``: gradient clipping, optimizer and scheduler step.
 
-Peak memory is ``torch.cuda.max_memory_allocated`` on a GPU; on CPU it is the process's peak
-resident set (``VmHWM``), reset before each step through ``/proc/self/clear_refs``.
+Peak memory per step is ``torch.cuda.max_memory_allocated`` on a GPU. On CPU a process's
+resident set cannot be attributed to one step, so ``--memory-lengths`` measures each method and
+length in a fresh process (:func:`bench_memory`).
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ class BenchSettings:
     repeats: int = 5
     seed: int = 0
     dtype: str = "auto"  # auto: bf16 on GPU, fp32 on CPU
+    rewrite_budgets: bool = True  # False: rewrites run to max_new_tokens (to measure what the budgets save)
     overrides: dict = field(default_factory=dict)
 
 
@@ -102,18 +104,17 @@ class PhaseClock:
 def reset_peak_memory() -> None:
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
-        return
-    with contextlib.suppress(OSError):
-        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS (Linux >= 4.0)
 
 
 def peak_memory_bytes() -> int | None:
+    """Peak GPU memory allocated since the last reset; None on CPU.
+
+    A CPU process's resident set keeps what the allocator once held, so it cannot attribute a
+    peak to one step of two trainers sharing a process: :func:`bench_memory` uses one process per
+    measurement there instead.
+    """
     if torch.cuda.is_available():
         return int(torch.cuda.max_memory_allocated())
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
     return None
 
 
@@ -157,8 +158,8 @@ def _synthetic_rows(tokenizer, n: int, length: int, seed: int) -> list[dict]:
     return rows
 
 
-def build_pair(settings: BenchSettings, run_dir: Path):
-    """The MPD and OPD trainers over the same student weights, teacher, prompts and budget."""
+def build_pair(settings: BenchSettings, run_dir: Path, methods: tuple[str, ...] = ("mpd", "opd")):
+    """The MPD and OPD trainers (or those in ``methods``) over the same student weights, teacher, prompts and budget."""
     from .config import load_recipe
     from .demo import RECIPE
     from .pipeline import build_trainer, check_compatible, training_problems
@@ -182,9 +183,9 @@ def build_pair(settings: BenchSettings, run_dir: Path):
     random_weights = settings.student.endswith(".json")
     teacher, t_tok = _load(settings.teacher, settings.tokenizer, dtype, settings.seed + 1)
     students = {}
-    for method in ("mpd", "opd"):  # two copies of the same initial weights
+    for method in methods:  # a copy of the same initial weights for each
         students[method], tokenizer = _load(settings.student, settings.tokenizer, dtype, settings.seed)
-    check_compatible(settings.student, tokenizer, students["mpd"], settings.teacher, t_tok, teacher)
+    check_compatible(settings.student, tokenizer, students[methods[0]], settings.teacher, t_tok, teacher)
     if cuda:
         teacher = teacher.to("cuda")
         students = {k: m.to("cuda") for k, m in students.items()}
@@ -192,24 +193,30 @@ def build_pair(settings: BenchSettings, run_dir: Path):
     n_rows = recipe.training.batch_size * steps
     if random_weights:
         rows = _synthetic_rows(tokenizer, n_rows, settings.prompt_length, settings.seed)
-        recipe = recipe.model_copy(update={"task": "chain"})  # replaced below by the accept-all task
     else:
         rows = training_problems(recipe.model_copy(update={"data": recipe.data.model_copy(update={"n_train": n_rows})}))
     trainers = {}
-    for method in ("mpd", "opd"):
+    for method in methods:
         trainers[method] = build_trainer(
             recipe.model_copy(update={"method": method}), students[method], teacher, tokenizer, rows, run_dir / method
         )
-    if random_weights:
+    if random_weights and "mpd" in trainers:
         trainers["mpd"].task = _accept_all_task()
     return recipe, trainers
 
 
-def instrument(trainer, clock: PhaseClock) -> None:
-    """Time the phases of ``trainer``'s step by wrapping its methods on the instance."""
+def instrument(trainer, clock: PhaseClock, *, budgets: bool = True) -> None:
+    """Time the phases of ``trainer``'s step by wrapping its methods on the instance.
+
+    ``budgets=False`` drops the per-rewrite length budgets, so their saving can be measured.
+    """
     trainer._generate_single_turn = clock.wrap("student_rollout", trainer._generate_single_turn)
     if hasattr(trainer, "rewriter"):
-        trainer.rewriter.rewrite = clock.wrap("teacher_rewrite", trainer.rewriter.rewrite)
+        rewrite = trainer.rewriter.rewrite
+        if not budgets:
+            def rewrite(prompts, max_new_tokens=None, _full=rewrite):  # noqa: E306
+                return _full(prompts)
+        trainer.rewriter.rewrite = clock.wrap("teacher_rewrite", rewrite)
     trainer._generate = clock.wrap("_generate", trainer._generate)
     trainer._prepare_inputs = clock.wrap("_prepare_inputs", trainer._prepare_inputs)
     teacher = trainer.accelerator.unwrap_model(trainer.teacher_model)
@@ -286,10 +293,11 @@ def run_bench(settings: BenchSettings, *, progress: Callable[[str], None] | None
     say = progress or (lambda _msg: None)
     with tempfile.TemporaryDirectory(prefix="mpdistill-bench-") as tmp:
         recipe, trainers = build_pair(settings, Path(tmp))
+        vocab_size = trainers["opd"].model.config.get_text_config().vocab_size
         clock = PhaseClock()
         iterators = {}
         for method, trainer in trainers.items():
-            instrument(trainer, clock)
+            instrument(trainer, clock, budgets=settings.rewrite_budgets)
             trainer.create_optimizer_and_scheduler(num_training_steps=settings.warmup + settings.repeats)
             # Set by Trainer's own loop, which the bench replaces with explicit steps.
             trainer.current_gradient_accumulation_steps = trainer.args.gradient_accumulation_steps
@@ -303,10 +311,10 @@ def run_bench(settings: BenchSettings, *, progress: Callable[[str], None] | None
                 step["warmup"] = r < settings.warmup
                 steps[method].append(step)
                 say(f"{'warm-up' if step['warmup'] else 'step'} {r + 1} {method}: {step['seconds']:.2f}s")
-    return summarize_bench(settings, recipe, steps)
+    return summarize_bench(settings, recipe, steps, vocab_size)
 
 
-def summarize_bench(settings: BenchSettings, recipe, steps: dict[str, list[dict]]) -> dict:
+def summarize_bench(settings: BenchSettings, recipe, steps: dict[str, list[dict]], vocab_size: int) -> dict:
     measured = {m: [s for s in v if not s["warmup"]] for m, v in steps.items()}
     ratios = [a["seconds"] / b["seconds"] for a, b in zip(measured["mpd"], measured["opd"])]
     methods = {}
@@ -314,7 +322,7 @@ def summarize_bench(settings: BenchSettings, recipe, steps: dict[str, list[dict]
         methods[method] = {
             "median_step_seconds": statistics.median(s["seconds"] for s in rows),
             "phases_median_seconds": {p: statistics.median(s[p] for s in rows) for p in PHASES},
-            "peak_memory_bytes_max": max((s["peak_memory_bytes"] or 0) for s in rows) or None,
+            "peak_memory_bytes_max": None if rows[0]["peak_memory_bytes"] is None else max(s["peak_memory_bytes"] for s in rows),
             "student_tokens_per_sample": statistics.fmean(s["student_tokens_per_sample"] for s in rows),
             "trained_tokens_per_sample": statistics.fmean(s["trained_tokens_per_sample"] for s in rows),
             "rollout_tokens_per_second": _rate(rows, recipe.training.batch_size),
@@ -325,6 +333,7 @@ def summarize_bench(settings: BenchSettings, recipe, steps: dict[str, list[dict]
         "settings": {**asdict(settings), "batch_size": t.batch_size, "completion_length": t.max_completion_length,
                      "rewrite_tokens": recipe.rewrite.max_new_tokens, "method_recipe": recipe.model_dump()},
         "device": _device(),
+        "vocab_size": vocab_size,
         "n_steps_per_method": len(ratios),
         "ratio_mpd_over_opd": {
             "per_step": ratios,
@@ -358,7 +367,8 @@ def format_bench(result: dict) -> str:
     r = result["ratio_mpd_over_opd"]
     lines = [
         f"Device: {result['device']}. Student {s['student']}, teacher {s['teacher']}; batch {s['batch_size']}, "
-        f"completion ≤ {s['completion_length']} tokens, rewrite ≤ {s['rewrite_tokens']} tokens; "
+        f"completion ≤ {s['completion_length']} tokens, rewrite ≤ {s['rewrite_tokens']} tokens "
+        f"({'stopped once too long to accept' if s['rewrite_budgets'] else 'no per-rewrite budgets'}); "
         f"{s['warmup']} warm-up + {result['n_steps_per_method']} measured steps per method, alternating.",
         "",
         "| phase (median s) | MPD | OPD |",
@@ -375,8 +385,8 @@ def format_bench(result: dict) -> str:
         a, b = m["mpd"][key], m["opd"][key]
         lines.append(f"| {label} | {fmt.format(a) if a is not None else 'n/a'} | {fmt.format(b) if b is not None else 'n/a'} |")
     mem = [m[k]["peak_memory_bytes_max"] for k in ("mpd", "opd")]
-    kind = "GPU allocated" if torch.cuda.is_available() else "process RSS"
-    lines.append(f"| peak memory ({kind}, MiB) | " + " | ".join(f"{v / 2**20:.0f}" if v else "n/a" for v in mem) + " |")
+    if mem[0] is not None:
+        lines.append("| peak GPU memory allocated (MiB) | " + " | ".join(f"{v / 2**20:.0f}" for v in mem) + " |")
     lines += [
         "",
         f"MPD/OPD step time, n = {result['n_steps_per_method']} pairs: median {r['median']:.2f}× "
@@ -389,42 +399,77 @@ def format_bench(result: dict) -> str:
 # Peak memory against completion length.
 
 
-def bench_memory(settings: BenchSettings, lengths: list[int], *, progress=None) -> dict:
-    """Peak memory of one MPD and one OPD step at each completion length (after a warm-up step).
+def bench_memory(settings: BenchSettings, lengths: list[int]) -> dict:
+    """Peak memory of an MPD and an OPD step at each completion length, each in a fresh process.
 
-    Meant for randomly initialised models (config ``.json``), which never stop early, so every
-    completion has exactly the given length; the rewrite budget is half of it.
+    Each measurement builds one trainer in a new process, runs a warm-up step and a measured step
+    at the given completion length, and reports the peak: GPU memory allocated during the measured
+    step, or on CPU the process's peak resident set (``ru_maxrss``) and how much of it the loaded
+    models already took. Meant for randomly initialised models (config ``.json``), which never stop
+    early, so every completion has exactly the given length; the rewrite budget is half of it.
     """
+    import concurrent.futures
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
     rows = []
     for length in lengths:
-        s = BenchSettings(**{**asdict(settings), "completion_length": length, "rewrite_tokens": max(1, length // 2),
-                             "warmup": 1, "repeats": 1})
-        result = run_bench(s, progress=progress)
-        m = result["methods"]
-        rows.append({
-            "completion_length": length,
-            "mpd_peak_bytes": m["mpd"]["peak_memory_bytes_max"],
-            "opd_peak_bytes": m["opd"]["peak_memory_bytes_max"],
-            "mpd_student_tokens": m["mpd"]["student_tokens_per_sample"],
-            "opd_student_tokens": m["opd"]["student_tokens_per_sample"],
-        })
-    return {"device": _device(), "batch_size": result["settings"]["batch_size"], "student": settings.student,
-            "teacher": settings.teacher, "rows": rows}
+        s = asdict(BenchSettings(**{**asdict(settings), "completion_length": length,
+                                    "rewrite_tokens": max(1, length // 2), "warmup": 1, "repeats": 1}))
+        row = {"completion_length": length}
+        for method in ("mpd", "opd"):
+            with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+                point = pool.submit(_memory_point, s, method).result()
+            row.update({f"{method}_{k}": v for k, v in point.items()})
+        rows.append(row)
+    return {"device": _device(), "batch_size": point["batch_size"], "student": settings.student,
+            "teacher": settings.teacher, "vocab_size": point["vocab_size"], "rows": rows}
+
+
+def _memory_point(settings: dict, method: str) -> dict:
+    """In a fresh process: one warm-up and one measured step of ``method``; its peak memory."""
+    import resource
+
+    s = BenchSettings(**settings)
+    with tempfile.TemporaryDirectory(prefix="mpdistill-bench-") as tmp:
+        recipe, trainers = build_pair(s, Path(tmp), methods=(method,))
+        trainer = trainers[method]
+        loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        clock = PhaseClock()
+        instrument(trainer, clock, budgets=s.rewrite_budgets)
+        trainer.create_optimizer_and_scheduler(num_training_steps=2)
+        trainer.current_gradient_accumulation_steps = trainer.args.gradient_accumulation_steps
+        trainer.model.train()
+        batches = iter(trainer.get_train_dataloader())
+        run_step(trainer, next(batches), clock)
+        step = run_step(trainer, next(batches), clock)
+    gpu = step["peak_memory_bytes"]
+    return {
+        "peak_bytes": gpu if gpu is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "models_loaded_bytes": None if gpu is not None else loaded,
+        "student_tokens": step["student_tokens_per_sample"],
+        "batch_size": recipe.training.batch_size,
+        "vocab_size": trainer.model.config.get_text_config().vocab_size,
+    }
 
 
 def format_memory(result: dict) -> str:
-    kind = "GPU allocated" if torch.cuda.is_available() else "process RSS"
+    gpu = torch.cuda.is_available()
+    kind = "GPU allocated in the step" if gpu else "process peak RSS"
     lines = [
         f"Device: {result['device']}. Student {result['student']}, teacher {result['teacher']}, "
-        f"batch {result['batch_size']}; one measured step per method and length, after one warm-up step.",
+        f"batch {result['batch_size']}; each cell a fresh process: one warm-up and one measured step.",
         "",
-        f"| completion tokens | MPD peak ({kind}, MiB) | OPD peak (MiB) | MPD / OPD |",
-        "|---:|---:|---:|---:|",
+        f"| completion tokens | MPD peak ({kind}, MiB) | OPD peak (MiB) | MPD / OPD |"
+        + ("" if gpu else " OPD above its loaded models (MiB) |")
+        + " one fp32 batch × length × vocab tensor (MiB) |",
+        "|---:|---:|---:|---:|" + ("" if gpu else "---:|") + "---:|",
     ]
     for r in result["rows"]:
         a, b = r["mpd_peak_bytes"], r["opd_peak_bytes"]
-        ratio = f"{a / b:.2f}" if a and b else "n/a"
-        lines.append(f"| {r['completion_length']} | {a / 2**20:.0f} | {b / 2**20:.0f} | {ratio} |")
+        logits = result["batch_size"] * r["completion_length"] * result["vocab_size"] * 4 / 2**20
+        above = "" if gpu else f" {(b - r['opd_models_loaded_bytes']) / 2**20:.0f} |"
+        lines.append(f"| {r['completion_length']} | {a / 2**20:.0f} | {b / 2**20:.0f} | {a / b:.2f} |{above} {logits:.0f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -516,7 +561,8 @@ def time_to_reduction(demo_dir: str | Path, targets: tuple[float, ...] = (0.25, 
     mpd_final = results["methods"]["mpd"]["token_reduction_vs_base"]
     all_targets = sorted({*targets, round(mpd_final, 3)})
     out = {"base_mean_tokens": base_tokens, "targets": all_targets, "methods": {}}
-    for method in ("mpd", "opd", "offpolicy_kd", "rewrite_sft"):
+    # Off-policy KD is left out: its logged completions are the teacher's samples, not the student's.
+    for method in ("mpd", "opd", "rewrite_sft"):
         log_path = demo / "runs" / method / "train_log.jsonl"
         if not log_path.exists():
             continue

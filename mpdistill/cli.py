@@ -145,6 +145,8 @@ def bench_cmd(
     eval_throughput: bool = typer.Option(False, "--eval-throughput",
                                          help="Also time batched evaluation against a one-prompt-at-a-time loop."),
     demo_dir: Optional[Path] = typer.Option(None, "--demo-dir", help="A finished demo folder: training time to each token reduction."),
+    rewrite_budgets: bool = typer.Option(True, "--rewrite-budgets/--no-rewrite-budgets",
+                                         help="Stop each rewrite once it is too long to be accepted (default), or not."),
 ) -> None:
     """MPD's training step against TRL's on-policy distillation step, phase by phase, in one process."""
     import json
@@ -155,7 +157,8 @@ def bench_cmd(
 
     settings = BenchSettings(student=student, teacher=teacher, tokenizer=tokenizer, batch_size=batch_size,
                              completion_length=completion_length, rewrite_tokens=rewrite_tokens,
-                             prompt_length=prompt_length, warmup=warmup, repeats=repeats, seed=seed)
+                             prompt_length=prompt_length, warmup=warmup, repeats=repeats, seed=seed,
+                             rewrite_budgets=rewrite_budgets)
     if quick:
         settings = BenchSettings(**{**settings.__dict__, **QUICK})
     if settings.repeats < 1 or settings.warmup < 0:

@@ -27,7 +27,8 @@ def test_bench_reports_every_phase_for_both_methods(quick_bench):
         m = steps["methods"][method]
         assert set(m["phases_median_seconds"]) == set(PHASES)
         assert len(m["steps"]) == 2 and all(s["seconds"] > 0 for s in m["steps"])
-        assert m["peak_memory_bytes_max"] > 0 and m["rollout_tokens_per_second"] > 0
+        assert m["peak_memory_bytes_max"] is None  # per-step peaks only on a GPU; CPU: --memory-lengths
+        assert m["rollout_tokens_per_second"] > 0
         assert m["student_tokens_per_sample"] > 0 and m["trained_tokens_per_sample"] > 0
     # OPD has no rewrite; MPD's embedded teacher rewrites the student's finished traces.
     assert steps["methods"]["opd"]["phases_median_seconds"]["teacher_rewrite"] == 0
@@ -44,11 +45,7 @@ def test_bench_eval_throughput_compares_the_same_outputs(quick_bench):
 
 
 def test_memory_lengths_with_random_weights(tmp_path):
-    cfg = json.loads(open("tests/fixtures/qwen3/Qwen3-1.7B.json").read())
-    cfg.update(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-               num_key_value_heads=1, head_dim=16)
-    path = tmp_path / "tiny.json"
-    path.write_text(json.dumps(cfg))
+    path = "tests/fixtures/qwen3/Qwen3-tiny.json"
     out = tmp_path / "m.json"
     result = runner.invoke(app, ["bench", "--student", str(path), "--teacher", str(path), "--tokenizer",
                                  "tests/fixtures/qwen3", "--batch-size", "2", "--completion-length", "8",
@@ -57,7 +54,8 @@ def test_memory_lengths_with_random_weights(tmp_path):
     assert result.exit_code == 0, result.output
     rows = json.loads(out.read_text())["memory"]["rows"]
     assert [r["completion_length"] for r in rows] == [4, 8]
-    assert all(r["mpd_peak_bytes"] > 0 and r["opd_peak_bytes"] > 0 for r in rows)
+    assert all(r["mpd_peak_bytes"] >= r["mpd_models_loaded_bytes"] > 0 for r in rows)
+    assert all(r["opd_peak_bytes"] >= r["opd_models_loaded_bytes"] > 0 for r in rows)
     # Random weights never stop early: every completion has the full length.
     assert [r["opd_student_tokens"] for r in rows] == [4, 8]
 

@@ -231,3 +231,41 @@ def test_cli_eval_then_compare(tiny_qwen3, problems_file, tmp_path):
 
 def test_default_prompt_asks_for_a_boxed_answer():
     assert MATH_PROMPT.format(problem="Q") == "Q\nPlease reason step by step, and put your final answer within \\boxed{}."
+
+
+def test_vllm_backend_maps_settings_and_accounting(monkeypatch):
+    """The vLLM path against a stand-in ``vllm`` module: what is asked of the engine, what comes back."""
+    import sys
+    import types
+
+    from mpdistill.rollout import GenerationSettings
+    from mpdistill.rollout import vllm as backend
+
+    calls = {}
+
+    class SamplingParams:
+        def __init__(self, **kw):
+            self.__dict__.update(kw)
+
+    class LLM:
+        def __init__(self, **kw):
+            calls["engine"] = kw
+
+        def get_tokenizer(self):
+            return types.SimpleNamespace(all_special_ids=[9])
+
+        def generate(self, prompts, params, use_tqdm):
+            calls["prompts"], calls["params"] = prompts, params
+            done = [types.SimpleNamespace(text="a", token_ids=[5, 6, 9], finish_reason="stop"),
+                    types.SimpleNamespace(text="bb", token_ids=[7, 7], finish_reason="length")]
+            return [types.SimpleNamespace(outputs=[d]) for d in done]
+
+    monkeypatch.setitem(sys.modules, "vllm", types.SimpleNamespace(LLM=LLM, SamplingParams=SamplingParams))
+    monkeypatch.setattr(backend, "require_vllm", lambda: None)
+    gen = backend.VLLMGenerator("m", seed=4, tensor_parallel_size=2)
+    assert calls["engine"]["seed"] == 4 and calls["engine"]["tensor_parallel_size"] == 2
+    out = gen.generate([[1, 2], [3]], GenerationSettings(max_new_tokens=8, temperature=0.6, top_p=0.95, top_k=0), [11, 12])
+    assert calls["prompts"] == [{"prompt_token_ids": [1, 2]}, {"prompt_token_ids": [3]}]
+    p = calls["params"][1]
+    assert (p.temperature, p.top_p, p.top_k, p.max_tokens, p.seed) == (0.6, 0.95, -1, 8, 12)
+    assert [(g.token_ids, g.truncated) for g in out] == [([5, 6], False), ([7, 7], True)]
