@@ -473,6 +473,69 @@ def format_memory(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def bench_loss_memory(token_counts: list[int], vocab_size: int = 151_936, hidden_size: int = 64) -> dict:
+    """Peak memory of TRL's chunked divergence loss alone (forward + backward), by tokens in the batch.
+
+    Each count runs in a fresh process on random hidden states and ``lm_head`` weights of the given
+    shape (the Qwen3 vocabulary by default), and reports how far the loss raised the peak over what
+    its inputs took: on a GPU ``max_memory_allocated``, on CPU ``ru_maxrss``. This is the loss MPD
+    and OPD share; it never holds a tokens × vocabulary tensor, only tiles of it.
+    """
+    import concurrent.futures
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    rows = []
+    for n in token_counts:
+        with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+            rows.append(pool.submit(_loss_memory_point, n, vocab_size, hidden_size).result())
+    return {"device": _device(), "vocab_size": vocab_size, "hidden_size": hidden_size, "rows": rows}
+
+
+def _loss_memory_point(tokens: int, vocab_size: int, hidden_size: int) -> dict:
+    import resource
+
+    from trl.trainer.distillation_trainer import _chunked_divergence_loss
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    g = torch.Generator(device=device).manual_seed(0)
+
+    def rand(*shape, grad=False):
+        return torch.randn(*shape, generator=g, device=device).requires_grad_(grad)
+
+    ws, wt = rand(vocab_size, hidden_size, grad=True), rand(vocab_size, hidden_size)
+    hs, ht = rand(1, tokens, hidden_size, grad=True), rand(1, tokens, hidden_size)
+    mask = torch.ones(1, tokens, device=device)
+
+    def peak() -> int:
+        if device == "cuda":
+            return int(torch.cuda.max_memory_allocated())
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    before = peak()
+    start = time.perf_counter()
+    loss, _, _ = _chunked_divergence_loss(hs, ht, ws, wt, mask, 0.5)
+    loss.backward()
+    return {"tokens": tokens, "loss_peak_bytes": peak() - before, "seconds": time.perf_counter() - start,
+            "full_logits_bytes": tokens * vocab_size * 4}
+
+
+def format_loss_memory(result: dict) -> str:
+    lines = [
+        f"Device: {result['device']}. TRL's chunked generalized JSD (beta 0.5), forward + backward, random "
+        f"hidden size {result['hidden_size']}, vocabulary {result['vocab_size']:,}; each row a fresh process.",
+        "",
+        "| tokens in the batch | peak added by the loss (MiB) | one fp32 tokens × vocab tensor (MiB) | seconds |",
+        "|---:|---:|---:|---:|",
+    ]
+    for r in result["rows"]:
+        lines.append(f"| {r['tokens']} | {r['loss_peak_bytes'] / 2**20:.0f} | {r['full_logits_bytes'] / 2**20:.0f} "
+                     f"| {r['seconds']:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
 # ---------------------------------------------------------------------------------------------
 # Evaluation throughput: batched generation against a one-prompt-at-a-time loop.
 

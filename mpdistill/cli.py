@@ -129,6 +129,7 @@ def compare_cmd(
 @app.command("bench")
 def bench_cmd(
     quick: bool = typer.Option(False, "--quick", help="A small run that checks every field (for tests)."),
+    steps: bool = typer.Option(True, "--steps/--no-steps", help="Time MPD and OPD steps (default), or only the extras."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the full result as JSON."),
     student: str = typer.Option("embedded:student", "--student", help="Model, or a config .json for random weights."),
     teacher: str = typer.Option("embedded:teacher", "--teacher", help="Model, or a config .json for random weights."),
@@ -142,6 +143,8 @@ def bench_cmd(
     seed: int = typer.Option(0, "--seed"),
     memory_lengths: Optional[str] = typer.Option(None, "--memory-lengths",
                                                  help="Comma-separated completion lengths: peak memory of MPD and OPD at each."),
+    loss_memory: Optional[str] = typer.Option(None, "--loss-memory",
+                                              help="Comma-separated token counts: peak memory of the distillation loss alone."),
     eval_throughput: bool = typer.Option(False, "--eval-throughput",
                                          help="Also time batched evaluation against a one-prompt-at-a-time loop."),
     demo_dir: Optional[Path] = typer.Option(None, "--demo-dir", help="A finished demo folder: training time to each token reduction."),
@@ -151,8 +154,8 @@ def bench_cmd(
     """MPD's training step against TRL's on-policy distillation step, phase by phase, in one process."""
     import json
 
-    from .bench import (QUICK, BenchSettings, bench_eval, bench_memory, format_bench, format_eval, format_memory,
-                        format_time_to_reduction, run_bench, time_to_reduction)
+    from .bench import (QUICK, BenchSettings, bench_eval, bench_loss_memory, bench_memory, format_bench, format_eval,
+                        format_loss_memory, format_memory, format_time_to_reduction, run_bench, time_to_reduction)
     from .config import ConfigError
 
     settings = BenchSettings(student=student, teacher=teacher, tokenizer=tokenizer, batch_size=batch_size,
@@ -167,14 +170,17 @@ def bench_cmd(
         _fail(f"--demo-dir {demo_dir}: no results.json there (run mpdistill demo first)")
     result: dict = {}
     try:
-        result["steps"] = run_bench(settings, progress=lambda msg: console.print(msg, highlight=False))
-        console.print(format_bench(result["steps"]), markup=False, soft_wrap=True)
+        if steps:
+            result["steps"] = run_bench(settings, progress=lambda msg: console.print(msg, highlight=False))
+            console.print(format_bench(result["steps"]), markup=False, soft_wrap=True)
         if memory_lengths:
-            lengths = [int(x) for x in memory_lengths.split(",") if x.strip()]
-            result["memory"] = bench_memory(settings, lengths)
+            result["memory"] = bench_memory(settings, _counts("--memory-lengths", memory_lengths))
             console.print(format_memory(result["memory"]), markup=False, soft_wrap=True)
     except ConfigError as err:
         _fail(str(err))
+    if loss_memory:
+        result["loss_memory"] = bench_loss_memory(_counts("--loss-memory", loss_memory))
+        console.print(format_loss_memory(result["loss_memory"]), markup=False, soft_wrap=True)
     if eval_throughput:
         result["eval"] = bench_eval(n=40 if quick else 200, max_new_tokens=256)
         console.print(format_eval(result["eval"]), markup=False, soft_wrap=True)
@@ -185,6 +191,17 @@ def bench_cmd(
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
         console.print(f"wrote {json_out}", markup=False)
+
+
+def _counts(option: str, text: str) -> list[int]:
+    """A comma-separated list of positive integers, or a clear error naming the option."""
+    try:
+        values = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        values = []
+    if not values or min(values) < 1:
+        _fail(f"{option} takes comma-separated positive integers, got {text!r}")
+    return values
 
 
 @app.command()

@@ -84,3 +84,17 @@ def test_time_to_reduction_on_a_known_log(tmp_path):
     assert opd["reached"] == {"0.25": {"step": 10, "seconds": 20.0}}
     table = format_time_to_reduction(r)
     assert "not reached" in table and "| mpd | 10 s (step 5) |" in table
+
+
+def test_loss_memory_rows():
+    from mpdistill.bench import bench_loss_memory, format_loss_memory
+
+    result = bench_loss_memory([8, 16], vocab_size=1000, hidden_size=8)
+    assert [r["tokens"] for r in result["rows"]] == [8, 16]
+    assert all(r["loss_peak_bytes"] >= 0 and r["full_logits_bytes"] == r["tokens"] * 1000 * 4 for r in result["rows"])
+    assert "| 16 |" in format_loss_memory(result)
+
+
+def test_bad_count_lists_are_refused():
+    result = runner.invoke(app, ["bench", "--no-steps", "--loss-memory", "12,x"])
+    assert result.exit_code == 2 and "--loss-memory" in result.output
