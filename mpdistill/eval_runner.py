@@ -320,10 +320,11 @@ def run_eval(spec: EvalSpec, out: str | Path, *, console=None) -> dict:
         sampling, sampling_source = sampling_defaults(
             getattr(model_config, "model_type", None), thinking_on, _generation_config(spec.model)
         )
-        for key in ("temperature", "top_p", "top_k"):
-            if getattr(spec, key) is not None:
-                sampling[key] = getattr(spec, key)
-                sampling_source = "given"
+        given = [key for key in ("temperature", "top_p", "top_k") if getattr(spec, key) is not None]
+        for key in given:
+            sampling[key] = getattr(spec, key)
+        if given:
+            sampling_source = f"{', '.join(given)} given; otherwise {sampling_source}"
     config = {
         "model": spec.model,
         "benchmarks": [{"name": b.name, "source": b.source, "n_problems": len(b.items)} for b in benchmarks],
