@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .rewrite import DEFAULT_REWRITE_PROMPT, check_template
 
@@ -67,8 +67,38 @@ class RewriteConfig(_Strict):
     top_p: float = Field(default=0.95, gt=0, le=1)
     top_k: int = Field(default=20, ge=0)
     batch_size: int = Field(default=64, gt=0)
+    # Where rewrites come from: the local teacher ("transformers") or an OpenAI-compatible server
+    # ("openai", e.g. `vllm serve`), which may run another, larger model. The local teacher still
+    # scores the divergence either way. The API key is read from the environment variable named
+    # by api_key_env; keys never live in recipe files.
+    backend: Literal["transformers", "openai"] = "transformers"
+    base_url: str | None = None
+    model: str | None = None
+    api_key_env: str | None = None
+    max_concurrency: int = Field(default=8, gt=0)
+    timeout_s: float = Field(default=60.0, gt=0)
+    max_retries: int = Field(default=3, ge=0)
+    deadline_s: float = Field(default=600.0, gt=0)
 
     _template = field_validator("prompt_template")(lambda cls, v: check_template(v))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_key_in_files(cls, data):
+        if isinstance(data, dict) and "api_key" in data:
+            raise ValueError(
+                "rewrite.api_key is not accepted: API keys never live in recipe files; put the key in an "
+                "environment variable and name that variable in rewrite.api_key_env"
+            )
+        return data
+
+    @model_validator(mode="after")
+    def _served_needs_endpoint(self):
+        if self.backend == "openai":
+            for key in ("base_url", "model"):
+                if not getattr(self, key):
+                    raise ValueError(f"rewrite.{key} is required when rewrite.backend is 'openai'")
+        return self
 
 
 class EvalConfig(_Strict):

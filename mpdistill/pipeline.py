@@ -13,7 +13,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from .config import ConfigError, Recipe, dump_recipe
-from .rewrite import RewriteSettings, TransformersRewriter
+from .rewrite import Rewriter, RewriteSettings, TransformersRewriter
 from .rollout import GenerationSettings
 from .tasks import get_task
 from .tasks.problems import chain_problems, load_problems
@@ -103,6 +103,44 @@ def rewrite_settings(recipe: Recipe) -> RewriteSettings:
     )
 
 
+def make_rewriter(recipe: Recipe, settings: RewriteSettings, teacher, tokenizer) -> Rewriter:
+    """The local teacher as rewriter, or the served one for ``rewrite.backend: openai``.
+
+    Either way the local ``teacher`` is the model whose logits the student is trained against.
+    """
+    r = recipe.rewrite
+    if r.backend == "openai":
+        from .served_rewriter import OpenAIRewriter
+
+        return OpenAIRewriter(
+            r.base_url,
+            r.model,
+            api_key_env=r.api_key_env,
+            chat=r.use_chat_template,
+            temperature=r.temperature,
+            top_p=r.top_p,
+            top_k=r.top_k or None,
+            max_tokens=r.max_new_tokens,
+            max_concurrency=r.max_concurrency,
+            timeout_s=r.timeout_s,
+            max_retries=r.max_retries,
+            deadline_s=r.deadline_s,
+            seed=recipe.seed,
+        )
+    return TransformersRewriter(
+        teacher, tokenizer, settings.generation, use_chat_template=settings.use_chat_template, seed=recipe.seed
+    )
+
+
+def check_rewrite_server(recipe: Recipe) -> None:
+    """For a served rewriter: the API key variable is set and the server answers (before loading models)."""
+    r = recipe.rewrite
+    if r.backend == "openai" and recipe.method in ("mpd", "rewrite_sft"):
+        from .served_rewriter import check_endpoint
+
+        check_endpoint(r.base_url, min(r.timeout_s, 30.0), model=r.model, api_key_env=r.api_key_env)
+
+
 def build_trainer(recipe: Recipe, student, teacher, tokenizer, rows: list[dict], run_dir: Path):
     from datasets import Dataset
     from trl import DistillationConfig, DistillationTrainer
@@ -153,9 +191,7 @@ def build_trainer(recipe: Recipe, student, teacher, tokenizer, rows: list[dict],
         )
         return OffPolicyKDTrainer(**common, teacher_generation=gen, rollouts_path=rollouts)
     settings = rewrite_settings(recipe)
-    rewriter = TransformersRewriter(
-        teacher, tokenizer, settings.generation, use_chat_template=settings.use_chat_template, seed=recipe.seed
-    )
+    rewriter = make_rewriter(recipe, settings, teacher, tokenizer)
     cls = MPDTrainer if recipe.method == "mpd" else RewriteSFTTrainer
     return cls(
         **common,
@@ -181,6 +217,7 @@ def train(recipe: Recipe, run_dir: str | Path, *, exclude_prompts: set[str] | No
         missing = next((i for i, r in enumerate(rows) if r.get("answer") is None), None)
         if missing is not None:
             raise ConfigError(f"rewrite.require_gold is set but training row {missing} has no answer (data.answer_field)")
+    check_rewrite_server(recipe)
     student, tokenizer = load_model(recipe.student)
     teacher, t_tok = load_model(recipe.teacher)
     check_compatible(recipe.student, tokenizer, student, recipe.teacher, t_tok, teacher)

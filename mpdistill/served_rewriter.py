@@ -1,0 +1,330 @@
+"""A rewriter served over HTTP by any OpenAI-compatible server (``vllm serve``, SGLang).
+
+The rewriter may be a different, larger model than the local teacher: it only writes the
+rewrites, while the local teacher still scores the divergence the student is trained on.
+
+A request that fails for good never raises: its prompt comes back as
+``RewriteOutput(text="", error="<short reason>")``, which :func:`mpdistill.rewrite.verify`
+rejects as ``backend_error`` so the mixing rule falls back to the student's own trajectory.
+
+Only the standard library is used (``urllib.request``, ``concurrent.futures``, ``json``).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import http.client
+import json
+import os
+import random
+import threading
+import time
+import urllib.error
+import urllib.request
+from typing import Sequence
+
+from .config import ConfigError
+from .rewrite import RewriteOutput
+
+# Failure kinds, as counted in ``OpenAIRewriter.stats["failures"]``.
+RETRIED = ("timeout", "connection", "http_5xx", "http_429")
+FAILURE_KINDS = RETRIED + ("http_4xx", "bad_response", "deadline", "internal")
+
+
+def read_api_key(api_key_env: str | None) -> str | None:
+    """The API key from the environment variable *named* ``api_key_env`` (None: no key)."""
+    if api_key_env is None:
+        return None
+    key = os.environ.get(api_key_env)
+    if not key:
+        raise ConfigError(
+            f"rewrite.api_key_env names the environment variable {api_key_env!r}, which is not set; "
+            f"export {api_key_env}=... before running, or drop rewrite.api_key_env if the server needs no key"
+        )
+    return key
+
+
+class OpenAIRewriter:
+    """:class:`~mpdistill.rewrite.Rewriter` backed by an OpenAI-compatible HTTP server.
+
+    ``chat=True`` posts one user message to ``{base_url}/chat/completions`` (the server applies the
+    model's chat template); ``chat=False`` posts the raw prompt to ``{base_url}/completions``.
+    Each prompt's ``max_new_tokens`` is sent as that request's ``max_tokens`` (``max_tokens`` when
+    none is given); a budget of 0 returns an empty truncated rewrite without a request.
+
+    Up to ``max_concurrency`` requests are in flight at once. ``timeout_s`` bounds connecting and
+    each read of one request. A timeout, a connection error, HTTP 5xx or HTTP 429 is retried up to
+    ``max_retries`` times (so at most ``1 + max_retries`` tries), waiting
+    ``backoff_s * 2**retry`` seconds scaled by a random factor in [0.5, 1.5) (or the 429's
+    ``Retry-After`` seconds), never past the deadline. Other 4xx answers, bodies that are not JSON
+    and bodies without ``choices[0].message.content`` (``choices[0].text``) are not retried.
+    A whole :meth:`rewrite` call returns within ``deadline_s``: requests still outstanding then
+    become errors.
+
+    An empty completion is returned as ``text=""`` with no error (``verify`` rejects it as
+    ``empty``); ``finish_reason == "length"`` sets ``truncated``.
+
+    ``stats`` counts ``requests`` (HTTP tries), ``retries``, ``ok`` (prompts answered) and
+    ``failures`` (prompts that came back as errors, by kind, see ``FAILURE_KINDS``).
+    The API key is read once, from the environment variable named ``api_key_env``, and is sent
+    only in the ``Authorization`` header; it appears in no repr, statistic or error message.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        *,
+        api_key_env: str | None = None,
+        chat: bool = True,
+        temperature: float = 0.6,
+        top_p: float = 0.95,
+        top_k: int | None = None,
+        max_tokens: int = 512,
+        max_concurrency: int = 8,
+        timeout_s: float = 60.0,
+        max_retries: int = 3,
+        backoff_s: float = 0.5,
+        deadline_s: float = 600.0,
+        seed: int | None = None,
+    ) -> None:
+        if max_concurrency < 1:
+            raise ValueError(f"max_concurrency must be at least 1, got {max_concurrency}")
+        if max_retries < 0:
+            raise ValueError(f"max_retries must be at least 0, got {max_retries}")
+        if timeout_s <= 0 or deadline_s <= 0:
+            raise ValueError("timeout_s and deadline_s must be positive")
+        self.base_url = base_url.rstrip("/")
+        self.model = model
+        self.api_key_env = api_key_env
+        self.chat = chat
+        self.temperature, self.top_p, self.top_k = temperature, top_p, top_k
+        self.max_tokens = max_tokens
+        self.max_concurrency = max_concurrency
+        self.timeout_s, self.max_retries, self.backoff_s, self.deadline_s = timeout_s, max_retries, backoff_s, deadline_s
+        self._url = f"{self.base_url}/chat/completions" if chat else f"{self.base_url}/completions"
+        key = read_api_key(api_key_env)
+        self._secret = key
+        self._headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        if key:
+            self._headers["Authorization"] = f"Bearer {key}"
+        self._rng = random.Random(seed)
+        self._lock = threading.Lock()
+        self.stats: dict = {"requests": 0, "retries": 0, "ok": 0, "failures": {}}
+
+    def __repr__(self) -> str:
+        key = f"${self.api_key_env}" if self.api_key_env else "none"
+        return (
+            f"OpenAIRewriter(base_url={self.base_url!r}, model={self.model!r}, chat={self.chat}, "
+            f"api_key={key}, max_concurrency={self.max_concurrency}, timeout_s={self.timeout_s}, "
+            f"max_retries={self.max_retries}, deadline_s={self.deadline_s})"
+        )
+
+    __str__ = __repr__
+
+    # -- the Rewriter protocol ----------------------------------------------------------------
+
+    def rewrite(self, prompts: Sequence[str], max_new_tokens: Sequence[int] | None = None) -> list[RewriteOutput]:
+        prompts = list(prompts)
+        budgets = list(max_new_tokens) if max_new_tokens is not None else [self.max_tokens] * len(prompts)
+        if len(budgets) != len(prompts):
+            raise ValueError(f"{len(budgets)} budgets for {len(prompts)} prompts")
+        if not prompts:
+            return []
+        end = time.monotonic() + self.deadline_s
+        stop = threading.Event()
+        pool = concurrent.futures.ThreadPoolExecutor(
+            max_workers=min(self.max_concurrency, len(prompts)), thread_name_prefix="rewrite"
+        )
+        try:
+            futures = [pool.submit(self._one, p, int(b), end, stop) for p, b in zip(prompts, budgets)]
+            concurrent.futures.wait(futures, timeout=max(0.0, end - time.monotonic()))
+        finally:
+            stop.set()  # requests still running stop retrying; their timeouts already end by the deadline
+            pool.shutdown(wait=False, cancel_futures=True)
+        results = []
+        for f in futures:
+            if not f.done() or f.cancelled():
+                out, kind = RewriteOutput("", error=f"deadline of {self.deadline_s:g} s reached"), "deadline"
+            elif f.exception() is not None:  # a bug, not a server failure: still never fatal to training
+                out, kind = RewriteOutput("", error=self._scrub(f"internal error: {type(f.exception()).__name__}")), "internal"
+            else:
+                out, kind = f.result()
+            with self._lock:
+                if kind is None:
+                    self.stats["ok"] += 1
+                else:
+                    self.stats["failures"][kind] = self.stats["failures"].get(kind, 0) + 1
+            results.append(out)
+        return results
+
+    # -- one prompt ---------------------------------------------------------------------------
+
+    def _payload(self, prompt: str, budget: int) -> bytes:
+        body: dict = {"model": self.model, "max_tokens": budget, "temperature": self.temperature, "top_p": self.top_p}
+        if self.top_k:
+            body["top_k"] = self.top_k  # a vLLM / SGLang sampling extension
+        if self.chat:
+            body["messages"] = [{"role": "user", "content": prompt}]
+        else:
+            body["prompt"] = prompt
+        return json.dumps(body).encode("utf-8")
+
+    def _one(self, prompt: str, budget: int, end: float, stop: threading.Event) -> tuple[RewriteOutput, str | None]:
+        if budget <= 0:
+            return RewriteOutput("", truncated=True), None
+        body = self._payload(prompt, budget)
+        tries = 0
+        while True:
+            remaining = end - time.monotonic()
+            if stop.is_set() or remaining <= 0:
+                return self._error(f"deadline of {self.deadline_s:g} s reached after {_tries(tries)}"), "deadline"
+            tries += 1
+            with self._lock:
+                self.stats["requests"] += 1
+            kind, detail, retry_after, raw = self._attempt(body, min(self.timeout_s, remaining))
+            if kind is None:
+                return self._parse(raw)
+            if kind not in RETRIED:
+                return self._error(detail), kind
+            if tries > self.max_retries:
+                return self._error(f"{detail} after {_tries(tries)}"), kind
+            if retry_after is not None:
+                delay = retry_after
+            else:
+                with self._lock:
+                    delay = self.backoff_s * 2 ** (tries - 1) * (0.5 + self._rng.random())
+            remaining = end - time.monotonic()
+            if delay >= remaining:
+                return self._error(f"{detail} after {_tries(tries)}; deadline of {self.deadline_s:g} s reached"), kind
+            with self._lock:
+                self.stats["retries"] += 1
+            if stop.wait(delay):
+                return self._error(f"{detail} after {_tries(tries)}; deadline of {self.deadline_s:g} s reached"), kind
+
+    def _attempt(self, body: bytes, timeout: float) -> tuple[str | None, str, float | None, bytes]:
+        """One HTTP try: (failure kind or None, short detail, Retry-After seconds, response body)."""
+        request = urllib.request.Request(self._url, data=body, headers=self._headers, method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as resp:
+                return None, "", None, resp.read()
+        except urllib.error.HTTPError as err:
+            code = err.code
+            message = _error_message(err)
+            err.close()
+            if code == 429:
+                return "http_429", "HTTP 429", _retry_after(err.headers.get("Retry-After") if err.headers else None), b""
+            if code >= 500:
+                return "http_5xx", f"HTTP {code}", None, b""
+            return "http_4xx", f"HTTP {code} (not retried){': ' + message if message else ''}", None, b""
+        except urllib.error.URLError as err:
+            if isinstance(err.reason, TimeoutError):
+                return "timeout", f"timeout ({timeout:g} s)", None, b""
+            return "connection", f"connection failed ({_reason(err.reason)})", None, b""
+        except TimeoutError:
+            return "timeout", f"timeout ({timeout:g} s)", None, b""
+        except (http.client.HTTPException, OSError) as err:
+            return "connection", f"connection failed ({_reason(err)})", None, b""
+
+    def _parse(self, raw: bytes) -> tuple[RewriteOutput, str | None]:
+        field = "choices[0].message.content" if self.chat else "choices[0].text"
+        try:
+            data = json.loads(raw)
+        except (ValueError, UnicodeDecodeError):
+            return self._error("bad response: body is not JSON"), "bad_response"
+        try:
+            choice = data["choices"][0]
+            text = choice["message"]["content"] if self.chat else choice["text"]
+        except (KeyError, IndexError, TypeError):
+            return self._error(f"bad response: no {field}"), "bad_response"
+        if text is None:
+            text = ""  # e.g. a completion with nothing but reasoning: rejected as empty by verify
+        if not isinstance(text, str):
+            return self._error(f"bad response: {field} is not a string"), "bad_response"
+        truncated = isinstance(choice, dict) and choice.get("finish_reason") == "length"
+        return RewriteOutput(text.strip(), truncated=truncated), None
+
+    def _error(self, message: str) -> RewriteOutput:
+        return RewriteOutput("", error=self._scrub(message))
+
+    def _scrub(self, message: str) -> str:
+        return message.replace(self._secret, "***") if self._secret else message
+
+
+def _tries(n: int) -> str:
+    return f"{n} try" if n == 1 else f"{n} tries"
+
+
+def _reason(reason) -> str:
+    text = getattr(reason, "strerror", None) or str(reason) or type(reason).__name__
+    return " ".join(str(text).split())[:120]
+
+
+def _retry_after(value: str | None) -> float | None:
+    """``Retry-After`` in seconds (HTTP dates are not honoured: the exponential backoff applies)."""
+    try:
+        seconds = float(value) if value is not None else None
+    except ValueError:
+        return None
+    return max(0.0, seconds) if seconds is not None else None
+
+
+def _error_message(err: urllib.error.HTTPError) -> str:
+    """The server's own error message from a 4xx body, one line and short."""
+    try:
+        data = json.loads(err.read(4096))
+        msg = data.get("message") or data.get("error", {}).get("message") or ""
+    except Exception:  # noqa: BLE001 - any unreadable body just means no message
+        return ""
+    return " ".join(str(msg).split())[:160]
+
+
+def check_endpoint(base_url: str, timeout_s: float = 10.0, *, model: str | None = None,
+                   api_key_env: str | None = None) -> None:
+    """Fail fast, before any model is loaded, when the rewrite server cannot be used.
+
+    GETs ``{base_url}/models``; raises :class:`~mpdistill.config.ConfigError` with one line saying
+    what failed and how to fix it. When ``model`` is given and the server lists its models, the
+    model must be among them.
+    """
+    url = f"{base_url.rstrip('/')}/models"
+    key = read_api_key(api_key_env)
+    headers = {"Accept": "application/json"}
+    if key:
+        headers["Authorization"] = f"Bearer {key}"
+    where = f"rewrite.base_url {base_url!r}"
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout_s) as resp:
+            raw = resp.read()
+    except urllib.error.HTTPError as err:
+        err.close()
+        if err.code in (401, 403):
+            raise ConfigError(
+                f"{where}: the server refused the API key (HTTP {err.code}); set the environment variable "
+                "named by rewrite.api_key_env to a valid key"
+            ) from None
+        if err.code == 404:
+            raise ConfigError(
+                f"{where}: GET {url} gave HTTP 404; base_url must be the OpenAI API root, usually ending in /v1"
+            ) from None
+        raise ConfigError(f"{where}: GET {url} gave HTTP {err.code}; check the server's log") from None
+    except urllib.error.URLError as err:
+        what = f"timed out after {timeout_s:g} s" if isinstance(err.reason, TimeoutError) else _reason(err.reason)
+        raise ConfigError(
+            f"{where}: cannot reach the rewrite server ({what}); start it (e.g. `vllm serve MODEL`) "
+            "or fix rewrite.base_url"
+        ) from None
+    except (TimeoutError, http.client.HTTPException, OSError) as err:
+        raise ConfigError(
+            f"{where}: cannot reach the rewrite server ({_reason(err)}); start it (e.g. `vllm serve MODEL`) "
+            "or fix rewrite.base_url"
+        ) from None
+    if model is None:
+        return
+    try:
+        served = [m["id"] for m in json.loads(raw)["data"]]
+    except Exception:  # noqa: BLE001 - a server that does not list its models is not refused for it
+        return
+    if served and model not in served:
+        shown = ", ".join(served[:5]) + (", ..." if len(served) > 5 else "")
+        raise ConfigError(f"{where} serves {shown}, not rewrite.model {model!r}; fix rewrite.model")
