@@ -1,0 +1,367 @@
+"""Rewrite a file of traces offline: ``mpdistill rewrite``.
+
+Each input line is ``{"problem", "trace"[, "answer"]}``. Every trace goes through the same steps
+as during MPD training (:func:`mpdistill.rewrite.plan_batch` with no on-policy fraction): the
+prompt of :meth:`RewriteSettings.render`, the per-rewrite :func:`length_budget`, and
+:func:`verify` with its reasons. One output line per input row::
+
+    {"index", "problem", "trace", "answer", "rewrite", "accepted", "reason", "trace_tokens", "rewrite_tokens"}
+
+``index`` is the row's 0-based position among the input's records (blank lines do not count).
+Token counts are those the trainer uses: the text's tokens plus the end-of-sequence token, with
+the teacher's tokenizer (or ``tokenizer`` for a served rewriter). ``rewrite`` and
+``rewrite_tokens`` are ``None`` when no rewrite was requested (a trace with no final answer, or,
+with ``require_gold``, a trace whose answer is wrong).
+
+Rows are processed in chunks of ``batch_size``; chunk ``i`` is rewritten with a seed derived from
+``seed`` and ``i``, and each finished chunk is appended to the output and flushed to disk. A
+re-run with the same output skips the rows already there (a torn last line is cut off and
+redone) and draws the rest exactly as an uninterrupted run would have.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from .eval_runner import EvalError, _cut_torn_tail, derive_seed, read_samples
+from .rewrite import DEFAULT_REWRITE_PROMPT, Rewriter, RewriteSettings, Sample, plan_batch
+from .rollout import GenerationSettings
+
+BACKENDS = ("transformers", "openai")
+
+
+class RewriteFileError(ValueError):
+    """An input, output or option that cannot be used; the message names the file, line or option."""
+
+
+@dataclass
+class RewriteFileSpec:
+    """What ``mpdistill rewrite`` was asked to do (see :func:`rewrite_file`)."""
+
+    backend: str = "transformers"
+    teacher: str | None = None
+    tokenizer: str | None = None  # counts tokens for the openai backend (default: the teacher's tokenizer)
+    base_url: str | None = None
+    model: str | None = None
+    api_key_env: str | None = None
+    task: str = "math"
+    prompt_template: str = DEFAULT_REWRITE_PROMPT
+    chat_template: bool = True
+    max_ratio: float = 0.9
+    max_new_tokens: int = 512
+    temperature: float = 0.6
+    top_p: float = 0.95
+    top_k: int = 20
+    batch_size: int = 64
+    seed: int = 0
+    require_gold: bool = False
+    max_concurrency: int = 8
+    timeout_s: float = 60.0
+    max_retries: int = 3
+
+    def check(self) -> RewriteSettings:
+        """The rewrite settings these options make, or a :class:`RewriteFileError` naming the option."""
+        if self.backend not in BACKENDS:
+            raise RewriteFileError(f"--backend must be one of {', '.join(BACKENDS)}; got {self.backend!r}")
+        if self.backend == "transformers" and not self.teacher:
+            raise RewriteFileError("--teacher is required with --backend transformers")
+        if self.backend == "openai":
+            for option, value in (("--base-url", self.base_url), ("--model", self.model)):
+                if not value:
+                    raise RewriteFileError(f"{option} is required with --backend openai")
+            if not self.tokenizer and not self.teacher:
+                raise RewriteFileError(
+                    "--backend openai needs a tokenizer to count trace and rewrite tokens: "
+                    "give --tokenizer DIR (or --teacher MODEL, whose tokenizer is then used)"
+                )
+        from .tasks import TASKS
+
+        if self.task not in TASKS:
+            raise RewriteFileError(f"--task must be one of {', '.join(sorted(TASKS))}; got {self.task!r}")
+        for option, value, ok in (
+            ("--batch-size", self.batch_size, self.batch_size >= 1),
+            ("--max-new-tokens", self.max_new_tokens, self.max_new_tokens >= 1),
+            ("--temperature", self.temperature, self.temperature >= 0),
+            ("--top-p", self.top_p, 0 < self.top_p <= 1),
+            ("--top-k", self.top_k, self.top_k >= 0),
+            ("--max-concurrency", self.max_concurrency, self.max_concurrency >= 1),
+            ("--max-retries", self.max_retries, self.max_retries >= 0),
+            ("--timeout", self.timeout_s, self.timeout_s > 0),
+        ):
+            if not ok:
+                raise RewriteFileError(f"{option}: {value} is out of range")
+        try:
+            return RewriteSettings(
+                prompt_template=self.prompt_template,
+                max_ratio=self.max_ratio,
+                require_gold=self.require_gold,
+                on_policy_fraction=0.0,
+                use_chat_template=self.chat_template,
+                generation=GenerationSettings(
+                    max_new_tokens=self.max_new_tokens,
+                    temperature=self.temperature,
+                    top_p=self.top_p,
+                    top_k=self.top_k,
+                    batch_size=self.batch_size,
+                ),
+            )
+        except ValueError as err:
+            message = str(err)
+            if message.startswith("must contain"):
+                raise RewriteFileError(f"--prompt-template {message}") from None
+            raise RewriteFileError(message.replace("rewrite.max_ratio", "--max-ratio")) from None
+
+
+# -- input and output files ------------------------------------------------------------------
+
+
+def read_rows(path: str | Path, *, require_gold: bool = False) -> list[dict]:
+    """The input rows ``{"problem", "trace", "answer"}`` (answer ``None`` when absent), checked."""
+    path = Path(path)
+    if not path.is_file():
+        raise RewriteFileError(f"--input {path}: no such file")
+    rows = []
+    with path.open(encoding="utf-8-sig") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError:
+                raise RewriteFileError(f"{path}:{lineno}: not a valid JSON line") from None
+            if not isinstance(record, dict):
+                raise RewriteFileError(f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}")
+            for key in ("problem", "trace"):
+                value = record.get(key)
+                if not isinstance(value, str) or not value.strip():
+                    what = "missing" if value is None else "not a non-empty string"
+                    raise RewriteFileError(f"{path}:{lineno}: field {key!r} is {what}")
+            answer = record.get("answer")
+            if isinstance(answer, bool) or not isinstance(answer, (str, int, float, type(None))):
+                raise RewriteFileError(f"{path}:{lineno}: field 'answer' must be a string or a number")
+            if answer is not None:
+                answer = str(answer)
+            if require_gold and (answer is None or not answer.strip()):
+                raise RewriteFileError(f"{path}:{lineno}: field 'answer' is missing, and --require-gold needs it")
+            rows.append({"problem": record["problem"], "trace": record["trace"], "answer": answer})
+    if not rows:
+        raise RewriteFileError(f"--input {path}: no rows")
+    return rows
+
+
+def read_done(out: Path, rows: list[dict]) -> tuple[dict[int, dict], int | None]:
+    """Records already in ``out`` by index, and where a torn last line starts; checked against ``rows``."""
+    try:
+        found, torn_at = read_samples(out)
+    except EvalError as err:
+        raise RewriteFileError(f"{err}; or use a new --out") from None
+    done: dict[int, dict] = {}
+    for lineno, record in found:
+        index = record.get("index")
+        if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < len(rows):
+            raise RewriteFileError(
+                f"{out}:{lineno}: index {index!r} is not a row of this input ({len(rows)} rows); "
+                "that file was written for another input: use a new --out"
+            )
+        row = rows[index]
+        for key in ("problem", "trace"):
+            if record.get(key) != row[key]:
+                raise RewriteFileError(
+                    f"{out}:{lineno}: the {key} of row {index} differs from this input's; "
+                    "that file was written for another input: use a new --out"
+                )
+        done.setdefault(index, record)
+    return done, torn_at
+
+
+# -- rewriting -------------------------------------------------------------------------------
+
+
+def rewrite_chunk(
+    rows: list[dict],
+    indexes: list[int],
+    rewriter: Rewriter,
+    settings: RewriteSettings,
+    task,
+    encode: Callable[[str], list[int]],
+) -> list[dict]:
+    """Rewrite and verify the rows ``indexes``; one output record each, in order."""
+    samples = [
+        Sample(problem=rows[i]["problem"], student_text=rows[i]["trace"], student_ids=encode(rows[i]["trace"]),
+               gold=rows[i]["answer"])
+        for i in indexes
+    ]
+    plan_batch(samples, rewriter, settings, task, encode, random.Random(0))  # no on-policy draw: rng unused
+    records = []
+    for i, s in zip(indexes, samples, strict=True):
+        assert s.verdict is not None
+        records.append({
+            "index": i,
+            "problem": s.problem,
+            "trace": s.student_text,
+            "answer": s.gold,
+            "rewrite": s.rewrite_text,
+            "accepted": s.verdict.accepted,
+            "reason": s.verdict.reason,
+            "trace_tokens": len(s.student_ids),
+            "rewrite_tokens": None if s.rewrite_ids is None else len(s.rewrite_ids),
+        })
+    return records
+
+
+def summarize(records: list[dict]) -> dict:
+    """Acceptance (with a 95% Wilson interval), token means, compression and rejection reasons."""
+    from .evaluate import wilson_interval
+
+    n = len(records)
+    accepted = [r for r in records if r["accepted"]]
+    lo, hi = wilson_interval(len(accepted), n) if n else (0.0, 0.0)
+    kept_trace = sum(r["trace_tokens"] for r in accepted)
+    kept_rewrite = sum(r["rewrite_tokens"] for r in accepted)
+    return {
+        "n": n,
+        "accepted": len(accepted),
+        "accept_rate": len(accepted) / n if n else 0.0,
+        "accept_ci95": [lo, hi],
+        "mean_trace_tokens": sum(r["trace_tokens"] for r in records) / n if n else None,
+        "mean_rewrite_tokens_accepted": kept_rewrite / len(accepted) if accepted else None,
+        # Tokens of the accepted rewrites over the tokens of the traces they replace.
+        "compression": kept_rewrite / kept_trace if accepted else None,
+        "rejected": dict(sorted(Counter(r["reason"] for r in records if not r["accepted"]).items())),
+    }
+
+
+def format_summary(summary: dict) -> str:
+    lines = [
+        f"rows: {summary['n']} ({summary.get('generated', 0)} rewritten now, {summary.get('resumed', 0)} found in --out)",
+        f"accepted: {summary['accepted']}/{summary['n']} = {summary['accept_rate']:.1%} "
+        f"(95% CI {summary['accept_ci95'][0]:.1%}-{summary['accept_ci95'][1]:.1%})",
+        f"mean trace tokens: {_num(summary['mean_trace_tokens'])}",
+        f"mean rewrite tokens (accepted): {_num(summary['mean_rewrite_tokens_accepted'])}",
+        f"compression (accepted rewrite / trace tokens): {_num(summary['compression'], 3)}",
+    ]
+    if summary["rejected"]:
+        lines.append("rejected: " + ", ".join(f"{k} {v}" for k, v in summary["rejected"].items()))
+    failures = summary.get("backend_failures")
+    if failures:
+        lines.append("backend failures: " + ", ".join(f"{k} {v}" for k, v in sorted(failures.items())))
+    return "\n".join(lines)
+
+
+def _num(value, digits: int = 1) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _load_tokenizer(name: str):
+    from transformers import AutoTokenizer
+
+    from .config import ConfigError
+    from .pipeline import resolve_model
+
+    try:
+        return AutoTokenizer.from_pretrained(resolve_model(name))
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"cannot load the tokenizer of {name!r}: {err}") from None
+
+
+def _encoder(tokenizer) -> Callable[[str], list[int]]:
+    eos = tokenizer.eos_token_id
+
+    def encode(text: str) -> list[int]:
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        return ids + [eos] if eos is not None else ids
+
+    return encode
+
+
+def rewrite_file(input_path: str | Path, out: str | Path, spec: RewriteFileSpec, *, console=None) -> dict:
+    """Rewrite every row of ``input_path`` not yet in ``out``; returns the summary of the whole file.
+
+    Every option, the input and the existing output are checked before a model is loaded or the
+    rewrite server is contacted.
+    """
+    from rich.console import Console
+
+    from .tasks import get_task
+
+    console = console or Console()
+    settings = spec.check()
+    rows = read_rows(input_path, require_gold=spec.require_gold)
+    out = Path(out)
+    if out.exists() and not out.is_file():
+        raise RewriteFileError(f"--out {out}: not a file")
+    done, torn_at = read_done(out, rows)
+    resumed = len(done)
+    task = get_task(spec.task)
+    chunks = [list(range(i, min(i + spec.batch_size, len(rows)))) for i in range(0, len(rows), spec.batch_size)]
+    todo = [(k, chunk) for k, chunk in enumerate(chunks) if any(i not in done for i in chunk)]
+
+    stats = None
+    if todo:
+        make, encode, stats = _backend(spec, settings)
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        _cut_torn_tail(out, torn_at)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with Progress(TextColumn("rewrite"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      TimeRemainingColumn(), console=console) as bar, out.open("a", encoding="utf-8") as sink:
+            job = bar.add_task("rows", total=len(rows), completed=resumed)
+            for k, chunk in todo:
+                # The whole chunk is rewritten again so its seed gives the same rewrites as before.
+                records = rewrite_chunk(rows, chunk, make(derive_seed(spec.seed, "chunk", k)), settings, task, encode)
+                new = [r for r in records if r["index"] not in done]
+                for r in new:
+                    done[r["index"]] = r
+                sink.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in new))
+                sink.flush()
+                os.fsync(sink.fileno())
+                bar.advance(job, len(new))
+    summary = summarize([done[i] for i in range(len(rows))])
+    summary["generated"] = len(rows) - resumed
+    summary["resumed"] = resumed
+    if stats is not None and stats.get("failures"):
+        summary["backend_failures"] = dict(stats["failures"])
+    return summary
+
+
+def _backend(spec: RewriteFileSpec, settings: RewriteSettings):
+    """``(rewriter for a chunk seed, token encoder, backend statistics or None)``; loads what is needed."""
+    if spec.backend == "openai":
+        from .served_rewriter import OpenAIRewriter, check_endpoint
+
+        from .config import ConfigError
+
+        try:
+            check_endpoint(spec.base_url, min(spec.timeout_s, 30.0), model=spec.model, api_key_env=spec.api_key_env)
+            served = OpenAIRewriter(
+                spec.base_url, spec.model, api_key_env=spec.api_key_env, chat=spec.chat_template,
+                temperature=spec.temperature, top_p=spec.top_p, top_k=spec.top_k or None,
+                max_tokens=spec.max_new_tokens, max_concurrency=spec.max_concurrency, timeout_s=spec.timeout_s,
+                max_retries=spec.max_retries, seed=spec.seed,
+            )
+        except ConfigError as err:  # the messages name recipe keys; here they are options
+            message = str(err)
+            for key, option in (("rewrite.base_url", "--base-url"), ("rewrite.api_key_env", "--api-key-env"),
+                                ("rewrite.model", "--model")):
+                message = message.replace(key, option)
+            raise RewriteFileError(message) from None
+        encode = _encoder(_load_tokenizer(spec.tokenizer or spec.teacher))
+        return (lambda seed: served), encode, served.stats
+
+    from .pipeline import load_model
+    from .rewrite import TransformersRewriter
+
+    teacher, tokenizer = load_model(spec.teacher)
+    encode = _encoder(tokenizer)
+
+    def make(seed: int) -> Rewriter:
+        return TransformersRewriter(teacher, tokenizer, settings.generation,
+                                    use_chat_template=settings.use_chat_template, seed=seed)
+
+    return make, encode, None

@@ -1,0 +1,379 @@
+"""``mpdistill rewrite``: a file of traces rewritten with the training prompt, length budget and
+verification, resumably, by the local embedded teacher or by a served rewriter on loopback.
+Paths are relative to a temporary working directory so the console never wraps a message."""
+
+import json
+import random
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from transformers import AutoTokenizer
+from typer.testing import CliRunner
+
+from mpdistill import pipeline
+from mpdistill import rewrite as rewrite_mod
+from mpdistill.cli import app
+from mpdistill.embedded import embedded_dir
+from mpdistill.evaluate import wilson_interval
+from mpdistill.rewrite import REASONS, RewriteSettings, length_budget
+from mpdistill.rollout import GenerationSettings
+from mpdistill.tasks import chain
+from mpdistill.tasks.problems import chain_problems
+
+runner = CliRunner()
+TEMPLATE = "{problem}rewrite:\n{trace}\nshort:\n"
+FIELDS = {"index", "problem", "trace", "answer", "rewrite", "accepted", "reason", "trace_tokens", "rewrite_tokens"}
+
+
+@pytest.fixture
+def here(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return AutoTokenizer.from_pretrained(embedded_dir() / "teacher")
+
+
+def chain_rows() -> list[dict]:
+    """Verbose traces of 8 held-out problems; row 6 is already concise, row 7 has no final answer."""
+    rng = random.Random(0)
+    rows = []
+    for k, r in enumerate(chain_problems(8, seed=0, split="validation")):
+        p = chain.ChainProblem.parse(r["problem"])
+        trace = chain.concise_trace(p, "L") if k == 6 else chain.verbose_trace(p, rng.choice(chain.ROUTES), rng)
+        if k == 7:
+            trace = trace.rsplit("\n", 1)[0]  # drop the A:<digit> line
+        rows.append({"problem": r["problem"], "trace": trace, "answer": r["answer"]})
+    return rows
+
+
+def write_rows(path, rows) -> None:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+
+
+def read_out(path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def count(tok, text: str) -> int:
+    return len(tok(text, add_special_tokens=False)["input_ids"]) + 1  # with the end-of-sequence token
+
+
+def summary_of(output: str) -> dict:
+    line = next(line for line in output.splitlines() if line.startswith("summary: "))
+    return json.loads(line[len("summary: "):])
+
+
+LOCAL = ["--teacher", "embedded:teacher", "--task", "chain", "--prompt-template", TEMPLATE, "--no-chat-template",
+         "--temperature", "1.0", "--top-k", "0", "--top-p", "1.0", "--seed", "3"]
+
+
+def run_local(out: str, batch_size: int = 3, extra=()) -> dict:
+    result = runner.invoke(app, ["rewrite", "--input", "in.jsonl", "--out", out, "--batch-size", str(batch_size),
+                                 *LOCAL, *extra])
+    assert result.exit_code == 0, result.output
+    return summary_of(result.output)
+
+
+def check_summary(summary: dict, records: list[dict]) -> None:
+    n, accepted = len(records), [r for r in records if r["accepted"]]
+    assert summary["n"] == n
+    assert summary["accepted"] == len(accepted)
+    assert summary["accept_rate"] == pytest.approx(len(accepted) / n)
+    assert summary["accept_ci95"] == pytest.approx(list(wilson_interval(len(accepted), n)))
+    assert summary["mean_trace_tokens"] == pytest.approx(sum(r["trace_tokens"] for r in records) / n)
+    if accepted:
+        kept = sum(r["rewrite_tokens"] for r in accepted)
+        assert summary["mean_rewrite_tokens_accepted"] == pytest.approx(kept / len(accepted))
+        assert summary["compression"] == pytest.approx(kept / sum(r["trace_tokens"] for r in accepted))
+    rejected = {}
+    for r in records:
+        if not r["accepted"]:
+            rejected[r["reason"]] = rejected.get(r["reason"], 0) + 1
+    assert summary["rejected"] == rejected
+
+
+# -- the local teacher ---------------------------------------------------------------------------
+
+
+def test_local_teacher_rewrites_every_row(here, tok):
+    rows = chain_rows()
+    write_rows(here / "in.jsonl", rows)
+    summary = run_local("out.jsonl")
+    records = read_out(here / "out.jsonl")
+    assert [r["index"] for r in records] == list(range(len(rows)))
+    settings = RewriteSettings(prompt_template=TEMPLATE, generation=GenerationSettings(max_new_tokens=512))
+    for row, r in zip(rows, records):
+        assert set(r) == FIELDS
+        assert (r["problem"], r["trace"], r["answer"]) == (row["problem"], row["trace"], row["answer"])
+        assert r["reason"] in REASONS and r["reason"] != "on_policy"
+        assert r["accepted"] == (r["reason"] == "accepted")
+        assert r["trace_tokens"] == count(tok, row["trace"])
+        if r["rewrite"] is not None:
+            assert r["rewrite_tokens"] == (count(tok, r["rewrite"]) if r["rewrite"] else 0)
+            # The rewrite stops at its length budget; a longer one could never pass.
+            assert r["rewrite_tokens"] <= length_budget(r["trace_tokens"], settings) + 1
+        if r["accepted"]:
+            assert r["rewrite_tokens"] <= 0.9 * r["trace_tokens"]
+            assert chain.extract_answer(r["rewrite"]) == chain.extract_answer(row["trace"]) == row["answer"]
+    assert records[7]["reason"] == "student_unparsed" and records[7]["rewrite"] is None
+    assert records[7]["rewrite_tokens"] is None
+    assert not records[6]["accepted"]  # a concise trace cannot be made 10% shorter
+    assert summary["accepted"] >= 4  # the embedded teacher was trained for exactly this
+    assert summary["generated"] == 8 and summary["resumed"] == 0
+    check_summary(summary, records)
+
+
+def test_resume_regenerates_only_what_is_missing(here, monkeypatch):
+    write_rows(here / "in.jsonl", chain_rows())
+    whole = run_local("whole.jsonl")
+    reference = (here / "whole.jsonl").read_bytes()
+    lines = reference.splitlines(keepends=True)
+
+    calls = []
+    original = rewrite_mod.TransformersRewriter.rewrite
+
+    def counted(self, prompts, max_new_tokens=None):
+        calls.append([p.split("rewrite:")[0] for p in prompts])
+        return original(self, prompts, max_new_tokens)
+
+    monkeypatch.setattr(rewrite_mod.TransformersRewriter, "rewrite", counted)
+    problems = [r["problem"] for r in chain_rows()]
+
+    # 1.5 lines: row 0 is kept, row 1 is torn; chunk 0 (rows 0-2) is drawn again with its seed.
+    (here / "torn.jsonl").write_bytes(lines[0] + lines[1][: len(lines[1]) // 2])
+    again = run_local("torn.jsonl")
+    assert (here / "torn.jsonl").read_bytes() == reference
+    assert again["resumed"] == 1 and again["generated"] == 7
+    assert {k: v for k, v in again.items() if k not in ("resumed", "generated")} == \
+        {k: v for k, v in whole.items() if k not in ("resumed", "generated")}
+    assert [sorted(c) for c in calls] == [sorted(problems[0:3]), sorted(problems[3:6]), sorted(problems[6:7])]
+
+    # Chunk 0 complete and chunk 1 torn: chunk 0 is not rewritten again.
+    calls.clear()
+    (here / "torn2.jsonl").write_bytes(b"".join(lines[:4]) + lines[4][:10])
+    run_local("torn2.jsonl")
+    assert (here / "torn2.jsonl").read_bytes() == reference
+    assert [sorted(c) for c in calls] == [sorted(problems[3:6]), sorted(problems[6:7])]
+
+    # Nothing left to do: no model is loaded at all.
+    calls.clear()
+    monkeypatch.setattr(pipeline, "load_model", lambda *a, **k: pytest.fail("model loaded"))
+    done = run_local("whole.jsonl")
+    assert done["resumed"] == 8 and calls == []
+    assert (here / "whole.jsonl").read_bytes() == reference
+
+
+# -- a served rewriter on loopback ---------------------------------------------------------------
+
+
+class Server:
+    """An OpenAI-compatible loopback server: ``answer(body)`` gives (status, JSON payload) per request."""
+
+    def __init__(self, answer):
+        self.requests = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def _send(self, status, payload):
+                data = json.dumps(payload).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self):
+                self._send(200, {"object": "list", "data": [{"id": "rewriter"}]})
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                outer.requests.append({"path": self.path, "body": body, "auth": self.headers.get("Authorization")})
+                self._send(*answer(body))
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def serve():
+    servers = []
+
+    def start(answer):
+        servers.append(Server(answer))
+        return servers[-1]
+
+    yield start
+    for s in servers:
+        s.close()
+
+
+def served_args(server, out: str = "out.jsonl", tokenizer: bool = True) -> list[str]:
+    args = ["rewrite", "--input", "in.jsonl", "--out", out, "--backend", "openai", "--base-url", server.url,
+            "--model", "rewriter", "--task", "chain", "--prompt-template", TEMPLATE, "--max-retries", "0",
+            "--batch-size", "4"]
+    return args + (["--tokenizer", str(embedded_dir() / "teacher")] if tokenizer else [])
+
+
+def concise_answer(body):
+    """The concise trace of the prompt's problem; problem 2 gets a different final answer."""
+    prompt = body["messages"][0]["content"]
+    problem = chain.ChainProblem.parse(prompt.split("rewrite:")[0])
+    text = chain.concise_trace(problem, "L")
+    if problem.prompt == chain_rows()[2]["problem"]:
+        text = text.rsplit("A:", 1)[0] + f"A:{(problem.value + 1) % 10}"
+    return 200, {"choices": [{"message": {"role": "assistant", "content": text}, "finish_reason": "stop"}]}
+
+
+def test_served_rewriter(here, serve, tok, monkeypatch):
+    rows = chain_rows()
+    write_rows(here / "in.jsonl", rows)
+    server = serve(concise_answer)
+    monkeypatch.setenv("REWRITE_KEY", "sk-loopback")
+    result = runner.invoke(app, served_args(server) + ["--api-key-env", "REWRITE_KEY"])
+    assert result.exit_code == 0, result.output
+    records = read_out(here / "out.jsonl")
+    reasons = [r["reason"] for r in records]
+    assert reasons == ["accepted", "accepted", "answer_changed", "accepted", "accepted", "accepted",
+                       "not_shorter", "student_unparsed"]
+    settings = RewriteSettings(prompt_template=TEMPLATE, generation=GenerationSettings(max_new_tokens=512))
+    # One request per row with a final answer, each with the row's length budget and the same prompt.
+    by_prompt = {q["body"]["messages"][0]["content"]: q for q in server.requests}
+    assert len(server.requests) == 7 and len(by_prompt) == 7
+    for row, r in zip(rows[:7], records):
+        q = by_prompt[settings.render(row["problem"], row["trace"])]
+        assert q["path"] == "/v1/chat/completions" and q["auth"] == "Bearer sk-loopback"
+        assert q["body"]["max_tokens"] == length_budget(count(tok, row["trace"]), settings)
+        assert r["rewrite_tokens"] == count(tok, r["rewrite"])
+    check_summary(summary_of(result.output), records)
+    assert "sk-loopback" not in result.output
+
+
+def test_served_rewriter_failures_are_recorded(here, serve):
+    write_rows(here / "in.jsonl", chain_rows()[:5])
+    server = serve(lambda body: (500, {"error": {"message": "boom"}}))
+    result = runner.invoke(app, served_args(server))
+    assert result.exit_code == 0, result.output
+    records = read_out(here / "out.jsonl")
+    assert len(records) == 5
+    assert all(r["reason"] == "backend_error" and not r["accepted"] for r in records)
+    assert all(r["rewrite"] == "" and r["rewrite_tokens"] == 0 for r in records)
+    summary = summary_of(result.output)
+    assert summary["rejected"] == {"backend_error": 5} and summary["backend_failures"] == {"http_5xx": 5}
+    assert len(server.requests) == 5
+
+
+def test_served_rewriter_needs_a_tokenizer(here, serve):
+    write_rows(here / "in.jsonl", chain_rows()[:2])
+    server = serve(concise_answer)
+    result = runner.invoke(app, served_args(server, tokenizer=False))
+    assert result.exit_code == 2
+    assert "--tokenizer" in result.output and "count" in result.output
+    assert server.requests == [] and not (here / "out.jsonl").exists()
+
+
+def test_unreachable_server_fails_before_loading(here, monkeypatch):
+    write_rows(here / "in.jsonl", chain_rows()[:2])
+    server = Server(concise_answer)
+    url = server.url
+    server.close()
+    args = ["rewrite", "--input", "in.jsonl", "--out", "out.jsonl", "--backend", "openai", "--base-url", url,
+            "--model", "rewriter", "--tokenizer", "no-such-dir"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2
+    message = " ".join(result.output.split())
+    assert "--base-url 'http://127.0.0.1:" in message and "cannot reach the rewrite server" in message
+
+
+def test_api_key_variable_must_be_set(here, serve, monkeypatch):
+    write_rows(here / "in.jsonl", chain_rows()[:2])
+    server = serve(concise_answer)
+    monkeypatch.delenv("NO_SUCH_KEY_VAR", raising=False)
+    result = runner.invoke(app, served_args(server) + ["--api-key-env", "NO_SUCH_KEY_VAR"])
+    assert result.exit_code == 2
+    message = " ".join(result.output.split())
+    assert "--api-key-env names the environment variable 'NO_SUCH_KEY_VAR', which is not set" in message
+    assert server.requests == []
+
+
+# -- bad input -----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def no_model(monkeypatch):
+    """Every input error is found before any model is loaded."""
+    monkeypatch.setattr(pipeline, "load_model", lambda *a, **k: pytest.fail("model loaded"))
+
+
+def fails(args: list[str]) -> str:
+    result = runner.invoke(app, ["rewrite", "--input", "in.jsonl", *args])
+    assert result.exit_code == 2, result.output
+    return " ".join(result.output.split())
+
+
+def test_bad_input_names_file_line_and_field(here, no_model):
+    rows = chain_rows()[:3]
+    good = [json.dumps(r) for r in rows]
+    local = ["--out", "out.jsonl", "--teacher", "embedded:teacher", "--task", "chain"]
+
+    (here / "in.jsonl").write_text(good[0] + "\n\n" + '{"problem": "Q:1+2\\n", "trace": ' + "\n", encoding="utf-8")
+    assert "in.jsonl:3: not a valid JSON line" in fails(local)
+
+    (here / "in.jsonl").write_text(good[0] + "\n" + json.dumps({"problem": "Q:1+2\n"}) + "\n", encoding="utf-8")
+    assert "in.jsonl:2: field 'trace' is missing" in fails(local)
+
+    (here / "in.jsonl").write_text(json.dumps({"problem": "", "trace": "x"}) + "\n", encoding="utf-8")
+    assert "in.jsonl:1: field 'problem' is not a non-empty string" in fails(local)
+
+    (here / "in.jsonl").write_text("[1, 2]\n", encoding="utf-8")
+    assert "in.jsonl:1: expected a JSON object" in fails(local)
+
+    no_gold = [{k: v for k, v in r.items() if k != "answer"} for r in rows]
+    write_rows(here / "in.jsonl", [rows[0]] + no_gold[1:])
+    assert "in.jsonl:2: field 'answer' is missing, and --require-gold needs it" in fails(local + ["--require-gold"])
+
+    assert not (here / "out.jsonl").exists()
+
+
+def test_output_of_another_input_is_refused(here, no_model):
+    rows = chain_rows()
+    write_rows(here / "in.jsonl", rows[:3])
+    local = ["--out", "out.jsonl", "--teacher", "embedded:teacher", "--task", "chain"]
+    record = {"index": 1, "problem": rows[5]["problem"], "trace": rows[1]["trace"], "answer": None, "rewrite": None,
+              "accepted": False, "reason": "student_unparsed", "trace_tokens": 3, "rewrite_tokens": None}
+    (here / "out.jsonl").write_text(json.dumps(record) + "\n", encoding="utf-8")
+    message = fails(local)
+    assert "out.jsonl:1: the problem of row 1 differs from this input's" in message and "use a new --out" in message
+
+    record.update(index=3, problem=rows[3]["problem"])
+    (here / "out.jsonl").write_text(json.dumps(record) + "\n", encoding="utf-8")
+    message = fails(local)
+    assert "out.jsonl:1: index 3 is not a row of this input (3 rows)" in message and "use a new --out" in message
+
+    (here / "out.jsonl").write_text("not json\n" + json.dumps(record) + "\n", encoding="utf-8")
+    assert "out.jsonl:1: not a valid JSON record" in fails(local)
+
+
+def test_bad_options(here, no_model):
+    write_rows(here / "in.jsonl", chain_rows()[:2])
+    assert "--teacher is required with --backend transformers" in fails(["--out", "o.jsonl"])
+    assert "--backend must be one of transformers, openai" in fails(["--out", "o.jsonl", "--backend", "vllm"])
+    assert "--base-url is required" in fails(["--out", "o.jsonl", "--backend", "openai", "--tokenizer", "x"])
+    assert "--prompt-template must contain {trace}" in fails(
+        ["--out", "o.jsonl", "--teacher", "t", "--prompt-template", "{problem}"])
+    assert "--max-ratio must be in (0, 1]" in fails(["--out", "o.jsonl", "--teacher", "t", "--max-ratio", "1.5"])
+    assert "--batch-size: 0 is out of range" in fails(["--out", "o.jsonl", "--teacher", "t", "--batch-size", "0"])
+    assert "--task must be one of chain, math" in fails(["--out", "o.jsonl", "--teacher", "t", "--task", "code"])
+    assert "no such file" in " ".join(runner.invoke(app, ["rewrite", "--input", "nope.jsonl", "--out", "o.jsonl",
+                                                          "--teacher", "t"]).output.split())
