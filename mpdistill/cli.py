@@ -1,4 +1,4 @@
-"""Command line: ``mpdistill demo | train | eval | compare | bench | bootstrap``."""
+"""Command line: ``mpdistill demo | train | eval | compare | bench | rewrite | bootstrap``."""
 
 from __future__ import annotations
 
@@ -43,12 +43,35 @@ def demo(
 @app.command("train")
 def train_cmd(
     config: Path = typer.Argument(..., help="Recipe YAML (see recipes/)."),
-    out: Path = typer.Option(..., "--out", help="Run folder: model/, rollouts.jsonl, train_log.jsonl, recipe.yaml."),
+    out: Optional[Path] = typer.Option(
+        None, "--out", help="Run folder: model/, rollouts.jsonl, train_log.jsonl, recipe.yaml (required unless --dry-run)."
+    ),
+    dry_run: bool = typer.Option(
+        False, "--dry-run", help="Check the recipe and print the resolved plan (models, data, devices, batch) without loading weights."
+    ),
 ) -> None:
     """Train one method from a recipe."""
     from .config import ConfigError, load_recipe
-    from .pipeline import train
     from .tasks.problems import DataError
+
+    if dry_run:
+        from rich.markup import escape
+
+        from .plan import format_plan, plan
+
+        try:
+            p = plan(load_recipe(config), out)
+        except (ConfigError, DataError) as err:
+            _fail(str(err))
+        console.print(escape(format_plan(p)), soft_wrap=True)
+        if p["errors"]:
+            for line in p["errors"]:
+                console.print(f"[red]error:[/] {escape(line)}", soft_wrap=True)
+            raise typer.Exit(code=2)
+        return
+    if out is None:
+        _fail("--out is required (or use --dry-run to only check the recipe)")
+    from .pipeline import train
 
     try:
         recipe = load_recipe(config)
@@ -202,6 +225,57 @@ def _counts(option: str, text: str) -> list[int]:
     if not values or min(values) < 1:
         _fail(f"{option} takes comma-separated positive integers, got {text!r}")
     return values
+
+
+@app.command("rewrite")
+def rewrite_cmd(
+    input: Path = typer.Option(..., "--input", help='JSONL of {"problem", "trace"[, "answer"]} lines.'),
+    out: Path = typer.Option(..., "--out", help="Output JSONL, one record per input row; re-running with it resumes."),
+    backend: str = typer.Option("transformers", "--backend", help="transformers (local --teacher) or openai (served)."),
+    teacher: Optional[str] = typer.Option(None, "--teacher", help="Rewriting model (transformers backend), or whose "
+                                          "tokenizer counts tokens (openai backend without --tokenizer)."),
+    tokenizer: Optional[str] = typer.Option(None, "--tokenizer", help="Tokenizer that counts tokens (openai backend)."),
+    base_url: Optional[str] = typer.Option(None, "--base-url", help="OpenAI-compatible API root, e.g. http://host:8000/v1."),
+    model: Optional[str] = typer.Option(None, "--model", help="Model name on the server (openai backend)."),
+    api_key_env: Optional[str] = typer.Option(None, "--api-key-env", help="Name of the environment variable holding the API key."),
+    task: str = typer.Option("math", "--task", help="How answers are read and compared: math or chain."),
+    prompt_template: Optional[str] = typer.Option(None, "--prompt-template",
+                                                  help="Rewrite prompt with {problem} and {trace}; default: the training one."),
+    chat_template: bool = typer.Option(True, "--chat-template/--no-chat-template",
+                                       help="Send the prompt as a chat message (chat template / chat completions)."),
+    max_ratio: float = typer.Option(0.9, "--max-ratio", help="Accept a rewrite of at most this fraction of the trace's tokens."),
+    max_new_tokens: int = typer.Option(512, "--max-new-tokens", help="Cap on each rewrite's length."),
+    temperature: float = typer.Option(0.6, "--temperature"),
+    top_p: float = typer.Option(0.95, "--top-p"),
+    top_k: int = typer.Option(20, "--top-k", help="0 turns top-k off."),
+    batch_size: int = typer.Option(64, "--batch-size", help="Rows per chunk; each finished chunk is written to --out."),
+    seed: int = typer.Option(0, "--seed"),
+    require_gold: bool = typer.Option(False, "--require-gold", help="Also reject rewrites whose answer is not the row's answer."),
+    max_concurrency: int = typer.Option(8, "--max-concurrency", help="Requests in flight at once (openai backend)."),
+    max_retries: int = typer.Option(3, "--max-retries", help="Retries of a failed request (openai backend)."),
+    timeout: float = typer.Option(60.0, "--timeout", help="Seconds per request (openai backend)."),
+) -> None:
+    """Rewrite a file of traces with the training prompt, length budget and verification."""
+    import json
+
+    from .config import ConfigError
+    from .rewrite import DEFAULT_REWRITE_PROMPT
+    from .rewrite_file import RewriteFileError, RewriteFileSpec, format_summary, rewrite_file
+
+    spec = RewriteFileSpec(
+        backend=backend, teacher=teacher, tokenizer=tokenizer, base_url=base_url, model=model, api_key_env=api_key_env,
+        task=task, prompt_template=prompt_template or DEFAULT_REWRITE_PROMPT, chat_template=chat_template,
+        max_ratio=max_ratio, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
+        batch_size=batch_size, seed=seed, require_gold=require_gold, max_concurrency=max_concurrency,
+        max_retries=max_retries, timeout_s=timeout,
+    )
+    try:
+        summary = rewrite_file(input, out, spec, console=console)
+    except (RewriteFileError, ConfigError) as err:
+        _fail(str(err))
+    console.print(format_summary(summary), markup=False, highlight=False)
+    console.print(f"summary: {json.dumps(summary)}", markup=False, highlight=False, soft_wrap=True)
+    console.print(f"wrote {out}", markup=False)
 
 
 @app.command()

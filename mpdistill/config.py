@@ -30,10 +30,32 @@ class DataConfig(_Strict):
     # a Hugging Face dataset name with ``question_field`` / ``answer_field``.
     train: str = "embedded:chain"
     split: str = "train"
+    config: str | None = None  # a Hub dataset's configuration, where it has several (openai/gsm8k: main)
     question_field: str = "problem"
     answer_field: str | None = "answer"
     n_train: int = Field(default=2048, gt=0)
     prompt_style: Literal["plain", "chat"] = "plain"
+
+
+class LoraConfig(_Strict):
+    """Train low-rank adapters (``peft`` LoRA) instead of every student weight."""
+
+    r: int = Field(default=16, gt=0)
+    alpha: int = Field(default=32, gt=0)
+    dropout: float = Field(default=0.05, ge=0, lt=1)
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        min_length=1,
+    )
+
+    @field_validator("target_modules")
+    @classmethod
+    def _not_the_head(cls, v: list[str]) -> list[str]:
+        # The distillation loss reads the output head's weight directly, so an adapter there would never train.
+        bad = [m for m in v if m in ("lm_head", "embed_tokens")]
+        if bad:
+            raise ValueError(f"{bad[0]} cannot carry an adapter (the loss reads it directly); adapt the layers instead")
+        return v
 
 
 class TrainingConfig(_Strict):
@@ -53,6 +75,9 @@ class TrainingConfig(_Strict):
     bf16: bool = False
     max_grad_norm: float = Field(default=1.0, gt=0)
     save_steps: int | None = Field(default=None, gt=0)
+    # Absent: full fine-tuning. Set: only LoRA adapters train; the run saves them to adapter/ and
+    # the merged student to model/.
+    lora: LoraConfig | None = None
 
 
 class RewriteConfig(_Strict):

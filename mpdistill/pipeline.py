@@ -76,6 +76,7 @@ def training_problems(recipe: Recipe, exclude: set[str] | None = None) -> list[d
         split=d.split,
         prompt_style=d.prompt_style,
         limit=d.n_train,
+        config=d.config,
     )
     if exclude:
         rows = [r for r in rows if r["problem"] not in exclude]
@@ -141,6 +142,33 @@ def check_rewrite_server(recipe: Recipe) -> None:
         check_endpoint(r.base_url, min(r.timeout_s, 30.0), model=r.model, api_key_env=r.api_key_env)
 
 
+def peft_config(recipe: Recipe):
+    """``peft.LoraConfig`` for ``training.lora``, or None for full fine-tuning."""
+    lora = recipe.training.lora
+    if lora is None:
+        return None
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=list(lora.target_modules),
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+
+
+def save_merged(student_name: str, adapter_dir: Path, model_dir: Path, tokenizer) -> None:
+    """The student with its trained adapter folded in, saved as a plain checkpoint (loads without peft)."""
+    from peft import PeftModel
+
+    base = AutoModelForCausalLM.from_pretrained(resolve_model(student_name), dtype=torch.float32, use_safetensors=True)
+    merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
+    merged.save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+
+
 def build_trainer(recipe: Recipe, student, teacher, tokenizer, rows: list[dict], run_dir: Path):
     from datasets import Dataset
     from trl import DistillationConfig, DistillationTrainer
@@ -176,6 +204,7 @@ def build_trainer(recipe: Recipe, student, teacher, tokenizer, rows: list[dict],
     )
     common = dict(
         model=student,
+        peft_config=peft_config(recipe),
         teacher_model=teacher,
         args=args,
         train_dataset=Dataset.from_list(rows),
@@ -209,7 +238,7 @@ def train(recipe: Recipe, run_dir: str | Path, *, exclude_prompts: set[str] | No
     before the first step.
     """
     run_dir = Path(run_dir)
-    for existing in ("rollouts.jsonl", "model"):
+    for existing in ("rollouts.jsonl", "model", "adapter"):
         if (run_dir / existing).exists():
             raise ConfigError(f"{run_dir} already holds a run ({existing}); choose another --out or move it away")
     rows = training_problems(recipe, exclude=exclude_prompts)
@@ -219,14 +248,22 @@ def train(recipe: Recipe, run_dir: str | Path, *, exclude_prompts: set[str] | No
             raise ConfigError(f"rewrite.require_gold is set but training row {missing} has no answer (data.answer_field)")
     check_rewrite_server(recipe)
     student, tokenizer = load_model(recipe.student)
-    teacher, t_tok = load_model(recipe.teacher)
+    # The teacher is never trained: with training.bf16 its weights are held in bf16 (half the memory).
+    teacher, t_tok = load_model(recipe.teacher, dtype=torch.bfloat16 if recipe.training.bf16 else torch.float32)
     check_compatible(recipe.student, tokenizer, student, recipe.teacher, t_tok, teacher)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "recipe.yaml").write_text(dump_recipe(recipe), encoding="utf-8")
     trainer = build_trainer(recipe, student, teacher, tokenizer, rows, run_dir)
     trainer.train()
     model_dir = run_dir / "model"
-    trainer.save_model(str(model_dir))
+    if recipe.training.lora is None:
+        trainer.save_model(str(model_dir))
+    else:
+        # The adapter as trained, then (once, on the main process) the merged student for eval.
+        trainer.save_model(str(run_dir / "adapter"))
+        if trainer.accelerator.is_main_process:
+            save_merged(recipe.student, run_dir / "adapter", model_dir, tokenizer)
+        trainer.accelerator.wait_for_everyone()
     with (run_dir / "train_log.jsonl").open("w", encoding="utf-8") as f:
         for entry in trainer.state.log_history:
             f.write(json.dumps(entry) + "\n")

@@ -56,9 +56,10 @@ def _read_rows(path: Path) -> list[dict]:
     return rows
 
 
-def read_source(source: str, *, split: str = "train") -> tuple[list[dict], str]:
+def read_source(source: str, *, split: str = "train", config: str | None = None) -> tuple[list[dict], str]:
     """The raw rows of a local JSONL/Parquet file or a Hugging Face dataset, and where they came from.
 
+    ``config`` names the dataset's configuration where it has several (``openai/gsm8k``: "main").
     ``where`` is the file path, or ``"name[split]"`` for a dataset. Raises DataError for a folder,
     a malformed JSONL line (naming file and line), a dataset that cannot be loaded, or no rows.
     """
@@ -72,10 +73,10 @@ def read_source(source: str, *, split: str = "train") -> tuple[list[dict], str]:
         try:
             import datasets
 
-            raw = list(datasets.load_dataset(source, split=split))
+            raw = list(datasets.load_dataset(source, config, split=split))
         except Exception as err:  # offline, unknown name, ...: say which source failed and why
             raise DataError(f"cannot load dataset {source!r} (not a local file; Hugging Face said: {err})") from None
-        where = f"{source}[{split}]"
+        where = f"{source}[{split}]" if config is None else f"{source}/{config}[{split}]"
     if not raw:
         raise DataError(f"{where}: the dataset is empty")
     return raw, where
@@ -89,9 +90,10 @@ def load_problems(
     split: str = "train",
     prompt_style: str = "plain",
     limit: int | None = None,
+    config: str | None = None,
 ) -> list[dict]:
     """Rows from a local JSONL/Parquet file or a Hugging Face dataset name, validated up front."""
-    raw, where = read_source(source, split=split)
+    raw, where = read_source(source, split=split, config=config)
     rows = []
     for i, r in enumerate(raw):
         q = r.get(question_field)

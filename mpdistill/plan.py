@@ -1,0 +1,214 @@
+"""What ``mpdistill train RECIPE --dry-run`` prints: the resolved run, checked without loading weights.
+
+Model facts come from each model's config alone (an empty model is built on the ``meta`` device to
+count parameters), data rows are counted for local sources, and the devices are probed. Problems
+that would stop the run are collected as one line each in ``plan["errors"]``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .config import Recipe
+from .pipeline import EMBEDDED_PREFIX, resolve_model
+
+NOT_OFFLINE = "not available offline; checked at load time"
+
+
+def _looks_local(name: str, path: str) -> bool:
+    # A Hub name is "org/name" at most; more slashes, a leading ./ / ~, or an existing path is a folder.
+    return (
+        name.startswith(EMBEDDED_PREFIX)
+        or path.startswith((".", "/", "~"))
+        or path.count("/") > 1
+        or Path(path).exists()
+    )
+
+
+def count_parameters(config) -> int | None:
+    """Parameters of the model ``config`` describes, counted on an empty (meta-device) model."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    try:
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config)
+    except Exception:  # an architecture without a causal-LM class: leave the count out
+        return None
+    return sum(p.numel() for p in model.parameters())  # tied weights are counted once
+
+
+def describe_model(key: str, name: str) -> tuple[dict, list[str]]:
+    """``key`` is the recipe key (``student`` / ``teacher``), named in any error."""
+    from transformers import AutoConfig
+
+    info: dict = {"name": name, "path": None, "source": None, "model_type": None, "parameters": None,
+                  "vocab_size": None, "note": None}
+    try:
+        path = resolve_model(name)
+    except ValueError as err:
+        return info, [f"{key}: {err}"]
+    info["path"] = path
+    local = _looks_local(name, path)
+    info["source"] = "local folder" if local else "Hugging Face Hub"
+    if local and not Path(path).expanduser().is_dir():
+        return info, [f"{key}: model folder not found: {path}"]
+    try:
+        config = AutoConfig.from_pretrained(str(Path(path).expanduser()) if local else path, local_files_only=True)
+    except Exception as err:  # noqa: BLE001 - reported, never raised: nothing is loaded in a dry run
+        if local:
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            return info, [f"{key}: cannot read the model config in {path}: {first}"]
+        info["note"] = NOT_OFFLINE
+        return info, []
+    info["source"] = "local folder" if local else "Hugging Face Hub (config in the local cache)"
+    text = config.get_text_config()
+    info["model_type"] = config.model_type
+    info["vocab_size"] = getattr(text, "vocab_size", None)
+    info["parameters"] = count_parameters(config)
+    return info, []
+
+
+def describe_data(recipe: Recipe) -> tuple[dict, list[str]]:
+    from .pipeline import training_problems
+    from .tasks.problems import DataError
+
+    d = recipe.data
+    info = {"source": d.train, "kind": None, "split": d.split, "rows": None, "n_train": d.n_train,
+            "prompt_style": d.prompt_style, "note": None}
+    if d.train == "embedded:chain":
+        info["kind"] = "embedded chain task (generated)"
+    elif Path(d.train).exists():
+        info["kind"] = "local file"
+    else:
+        info["kind"] = "Hugging Face dataset" + (f" (configuration {d.config})" if d.config else "")
+        info["note"] = "not counted offline"
+        return info, []
+    try:
+        info["rows"] = len(training_problems(recipe))
+    except (DataError, ValueError, OSError) as err:
+        return info, [f"data.train: {err}"]
+    return info, []
+
+
+def probe_devices() -> dict:
+    import torch
+
+    n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    names = [torch.cuda.get_device_name(i) for i in range(n)]
+    return {"cuda": n, "names": names, "bf16_supported": bool(n and torch.cuda.is_bf16_supported())}
+
+
+def plan(recipe: Recipe, out: str | Path | None = None) -> dict:
+    """The run ``recipe`` describes, resolved and checked without loading any weights."""
+    errors: list[str] = []
+    student, e = describe_model("student", recipe.student)
+    errors += e
+    teacher, e = describe_model("teacher", recipe.teacher)
+    errors += e
+    sv, tv = student["vocab_size"], teacher["vocab_size"]
+    vocab_match = None if sv is None or tv is None else sv == tv
+    if vocab_match is False:
+        errors.append(f"teacher: vocab_size {tv} differs from the student's {sv}; both must share one tokenizer")
+
+    data, e = describe_data(recipe)
+    errors += e
+
+    t = recipe.training
+    devices = probe_devices()
+    devices["bf16_requested"] = t.bf16
+    if t.bf16 and not devices["bf16_supported"]:
+        why = "no CUDA device is visible" if not devices["cuda"] else "the visible GPU does not support bf16"
+        errors.append(f"training.bf16: bf16 is requested but {why}; set training.bf16: false or run on such a GPU")
+
+    processes = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    batch = {"per_device": t.batch_size, "gradient_accumulation_steps": t.gradient_accumulation_steps,
+             "processes": processes, "effective": t.batch_size * t.gradient_accumulation_steps * processes}
+
+    r = recipe.rewrite
+    if recipe.method not in ("mpd", "rewrite_sft"):
+        rewrite = {"backend": None, "detail": f"not used by {recipe.method}"}
+    elif r.backend == "openai":
+        key = f", API key from ${r.api_key_env}" if r.api_key_env else ""
+        rewrite = {"backend": "openai", "detail": f"served: {r.model} at {r.base_url}{key}"}
+    else:
+        rewrite = {"backend": "transformers", "detail": f"local teacher ({recipe.teacher})"}
+    rewrite.update(max_new_tokens=r.max_new_tokens, use_chat_template=r.use_chat_template)
+
+    outputs = None
+    if out is not None:
+        run = Path(out)
+        names = ["model/", "rollouts.jsonl", "train_log.jsonl", "recipe.yaml"] + (["adapter/"] if t.lora else [])
+        outputs = {"run_dir": str(run), "files": names}
+        held = [x for x in ("rollouts.jsonl", "model", "adapter") if (run / x).exists()]
+        if held:
+            errors.append(f"--out: {run} already holds a run ({held[0]}); choose another --out or move it away")
+
+    return {
+        "method": recipe.method,
+        "task": recipe.task,
+        "seed": recipe.seed,
+        "student": student,
+        "teacher": teacher,
+        "vocab_match": vocab_match,
+        "data": data,
+        "devices": devices,
+        "batch": batch,
+        "steps": t.steps,
+        "learning_rate": t.learning_rate,
+        "max_completion_length": t.max_completion_length,
+        "rewrite": rewrite,
+        "lora": t.lora.model_dump() if t.lora else None,
+        "outputs": outputs,
+        "errors": errors,
+    }
+
+
+def _params(n: int | None) -> str:
+    if n is None:
+        return "?"
+    return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.1f}M" if n >= 1e6 else f"{n:,}"
+
+
+def _model_line(role: str, m: dict) -> str:
+    where = m["name"] if m["path"] in (None, m["name"]) else f"{m['name']} -> {m['path']}"
+    head = f"{role}: {where}"
+    if m["source"]:
+        head += f" [{m['source']}]"
+    if m["note"]:
+        return f"{head}; {m['note']}"
+    if m["model_type"] is None:
+        return head
+    return f"{head}; {m['model_type']}, {_params(m['parameters'])} parameters (from config), vocab {m['vocab_size']}"
+
+
+def format_plan(p: dict) -> str:
+    """The plan as plain lines (the CLI prints them as they are)."""
+    lines = [f"method: {p['method']} (task {p['task']}, seed {p['seed']})",
+             _model_line("student", p["student"]), _model_line("teacher", p["teacher"])]
+    vm = p["vocab_match"]
+    lines.append("vocab sizes: " + ("match" if vm else "DIFFER" if vm is False else "unknown until load"))
+    d = p["data"]
+    rows = d["note"] if d["rows"] is None and d["note"] else f"{d['rows']} rows" if d["rows"] is not None else "?"
+    split = f" split {d['split']}," if d["kind"] == "Hugging Face dataset" else ""
+    lines.append(f"data: {d['source']} ({d['kind']},{split} n_train {d['n_train']}, {d['prompt_style']} prompts): {rows}")
+    dev = p["devices"]
+    shown = f"{dev['cuda']} CUDA device(s): {', '.join(dev['names'])}" if dev["cuda"] else "CPU (no CUDA device visible)"
+    if dev["bf16_requested"]:
+        shown += "; bf16 " + ("usable" if dev["bf16_supported"] else "NOT usable")
+    lines.append(f"devices: {shown}")
+    b = p["batch"]
+    lines.append(f"batch: {b['per_device']} per device x {b['gradient_accumulation_steps']} accumulation x "
+                 f"{b['processes']} process(es) = {b['effective']} prompts per optimizer step")
+    lines.append(f"steps: {p['steps']}, learning rate {p['learning_rate']:g}, "
+                 f"completion length {p['max_completion_length']}")
+    rw = p["rewrite"]
+    extra = f" (max_new_tokens {rw['max_new_tokens']}, chat template {'on' if rw['use_chat_template'] else 'off'})"
+    lines.append(f"rewrites: {rw['detail']}" + (extra if rw["backend"] else ""))
+    lo = p["lora"]
+    lines.append("lora: off (full fine-tuning)" if lo is None else
+                 f"lora: r {lo['r']}, alpha {lo['alpha']}, dropout {lo['dropout']}, on {', '.join(lo['target_modules'])}")
+    o = p["outputs"]
+    lines.append("outputs: (no --out given)" if o is None else f"outputs: {o['run_dir']}/ -> {', '.join(o['files'])}")
+    return "\n".join(lines)

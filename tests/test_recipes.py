@@ -1,0 +1,263 @@
+"""Recipes, launch configs and LoRA: `train --dry-run` plans every shipped recipe offline, without weights."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from mpdistill.config import recipe_from_dict
+from mpdistill.pipeline import build_trainer, load_model, train, training_problems
+from mpdistill.tasks import chain
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _lora_recipe(tiny_pair, **training):
+    return recipe_from_dict(
+        {
+            "method": "mpd",
+            "student": str(tiny_pair / "student"),
+            "teacher": str(tiny_pair / "teacher"),
+            "data": {"n_train": 8},
+            "training": {"steps": 1, "batch_size": 4, "max_completion_length": 16, "logging_steps": 1,
+                         "learning_rate": 1e-2, "lora": {"r": 4, "alpha": 8, "dropout": 0.0}, **training},
+            "rewrite": {"prompt_template": chain.REWRITE_TEMPLATE.replace("{prompt}", "{problem}"),
+                        "use_chat_template": False, "max_new_tokens": 16},
+        }
+    )
+
+
+def test_lora_step_trains_only_the_adapter_and_the_run_saves_a_loadable_student(tiny_pair, tmp_path):
+    recipe = _lora_recipe(tiny_pair)
+    student, tok = load_model(recipe.student)
+    teacher, _ = load_model(recipe.teacher)
+    base_before = {k: v.detach().clone() for k, v in student.state_dict().items()}
+    trainer = build_trainer(recipe, student, teacher, tok, training_problems(recipe), tmp_path / "a")
+    model = trainer.model
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n for n in trainable)
+    lora_before = {n: p.detach().clone() for n, p in model.named_parameters() if "lora_" in n}
+    trainer.train()
+    after = dict(model.named_parameters())
+    assert any(not torch.equal(lora_before[n], after[n]) for n in lora_before)
+    base_after = model.get_base_model().state_dict()
+    for key, value in base_before.items():
+        # LoRA wraps each adapted Linear: its frozen weight moves to `<name>.base_layer.weight`.
+        wrapped = key.rsplit(".", 1)[0] + ".base_layer." + key.rsplit(".", 1)[1]
+        assert torch.equal(value, base_after[wrapped] if wrapped in base_after else base_after[key]), key
+
+    run = tmp_path / "run"
+    model_dir = train(recipe, run)
+    assert (run / "adapter" / "adapter_config.json").exists()
+    merged, merged_tok = load_model(str(model_dir))
+    assert not any("lora_" in n for n, _ in merged.named_parameters())
+    assert merged.config.vocab_size == len(merged_tok)
+    differs = any(not torch.equal(base_before[k], v) for k, v in merged.state_dict().items() if k in base_before)
+    assert differs  # the trained adapter is folded into the saved weights
+
+
+# --- train --dry-run ---------------------------------------------------------------------------
+
+from typer.testing import CliRunner  # noqa: E402
+
+from mpdistill import plan as plan_mod  # noqa: E402
+from mpdistill.cli import app  # noqa: E402
+
+runner = CliRunner()
+RECIPES = sorted((ROOT / "recipes").glob("*.yaml"))
+
+
+@pytest.fixture
+def bf16_gpu(monkeypatch):
+    """Plan as if on a bf16-capable GPU, so recipes that ask for bf16 are judged on everything else."""
+    monkeypatch.setattr(plan_mod, "probe_devices", lambda: {"cuda": 1, "names": ["test GPU"], "bf16_supported": True})
+
+
+@pytest.fixture
+def no_gpu(monkeypatch):
+    monkeypatch.setattr(plan_mod, "probe_devices", lambda: {"cuda": 0, "names": [], "bf16_supported": False})
+
+
+def dry_run(path, *extra, code=0):
+    result = runner.invoke(app, ["train", str(path), "--dry-run", *extra], env={"COLUMNS": "400"})
+    assert result.exit_code == code, result.output
+    return result.output
+
+
+def errors(output: str) -> list[str]:
+    return [line for line in output.splitlines() if line.startswith("error:")]
+
+
+def test_every_shipped_recipe_exists():
+    assert {p.name for p in RECIPES} >= {"embedded.yaml", "qwen3-1.7b_from_qwen3-8b.yaml"}
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.name)
+def test_every_shipped_recipe_plans_offline_without_errors(recipe, bf16_gpu, monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    output = dry_run(recipe)
+    assert not errors(output)
+    for field in ("method:", "student:", "teacher:", "data:", "devices:", "batch:", "steps:", "rewrites:", "lora:",
+                  "outputs:"):
+        assert any(line.startswith(field) for line in output.splitlines()), field
+
+
+def test_qwen3_recipe_says_what_cannot_be_checked_offline(bf16_gpu, monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    from mpdistill.config import load_recipe
+
+    p = plan_mod.plan(load_recipe(ROOT / "recipes/qwen3-1.7b_from_qwen3-8b.yaml"))
+    assert p["student"]["note"] == p["teacher"]["note"] == plan_mod.NOT_OFFLINE
+    assert p["student"]["parameters"] is None and p["vocab_match"] is None
+    assert p["data"]["rows"] is None and p["data"]["note"] == "not counted offline"
+    assert p["batch"]["effective"] == 16 and p["max_completion_length"] == 4096 and p["devices"]["bf16_requested"]
+    assert p["errors"] == []
+
+
+def test_embedded_recipe_counts_rows_and_parameters(tmp_path):
+    output = dry_run(ROOT / "recipes/embedded.yaml", "--out", str(tmp_path / "run"))
+    assert "2048 rows" in output and "vocab sizes: match" in output and "335,952 parameters" in output
+    assert f"outputs: {tmp_path / 'run'}/ -> model/" in output
+
+
+def _qwen3_recipe(tmp_path, student, teacher, **training):
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps({"question": f"What is {i}+1?", "answer": str(i + 1)}) + "\n" for i in range(5)))
+    recipe = {"method": "mpd", "task": "math", "student": str(student), "teacher": str(teacher),
+              "data": {"train": str(data), "question_field": "question", "prompt_style": "chat", "n_train": 3},
+              "training": {"batch_size": 2, "gradient_accumulation_steps": 3, **training}}
+    path = tmp_path / "r.yaml"
+    import yaml
+
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+def test_tiny_qwen3_plan_shows_parameters_and_matching_vocab(tiny_qwen3, tmp_path, no_gpu, monkeypatch):
+    from transformers import AutoModelForCausalLM
+
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    path = _qwen3_recipe(tmp_path, tiny_qwen3, tiny_qwen3, lora={"r": 8})
+    output = dry_run(path)
+    expected = sum(p.numel() for p in AutoModelForCausalLM.from_pretrained(tiny_qwen3).parameters())
+    assert f"qwen3, {expected / 1e6:.1f}M parameters (from config), vocab 151936" in output
+    assert "vocab sizes: match" in output
+    assert "3 rows" in output  # n_train of the 5 in the file
+    assert "devices: CPU (no CUDA device visible)" in output
+    assert "= 24 prompts per optimizer step" in output  # 2 x 3 x WORLD_SIZE 4
+    assert "lora: r 8, alpha 32" in output
+    from mpdistill.config import load_recipe
+
+    p = plan_mod.plan(load_recipe(path))
+    assert p["student"]["parameters"] == expected and p["vocab_match"] is True and p["errors"] == []
+
+
+def test_missing_local_model_exits_2_with_one_line_naming_the_key(tiny_qwen3, tmp_path, no_gpu):
+    path = _qwen3_recipe(tmp_path, tmp_path / "nowhere", tiny_qwen3)
+    lines = errors(dry_run(path, code=2))
+    assert lines == [f"error: student: model folder not found: {tmp_path / 'nowhere'}"]
+
+
+def test_unreadable_data_file_exits_2_naming_data_train(tiny_qwen3, tmp_path, no_gpu):
+    path = _qwen3_recipe(tmp_path, tiny_qwen3, tiny_qwen3)
+    (tmp_path / "train.jsonl").write_text("{not json\n")
+    lines = errors(dry_run(path, code=2))
+    assert len(lines) == 1 and lines[0].startswith("error: data.train: ") and "not valid JSON" in lines[0]
+
+
+def test_bf16_without_a_gpu_exits_2(tiny_qwen3, tmp_path, no_gpu):
+    path = _qwen3_recipe(tmp_path, tiny_qwen3, tiny_qwen3, bf16=True)
+    output = dry_run(path, code=2)
+    assert "bf16 NOT usable" in output
+    assert errors(output) == ["error: training.bf16: bf16 is requested but no CUDA device is visible; "
+                              "set training.bf16: false or run on such a GPU"]
+
+
+def test_dry_run_refuses_an_out_folder_that_holds_a_run(tmp_path):
+    (tmp_path / "run" / "model").mkdir(parents=True)
+    lines = errors(dry_run(ROOT / "recipes/embedded.yaml", "--out", str(tmp_path / "run"), code=2))
+    assert len(lines) == 1 and "already holds a run (model)" in lines[0]
+
+
+def test_dry_run_loads_no_weights(tiny_qwen3, tmp_path, no_gpu, monkeypatch):
+    import transformers
+
+    def refuse(*a, **k):
+        raise AssertionError("a dry run must not load weights")
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", refuse)
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", refuse)
+    dry_run(_qwen3_recipe(tmp_path, tiny_qwen3, tiny_qwen3))
+
+
+def test_served_rewriter_is_shown(tmp_path, no_gpu):
+    path = tmp_path / "r.yaml"
+    path.write_text("data: {n_train: 4}\nrewrite: {backend: openai, base_url: 'http://h:8000/v1', model: big, "
+                    "api_key_env: KEY}\n")
+    assert "rewrites: served: big at http://h:8000/v1, API key from $KEY" in dry_run(path)
+
+
+def test_train_without_out_or_dry_run_exits_2(tmp_path):
+    result = runner.invoke(app, ["train", str(ROOT / "recipes/embedded.yaml")])
+    assert result.exit_code == 2 and "--out is required" in result.output
+
+
+def test_lora_on_the_output_head_is_refused():
+    from mpdistill.config import ConfigError
+
+    with pytest.raises(ConfigError, match="training.lora.target_modules: .*lm_head cannot carry an adapter"):
+        recipe_from_dict({"training": {"lora": {"target_modules": ["q_proj", "lm_head"]}}})
+
+
+# --- accelerate launch configs -----------------------------------------------------------------
+
+CONFIGS = sorted((ROOT / "configs/accelerate").glob("*.yaml"))
+
+
+def test_the_four_launch_configs_are_shipped():
+    assert {p.name for p in CONFIGS} == {"single_gpu.yaml", "zero3_8gpu.yaml", "fsdp2_8gpu.yaml", "multinode.yaml"}
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_launch_config_loads_and_every_nested_key_is_a_launch_option(path):
+    from accelerate.commands.config.config_args import ClusterConfig, load_config_from_file
+    from accelerate.commands.launch import launch_command_parser
+
+    config = load_config_from_file(str(path))  # unknown top-level keys raise here
+    assert isinstance(config, ClusterConfig)
+    # `accelerate launch` copies nested keys onto its own options without checking them, so check here.
+    options = {a.dest for a in launch_command_parser()._actions}
+    for key in config.deepspeed_config or {}:
+        assert key in options, key
+    for key in config.fsdp_config or {}:
+        assert (key if key.startswith("fsdp_") else f"fsdp_{key}") in options, key
+    expected = {"single_gpu.yaml": ("NO", 1, 1), "zero3_8gpu.yaml": ("DEEPSPEED", 8, 1),
+                "fsdp2_8gpu.yaml": ("FSDP", 8, 1), "multinode.yaml": ("DEEPSPEED", 16, 2)}[path.name]
+    assert (config.distributed_type.value, config.num_processes, config.num_machines) == expected
+    assert config.mixed_precision == "bf16"
+    if path.name == "zero3_8gpu.yaml" or path.name == "multinode.yaml":
+        assert config.deepspeed_config["zero_stage"] == 3
+    if path.name == "fsdp2_8gpu.yaml":
+        assert config.fsdp_config["fsdp_version"] == 2
+    if path.name == "multinode.yaml":
+        assert config.main_process_ip and config.main_process_port and config.machine_rank == 0
+        assert "FILL IN" in path.read_text()
+
+
+def test_bf16_recipes_load_the_frozen_teacher_in_bf16_and_the_student_in_fp32(tiny_pair, tmp_path, monkeypatch):
+    from mpdistill import pipeline
+
+    loaded = []
+
+    def record(name, *, dtype=torch.float32):
+        loaded.append((name, dtype))
+        if len(loaded) == 2:
+            raise RuntimeError("stop before training")
+        return load_model(name, dtype=dtype)
+
+    monkeypatch.setattr(pipeline, "load_model", record)
+    recipe = _lora_recipe(tiny_pair, bf16=True)
+    with pytest.raises(RuntimeError, match="stop before training"):
+        train(recipe, tmp_path / "run")
+    assert loaded == [(recipe.student, torch.float32), (recipe.teacher, torch.bfloat16)]
