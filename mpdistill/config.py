@@ -12,7 +12,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .rewrite import DEFAULT_REWRITE_PROMPT, check_template
+from .rewrite import DEFAULT_REWRITE_PROMPT, PROMPT_TEMPLATES, check_template
 
 METHODS = ("mpd", "opd", "offpolicy_kd", "rewrite_sft")
 
@@ -75,18 +75,26 @@ class TrainingConfig(_Strict):
     bf16: bool = False
     max_grad_norm: float = Field(default=1.0, gt=0)
     save_steps: int | None = Field(default=None, gt=0)
+    # Qwen3 thinking mode for the student's prompts (the chat template's enable_thinking); None
+    # leaves the template's default. Needs chat prompts (data.prompt_style: chat).
+    student_enable_thinking: bool | None = None
     # Absent: full fine-tuning. Set: only LoRA adapters train; the run saves them to adapter/ and
     # the merged student to model/.
     lora: LoraConfig | None = None
 
 
 class RewriteConfig(_Strict):
+    # The rewrite instruction, or the name of a built-in one: "default" or "thinking" (for students
+    # that think in a <think> block; keeps the block and the answer section after it).
     prompt_template: str = DEFAULT_REWRITE_PROMPT
     max_ratio: float = Field(default=0.9, gt=0, le=1)
     require_gold: bool = False
     on_reject: Literal["student", "drop"] = "student"
     on_policy_fraction: float = Field(default=0.0, ge=0, le=1)
     use_chat_template: bool = True
+    # Thinking mode for the local teacher's rewrite prompts (the chat template's enable_thinking);
+    # None leaves the template's default.
+    teacher_enable_thinking: bool | None = None
     max_new_tokens: int = Field(default=512, gt=0)
     temperature: float = Field(default=0.6, ge=0)
     top_p: float = Field(default=0.95, gt=0, le=1)
@@ -105,7 +113,7 @@ class RewriteConfig(_Strict):
     max_retries: int = Field(default=3, ge=0)
     deadline_s: float = Field(default=600.0, gt=0)
 
-    _template = field_validator("prompt_template")(lambda cls, v: check_template(v))
+    _template = field_validator("prompt_template")(lambda cls, v: check_template(PROMPT_TEMPLATES.get(v, v)))
 
     @model_validator(mode="before")
     @classmethod
@@ -123,6 +131,15 @@ class RewriteConfig(_Strict):
             for key in ("base_url", "model"):
                 if not getattr(self, key):
                     raise ValueError(f"rewrite.{key} is required when rewrite.backend is 'openai'")
+        return self
+
+    @model_validator(mode="after")
+    def _thinking_needs_local_chat_teacher(self):
+        if self.teacher_enable_thinking is not None:
+            if not self.use_chat_template:
+                raise ValueError("rewrite.teacher_enable_thinking needs rewrite.use_chat_template: true")
+            if self.backend != "transformers":
+                raise ValueError("rewrite.teacher_enable_thinking applies to the local teacher (rewrite.backend: transformers)")
         return self
 
 
@@ -147,6 +164,12 @@ class Recipe(_Strict):
     training: TrainingConfig = TrainingConfig()
     rewrite: RewriteConfig = RewriteConfig()
     eval: EvalConfig = EvalConfig()
+
+    @model_validator(mode="after")
+    def _student_thinking_needs_chat_prompts(self):
+        if self.training.student_enable_thinking is not None and self.data.prompt_style != "chat":
+            raise ValueError("training.student_enable_thinking needs chat prompts (data.prompt_style: chat)")
+        return self
 
 
 def _describe(err: ValidationError, source: str) -> str:

@@ -128,8 +128,10 @@ def make_rewriter(recipe: Recipe, settings: RewriteSettings, teacher, tokenizer)
             deadline_s=r.deadline_s,
             seed=recipe.seed,
         )
+    thinking = r.teacher_enable_thinking
     return TransformersRewriter(
-        teacher, tokenizer, settings.generation, use_chat_template=settings.use_chat_template, seed=recipe.seed
+        teacher, tokenizer, settings.generation, use_chat_template=settings.use_chat_template,
+        chat_template_kwargs=None if thinking is None else {"enable_thinking": thinking}, seed=recipe.seed,
     )
 
 
@@ -169,12 +171,24 @@ def save_merged(student_name: str, adapter_dir: Path, model_dir: Path, tokenizer
     tokenizer.save_pretrained(model_dir)
 
 
+def check_thinking(recipe: Recipe, tokenizer) -> None:
+    """A thinking switch set in the recipe needs a chat template that has one."""
+    has_switch = "enable_thinking" in str(getattr(tokenizer, "chat_template", None) or "")
+    keys = [("training.student_enable_thinking", recipe.training.student_enable_thinking)]
+    if recipe.method in ("mpd", "rewrite_sft"):
+        keys.append(("rewrite.teacher_enable_thinking", recipe.rewrite.teacher_enable_thinking))
+    for key, value in keys:
+        if value is not None and not has_switch:
+            raise ConfigError(f"{key} is set but the tokenizer's chat template has no enable_thinking switch")
+
+
 def build_trainer(recipe: Recipe, student, teacher, tokenizer, rows: list[dict], run_dir: Path):
     from datasets import Dataset
     from trl import DistillationConfig, DistillationTrainer
 
     from .trainer import MPDTrainer, OffPolicyKDTrainer, RewriteSFTTrainer
 
+    check_thinking(recipe, tokenizer)
     t = recipe.training
     args = DistillationConfig(
         output_dir=str(run_dir / "trainer"),
@@ -201,6 +215,9 @@ def build_trainer(recipe: Recipe, student, teacher, tokenizer, rows: list[dict],
         use_cpu=not torch.cuda.is_available(),
         dataloader_num_workers=0,
         disable_tqdm=False,
+        chat_template_kwargs=(
+            None if t.student_enable_thinking is None else {"enable_thinking": t.student_enable_thinking}
+        ),
     )
     common = dict(
         model=student,
@@ -251,6 +268,7 @@ def train(recipe: Recipe, run_dir: str | Path, *, exclude_prompts: set[str] | No
     # The teacher is never trained: with training.bf16 its weights are held in bf16 (half the memory).
     teacher, t_tok = load_model(recipe.teacher, dtype=torch.bfloat16 if recipe.training.bf16 else torch.float32)
     check_compatible(recipe.student, tokenizer, student, recipe.teacher, t_tok, teacher)
+    check_thinking(recipe, tokenizer)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "recipe.yaml").write_text(dump_recipe(recipe), encoding="utf-8")
     trainer = build_trainer(recipe, student, teacher, tokenizer, rows, run_dir)

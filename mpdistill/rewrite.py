@@ -18,6 +18,7 @@ from typing import Callable, Literal, Protocol, Sequence
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from .prompts import THINK_CLOSE, THINK_OPEN
 from .rollout import GenerationSettings, generate_texts
 from .tasks import Task
 
@@ -33,12 +34,30 @@ DEFAULT_REWRITE_PROMPT = (
     "Problem:\n{problem}\n\nStudent solution:\n{trace}\n\nShort solution:"
 )
 
+# The same instruction for students that think first (Qwen3 thinking mode): the rewrite keeps the
+# <think> ... </think> block and the final answer section after it, which verification checks.
+THINKING_REWRITE_PROMPT = (
+    "Below is a problem and a solution written by a student. The solution has two parts: the "
+    "thinking, between <think> and </think>, and the final answer section after </think>. Rewrite "
+    "it so it is as short as possible while keeping the same approach, the same order of steps and "
+    "the same final answer. Keep exactly one <think> ... </think> block at the start, followed by "
+    "the final answer section. Shorten mainly the thinking: remove repetition, restatements of the "
+    "problem, needless re-checking and abandoned attempts, but keep every step that the answer "
+    "depends on. The final answer section states the result briefly and ends with the final answer "
+    "in \\boxed{{}} exactly as the student gave it.\n\n"
+    "Problem:\n{problem}\n\nStudent solution:\n{trace}\n\nShort solution:"
+)
+
+# Named prompts a recipe can select by name in ``rewrite.prompt_template``.
+PROMPT_TEMPLATES = {"default": DEFAULT_REWRITE_PROMPT, "thinking": THINKING_REWRITE_PROMPT}
+
 REASONS = (
     "accepted",
     "on_policy",  # kept on-policy by the lambda fraction: no rewrite was requested
     "backend_error",
     "empty",
     "truncated",
+    "structure",  # the student thinks in a <think> block and the rewrite does not keep it
     "unparsed",
     "student_unparsed",
     "not_shorter",
@@ -148,6 +167,31 @@ class TransformersRewriter:
         return [RewriteOutput(text=g.text.strip(), truncated=g.truncated) for g in gens]
 
 
+def has_thinking(text: str) -> bool:
+    """Whether a trace thinks in a ``<think>`` block (Qwen3 thinking mode)."""
+    return THINK_OPEN in text
+
+
+def answer_section(text: str) -> str:
+    """Where a trace's final answer is read: after ``</think>`` when it thinks, else all of it.
+
+    A trace whose thinking never closes has an empty answer section, so a tentative answer inside
+    unfinished thinking is not taken as its final answer.
+    """
+    if not has_thinking(text):
+        return text
+    close = text.rfind(THINK_CLOSE)
+    return text[close + len(THINK_CLOSE) :] if close >= 0 else ""
+
+
+def keeps_structure(text: str) -> bool:
+    """Exactly one ``<think>`` ... ``</think>`` block at the start, then a non-empty answer section."""
+    body = text.lstrip()
+    if not body.startswith(THINK_OPEN) or body.count(THINK_OPEN) != 1 or body.count(THINK_CLOSE) != 1:
+        return False
+    return bool(body[body.index(THINK_CLOSE) + len(THINK_CLOSE) :].strip())
+
+
 @dataclass
 class Verdict:
     accepted: bool
@@ -163,19 +207,25 @@ def verify(
     max_ratio: float,
     gold: str | None = None,
 ) -> Verdict:
-    """Accept a rewrite only if it is complete, shorter, and reaches the student's answer."""
+    """Accept a rewrite only if it is complete, shorter, and reaches the student's answer.
+
+    When the student's trace thinks in a ``<think>`` block, the rewrite must keep that structure
+    (see :func:`keeps_structure`), and both answers are read from the section after ``</think>``.
+    """
     if rewrite.error is not None:
         return Verdict(False, "backend_error")
     if not rewrite.text.strip():
         return Verdict(False, "empty")
     if rewrite.truncated:
         return Verdict(False, "truncated")
-    new_answer = task.extract_answer(rewrite.text)
+    if has_thinking(student_text) and not keeps_structure(rewrite.text):
+        return Verdict(False, "structure")
+    new_answer = task.extract_answer(answer_section(rewrite.text) if has_thinking(student_text) else rewrite.text)
     if new_answer is None:
         return Verdict(False, "unparsed")
     if rewrite_tokens > max_ratio * student_tokens:
         return Verdict(False, "not_shorter")
-    old_answer = task.extract_answer(student_text)
+    old_answer = task.extract_answer(answer_section(student_text))
     if old_answer is None:
         return Verdict(False, "student_unparsed")
     if not task.answers_match(new_answer, old_answer):
@@ -228,7 +278,7 @@ def plan_batch(
     """
     todo = []
     for s in samples:
-        answer = task.extract_answer(s.student_text)
+        answer = task.extract_answer(answer_section(s.student_text))
         if settings.on_policy_fraction > 0 and rng.random() < settings.on_policy_fraction:
             s.verdict = Verdict(False, "on_policy")
         elif answer is None:
