@@ -83,19 +83,24 @@ class PromptEncoder:
         return self.tokenizer.decode(self.encode(problem))
 
     def encode(self, problem: str) -> list[int]:
-        message = self.text(problem)
-        if not self.chat:
-            return self.tokenizer(message, add_special_tokens=False)["input_ids"]
         kwargs = {} if self.thinking is None else {"enable_thinking": self.thinking}
-        return list(
-            self.tokenizer.apply_chat_template(
-                [{"role": "user", "content": message}],
-                add_generation_prompt=True,
-                tokenize=True,
-                return_dict=False,
-                **kwargs,
-            )
+        return encode_message(self.tokenizer, self.text(problem), chat=self.chat, template_kwargs=kwargs)
+
+
+def encode_message(tokenizer: PreTrainedTokenizerBase, message: str, *, chat: bool,
+                   template_kwargs: dict | None = None) -> list[int]:
+    """One user message as prompt ids: through the chat template (with the assistant turn opened), or as plain text."""
+    if not chat:
+        return tokenizer(message, add_special_tokens=False)["input_ids"]
+    return list(
+        tokenizer.apply_chat_template(
+            [{"role": "user", "content": message}],
+            add_generation_prompt=True,
+            tokenize=True,
+            return_dict=False,
+            **(template_kwargs or {}),
         )
+    )
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from typing import Callable, Literal, Protocol, Sequence
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from .prompts import THINK_CLOSE, THINK_OPEN
+from .prompts import THINK_CLOSE, THINK_OPEN, encode_message
 from .rollout import GenerationSettings, generate_texts
 from .tasks import Task
 
@@ -146,17 +146,7 @@ class TransformersRewriter:
         self._rng = random.Random(seed)
 
     def _encode(self, prompt: str) -> list[int]:
-        if self.use_chat_template:
-            return list(
-                self.tokenizer.apply_chat_template(
-                    [{"role": "user", "content": prompt}],
-                    add_generation_prompt=True,
-                    tokenize=True,
-                    return_dict=False,
-                    **self.chat_template_kwargs,
-                )
-            )
-        return self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        return encode_message(self.tokenizer, prompt, chat=self.use_chat_template, template_kwargs=self.chat_template_kwargs)
 
     def rewrite(self, prompts: Sequence[str], max_new_tokens: Sequence[int] | None = None) -> list[RewriteOutput]:
         ids = [self._encode(p) for p in prompts]
