@@ -390,18 +390,16 @@ def _shuffled_lines(per_benchmark: dict) -> str:
 
 
 def _load_tokenizer_and_config(name: str):
-    from transformers import AutoConfig, AutoTokenizer
+    from transformers import AutoConfig
 
-    from .pipeline import resolve_model
+    from .config import ConfigError
+    from .pipeline import load_tokenizer, model_path
 
-    path = resolve_model(name)
-    looks_local = path.startswith((".", "/", "~")) or Path(path).exists()
-    if looks_local and not Path(path).expanduser().is_dir():
-        raise EvalError(f"model {name!r}: no such folder {path}")
+    tokenizer = load_tokenizer(name)
     try:
-        return AutoTokenizer.from_pretrained(path, padding_side="left"), AutoConfig.from_pretrained(path)
+        return tokenizer, AutoConfig.from_pretrained(model_path(name))
     except OSError as err:
-        raise EvalError(f"cannot load model {name!r}: {err}") from None
+        raise ConfigError(f"cannot load model {name!r}: {err}") from None
 
 
 def _generation_config(name: str):

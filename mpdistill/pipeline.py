@@ -36,11 +36,31 @@ def resolve_model(name: str) -> str:
     return name
 
 
-def load_model(name: str, *, dtype: torch.dtype = torch.float32) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+def looks_local(path: str) -> bool:
+    """Whether a resolved model name is a folder: a Hub name is "org/name" at most, so more slashes,
+    a leading ``.``, ``/`` or ``~``, or an existing path mean a local folder."""
+    return path.startswith((".", "/", "~")) or path.count("/") > 1 or Path(path).exists()
+
+
+def model_path(name: str) -> str:
+    """:func:`resolve_model`, refusing a local folder that does not exist (before anything loads)."""
     path = resolve_model(name)
-    looks_local = path.startswith((".", "/", "~")) or Path(path).exists()
-    if looks_local and not Path(path).expanduser().is_dir():
+    if looks_local(path) and not Path(path).expanduser().is_dir():
         raise ConfigError(f"model {name!r}: no such folder {path}")
+    return path
+
+
+def load_tokenizer(name: str) -> PreTrainedTokenizerBase:
+    """A model's tokenizer alone (left padding, as for generation)."""
+    path = model_path(name)
+    try:
+        return AutoTokenizer.from_pretrained(path, padding_side="left")
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"cannot load the tokenizer of {name!r}: {err}") from None
+
+
+def load_model(name: str, *, dtype: torch.dtype = torch.float32) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    path = model_path(name)
     try:
         tok = AutoTokenizer.from_pretrained(path, padding_side="left")
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, use_safetensors=True)

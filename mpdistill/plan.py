@@ -11,19 +11,9 @@ import os
 from pathlib import Path
 
 from .config import Recipe
-from .pipeline import EMBEDDED_PREFIX, resolve_model
+from .pipeline import looks_local, resolve_model
 
 NOT_OFFLINE = "not available offline; checked at load time"
-
-
-def _looks_local(name: str, path: str) -> bool:
-    # A Hub name is "org/name" at most; more slashes, a leading ./ / ~, or an existing path is a folder.
-    return (
-        name.startswith(EMBEDDED_PREFIX)
-        or path.startswith((".", "/", "~"))
-        or path.count("/") > 1
-        or Path(path).exists()
-    )
 
 
 def count_parameters(config) -> int | None:
@@ -50,7 +40,7 @@ def describe_model(key: str, name: str) -> tuple[dict, list[str]]:
     except ValueError as err:
         return info, [f"{key}: {err}"]
     info["path"] = path
-    local = _looks_local(name, path)
+    local = looks_local(path)
     info["source"] = "local folder" if local else "Hugging Face Hub"
     if local and not Path(path).expanduser().is_dir():
         return info, [f"{key}: model folder not found: {path}"]

@@ -157,6 +157,12 @@ class TransformersRewriter:
         return [RewriteOutput(text=g.text.strip(), truncated=g.truncated) for g in gens]
 
 
+def encode_completion(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
+    """A completion as the trainer sees it: the text's tokens, then the end-of-sequence token."""
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    return ids + [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else ids
+
+
 def has_thinking(text: str) -> bool:
     """Whether a trace thinks in a ``<think>`` block (Qwen3 thinking mode)."""
     return THINK_OPEN in text

@@ -21,6 +21,7 @@ redone) and draws the rest exactly as an uninterrupted run would have.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import random
@@ -30,7 +31,7 @@ from pathlib import Path
 from typing import Callable
 
 from .eval_runner import EvalError, _cut_torn_tail, derive_seed, read_samples
-from .rewrite import DEFAULT_REWRITE_PROMPT, Rewriter, RewriteSettings, Sample, plan_batch
+from .rewrite import DEFAULT_REWRITE_PROMPT, Rewriter, RewriteSettings, Sample, encode_completion, plan_batch
 from .rollout import GenerationSettings
 
 BACKENDS = ("transformers", "openai")
@@ -258,28 +259,6 @@ def _num(value, digits: int = 1) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
-def _load_tokenizer(name: str):
-    from transformers import AutoTokenizer
-
-    from .config import ConfigError
-    from .pipeline import resolve_model
-
-    try:
-        return AutoTokenizer.from_pretrained(resolve_model(name))
-    except (OSError, ValueError) as err:
-        raise ConfigError(f"cannot load the tokenizer of {name!r}: {err}") from None
-
-
-def _encoder(tokenizer) -> Callable[[str], list[int]]:
-    eos = tokenizer.eos_token_id
-
-    def encode(text: str) -> list[int]:
-        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-        return ids + [eos] if eos is not None else ids
-
-    return encode
-
-
 def rewrite_file(input_path: str | Path, out: str | Path, spec: RewriteFileSpec, *, console=None) -> dict:
     """Rewrite every row of ``input_path`` not yet in ``out``; returns the summary of the whole file.
 
@@ -351,14 +330,16 @@ def _backend(spec: RewriteFileSpec, settings: RewriteSettings):
                                 ("rewrite.model", "--model")):
                 message = message.replace(key, option)
             raise RewriteFileError(message) from None
-        encode = _encoder(_load_tokenizer(spec.tokenizer or spec.teacher))
+        from .pipeline import load_tokenizer
+
+        encode = functools.partial(encode_completion, load_tokenizer(spec.tokenizer or spec.teacher))
         return (lambda seed: served), encode, served.stats
 
     from .pipeline import load_model
     from .rewrite import TransformersRewriter
 
     teacher, tokenizer = load_model(spec.teacher)
-    encode = _encoder(tokenizer)
+    encode = functools.partial(encode_completion, tokenizer)
 
     def make(seed: int) -> Rewriter:
         return TransformersRewriter(teacher, tokenizer, settings.generation,

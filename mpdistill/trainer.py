@@ -22,6 +22,7 @@ multiplies into the loss mask and the token count that normalises the loss.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import random
@@ -34,7 +35,7 @@ import torch
 from accelerate.utils import gather_object
 from trl import DistillationTrainer
 
-from .rewrite import REASONS, Rewriter, RewriteSettings, Sample, plan_batch
+from .rewrite import REASONS, Rewriter, RewriteSettings, Sample, encode_completion, plan_batch
 from .rollout import GenerationSettings, generate_texts
 from .tasks import Task
 
@@ -99,9 +100,6 @@ class MPDTrainer(_RolloutLogMixin, DistillationTrainer):
         self._stash_inputs(inputs)
         return super()._generate_and_score_completions(inputs)
 
-    def _encode_completion(self, text: str) -> list[int]:
-        return self._tokenizer(text, add_special_tokens=False)["input_ids"] + [self._tokenizer.eos_token_id]
-
     def _generate(self, prompts):
         prompt_ids, completion_ids, _, images, tool_images = super()._generate(prompts)
         mode = "train" if self.model.training else "eval"
@@ -115,7 +113,8 @@ class MPDTrainer(_RolloutLogMixin, DistillationTrainer):
             )
             for row, text, ids in zip(self._inputs, texts, completion_ids, strict=True)
         ]
-        plan_batch(samples, self.rewriter, self.rewrite_settings, self.task, self._encode_completion, self._mix_rng)
+        encode = functools.partial(encode_completion, self._tokenizer)
+        plan_batch(samples, self.rewriter, self.rewrite_settings, self.task, encode, self._mix_rng)
 
         new_ids, keep = [], []
         for s in samples:
