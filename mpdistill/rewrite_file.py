@@ -33,6 +33,7 @@ from typing import Callable
 from .eval_runner import EvalError, _cut_torn_tail, derive_seed, read_samples
 from .rewrite import DEFAULT_REWRITE_PROMPT, Rewriter, RewriteSettings, Sample, encode_completion, plan_batch
 from .rollout import GenerationSettings
+from .tasks.problems import DataError, iter_jsonl
 
 BACKENDS = ("transformers", "openai")
 
@@ -128,29 +129,24 @@ def read_rows(path: str | Path, *, require_gold: bool = False) -> list[dict]:
     if not path.is_file():
         raise RewriteFileError(f"--input {path}: no such file")
     rows = []
-    with path.open(encoding="utf-8-sig") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except ValueError:
-                raise RewriteFileError(f"{path}:{lineno}: not a valid JSON line") from None
-            if not isinstance(record, dict):
-                raise RewriteFileError(f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}")
-            for key in ("problem", "trace"):
-                value = record.get(key)
-                if not isinstance(value, str) or not value.strip():
-                    what = "missing" if value is None else "not a non-empty string"
-                    raise RewriteFileError(f"{path}:{lineno}: field {key!r} is {what}")
-            answer = record.get("answer")
-            if isinstance(answer, bool) or not isinstance(answer, (str, int, float, type(None))):
-                raise RewriteFileError(f"{path}:{lineno}: field 'answer' must be a string or a number")
-            if answer is not None:
-                answer = str(answer)
-            if require_gold and (answer is None or not answer.strip()):
-                raise RewriteFileError(f"{path}:{lineno}: field 'answer' is missing, and --require-gold needs it")
-            rows.append({"problem": record["problem"], "trace": record["trace"], "answer": answer})
+    try:
+        records = list(iter_jsonl(path))
+    except DataError as err:
+        raise RewriteFileError(str(err)) from None
+    for lineno, record in records:
+        for key in ("problem", "trace"):
+            value = record.get(key)
+            if not isinstance(value, str) or not value.strip():
+                what = "missing" if value is None else "not a non-empty string"
+                raise RewriteFileError(f"{path}:{lineno}: field {key!r} is {what}")
+        answer = record.get("answer")
+        if isinstance(answer, bool) or not isinstance(answer, (str, int, float, type(None))):
+            raise RewriteFileError(f"{path}:{lineno}: field 'answer' must be a string or a number")
+        if answer is not None:
+            answer = str(answer)
+        if require_gold and (answer is None or not answer.strip()):
+            raise RewriteFileError(f"{path}:{lineno}: field 'answer' is missing, and --require-gold needs it")
+        rows.append({"problem": record["problem"], "trace": record["trace"], "answer": answer})
     if not rows:
         raise RewriteFileError(f"--input {path}: no rows")
     return rows

@@ -328,7 +328,7 @@ def test_bad_input_names_file_line_and_field(here, no_model):
     local = ["--out", "out.jsonl", "--teacher", "embedded:teacher", "--task", "chain"]
 
     (here / "in.jsonl").write_text(good[0] + "\n\n" + '{"problem": "Q:1+2\\n", "trace": ' + "\n", encoding="utf-8")
-    assert "in.jsonl:3: not a valid JSON line" in fails(local)
+    assert "in.jsonl:3: not valid JSON (" in fails(local)
 
     (here / "in.jsonl").write_text(good[0] + "\n" + json.dumps({"problem": "Q:1+2\n"}) + "\n", encoding="utf-8")
     assert "in.jsonl:2: field 'trace' is missing" in fails(local)
