@@ -24,6 +24,7 @@ __all__ = [
     "Benchmark",
     "BenchmarkItem",
     "check_grader",
+    "shuffled_gold_check",
     "known_benchmarks",
     "load_benchmark",
     "load_custom_benchmark",
@@ -301,7 +302,26 @@ def check_grader(benchmark: Benchmark, *, shuffle_seed: int = 0) -> dict:
         else:
             failures.append({"id": it.id, "extracted": pred, "gold": it.answer})
     n = len(items)
+    return {
+        "benchmark": benchmark.name,
+        "n": n,
+        "correct": correct,
+        "accuracy": correct / n if n else float("nan"),
+        "failures": failures,
+        "shuffled": shuffled_gold_check(benchmark, extracted, shuffle_seed=shuffle_seed),
+    }
 
+
+def shuffled_gold_check(benchmark: Benchmark, extracted: list[str | None], *, shuffle_seed: int = 0) -> dict:
+    """Each item's extracted answer graded against the gold of another item (a seeded derangement).
+
+    ``extracted[i]`` is the answer read from item ``i``'s reference (None: none found). See
+    :func:`check_grader` for the fields.
+    """
+    items = benchmark.items
+    if len(extracted) != len(items):
+        raise ValueError(f"got {len(extracted)} extracted answers for {len(items)} items")
+    n = len(items)
     perm = _derangement(n, shuffle_seed)
     shuffled_correct = same_gold = distinct_correct = 0
     false_positives = []
@@ -317,19 +337,12 @@ def check_grader(benchmark: Benchmark, *, shuffle_seed: int = 0) -> dict:
     pairs = len(perm)
     distinct = pairs - same_gold
     return {
-        "benchmark": benchmark.name,
-        "n": n,
-        "correct": correct,
-        "accuracy": correct / n if n else float("nan"),
-        "failures": failures,
-        "shuffled": {
-            "n": pairs,
-            "correct": shuffled_correct,
-            "rate": shuffled_correct / pairs if pairs else float("nan"),
-            "same_gold_pairs": same_gold,
-            "rate_distinct": distinct_correct / distinct if distinct else float("nan"),
-            "false_positives": false_positives,
-        },
+        "n": pairs,
+        "correct": shuffled_correct,
+        "rate": shuffled_correct / pairs if pairs else float("nan"),
+        "same_gold_pairs": same_gold,
+        "rate_distinct": distinct_correct / distinct if distinct else float("nan"),
+        "false_positives": false_positives,
     }
 
 

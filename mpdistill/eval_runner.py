@@ -364,11 +364,13 @@ def run_eval(spec: EvalSpec, out: str | Path, *, console=None) -> dict:
 
     per_benchmark = {}
     for b in benchmarks:
-        per_benchmark[b.name] = summarize_benchmark([r for r in records if r["benchmark"] == b.name])
+        mine = [r for r in records if r["benchmark"] == b.name]  # in item order: one sample each for gold
+        per_benchmark[b.name] = summarize_benchmark(mine)
         if gold:
-            from .benchmarks import check_grader
+            from .benchmarks import shuffled_gold_check
 
-            per_benchmark[b.name]["shuffled_gold"] = check_grader(b, shuffle_seed=spec.seed)["shuffled"]
+            extracted = [r["extracted"] for r in mine]
+            per_benchmark[b.name]["shuffled_gold"] = shuffled_gold_check(b, extracted, shuffle_seed=spec.seed)
     summary = {"model": spec.model, "settings": config, "benchmarks": per_benchmark}
     table = format_benchmark_table(per_benchmark)
     if gold:

@@ -198,6 +198,10 @@ def test_cli_gold_grades_reference_solutions(tmp_path):
         s = summary["benchmarks"][name]
         assert s["n_problems"] == 30 and s["accuracy"] >= 0.95 and s["mean_tokens"] is None
         assert s["shuffled_gold"]["rate"] <= 0.1
+        # Read from the graded samples, it is the grader check's own number.
+        from mpdistill.benchmarks import check_grader, load_benchmark
+
+        assert s["shuffled_gold"] == check_grader(load_benchmark(name, limit=30))["shuffled"]
 
 
 def test_cli_unknown_benchmark_lists_the_known_ones(tmp_path):
