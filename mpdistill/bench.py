@@ -76,18 +76,18 @@ class PhaseClock:
         self.seconds: dict[str, float] = {}
         self.cuda = torch.cuda.is_available()
 
-    def _now(self) -> float:
+    def now(self) -> float:
         if self.cuda:
             torch.cuda.synchronize()
         return time.perf_counter()
 
     @contextlib.contextmanager
     def phase(self, name: str):
-        start = self._now()
+        start = self.now()
         try:
             yield
         finally:
-            self.seconds[name] = self.seconds.get(name, 0.0) + self._now() - start
+            self.seconds[name] = self.seconds.get(name, 0.0) + self.now() - start
 
     def wrap(self, name: str, fn: Callable) -> Callable:
         def timed(*args, **kwargs):
@@ -262,14 +262,14 @@ def run_step(trainer, batch, clock: PhaseClock) -> dict:
     model = trainer.model
     reset_peak_memory()
     clock.reset()
-    start = clock._now()
+    start = clock.now()
     loss = trainer.training_step(model, batch, None)
     with clock.phase("optimizer"):
         torch.nn.utils.clip_grad_norm_(model.parameters(), trainer.args.max_grad_norm)
         trainer.optimizer.step()
         trainer.lr_scheduler.step()
         trainer.optimizer.zero_grad(set_to_none=True)
-    total = clock._now() - start
+    total = clock.now() - start
     trainer.state.global_step += 1
     phases = _phases(clock.reset())
     step = {"seconds": total, **phases, "peak_memory_bytes": peak_memory_bytes(), "loss": float(loss)}
@@ -399,6 +399,15 @@ def format_bench(result: dict) -> str:
 # Peak memory against completion length.
 
 
+def _in_fresh_process(fn: Callable, *args):
+    """``fn(*args)`` in a newly started process, so its peak memory is its own."""
+    import concurrent.futures
+    import multiprocessing
+
+    with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(fn, *args).result()
+
+
 def bench_memory(settings: BenchSettings, lengths: list[int]) -> dict:
     """Peak memory of an MPD and an OPD step at each completion length, each in a fresh process.
 
@@ -408,18 +417,13 @@ def bench_memory(settings: BenchSettings, lengths: list[int]) -> dict:
     models already took. Meant for randomly initialised models (config ``.json``), which never stop
     early, so every completion has exactly the given length; the rewrite budget is half of it.
     """
-    import concurrent.futures
-    import multiprocessing
-
-    context = multiprocessing.get_context("spawn")
     rows = []
     for length in lengths:
         s = asdict(BenchSettings(**{**asdict(settings), "completion_length": length,
                                     "rewrite_tokens": max(1, length // 2), "warmup": 1, "repeats": 1}))
         row = {"completion_length": length}
         for method in ("mpd", "opd"):
-            with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
-                point = pool.submit(_memory_point, s, method).result()
+            point = _in_fresh_process(_memory_point, s, method)
             row.update({f"{method}_{k}": v for k, v in point.items()})
         rows.append(row)
     return {"device": _device(), "batch_size": point["batch_size"], "student": settings.student,
@@ -481,14 +485,7 @@ def bench_loss_memory(token_counts: list[int], vocab_size: int = 151_936, hidden
     its inputs took: on a GPU ``max_memory_allocated``, on CPU ``ru_maxrss``. This is the loss MPD
     and OPD share; it never holds a tokens × vocabulary tensor, only tiles of it.
     """
-    import concurrent.futures
-    import multiprocessing
-
-    context = multiprocessing.get_context("spawn")
-    rows = []
-    for n in token_counts:
-        with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
-            rows.append(pool.submit(_loss_memory_point, n, vocab_size, hidden_size).result())
+    rows = [_in_fresh_process(_loss_memory_point, n, vocab_size, hidden_size) for n in token_counts]
     return {"device": _device(), "vocab_size": vocab_size, "hidden_size": hidden_size, "rows": rows}
 
 
