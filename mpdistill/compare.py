@@ -23,7 +23,8 @@ import statistics
 from pathlib import Path
 from typing import Any, Iterable
 
-from .evaluate import AES_COEFFICIENTS, _atomic_write, _nan_to_none, aes, paired_delta_ci, wilson_interval_mean
+from .durable import atomic_write, write_text
+from .evaluate import AES_COEFFICIENTS, _nan_to_none, aes, paired_delta_ci, wilson_interval_mean
 
 __all__ = [
     "CompareError",
@@ -456,7 +457,7 @@ def write_comparison(out_dir: str | os.PathLike, result: dict) -> dict[str, Path
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": out / "compare.json", "markdown": out / "compare.md", "plot": out / "compare.png"}
     json_text = json.dumps(_nan_to_none(result), indent=2, allow_nan=False, ensure_ascii=False) + "\n"
-    _atomic_write(paths["json"], lambda tmp: tmp.write_text(json_text, encoding="utf-8"))
-    _atomic_write(paths["markdown"], lambda tmp: tmp.write_text(_markdown(result), encoding="utf-8"))
-    _atomic_write(paths["plot"], lambda tmp: plot_comparison(result, tmp))
+    write_text(paths["json"], json_text)
+    write_text(paths["markdown"], _markdown(result))
+    atomic_write(paths["plot"], lambda tmp: plot_comparison(result, tmp))
     return paths

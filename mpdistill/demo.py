@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from .config import Recipe, load_recipe
+from .durable import replace_dir
 from .eval_runner import EvalError, TransformersBackend, Unit, run_units
 from .evaluate import build_results, format_table, paired_delta_ci, write_report
 from .pipeline import load_model, train
@@ -79,7 +80,7 @@ def run_demo(out: str | Path, *, quick: bool = False, seed: int | None = None, r
             run_dir.rename(stale)
             console.print(f"  kept the interrupted run's files in {stale}")
         model_dir = train(recipe.model_copy(update={"method": method}), run_dir, exclude_prompts=held_out)
-        _replace_dir(model_dir, target)
+        replace_dir(model_dir, target)
         fresh.add(method)
         console.print(f"  done in {time.time() - t0:.0f}s")
 
@@ -164,11 +165,4 @@ def _save_atomic(model, tok, target: Path) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp, safe_serialization=True)
     tok.save_pretrained(tmp)
-    _replace_dir(tmp, target)
-
-
-def _replace_dir(src: Path, target: Path) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    shutil.rmtree(target, ignore_errors=True)
-    src.rename(target)
-
+    replace_dir(tmp, target)

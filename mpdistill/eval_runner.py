@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Protocol, Sequence
 
+from .durable import LogError, cut_torn_tail, read_jsonl_log
+from .durable import write_text as write_text_atomic
 from .prompts import split_response
 from .rollout.hf import Generation, GenerationSettings, generate_texts
 from .tasks import Task
@@ -134,7 +136,7 @@ def run_units(
                 "it was written with other settings: use a new output folder"
             )
         done.setdefault(key, record)
-    _cut_torn_tail(path, torn_at)
+    cut_torn_tail(path, torn_at)
     if progress is not None and done:
         progress(len(done))
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -165,46 +167,12 @@ def run_units(
 
 
 def read_samples(path: Path) -> tuple[list[tuple[int, dict]], int | None]:
-    """``(line number, record)`` of a samples file, and where a torn last line starts, if any.
-
-    Only the last line may be broken (the write in flight when a run was killed): its byte
-    offset is returned so the caller can cut it off. A bad line anywhere else is an error that
-    names it. The file is only read.
-    """
-    if not path.exists():
-        return [], None
-    data = path.read_bytes()
-    lines = data.split(b"\n")
-    if lines and not lines[-1]:
-        lines.pop()  # the file ends with a newline: nothing after it
-    records = []
-    offset = 0  # byte offset where the current line starts
-    for lineno, line in enumerate(lines, 1):
-        try:
-            record = json.loads(line) if line.strip() else None
-        except ValueError:
-            if lineno == len(lines):
-                log.warning("%s: line %d is incomplete (interrupted write); it is dropped", path, lineno)
-                return records, offset
-            raise EvalError(f"{path}:{lineno}: not a valid JSON record; fix or remove that line to resume") from None
-        if record is not None:
-            if not isinstance(record, dict):
-                raise EvalError(f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}")
-            records.append((lineno, record))
-        offset += len(line) + 1
-    return records, None
-
-
-def _cut_torn_tail(path: Path, torn_at: int | None) -> None:
-    """Make ``path`` end with a complete line, so appending can continue."""
-    if torn_at is not None:
-        with path.open("r+b") as f:
-            f.truncate(torn_at)
-    elif path.exists() and path.stat().st_size:
-        with path.open("rb+") as f:
-            f.seek(-1, os.SEEK_END)
-            if f.read(1) != b"\n":  # a complete last record without its newline
-                f.write(b"\n")
+    """``(line number, record)`` of a samples file, and where a torn last line starts, if any
+    (see :func:`mpdistill.durable.read_jsonl_log`)."""
+    try:
+        return read_jsonl_log(path)
+    except LogError as err:
+        raise EvalError(str(err)) from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -435,7 +403,6 @@ def _load_backend(spec: EvalSpec, settings: GenerationSettings, tokenizer) -> Ba
 
 def _check_or_write_config(out: Path, config: dict) -> None:
     """Write ``eval_config.json``, or check that a resumed run asks for the same plan."""
-    from .evaluate import _atomic_write
 
     path = out / "eval_config.json"
     if path.exists():
@@ -450,14 +417,14 @@ def _check_or_write_config(out: Path, config: dict) -> None:
         return
     out.mkdir(parents=True, exist_ok=True)
     text = json.dumps(config, indent=2) + "\n"
-    _atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    write_text_atomic(path, text)
 
 
 def _write_summary(out: Path, summary: dict, table: str) -> None:
-    from .evaluate import _atomic_write, _nan_to_none
+    from .evaluate import _nan_to_none
 
     text = json.dumps(_nan_to_none(summary), indent=2, allow_nan=False) + "\n"
-    _atomic_write(out / "summary.json", lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    write_text_atomic(out / "summary.json", text)
     s = summary["settings"]
     header = (
         f"# Evaluation of `{summary['model']}`\n\n"
@@ -465,4 +432,4 @@ def _write_summary(out: Path, summary: dict, table: str) -> None:
         f"temperature {s['temperature']}, top-p {s['top_p']}, top-k {s['top_k']} ({s['sampling_source']}), "
         f"thinking {s['thinking']}, seed {s['seed']}.\n\n"
     )
-    _atomic_write(out / "summary.md", lambda tmp: tmp.write_text(header + table, encoding="utf-8"))
+    write_text_atomic(out / "summary.md", header + table)

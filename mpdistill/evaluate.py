@@ -12,9 +12,10 @@ import json
 import math
 import os
 import statistics
-import tempfile
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
+
+from .durable import atomic_write, write_text
 
 __all__ = [
     "AES_COEFFICIENTS",
@@ -305,9 +306,9 @@ def write_report(out_dir: str | os.PathLike, results: dict) -> dict[str, Path]:
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": out / "results.json", "markdown": out / "results.md", "plot": out / "tradeoff.png"}
     json_text = json.dumps(_nan_to_none(results), indent=2, allow_nan=False) + "\n"
-    _atomic_write(paths["json"], lambda tmp: tmp.write_text(json_text, encoding="utf-8"))
-    _atomic_write(paths["markdown"], lambda tmp: tmp.write_text(_markdown(results), encoding="utf-8"))
-    _atomic_write(paths["plot"], lambda tmp: plot_tradeoff(results, tmp))
+    write_text(paths["json"], json_text)
+    write_text(paths["markdown"], _markdown(results))
+    atomic_write(paths["plot"], lambda tmp: plot_tradeoff(results, tmp))
     return paths
 
 
@@ -317,21 +318,6 @@ def _markdown(results: dict) -> str:
         f"Seed: {results['seed']}. Problems per method: n = {results['n_eval']}.\n\n"
         f"{format_table(results)}"
     )
-
-
-def _atomic_write(path: Path, write: Callable[[Path], Any]) -> None:
-    """Let ``write`` fill a temporary file next to ``path``, then move it into place atomically."""
-    # Same folder, so os.replace is a rename on one filesystem; same suffix, so writers that
-    # infer the format from the name (matplotlib) still do the right thing.
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".tmp{path.suffix}")
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def _nan_to_none(value: Any) -> Any:

@@ -30,7 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from .eval_runner import EvalError, _cut_torn_tail, derive_seed, read_samples
+from .durable import cut_torn_tail
+from .eval_runner import EvalError, derive_seed, read_samples
 from .rewrite import DEFAULT_REWRITE_PROMPT, Rewriter, RewriteSettings, Sample, encode_completion, plan_batch
 from .rollout import GenerationSettings
 from .tasks.problems import DataError, iter_jsonl
@@ -282,7 +283,7 @@ def rewrite_file(input_path: str | Path, out: str | Path, spec: RewriteFileSpec,
         make, encode, stats = _backend(spec, settings)
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-        _cut_torn_tail(out, torn_at)
+        cut_torn_tail(out, torn_at)
         out.parent.mkdir(parents=True, exist_ok=True)
         with Progress(TextColumn("rewrite"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                       TimeRemainingColumn(), console=console) as bar, out.open("a", encoding="utf-8") as sink:
