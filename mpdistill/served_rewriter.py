@@ -59,7 +59,7 @@ class OpenAIRewriter:
     ``Retry-After`` seconds), never past the deadline. Other 4xx answers, bodies that are not JSON
     and bodies without ``choices[0].message.content`` (``choices[0].text``) are not retried.
     A whole :meth:`rewrite` call returns within ``deadline_s``: requests still outstanding then
-    become errors.
+    become errors, and an answer still being received is abandoned at the deadline.
 
     An empty completion is returned as ``text=""`` with no error (``verify`` rejects it as
     ``empty``); ``finish_reason == "length"`` sets ``truncated``.
@@ -182,7 +182,7 @@ class OpenAIRewriter:
             tries += 1
             with self._lock:
                 self.stats["requests"] += 1
-            kind, detail, retry_after, raw = self._attempt(body, min(self.timeout_s, remaining))
+            kind, detail, retry_after, raw = self._attempt(body, min(self.timeout_s, remaining), end, stop)
             if kind is None:
                 return self._parse(raw)
             if kind not in RETRIED:
@@ -202,12 +202,23 @@ class OpenAIRewriter:
             if stop.wait(delay):
                 return self._error(f"{detail} after {_tries(tries)}; deadline of {self.deadline_s:g} s reached"), kind
 
-    def _attempt(self, body: bytes, timeout: float) -> tuple[str | None, str, float | None, bytes]:
-        """One HTTP try: (failure kind or None, short detail, Retry-After seconds, response body)."""
+    def _attempt(
+        self, body: bytes, timeout: float, end: float, stop: threading.Event
+    ) -> tuple[str | None, str, float | None, bytes]:
+        """One HTTP try: (failure kind or None, short detail, Retry-After seconds, response body).
+
+        ``timeout`` bounds each socket operation, not the whole body: the body is read a chunk at a
+        time and abandoned at the deadline, so a server that trickles it cannot hold the thread.
+        """
         request = urllib.request.Request(self._url, data=body, headers=self._headers, method="POST")
         try:
             with urllib.request.urlopen(request, timeout=timeout) as resp:
-                return None, "", None, resp.read()
+                chunks = []
+                while chunk := resp.read1(65536):
+                    if stop.is_set() or time.monotonic() >= end:
+                        return "deadline", f"deadline of {self.deadline_s:g} s reached while reading the answer", None, b""
+                    chunks.append(chunk)
+                return None, "", None, b"".join(chunks)
         except urllib.error.HTTPError as err:
             code = err.code
             message = _error_message(err)

@@ -14,11 +14,22 @@ from mpdistill.served_rewriter import OpenAIRewriter, check_endpoint
 KEY = "sk-test-5ecret-value"
 
 
+class Trickle:
+    """A payload the server sends one byte every ``every`` seconds (until close)."""
+
+    def __init__(self, payload, every):
+        self.data = json.dumps(payload).encode()
+        self.every = every
+
+
 class Server:
     """A loopback OpenAI-compatible server whose answers are scripted per test.
 
     ``respond(server, n, path, body)`` returns ``(status, headers, payload)``; ``n`` counts requests
     to the completion routes from 0. Every request is recorded with its headers and JSON body.
+    A status of ``None`` hangs up without answering; a :class:`Trickle` payload is sent slowly. :meth:`close` may be called mid-test (the port
+    then refuses connections) and again at teardown; it releases stalled handlers and joins every
+    thread the server started, each join bounded.
     """
 
     def __init__(self, respond):
@@ -26,7 +37,9 @@ class Server:
         self.requests = []
         self.lock = threading.Lock()
         self.active = self.max_active = 0
-        self.release = threading.Event()  # set at teardown so stalled handlers end
+        self.release = threading.Event()  # set at close so stalled handlers end
+        self.handlers = []  # the threads that answered completion requests
+        self.closed = False
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -34,14 +47,22 @@ class Server:
                 pass
 
             def _answer(self, status, headers, payload):
-                data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+                trickle = payload if isinstance(payload, Trickle) else None
+                data = trickle.data if trickle else payload if isinstance(payload, bytes) else json.dumps(payload).encode()
                 self.send_response(status)
                 for k, v in headers.items():
                     self.send_header(k, v)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
-                self.wfile.write(data)
+                if trickle is None:
+                    self.wfile.write(data)
+                    return
+                for i in range(len(data)):
+                    self.wfile.write(data[i : i + 1])
+                    self.wfile.flush()
+                    if outer.release.wait(trickle.every):
+                        return
 
             def do_GET(self):
                 if self.path == "/v1/models":
@@ -54,6 +75,7 @@ class Server:
                 with outer.lock:
                     n = len(outer.requests)
                     outer.requests.append({"path": self.path, "headers": dict(self.headers), "body": body})
+                    outer.handlers.append(threading.current_thread())
                     outer.active += 1
                     outer.max_active = max(outer.max_active, outer.active)
                 try:
@@ -61,6 +83,9 @@ class Server:
                 finally:
                     with outer.lock:
                         outer.active -= 1
+                if status is None:
+                    self.close_connection = True  # hang up: the client sees the connection drop
+                    return
                 try:
                     self._answer(status, headers, payload)
                 except OSError:
@@ -68,12 +93,22 @@ class Server:
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self.thread.start()
 
     def close(self):
-        self.release.set()
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        """Stop serving; returns the server's threads still alive after a bounded join (none, normally)."""
+        if not self.closed:
+            self.closed = True
+            self.release.set()
+            self.httpd.shutdown()  # serve_forever polls every 0.05 s, so this returns at once
+            self.httpd.server_close()  # the listening socket is closed: new connections are refused
+        with self.lock:
+            threads = [self.thread, *self.handlers]
+        deadline = time.monotonic() + 5
+        for t in threads:
+            t.join(timeout=max(0.0, deadline - time.monotonic()))
+        return [t for t in threads if t.is_alive()]
 
 
 @pytest.fixture
@@ -85,8 +120,8 @@ def serve():
         return servers[-1]
 
     yield start
-    for s in servers:
-        s.close()
+    left = [t for s in servers for t in s.close()]
+    assert not left, f"server threads still running after close: {left}"
 
 
 def ok(text="A:3", finish="stop", chat=True):
@@ -106,6 +141,19 @@ def echo(server, n, path, body):
 def rewriter(server, **kw):
     kw = {"timeout_s": 1.0, "max_retries": 2, "backoff_s": 0.01, "deadline_s": 10.0, "seed": 0, **kw}
     return OpenAIRewriter(server.url, "rewriter", **kw)
+
+
+def rewrite_threads():
+    return {t for t in threading.enumerate() if t.name.startswith("rewrite")}
+
+
+def wait_for(condition, timeout_s):
+    end = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() >= end:
+            return False
+        time.sleep(0.02)
+    return True
 
 
 def dead_port():
@@ -241,11 +289,37 @@ def test_whole_call_ends_by_the_deadline(serve):
     assert sum(rw.stats["failures"].values()) == 6
 
 
+def test_a_trickled_answer_cannot_hold_a_thread_past_the_deadline(serve):
+    # Each byte comes well within timeout_s, so only the deadline can end the read.
+    server = serve(lambda s, n, p, b: (200, {}, Trickle(ok("x" * 200)[2], every=0.05)))
+    before = rewrite_threads()
+    rw = rewriter(server, timeout_s=0.5, max_retries=3, deadline_s=0.6)
+    start = time.monotonic()
+    out = rw.rewrite(["x"])[0]
+    assert time.monotonic() - start < 0.6 + 0.3
+    assert out.text == "" and "deadline" in out.error and rw.stats["failures"] == {"deadline": 1}
+    assert wait_for(lambda: not rewrite_threads() - before, 1.0), "a rewrite thread is still reading"
+    assert len(server.requests) == 1
+
+
 def test_connection_refused_is_an_error_not_an_exception():
     rw = OpenAIRewriter(f"http://127.0.0.1:{dead_port()}/v1", "m", max_retries=1, backoff_s=0.01, timeout_s=0.5)
     out = rw.rewrite(["x"])[0]
     assert out.error.startswith("connection failed (") and out.error.endswith("after 2 tries")
     assert rw.stats["failures"] == {"connection": 1}
+
+
+def test_dropped_connection_is_retried(serve):
+    server = serve(lambda s, n, p, b: (None, {}, None) if n == 0 else ok("back"))
+    rw = rewriter(server, max_retries=1)
+    out = rw.rewrite(["x"])[0]
+    assert out.text == "back" and out.error is None
+    assert rw.stats == {"requests": 2, "retries": 1, "ok": 1, "failures": {}}
+    hang_up = serve(lambda s, n, p, b: (None, {}, None))
+    rw = rewriter(hang_up, max_retries=1)
+    out = rw.rewrite(["x"])[0]
+    assert out.error.startswith("connection failed (") and out.error.endswith("after 2 tries")
+    assert len(hang_up.requests) == 2 and rw.stats["failures"] == {"connection": 1}
 
 
 def test_concurrency_is_bounded(serve):
@@ -316,47 +390,202 @@ def test_recipe_keys_and_validation():
 # -- training ----------------------------------------------------------------------------------
 
 
-def test_mpd_step_with_a_failing_server_trains_on_the_student(serve, tiny_pair, tmp_path, monkeypatch):
-    from trl import DistillationTrainer
+STUDENT_TEXT = "so the answer is 3\nA:3"  # every student completion has an answer, so each is sent for a rewrite
+REWRITE_TEXT = "A:3"  # shorter, same answer: accepted
 
-    from mpdistill.pipeline import build_trainer, check_rewrite_server, load_model, training_problems
-    from mpdistill.tasks import chain
+
+class Run:
+    """A short MPD run on the tiny pair whose rewriter is a loopback server.
+
+    ``trained`` holds, per step, the completions the loss ran on and their keep masks (what
+    ``MPDTrainer._generate`` handed back to TRL); ``rewrite_s`` the wall time of each rewrite call.
+    """
+
+    def __init__(self, tiny_pair, run_dir, monkeypatch, url, *, steps=1, batch_size=4, on_reject="student",
+                 backoff_s=None, **rewrite):
+        from trl import DistillationTrainer
+
+        from mpdistill.pipeline import build_trainer, load_model, training_problems
+        from mpdistill.tasks import chain
+        from mpdistill.trainer import MPDTrainer
+
+        self.recipe = recipe_from_dict({
+            "method": "mpd",
+            "student": str(tiny_pair / "student"),
+            "teacher": str(tiny_pair / "teacher"),
+            "data": {"n_train": 8},
+            "training": {"steps": steps, "batch_size": batch_size, "max_completion_length": 16, "logging_steps": 1},
+            "rewrite": {"prompt_template": chain.REWRITE_TEMPLATE.replace("{prompt}", "{problem}"),
+                        "use_chat_template": False, "max_new_tokens": 16, "backend": "openai",
+                        "base_url": url, "model": "rewriter", "on_reject": on_reject, **rewrite},
+        })
+        self.run_dir = run_dir
+        student, tok = load_model(self.recipe.student)
+        teacher, _ = load_model(self.recipe.teacher)
+        self.trainer = trainer = build_trainer(self.recipe, student, teacher, tok, training_problems(self.recipe), run_dir)
+        self.rewriter = trainer.rewriter
+        if backoff_s is not None:  # not a recipe key: the recipe's default backoff would only slow the tests
+            self.rewriter.backoff_s = backoff_s
+        self.student_ids = tok(STUDENT_TEXT, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        self.rewrite_ids = tok(REWRITE_TEXT, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+
+        original = DistillationTrainer._generate
+        student_ids = self.student_ids
+
+        def with_answers(self, prompts):
+            prompt_ids, completion_ids, *rest = original(self, prompts)
+            return (prompt_ids, [list(student_ids) for _ in completion_ids], *rest)
+
+        monkeypatch.setattr(DistillationTrainer, "_generate", with_answers)
+
+        self.trained = []
+
+        def recording(prompts):
+            out = MPDTrainer._generate(trainer, prompts)
+            self.trained.append((out[1], out[2]))
+            return out
+
+        trainer._generate = recording
+
+        self.rewrite_s = []
+        inner = self.rewriter.rewrite
+
+        def timed(prompts, max_new_tokens=None):
+            start = time.monotonic()
+            try:
+                return inner(prompts, max_new_tokens)
+            finally:
+                self.rewrite_s.append(time.monotonic() - start)
+
+        self.rewriter.rewrite = timed
+
+    def train(self, timeout_s=60.0):
+        """Train in a worker thread, so that a hang fails the test after ``timeout_s`` instead of hanging it."""
+        errors = []
+
+        def target():
+            try:
+                self.trainer.train()
+            except BaseException as err:  # noqa: BLE001 - re-raised in the test's thread
+                errors.append(err)
+
+        worker = threading.Thread(target=target, name="mpd-train", daemon=True)
+        worker.start()
+        worker.join(timeout_s)
+        assert not worker.is_alive(), f"training still running after {timeout_s:g} s"
+        if errors:
+            raise errors[0]
+        return self
+
+    @property
+    def rows(self):
+        return [json.loads(line) for line in (self.run_dir / "rollouts.jsonl").read_text().splitlines()]
+
+    @property
+    def logged(self):
+        """One dict of MPD metrics per logged training step."""
+        return [h for h in self.trainer.state.log_history if "mpd/acceptance_rate" in h]
+
+
+
+
+def test_mpd_step_with_a_failing_server_trains_on_the_student(serve, tiny_pair, tmp_path, monkeypatch):
+    from mpdistill.pipeline import check_rewrite_server
 
     server = serve(lambda s, n, p, b: (500, {}, {"error": "down"}))
-    recipe = recipe_from_dict({
-        "method": "mpd",
-        "student": str(tiny_pair / "student"),
-        "teacher": str(tiny_pair / "teacher"),
-        "data": {"n_train": 8},
-        "training": {"steps": 1, "batch_size": 4, "max_completion_length": 16, "logging_steps": 1},
-        "rewrite": {"prompt_template": chain.REWRITE_TEMPLATE.replace("{prompt}", "{problem}"),
-                    "use_chat_template": False, "max_new_tokens": 16, "backend": "openai",
-                    "base_url": server.url, "model": "rewriter", "timeout_s": 0.5, "max_retries": 1,
-                    "deadline_s": 5},
-    })
-    check_rewrite_server(recipe)  # /models answers, so the check passes
-    student, tok = load_model(recipe.student)
-    teacher, _ = load_model(recipe.teacher)
-    trainer = build_trainer(recipe, student, teacher, tok, training_problems(recipe), tmp_path)
-    assert isinstance(trainer.rewriter, OpenAIRewriter) and not trainer.rewriter.chat
-    assert trainer.teacher_model is not None
-
-    original = DistillationTrainer._generate
-
-    def with_answers(self, prompts):  # every completion has an answer, so each one is sent for a rewrite
-        prompt_ids, completion_ids, *rest = original(self, prompts)
-        ids = trainer._tokenizer("so the answer is 3\nA:3", add_special_tokens=False)["input_ids"]
-        return (prompt_ids, [ids + [trainer._tokenizer.eos_token_id] for _ in completion_ids], *rest)
-
-    monkeypatch.setattr(DistillationTrainer, "_generate", with_answers)
-    trainer.train()
-    rows = [json.loads(line) for line in (tmp_path / "rollouts.jsonl").read_text().splitlines()]
+    run = Run(tiny_pair, tmp_path, monkeypatch, server.url, timeout_s=0.5, max_retries=1, deadline_s=5)
+    check_rewrite_server(run.recipe)  # /models answers, so the check passes
+    assert isinstance(run.rewriter, OpenAIRewriter) and not run.rewriter.chat
+    assert run.trainer.teacher_model is not None
+    run.train()
+    rows = run.rows
     assert len(rows) == 4
     assert all(r["reason"] == "backend_error" and r["trained_on"] == "student" and not r["accepted"] for r in rows)
     assert all(r["path"] == "/v1/completions" for r in server.requests) and len(server.requests) == 8
-    logged = [h for h in trainer.state.log_history if "mpd/reject/backend_error" in h]
+    logged = run.logged
     assert logged and logged[0]["mpd/reject/backend_error"] == 1.0 and logged[0]["mpd/trained_on_student"] == 1.0
-    assert trainer.rewriter.stats["failures"] == {"http_5xx": 4}
+    assert run.rewriter.stats["failures"] == {"http_5xx": 4}
+    assert run.trained == [([run.student_ids] * 4, [[1] * len(run.student_ids)] * 4)]
+
+
+def test_connection_refused_mid_run_trains_on_the_student(serve, tiny_pair, tmp_path, monkeypatch):
+    from transformers import TrainerCallback
+
+    server = serve(lambda s, n, p, b: ok(REWRITE_TEXT, chat=False))
+    run = Run(tiny_pair, tmp_path, monkeypatch, server.url, steps=3, batch_size=2, timeout_s=0.5, max_retries=1,
+              deadline_s=5, backoff_s=0.01)
+
+    class StopServerAfterFirstStep(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 1:
+                assert server.close() == []
+
+    run.trainer.add_callback(StopServerAfterFirstStep())
+    run.train()  # no exception escapes
+    assert server.closed and len(server.requests) == 2  # only the first step reached the server
+    rows = run.rows
+    assert [r["step"] for r in rows] == [0, 0, 1, 1, 2, 2]
+    assert all(r["reason"] == "accepted" and r["trained_on"] == "rewrite" for r in rows[:2])
+    assert all(r["reason"] == "backend_error" and r["trained_on"] == "student" and r["rewrite"] == ""
+               for r in rows[2:])
+    assert [h["mpd/reject/backend_error"] for h in run.logged] == [0.0, 1.0, 1.0]
+    assert [h["mpd/trained_on_student"] for h in run.logged] == [0.0, 1.0, 1.0]
+    assert [h["mpd/acceptance_rate"] for h in run.logged] == [1.0, 0.0, 0.0]
+    assert [ids for ids, _ in run.trained] == [[run.rewrite_ids] * 2, [run.student_ids] * 2, [run.student_ids] * 2]
+    # 2 prompts answered; 4 refused twice each (1 try + 1 retry), refusals counted per prompt.
+    assert run.rewriter.stats == {"requests": 10, "retries": 4, "ok": 2, "failures": {"connection": 4}}
+
+
+@pytest.mark.parametrize("on_reject, trained_on", [("student", "student"), ("drop", "dropped")])
+def test_empty_rewrites_are_rejected_as_empty_without_retries(serve, tiny_pair, tmp_path, monkeypatch,
+                                                               on_reject, trained_on):
+    server = serve(lambda s, n, p, b: ok("", chat=False))
+    run = Run(tiny_pair, tmp_path, monkeypatch, server.url, on_reject=on_reject, timeout_s=0.5, max_retries=3,
+              deadline_s=5).train()
+    assert len(server.requests) == 4  # one request per sample: an empty answer is not retried
+    assert run.rewriter.stats == {"requests": 4, "retries": 0, "ok": 4, "failures": {}}
+    rows = run.rows
+    assert all(r["reason"] == "empty" and r["trained_on"] == trained_on and r["rewrite"] == "" for r in rows)
+    (logged,) = run.logged
+    assert logged["mpd/reject/empty"] == 1.0 and logged["mpd/reject/backend_error"] == 0.0
+    assert logged[f"mpd/trained_on_{trained_on}"] == 1.0 and logged["mpd/acceptance_rate"] == 0.0
+    keep = 1 if on_reject == "student" else 0
+    assert run.trained == [([run.student_ids] * 4, [[keep] * len(run.student_ids)] * 4)]
+
+
+def test_a_stalled_server_never_holds_training_past_the_deadline(serve, tiny_pair, tmp_path, monkeypatch):
+    def stall(server, n, path, body):
+        server.release.wait(60)  # until close(): far past any timeout
+        return ok(REWRITE_TEXT, chat=False)
+
+    server = serve(stall)
+    before = rewrite_threads()
+    run = Run(tiny_pair, tmp_path, monkeypatch, server.url, timeout_s=0.3, max_retries=5, deadline_s=1.0)
+    run.train(timeout_s=1.0 + 5.0)
+    (rewrite_s,) = run.rewrite_s
+    assert 0.3 <= rewrite_s < 1.0 + 2.0
+    rows = run.rows
+    assert len(rows) == 4 and all(r["reason"] == "backend_error" and r["trained_on"] == "student" for r in rows)
+    assert run.logged[0]["mpd/reject/backend_error"] == 1.0
+    stats = run.rewriter.stats
+    assert stats["ok"] == 0 and sum(stats["failures"].values()) == 4
+    assert set(stats["failures"]) <= {"timeout", "deadline"}
+    assert 4 <= len(server.requests) <= 4 * (1 + 5) and len(server.requests) == stats["requests"]
+    # The rewriter's own threads end by the deadline, while the server still stalls.
+    assert wait_for(lambda: not rewrite_threads() - before, 2.0), "a rewrite thread outlived the deadline"
+
+
+def test_server_error_then_success_in_a_training_step_is_accepted(serve, tiny_pair, tmp_path, monkeypatch):
+    server = serve(lambda s, n, p, b: (503, {}, {"error": "warming up"}) if n == 0 else ok(REWRITE_TEXT, chat=False))
+    run = Run(tiny_pair, tmp_path, monkeypatch, server.url, timeout_s=0.5, max_retries=2, deadline_s=5,
+              backoff_s=0.01).train()
+    rows = run.rows
+    assert len(rows) == 4 and all(r["reason"] == "accepted" and r["trained_on"] == "rewrite" for r in rows)
+    (logged,) = run.logged
+    assert logged["mpd/acceptance_rate"] == 1.0 and logged["mpd/reject/backend_error"] == 0.0
+    assert run.trained == [([run.rewrite_ids] * 4, [[1] * len(run.rewrite_ids)] * 4)]
+    assert len(server.requests) == 5  # the retry is visible only here and in the statistics
+    assert run.rewriter.stats == {"requests": 5, "retries": 1, "ok": 4, "failures": {}}
 
 
 def test_train_checks_the_server_before_loading_models(tiny_pair, tmp_path):
