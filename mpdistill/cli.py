@@ -42,18 +42,29 @@ def demo(
 
 @app.command("train")
 def train_cmd(
-    config: Path = typer.Argument(..., help="Recipe YAML (see recipes/)."),
+    config: Optional[Path] = typer.Argument(None, help="Recipe YAML (see recipes/); with --resume, defaults to the run's own."),
     out: Optional[Path] = typer.Option(
         None, "--out", help="Run folder: model/, rollouts.jsonl, train_log.jsonl, recipe.yaml (required unless --dry-run)."
     ),
     dry_run: bool = typer.Option(
         False, "--dry-run", help="Check the recipe and print the resolved plan (models, data, devices, batch) without loading weights."
     ),
+    resume: bool = typer.Option(
+        False, "--resume", help="Continue the interrupted run in --out from its newest checkpoint (training.save_steps)."
+    ),
 ) -> None:
     """Train one method from a recipe."""
+    from .checkpoints import ResumeError
     from .config import ConfigError, load_recipe
+    from .nonfinite import NonFiniteHalt
     from .tasks.problems import DataError
 
+    if config is None:
+        if not (resume and out is not None):
+            _fail("give a recipe (or --resume --out RUN to continue a run with its own recipe)")
+        config = out / "recipe.yaml"
+        if not config.exists():
+            _fail(f"{out} has no recipe.yaml: it is not a run folder")
     if dry_run:
         from rich.markup import escape
 
@@ -75,8 +86,8 @@ def train_cmd(
 
     try:
         recipe = load_recipe(config)
-        model_dir = train(recipe, out)
-    except (ConfigError, DataError) as err:
+        model_dir = train(recipe, out, resume=resume)
+    except (ConfigError, DataError, ResumeError, NonFiniteHalt) as err:
         _fail(str(err))
     console.print(f"saved {recipe.method} student to {model_dir}")
 

@@ -74,7 +74,11 @@ class TrainingConfig(_Strict):
     gradient_checkpointing: bool = False
     bf16: bool = False
     max_grad_norm: float = Field(default=1.0, gt=0)
+    # Checkpoint every save_steps steps (needed for --resume); only the newest save_total_limit are kept.
     save_steps: int | None = Field(default=None, gt=0)
+    save_total_limit: int | None = Field(default=2, gt=0)
+    # A step whose loss or gradients are NaN/inf is skipped; more than this many in a row stops the run.
+    max_nonfinite_steps: int = Field(default=3, ge=0)
     # Qwen3 thinking mode for the student's prompts (the chat template's enable_thinking); None
     # leaves the template's default. Needs chat prompts (data.prompt_style: chat).
     student_enable_thinking: bool | None = None

@@ -86,8 +86,9 @@ def fsync_tree(root: Path) -> None:
 def replace_dir(src: Path, target: Path) -> None:
     """Move the finished folder ``src`` to ``target``, replacing what was there.
 
-    The old folder is first renamed aside, so at every moment ``target`` is either the old
-    complete folder or the new one (never a half-deleted one).
+    ``src`` is flushed first and the old folder is renamed aside rather than deleted in place, so
+    ``target`` is only ever the old complete folder, the new complete one, or (between the two
+    renames) absent: never a mix, never half-deleted.
     """
     src, target = Path(src), Path(target)
     fsync_tree(src)

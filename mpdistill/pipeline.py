@@ -6,19 +6,25 @@ and each baseline run through the same code with the same prompts, teacher and b
 
 from __future__ import annotations
 
-import json
+import logging
 from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from .config import ConfigError, Recipe, dump_recipe
+from .checkpoints import ResumeError, checkpoint_step, discard_partial, latest_checkpoint, rewind_rollout_log
+from .config import ConfigError, Recipe, dump_recipe, load_recipe
+from .durable import replace_dir, write_jsonl, write_text
+from .nonfinite import NonFiniteGuard, NonFiniteHalt
 from .rewrite import Rewriter, RewriteSettings, TransformersRewriter
 from .rollout import GenerationSettings
 from .tasks import get_task
 from .tasks.problems import chain_problems, load_problems
 
+log = logging.getLogger(__name__)
+
 EMBEDDED_PREFIX = "embedded:"
+ROLLOUTS = "rollouts.jsonl"
 # Training prompts are drawn with a seed offset from the evaluation problems', and the demo
 # excludes every evaluation prompt from them.
 TRAIN_SEED_OFFSET = 1_000
@@ -204,9 +210,7 @@ def check_thinking(recipe: Recipe, tokenizer) -> None:
 
 def build_trainer(recipe: Recipe, student, teacher, tokenizer, rows: list[dict], run_dir: Path):
     from datasets import Dataset
-    from trl import DistillationConfig, DistillationTrainer
-
-    from .trainer import MPDTrainer, OffPolicyKDTrainer, RewriteSFTTrainer
+    from trl import DistillationConfig
 
     check_thinking(recipe, tokenizer)
     t = recipe.training
@@ -232,6 +236,7 @@ def build_trainer(recipe: Recipe, student, teacher, tokenizer, rows: list[dict],
         report_to="none",
         save_strategy="steps" if t.save_steps else "no",
         save_steps=t.save_steps or 500,
+        save_total_limit=t.save_total_limit,
         use_cpu=not torch.cuda.is_available(),
         dataloader_num_workers=0,
         disable_tqdm=False,
@@ -247,9 +252,19 @@ def build_trainer(recipe: Recipe, student, teacher, tokenizer, rows: list[dict],
         train_dataset=Dataset.from_list(rows),
         processing_class=tokenizer,
     )
+    trainer = _method_trainer(recipe, common, teacher, tokenizer, run_dir)
+    metrics = getattr(trainer, "_metrics", None)
+    trainer.add_callback(NonFiniteGuard(t.max_nonfinite_steps, metrics=metrics))
+    return trainer
+
+
+def _method_trainer(recipe: Recipe, common: dict, teacher, tokenizer, run_dir: Path):
+    from .trainer import MPDTrainer, OffPolicyKDTrainer, OPDTrainer, RewriteSFTTrainer
+
     if recipe.method == "opd":
-        return DistillationTrainer(**common)
-    rollouts = run_dir / "rollouts.jsonl"
+        return OPDTrainer(**common)
+    t = recipe.training
+    rollouts = run_dir / ROLLOUTS
     if recipe.method == "offpolicy_kd":
         gen = GenerationSettings(
             max_new_tokens=t.max_completion_length, temperature=t.temperature, top_p=t.top_p, top_k=t.top_k,
@@ -268,16 +283,79 @@ def build_trainer(recipe: Recipe, student, teacher, tokenizer, rows: list[dict],
     )
 
 
-def train(recipe: Recipe, run_dir: str | Path, *, exclude_prompts: set[str] | None = None) -> Path:
+# Recipe keys a resumed run may change: they decide how the run is operated, not what it learns.
+RESUMABLE_CHANGES = {
+    "training.steps", "training.save_steps", "training.save_total_limit", "training.logging_steps",
+    "training.max_nonfinite_steps", "rewrite.base_url", "rewrite.api_key_env", "rewrite.max_concurrency",
+    "rewrite.timeout_s", "rewrite.max_retries", "rewrite.deadline_s",
+}
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in d.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def check_resumable(recipe: Recipe, run_dir: Path) -> None:
+    """The recipe of a resumed run must be the saved one, but for keys in :data:`RESUMABLE_CHANGES`."""
+    saved_path = run_dir / "recipe.yaml"
+    if not saved_path.exists():
+        raise ResumeError(f"{run_dir} has no recipe.yaml: it is not a run folder (or its run never started)")
+    saved = _flatten(load_recipe(saved_path).model_dump(mode="json"))
+    given = _flatten(recipe.model_dump(mode="json"))
+    changed = sorted(k for k in saved.keys() | given.keys() if saved.get(k) != given.get(k) and k not in RESUMABLE_CHANGES)
+    if changed:
+        lines = "; ".join(f"{k}: {saved.get(k)!r} -> {given.get(k)!r}" for k in changed)
+        raise ResumeError(
+            f"cannot resume {run_dir} with a different recipe ({lines}). Resume with its own recipe "
+            f"(mpdistill train --resume --out {run_dir}) or start a new run in another --out"
+        )
+
+
+def prepare_resume(recipe: Recipe, run_dir: Path) -> Path | None:
+    """Check a run folder can be resumed and bring it back to its newest checkpoint.
+
+    Returns that checkpoint (None: no checkpoint yet, the run restarts from step 0). The rollout
+    log keeps exactly the steps the checkpoint includes; a half-written checkpoint is removed.
+    """
+    check_resumable(recipe, run_dir)
+    if (run_dir / "model").exists():
+        raise ResumeError(f"{run_dir} already finished (model/ is there); nothing to resume")
+    trainer_dir = run_dir / "trainer"
+    if discard_partial(trainer_dir):
+        log.warning("%s: removed a checkpoint that was being written when the run stopped", trainer_dir)
+    checkpoint = latest_checkpoint(trainer_dir)
+    step = checkpoint_step(checkpoint) if checkpoint else 0
+    kept, dropped = rewind_rollout_log(run_dir / ROLLOUTS, step)
+    if checkpoint is None:
+        log.warning("%s has no checkpoint yet (training.save_steps): training restarts from step 0", run_dir)
+    else:
+        log.warning("resuming %s from %s (step %d); rollout log: %d records kept, %d from later steps dropped",
+                    run_dir, checkpoint.name, step, kept, dropped)
+    return checkpoint
+
+
+def train(recipe: Recipe, run_dir: str | Path, *, exclude_prompts: set[str] | None = None, resume: bool = False) -> Path:
     """Train ``recipe.method`` and save the student to ``run_dir/model``; returns that folder.
 
     Everything that can be checked without training — models, vocabularies, data — is checked
-    before the first step.
+    before the first step. With ``resume``, an interrupted run in ``run_dir`` continues from its
+    newest checkpoint (see :func:`prepare_resume`).
     """
     run_dir = Path(run_dir)
-    for existing in ("rollouts.jsonl", "model", "adapter"):
-        if (run_dir / existing).exists():
-            raise ConfigError(f"{run_dir} already holds a run ({existing}); choose another --out or move it away")
+    if resume:
+        checkpoint = prepare_resume(recipe, run_dir)
+    else:
+        checkpoint = None
+        for existing in (ROLLOUTS, "model", "adapter", "trainer", "recipe.yaml"):
+            if (run_dir / existing).exists():
+                hint = "" if (run_dir / "model").exists() else " or add --resume to continue it"
+                raise ConfigError(f"{run_dir} already holds a run ({existing}); choose another --out{hint}")
     rows = training_problems(recipe, exclude=exclude_prompts)
     if recipe.rewrite.require_gold and recipe.method in ("mpd", "rewrite_sft"):
         missing = next((i for i, r in enumerate(rows) if r.get("answer") is None), None)
@@ -290,19 +368,36 @@ def train(recipe: Recipe, run_dir: str | Path, *, exclude_prompts: set[str] | No
     check_compatible(recipe.student, tokenizer, student, recipe.teacher, t_tok, teacher)
     check_thinking(recipe, tokenizer)
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "recipe.yaml").write_text(dump_recipe(recipe), encoding="utf-8")
+    write_text(run_dir / "recipe.yaml", dump_recipe(recipe))
     trainer = build_trainer(recipe, student, teacher, tokenizer, rows, run_dir)
-    trainer.train()
+    trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    write_jsonl(run_dir / "train_log.jsonl", trainer.state.log_history)
+    guard = next(c for c in trainer.callback_handler.callbacks if isinstance(c, NonFiniteGuard))
+    if guard.halted_at is not None:
+        raise NonFiniteHalt(
+            f"training stopped at step {trainer.state.global_step}: more than {guard.limit} steps in a row had a "
+            f"NaN/inf loss or gradient (skipped steps: {guard.skipped[-guard.limit - 1:]}). The last good weights are "
+            f"checkpointed in {latest_checkpoint(run_dir / 'trainer')}; lower training.learning_rate or check the data, "
+            f"then start again, or resume with `mpdistill train --resume --out {run_dir}`"
+        )
     model_dir = run_dir / "model"
     if recipe.training.lora is None:
-        trainer.save_model(str(model_dir))
+        _save_final(trainer, model_dir)
     else:
         # The adapter as trained, then (once, on the main process) the merged student for eval.
-        trainer.save_model(str(run_dir / "adapter"))
+        _save_final(trainer, run_dir / "adapter")
         if trainer.accelerator.is_main_process:
-            save_merged(recipe.student, run_dir / "adapter", model_dir, tokenizer)
+            staged = run_dir / ".model.partial"
+            save_merged(recipe.student, run_dir / "adapter", staged, tokenizer)
+            replace_dir(staged, model_dir)
         trainer.accelerator.wait_for_everyone()
-    with (run_dir / "train_log.jsonl").open("w", encoding="utf-8") as f:
-        for entry in trainer.state.log_history:
-            f.write(json.dumps(entry) + "\n")
     return model_dir
+
+
+def _save_final(trainer, target: Path) -> None:
+    """``trainer.save_model`` into a staging folder renamed into place, so ``target`` is whole or absent."""
+    staged = target.with_name(f".{target.name}.partial")
+    trainer.save_model(str(staged))
+    if trainer.accelerator.is_main_process:
+        replace_dir(staged, target)
+    trainer.accelerator.wait_for_everyone()

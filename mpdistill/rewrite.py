@@ -143,7 +143,8 @@ class TransformersRewriter:
         self.model, self.tokenizer, self.settings = model, tokenizer, settings
         self.use_chat_template = use_chat_template and getattr(tokenizer, "chat_template", None) is not None
         self.chat_template_kwargs = chat_template_kwargs or {}
-        self._rng = random.Random(seed)
+        # Each call's sampling seed comes from here; checkpoints save it so a resumed run draws the same.
+        self.rng = random.Random(seed)
 
     def _encode(self, prompt: str) -> list[int]:
         return encode_message(self.tokenizer, prompt, chat=self.use_chat_template, template_kwargs=self.chat_template_kwargs)
@@ -151,7 +152,7 @@ class TransformersRewriter:
     def rewrite(self, prompts: Sequence[str], max_new_tokens: Sequence[int] | None = None) -> list[RewriteOutput]:
         ids = [self._encode(p) for p in prompts]
         gens = generate_texts(
-            self.model, self.tokenizer, ids, self.settings, seed=self._rng.randrange(2**31),
+            self.model, self.tokenizer, ids, self.settings, seed=self.rng.randrange(2**31),
             max_new_tokens=list(max_new_tokens) if max_new_tokens is not None else None,
         )
         return [RewriteOutput(text=g.text.strip(), truncated=g.truncated) for g in gens]

@@ -23,8 +23,6 @@ multiplies into the loss mask and the token count that normalises the loss.
 from __future__ import annotations
 
 import functools
-import json
-import os
 import random
 from collections import Counter
 from dataclasses import replace
@@ -35,6 +33,8 @@ import torch
 from accelerate.utils import gather_object
 from trl import DistillationTrainer
 
+from .checkpoints import ResumableTraining
+from .durable import append_jsonl
 from .rewrite import REASONS, Rewriter, RewriteSettings, Sample, encode_completion, plan_batch
 from .rollout import GenerationSettings, generate_texts
 from .tasks import Task
@@ -59,19 +59,21 @@ class _RolloutLogMixin:
         records = gather_object(records)
         if self.rollouts_path is None or not self.accelerator.is_main_process:
             return
-        self.rollouts_path.parent.mkdir(parents=True, exist_ok=True)
-        with self.rollouts_path.open("a", encoding="utf-8") as f:
-            for index, rec in enumerate(records):
-                f.write(json.dumps({"step": self.state.global_step, "index": index, **rec}) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        # One line per sample, flushed before the step trains: a crash tears at most this batch's last line.
+        append_jsonl(self.rollouts_path, [{"step": self.state.global_step, "index": i, **r} for i, r in enumerate(records)])
 
     def _stash_inputs(self, inputs: list[dict]) -> None:
         # ``_generate`` only receives prompts; the gold answer and problem text ride along here.
         self._inputs = inputs
 
 
-class MPDTrainer(_RolloutLogMixin, DistillationTrainer):
+class OPDTrainer(ResumableTraining, DistillationTrainer):
+    """On-policy distillation: TRL's trainer as is, with resumable checkpoints."""
+
+    _name = "OPD"
+
+
+class MPDTrainer(ResumableTraining, _RolloutLogMixin, DistillationTrainer):
     """Mixed-Policy Distillation: KL to the teacher on the teacher's rewrite of the student's sample."""
 
     _tag_names = ["trl", "distillation", "mpd"]
@@ -95,6 +97,13 @@ class MPDTrainer(_RolloutLogMixin, DistillationTrainer):
         self.rollouts_path = Path(rollouts_path) if rollouts_path else None
         self._mix_rng = random.Random(self.args.seed + self.accelerator.process_index)
         self._inputs: list[dict] = []
+
+    def random_streams(self) -> dict[str, random.Random]:
+        streams = {"mix": self._mix_rng}
+        rewriter_rng = getattr(self.rewriter, "rng", None)  # the local teacher's sampling seeds
+        if isinstance(rewriter_rng, random.Random):
+            streams["rewriter"] = rewriter_rng
+        return streams
 
     def _generate_and_score_completions(self, inputs):
         self._stash_inputs(inputs)
@@ -211,7 +220,7 @@ def chunked_token_nll(
     return total
 
 
-class OffPolicyKDTrainer(_RolloutLogMixin, DistillationTrainer):
+class OffPolicyKDTrainer(ResumableTraining, _RolloutLogMixin, DistillationTrainer):
     """Baseline: the same divergence on the teacher's own samples for each prompt."""
 
     _name = "Off-policy KD"
@@ -221,6 +230,9 @@ class OffPolicyKDTrainer(_RolloutLogMixin, DistillationTrainer):
         self.teacher_generation = teacher_generation
         self.rollouts_path = Path(rollouts_path) if rollouts_path else None
         self._seed_rng = random.Random(self.args.seed + self.accelerator.process_index)
+
+    def random_streams(self) -> dict[str, random.Random]:
+        return {"teacher_seeds": self._seed_rng}
 
     def _generate(self, prompts):
         prompt_ids, _, _ = self._tokenize_prompts(prompts)

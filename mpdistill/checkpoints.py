@@ -1,0 +1,163 @@
+"""Checkpoints a killed run can resume from, and the rollout log cut back to match one.
+
+``transformers`` writes a checkpoint folder file by file under its final name, so a run killed
+mid-save leaves ``checkpoint-N`` looking like a checkpoint that is not one. Here every checkpoint
+is written under ``trainer/.partial/`` and renamed to ``trainer/checkpoint-N`` only once all of it
+is on disk: a folder with a final name is always complete.
+
+A checkpoint also carries the random streams MPD adds to TRL's (which rewrites are mixed in,
+the rewriter's sampling seeds), and the order of the training data is a function of the epoch
+alone, so a resumed run draws what an uninterrupted one would have.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import shutil
+from pathlib import Path
+
+import torch
+from torch.utils.data import Sampler
+
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
+
+from .durable import LogError, fsync_dir, fsync_tree, read_jsonl_log, write_jsonl, write_text
+
+log = logging.getLogger(__name__)
+
+STAGING = ".partial"
+RNG_FILE = "mpdistill_rng_{rank}.json"
+
+
+class ResumeError(ValueError):
+    """A run folder that cannot be resumed; the message says why and what to do."""
+
+
+class EpochOrderSampler(Sampler):
+    """TRL's ``RepeatSampler`` with the order of epoch ``e`` fixed by the seed and ``e`` alone.
+
+    ``RepeatSampler`` draws each epoch's permutation from one generator, so the order of epoch 2
+    depends on epochs 0 and 1 having been drawn in the same process; a run resumed in epoch 2
+    would see epoch 0's order. Here the generator is reseeded and advanced past the earlier
+    epochs' draws before each pass: the same orders as one uninterrupted run, from any epoch.
+    """
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:  # called by accelerate's dataloader at every epoch
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+    def __iter__(self):
+        generator = getattr(self.inner, "generator", None) if getattr(self.inner, "shuffle", False) else None
+        if generator is not None and self.inner.seed is not None:
+            generator.manual_seed(self.inner.seed)
+            for _ in range(self.epoch):
+                torch.randperm(self.inner.num_samples, generator=generator)
+        return iter(self.inner)
+
+
+class ResumableTraining:
+    """Trainer mixin: atomic checkpoints that include the trainer's own random streams, and a
+    training-data order that a resumed run reproduces.
+
+    A class using it lists its ``random.Random`` objects in :meth:`random_streams`.
+    """
+
+    def random_streams(self) -> dict[str, random.Random]:
+        return {}
+
+    def _get_train_sampler(self, dataset=None):
+        return EpochOrderSampler(super()._get_train_sampler(dataset))
+
+    def _save_checkpoint(self, model, trial):
+        root = self.args.output_dir
+        staging = os.path.join(root, STAGING)
+        name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        if self.args.should_save:
+            shutil.rmtree(staging, ignore_errors=True)
+        self.accelerator.wait_for_everyone()
+        # transformers derives the folder from args.output_dir: point it at the staging area while it writes.
+        self.args.output_dir = staging
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self.args.output_dir = root
+        streams = {key: rng.getstate() for key, rng in self.random_streams().items()}
+        if streams:
+            rank = self.accelerator.process_index
+            write_text(Path(staging, name, RNG_FILE.format(rank=rank)), json.dumps(streams))
+        self.accelerator.wait_for_everyone()
+        if self.args.should_save:
+            src, dst = Path(staging, name), Path(root, name)
+            fsync_tree(src)
+            if dst.exists():  # a checkpoint of the same step from before a resume: superseded
+                shutil.rmtree(dst)
+            os.replace(src, dst)
+            fsync_dir(Path(root))
+            shutil.rmtree(staging, ignore_errors=True)
+            rotate_checkpoints(root, save_total_limit=self.args.save_total_limit, use_mtime=False)
+        self.accelerator.wait_for_everyone()
+
+    def _load_rng_state(self, checkpoint):
+        super()._load_rng_state(checkpoint)
+        if checkpoint is None:
+            return
+        path = Path(checkpoint, RNG_FILE.format(rank=self.accelerator.process_index))
+        streams = self.random_streams()
+        if not streams:
+            return
+        if not path.exists():
+            log.warning("%s is missing: MPD's own random streams start afresh", path)
+            return
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        for key, rng in streams.items():
+            if key in saved:
+                version, internal, gauss = saved[key]
+                rng.setstate((version, tuple(internal), gauss))
+
+
+def checkpoint_step(path: Path) -> int:
+    return int(path.name.rsplit("-", 1)[1])
+
+
+def latest_checkpoint(trainer_dir: Path) -> Path | None:
+    """The newest complete checkpoint under ``trainer_dir`` (staged ones never count)."""
+    found = [
+        p for p in trainer_dir.glob(f"{PREFIX_CHECKPOINT_DIR}-*")
+        if p.is_dir() and p.name.rsplit("-", 1)[1].isdigit() and (p / "trainer_state.json").is_file()
+    ]
+    return max(found, key=checkpoint_step, default=None)
+
+
+def discard_partial(trainer_dir: Path) -> bool:
+    """Remove a checkpoint that was being written when the run died; True if there was one."""
+    staging = trainer_dir / STAGING
+    if staging.exists():
+        shutil.rmtree(staging)
+        return True
+    return False
+
+
+def rewind_rollout_log(path: Path, step: int) -> tuple[int, int]:
+    """Keep the records of steps before ``step`` (those the checkpoint includes); drop the rest.
+
+    The resumed run generates the later steps again, so each step ends up in the log exactly
+    once. A torn last line is reported and dropped. Returns (records kept, records dropped).
+    """
+    try:
+        records, torn_at = read_jsonl_log(path)
+    except LogError as err:
+        raise ResumeError(f"{err}; the rollout log cannot be rewound") from None
+    kept = [r for _, r in records if isinstance(r.get("step"), int) and r["step"] < step]
+    dropped = len(records) - len(kept)
+    if dropped or torn_at is not None:
+        write_jsonl(path, kept)
+    return len(kept), dropped
