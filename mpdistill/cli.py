@@ -14,6 +14,12 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help="Mixed-Policy
 console = Console()
 
 
+# Both run code from the checkpoint when a model loads: off unless asked for (see pipeline.load_model).
+ALLOW_PICKLE = typer.Option(False, "--allow-pickle-checkpoints",
+                            help="Also load .bin/.pt weights (pickle can run code); default safetensors only.")
+TRUST_REMOTE_CODE = typer.Option(False, "--trust-remote-code", help="Run Python code shipped with the model; read it first.")
+
+
 def _fail(message: str) -> None:
     from rich.markup import escape
 
@@ -119,6 +125,8 @@ def eval_cmd(
     id_field: Optional[str] = typer.Option(None, "--id-field", help="Id column of file/HF benchmarks (default: row index)."),
     split: str = typer.Option("test", "--split", help="Split of a Hugging Face dataset."),
     tensor_parallel_size: int = typer.Option(1, "--tensor-parallel-size", help="vllm backend only."),
+    allow_pickle_checkpoints: bool = ALLOW_PICKLE,
+    trust_remote_code: bool = TRUST_REMOTE_CODE,
 ) -> None:
     """Accuracy and response tokens of a model on math benchmarks: samples.jsonl, summary.json, summary.md."""
     from .config import ConfigError
@@ -132,6 +140,7 @@ def eval_cmd(
         thinking=thinking, chat_template=chat_template, prompt_template=prompt_template or "", batch_size=batch_size,
         seed=seed, limit=limit, question_field=question_field, answer_field=answer_field, id_field=id_field,
         split=split, tensor_parallel_size=tensor_parallel_size,
+        allow_pickle_checkpoints=allow_pickle_checkpoints, trust_remote_code=trust_remote_code,
     )
     try:
         run_eval(spec, out, console=console)
@@ -265,6 +274,8 @@ def rewrite_cmd(
     max_concurrency: int = typer.Option(8, "--max-concurrency", help="Requests in flight at once (openai backend)."),
     max_retries: int = typer.Option(3, "--max-retries", help="Retries of a failed request (openai backend)."),
     timeout: float = typer.Option(60.0, "--timeout", help="Seconds per request (openai backend)."),
+    allow_pickle_checkpoints: bool = ALLOW_PICKLE,
+    trust_remote_code: bool = TRUST_REMOTE_CODE,
 ) -> None:
     """Rewrite a file of traces with the training prompt, length budget and verification."""
     import json
@@ -278,7 +289,8 @@ def rewrite_cmd(
         task=task, prompt_template=prompt_template or DEFAULT_REWRITE_PROMPT, chat_template=chat_template,
         max_ratio=max_ratio, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
         batch_size=batch_size, seed=seed, require_gold=require_gold, max_concurrency=max_concurrency,
-        max_retries=max_retries, timeout_s=timeout,
+        max_retries=max_retries, timeout_s=timeout, allow_pickle_checkpoints=allow_pickle_checkpoints,
+        trust_remote_code=trust_remote_code,
     )
     try:
         summary = rewrite_file(input, out, spec, console=console)

@@ -156,6 +156,13 @@ class EvalConfig(_Strict):
     batch_size: int = Field(default=250, gt=0)
 
 
+class SecurityConfig(_Strict):
+    """What loading a model may do beyond reading tensors. Both run code from the checkpoint: off by default."""
+
+    allow_pickle_checkpoints: bool = False  # .bin/.pt weights; otherwise safetensors only
+    trust_remote_code: bool = False  # Python files shipped with a model (transformers' trust_remote_code)
+
+
 class Recipe(_Strict):
     method: Literal["mpd", "opd", "offpolicy_kd", "rewrite_sft"] = "mpd"
     seed: int = 0
@@ -168,6 +175,7 @@ class Recipe(_Strict):
     training: TrainingConfig = TrainingConfig()
     rewrite: RewriteConfig = RewriteConfig()
     eval: EvalConfig = EvalConfig()
+    security: SecurityConfig = SecurityConfig()
 
     @model_validator(mode="after")
     def _student_thinking_needs_chat_prompts(self):

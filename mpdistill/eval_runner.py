@@ -210,6 +210,8 @@ class EvalSpec:
     id_field: str | None = None
     split: str = "test"
     tensor_parallel_size: int = 1
+    allow_pickle_checkpoints: bool = False  # see pipeline.load_model: safetensors only unless set
+    trust_remote_code: bool = False
 
     def check(self) -> None:
         """Refuse impossible settings before anything is loaded."""
@@ -279,7 +281,7 @@ def run_eval(spec: EvalSpec, out: str | Path, *, console=None) -> dict:
         if missing:
             raise EvalError(f"--model gold needs reference solutions; none for {missing[0][0]} problem {missing[0][1]}")
     else:
-        tokenizer, model_config = _load_tokenizer_and_config(spec.model)
+        tokenizer, model_config = _load_tokenizer_and_config(spec.model, spec.trust_remote_code)
         from .prompts import PromptEncoder, sampling_defaults
 
         encoder = PromptEncoder(tokenizer, template=spec.prompt_template, use_chat_template=spec.chat_template,
@@ -359,16 +361,16 @@ def _shuffled_lines(per_benchmark: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _load_tokenizer_and_config(name: str):
+def _load_tokenizer_and_config(name: str, trust_remote_code: bool = False):
     from transformers import AutoConfig
 
     from .config import ConfigError
     from .pipeline import load_tokenizer, model_path
 
-    tokenizer = load_tokenizer(name)
+    tokenizer = load_tokenizer(name, trust_remote_code=trust_remote_code)
     try:
-        return tokenizer, AutoConfig.from_pretrained(model_path(name))
-    except OSError as err:
+        return tokenizer, AutoConfig.from_pretrained(model_path(name), trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as err:
         raise ConfigError(f"cannot load model {name!r}: {err}") from None
 
 
@@ -395,7 +397,8 @@ def _load_backend(spec: EvalSpec, settings: GenerationSettings, tokenizer) -> Ba
     from .pipeline import load_model
 
     cuda = torch.cuda.is_available()
-    model, _ = load_model(spec.model, dtype=torch.bfloat16 if cuda else torch.float32)
+    model, _ = load_model(spec.model, dtype=torch.bfloat16 if cuda else torch.float32,
+                          allow_pickle=spec.allow_pickle_checkpoints, trust_remote_code=spec.trust_remote_code)
     if cuda:
         model = model.to("cuda")
     return TransformersBackend(model, tokenizer, settings)

@@ -56,23 +56,53 @@ def model_path(name: str) -> str:
     return path
 
 
-def load_tokenizer(name: str) -> PreTrainedTokenizerBase:
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+OPT_IN = {
+    "allow_pickle": "security.allow_pickle_checkpoints: true in the recipe (mpdistill eval / rewrite: --allow-pickle-checkpoints)",
+    "trust_remote_code": "security.trust_remote_code: true in the recipe (mpdistill eval / rewrite: --trust-remote-code)",
+}
+
+
+def load_tokenizer(name: str, *, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
     """A model's tokenizer alone (left padding, as for generation)."""
     path = model_path(name)
     try:
-        return AutoTokenizer.from_pretrained(path, padding_side="left")
+        return AutoTokenizer.from_pretrained(path, padding_side="left", trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as err:
-        raise ConfigError(f"cannot load the tokenizer of {name!r}: {err}") from None
+        raise ConfigError(_load_error(name, path, err, "the tokenizer of")) from None
 
 
-def load_model(name: str, *, dtype: torch.dtype = torch.float32) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+def load_model(
+    name: str, *, dtype: torch.dtype = torch.float32, allow_pickle: bool = False, trust_remote_code: bool = False
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Model and tokenizer. Only ``safetensors`` weights and no code shipped with the model, unless opted in:
+    pickled weights and a model's own Python both run code from the checkpoint when loaded."""
     path = model_path(name)
+    tok = load_tokenizer(name, trust_remote_code=trust_remote_code)
     try:
-        tok = AutoTokenizer.from_pretrained(path, padding_side="left")
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, use_safetensors=True)
-    except OSError as err:
-        raise ConfigError(f"cannot load model {name!r}: {err}") from None
+        model = AutoModelForCausalLM.from_pretrained(
+            path, dtype=dtype, use_safetensors=None if allow_pickle else True, trust_remote_code=trust_remote_code
+        )
+    except (OSError, ValueError) as err:
+        raise ConfigError(_load_error(name, path, err, "model", allow_pickle=allow_pickle)) from None
     return model, tok
+
+
+def _load_error(name: str, path: str, err: Exception, what: str, *, allow_pickle: bool = True) -> str:
+    folder = Path(path).expanduser()
+    if not allow_pickle and folder.is_dir() and not any(folder.glob("*.safetensors")):
+        pickled = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES)
+        if pickled:
+            return (
+                f"model {name!r} has only pickled weights ({', '.join(pickled)}): loading pickle can run code from "
+                f"the file, so it is refused. Convert the checkpoint to safetensors, or opt in with {OPT_IN['allow_pickle']}"
+            )
+    if "trust_remote_code" in str(err):
+        return (
+            f"{what} {name!r} needs its own Python code from the checkpoint (trust_remote_code), which is off by "
+            f"default. Read that code first; then opt in with {OPT_IN['trust_remote_code']}"
+        )
+    return f"cannot load {what} {name!r}: {err}"
 
 
 def check_compatible(student_name: str, s_tok, s_model, teacher_name: str, t_tok, t_model) -> None:
@@ -187,11 +217,11 @@ def peft_config(recipe: Recipe):
     )
 
 
-def save_merged(student_name: str, adapter_dir: Path, model_dir: Path, tokenizer) -> None:
+def save_merged(student_name: str, adapter_dir: Path, model_dir: Path, tokenizer, **trust) -> None:
     """The student with its trained adapter folded in, saved as a plain checkpoint (loads without peft)."""
     from peft import PeftModel
 
-    base = AutoModelForCausalLM.from_pretrained(resolve_model(student_name), dtype=torch.float32, use_safetensors=True)
+    base, _ = load_model(student_name, **trust)
     merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
     merged.save_pretrained(model_dir)
     tokenizer.save_pretrained(model_dir)
@@ -362,9 +392,10 @@ def train(recipe: Recipe, run_dir: str | Path, *, exclude_prompts: set[str] | No
         if missing is not None:
             raise ConfigError(f"rewrite.require_gold is set but training row {missing} has no answer (data.answer_field)")
     check_rewrite_server(recipe)
-    student, tokenizer = load_model(recipe.student)
+    trust = dict(allow_pickle=recipe.security.allow_pickle_checkpoints, trust_remote_code=recipe.security.trust_remote_code)
+    student, tokenizer = load_model(recipe.student, **trust)
     # The teacher is never trained: with training.bf16 its weights are held in bf16 (half the memory).
-    teacher, t_tok = load_model(recipe.teacher, dtype=torch.bfloat16 if recipe.training.bf16 else torch.float32)
+    teacher, t_tok = load_model(recipe.teacher, dtype=torch.bfloat16 if recipe.training.bf16 else torch.float32, **trust)
     check_compatible(recipe.student, tokenizer, student, recipe.teacher, t_tok, teacher)
     check_thinking(recipe, tokenizer)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -388,7 +419,7 @@ def train(recipe: Recipe, run_dir: str | Path, *, exclude_prompts: set[str] | No
         _save_final(trainer, run_dir / "adapter")
         if trainer.accelerator.is_main_process:
             staged = run_dir / ".model.partial"
-            save_merged(recipe.student, run_dir / "adapter", staged, tokenizer)
+            save_merged(recipe.student, run_dir / "adapter", staged, tokenizer, **trust)
             replace_dir(staged, model_dir)
         trainer.accelerator.wait_for_everyone()
     return model_dir

@@ -67,6 +67,8 @@ class RewriteFileSpec:
     max_concurrency: int = 8
     timeout_s: float = 60.0
     max_retries: int = 3
+    allow_pickle_checkpoints: bool = False  # see pipeline.load_model: safetensors only unless set
+    trust_remote_code: bool = False
 
     def check(self) -> RewriteSettings:
         """The rewrite settings these options make, or a :class:`RewriteFileError` naming the option."""
@@ -329,13 +331,14 @@ def _backend(spec: RewriteFileSpec, settings: RewriteSettings):
             raise RewriteFileError(message) from None
         from .pipeline import load_tokenizer
 
-        encode = functools.partial(encode_completion, load_tokenizer(spec.tokenizer or spec.teacher))
+        encode = functools.partial(encode_completion, load_tokenizer(spec.tokenizer or spec.teacher, trust_remote_code=spec.trust_remote_code))
         return (lambda seed: served), encode, served.stats
 
     from .pipeline import load_model
     from .rewrite import TransformersRewriter
 
-    teacher, tokenizer = load_model(spec.teacher)
+    teacher, tokenizer = load_model(spec.teacher, allow_pickle=spec.allow_pickle_checkpoints,
+                                    trust_remote_code=spec.trust_remote_code)
     encode = functools.partial(encode_completion, tokenizer)
 
     def make(seed: int) -> Rewriter:
