@@ -123,7 +123,9 @@ class MPDTrainer(ResumableTraining, _RolloutLogMixin, DistillationTrainer):
             for row, text, ids in zip(self._inputs, texts, completion_ids, strict=True)
         ]
         encode = functools.partial(encode_completion, self._tokenizer)
+        before = self._rewriter_counts()
         plan_batch(samples, self.rewriter, self.rewrite_settings, self.task, encode, self._mix_rng)
+        self._log_rewriter_counts(before, mode)
 
         new_ids, keep = [], []
         for s in samples:
@@ -133,6 +135,22 @@ class MPDTrainer(ResumableTraining, _RolloutLogMixin, DistillationTrainer):
         self._log_mix(samples, mode)
         self._write_rollouts([self._record(prompt, s) for prompt, s in zip(prompts, samples)])
         return prompt_ids, new_ids, keep, images, tool_images
+
+    def _rewriter_counts(self) -> dict[str, int] | None:
+        """A served rewriter's running request/retry counts (None for the local teacher)."""
+        stats = getattr(self.rewriter, "stats", None)
+        if not isinstance(stats, dict):
+            return None
+        return {"requests": stats.get("requests", 0), "retries": stats.get("retries", 0)}
+
+    def _log_rewriter_counts(self, before: dict[str, int] | None, mode: str) -> None:
+        # Per step and summed over processes, so retries against a flaky server show in the logs.
+        if before is None:
+            return
+        after = self._rewriter_counts()
+        deltas = gather_object([{k: after[k] - before[k] for k in before}])
+        for key in before:
+            self._metrics[mode][f"mpd/rewriter/{key}"].append(float(sum(d[key] for d in deltas)))
 
     @staticmethod
     def _record(prompt, s: Sample) -> dict:

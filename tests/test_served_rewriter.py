@@ -584,8 +584,9 @@ def test_server_error_then_success_in_a_training_step_is_accepted(serve, tiny_pa
     (logged,) = run.logged
     assert logged["mpd/acceptance_rate"] == 1.0 and logged["mpd/reject/backend_error"] == 0.0
     assert run.trained == [([run.rewrite_ids] * 4, [[1] * len(run.rewrite_ids)] * 4)]
-    assert len(server.requests) == 5  # the retry is visible only here and in the statistics
+    assert len(server.requests) == 5  # the retry is visible only in the statistics and the step's log
     assert run.rewriter.stats == {"requests": 5, "retries": 1, "ok": 4, "failures": {}}
+    assert logged["mpd/rewriter/requests"] == 5.0 and logged["mpd/rewriter/retries"] == 1.0
 
 
 def test_train_checks_the_server_before_loading_models(tiny_pair, tmp_path):
