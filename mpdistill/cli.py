@@ -251,7 +251,7 @@ def _counts(option: str, text: str) -> list[int]:
 def rewrite_cmd(
     input: Path = typer.Option(..., "--input", help='JSONL of {"problem", "trace"[, "answer"]} lines.'),
     out: Path = typer.Option(..., "--out", help="Output JSONL, one record per input row; re-running with it resumes."),
-    backend: str = typer.Option("transformers", "--backend", help="transformers (local --teacher) or openai (served)."),
+    backend: str = typer.Option("transformers", "--backend", help="transformers (local --teacher), vllm (--teacher on a vLLM engine, GPU) or openai (served)."),
     teacher: Optional[str] = typer.Option(None, "--teacher", help="Rewriting model (transformers backend), or whose "
                                           "tokenizer counts tokens (openai backend without --tokenizer)."),
     tokenizer: Optional[str] = typer.Option(None, "--tokenizer", help="Tokenizer that counts tokens (openai backend)."),
@@ -274,6 +274,7 @@ def rewrite_cmd(
     max_concurrency: int = typer.Option(8, "--max-concurrency", help="Requests in flight at once (openai backend)."),
     max_retries: int = typer.Option(3, "--max-retries", help="Retries of a failed request (openai backend)."),
     timeout: float = typer.Option(60.0, "--timeout", help="Seconds per request (openai backend)."),
+    tensor_parallel_size: int = typer.Option(1, "--tensor-parallel-size", help="GPUs for the teacher (vllm backend)."),
     allow_pickle_checkpoints: bool = ALLOW_PICKLE,
     trust_remote_code: bool = TRUST_REMOTE_CODE,
 ) -> None:
@@ -289,7 +290,8 @@ def rewrite_cmd(
         task=task, prompt_template=prompt_template or DEFAULT_REWRITE_PROMPT, chat_template=chat_template,
         max_ratio=max_ratio, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
         batch_size=batch_size, seed=seed, require_gold=require_gold, max_concurrency=max_concurrency,
-        max_retries=max_retries, timeout_s=timeout, allow_pickle_checkpoints=allow_pickle_checkpoints,
+        max_retries=max_retries, timeout_s=timeout, tensor_parallel_size=tensor_parallel_size,
+        allow_pickle_checkpoints=allow_pickle_checkpoints,
         trust_remote_code=trust_remote_code,
     )
     try:

@@ -58,6 +58,29 @@ class LoraConfig(_Strict):
         return v
 
 
+class VLLMRolloutConfig(_Strict):
+    """Student rollouts on vLLM through TRL's own ``use_vllm`` (GPU; needs the vllm package).
+
+    ``colocate`` runs a vLLM engine inside each training process, sharing its GPU(s);
+    ``server`` sends prompts to ``trl vllm-serve --model STUDENT`` on other GPUs (``server_base_url``),
+    and TRL pushes the student's new weights to it after every step.
+    """
+
+    mode: Literal["colocate", "server"] = "colocate"
+    server_base_url: str | None = None  # server mode, e.g. http://10.0.0.5:8000
+    server_timeout_s: float = Field(default=240.0, gt=0)
+    gpu_memory_utilization: float = Field(default=0.3, gt=0, le=1)  # colocate: the engine's share of each GPU
+    tensor_parallel_size: int = Field(default=1, gt=0)  # colocate
+    max_model_length: int | None = Field(default=None, gt=0)
+    enable_sleep_mode: bool = False  # colocate: free the engine's memory while the student trains
+
+    @model_validator(mode="after")
+    def _server_needs_url(self):
+        if self.mode == "server" and not self.server_base_url:
+            raise ValueError("training.vllm.server_base_url is required when training.vllm.mode is 'server'")
+        return self
+
+
 class TrainingConfig(_Strict):
     steps: int = Field(default=40, gt=0)
     batch_size: int = Field(default=32, gt=0)
@@ -85,6 +108,8 @@ class TrainingConfig(_Strict):
     # Absent: full fine-tuning. Set: only LoRA adapters train; the run saves them to adapter/ and
     # the merged student to model/.
     lora: LoraConfig | None = None
+    # Absent: the student samples with transformers' generate. Set: on vLLM through TRL (see VLLMRolloutConfig).
+    vllm: VLLMRolloutConfig | None = None
 
 
 class RewriteConfig(_Strict):
@@ -108,9 +133,13 @@ class RewriteConfig(_Strict):
     # ("openai", e.g. `vllm serve`), which may run another, larger model. The local teacher still
     # scores the divergence either way. The API key is read from the environment variable named
     # by api_key_env; keys never live in recipe files.
-    backend: Literal["transformers", "openai"] = "transformers"
+    backend: Literal["transformers", "vllm", "openai"] = "transformers"
     base_url: str | None = None
+    # openai: the served model's name. vllm: the rewriting model (default: the teacher) for an
+    # in-process vLLM engine on the training GPU(s), with this share of their memory and this many GPUs.
     model: str | None = None
+    gpu_memory_utilization: float = Field(default=0.3, gt=0, le=1)
+    tensor_parallel_size: int = Field(default=1, gt=0)
     api_key_env: str | None = None
     max_concurrency: int = Field(default=8, gt=0)
     timeout_s: float = Field(default=60.0, gt=0)
@@ -142,8 +171,8 @@ class RewriteConfig(_Strict):
         if self.teacher_enable_thinking is not None:
             if not self.use_chat_template:
                 raise ValueError("rewrite.teacher_enable_thinking needs rewrite.use_chat_template: true")
-            if self.backend != "transformers":
-                raise ValueError("rewrite.teacher_enable_thinking applies to the local teacher (rewrite.backend: transformers)")
+            if self.backend == "openai":
+                raise ValueError("rewrite.teacher_enable_thinking applies to a local rewriter (rewrite.backend: transformers or vllm)")
         return self
 
 
@@ -176,6 +205,18 @@ class Recipe(_Strict):
     rewrite: RewriteConfig = RewriteConfig()
     eval: EvalConfig = EvalConfig()
     security: SecurityConfig = SecurityConfig()
+
+    @model_validator(mode="after")
+    def _two_engines_leave_room_to_train(self):
+        v, r = self.training.vllm, self.rewrite
+        if v is not None and v.mode == "colocate" and r.backend == "vllm":
+            share = v.gpu_memory_utilization + r.gpu_memory_utilization
+            if share > 0.8:
+                raise ValueError(
+                    f"training.vllm.gpu_memory_utilization + rewrite.gpu_memory_utilization is {share:g}: two vLLM "
+                    "engines on the training GPUs must leave room for training (at most 0.8 together)"
+                )
+        return self
 
     @model_validator(mode="after")
     def _student_thinking_needs_chat_prompts(self):

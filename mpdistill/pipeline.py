@@ -7,6 +7,7 @@ and each baseline run through the same code with the same prompts, teacher and b
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import torch
@@ -185,16 +186,43 @@ def make_rewriter(recipe: Recipe, settings: RewriteSettings, teacher, tokenizer)
             seed=recipe.seed,
         )
     thinking = r.teacher_enable_thinking
-    return TransformersRewriter(
-        teacher, tokenizer, settings.generation, use_chat_template=settings.use_chat_template,
-        chat_template_kwargs=None if thinking is None else {"enable_thinking": thinking}, seed=recipe.seed,
-    )
+    options = dict(use_chat_template=settings.use_chat_template, seed=recipe.seed,
+                   chat_template_kwargs=None if thinking is None else {"enable_thinking": thinking})
+    if r.backend == "vllm":
+        from .rewrite import VLLMRewriter
+        from .rollout.vllm import VLLMGenerator
+
+        name = r.model or recipe.teacher
+        generator = VLLMGenerator(
+            model_path(name), seed=recipe.seed, tensor_parallel_size=r.tensor_parallel_size,
+            gpu_memory_utilization=r.gpu_memory_utilization, dtype="bfloat16" if recipe.training.bf16 else "auto",
+        )
+        rewriter_tokenizer = tokenizer if name == recipe.teacher else load_tokenizer(name)
+        return VLLMRewriter(generator, rewriter_tokenizer, settings.generation, **options)
+    return TransformersRewriter(teacher, tokenizer, settings.generation, **options)
 
 
-def check_rewrite_server(recipe: Recipe) -> None:
-    """For a served rewriter: the API key variable is set and the server answers (before loading models)."""
-    r = recipe.rewrite
-    if r.backend == "openai" and recipe.method in ("mpd", "rewrite_sft"):
+def check_generation_backends(recipe: Recipe, *, servers: bool = True) -> None:
+    """Everything generation needs beyond the models, checked before any model loads: vLLM is
+    installed, with GPUs for its tensor parallelism; with ``servers``, a served rewriter and a vLLM
+    rollout server answer (and the key variable is set). Each failure is one line saying what to fix."""
+    from .rollout.vllm import BackendUnavailable, check_gpus, check_server
+
+    r, v = recipe.rewrite, recipe.training.vllm
+    rewrites = recipe.method in ("mpd", "rewrite_sft")
+    try:
+        if v is not None and v.mode == "colocate":
+            check_gpus("training.vllm.tensor_parallel_size", v.tensor_parallel_size,
+                       processes=int(os.environ.get("WORLD_SIZE", "1")),
+                       without="remove training.vllm to sample the student with transformers")
+        if servers and v is not None and v.mode == "server":
+            check_server("training.vllm.server_base_url", v.server_base_url, min(v.server_timeout_s, 30.0))
+        if rewrites and r.backend == "vllm":
+            check_gpus("rewrite.tensor_parallel_size", r.tensor_parallel_size,
+                       without="set rewrite.backend: transformers to rewrite with the local teacher")
+    except BackendUnavailable as err:
+        raise ConfigError(str(err)) from None
+    if servers and rewrites and r.backend == "openai":
         from .served_rewriter import check_endpoint
 
         check_endpoint(r.base_url, min(r.timeout_s, 30.0), model=r.model, api_key_env=r.api_key_env)
@@ -238,6 +266,22 @@ def check_thinking(recipe: Recipe, tokenizer) -> None:
             raise ConfigError(f"{key} is set but the tokenizer's chat template has no enable_thinking switch")
 
 
+def vllm_rollout_args(v) -> dict:
+    """TRL ``DistillationConfig`` fields for ``training.vllm`` (student rollouts on vLLM)."""
+    if v is None:
+        return {"use_vllm": False}
+    return dict(
+        use_vllm=True,
+        vllm_mode=v.mode,
+        vllm_server_base_url=v.server_base_url,
+        vllm_server_timeout=v.server_timeout_s,
+        vllm_gpu_memory_utilization=v.gpu_memory_utilization,
+        vllm_tensor_parallel_size=v.tensor_parallel_size,
+        vllm_max_model_length=v.max_model_length,
+        vllm_enable_sleep_mode=v.enable_sleep_mode,
+    )
+
+
 def build_trainer(recipe: Recipe, student, teacher, tokenizer, rows: list[dict], run_dir: Path):
     from datasets import Dataset
     from trl import DistillationConfig
@@ -273,6 +317,8 @@ def build_trainer(recipe: Recipe, student, teacher, tokenizer, rows: list[dict],
         chat_template_kwargs=(
             None if t.student_enable_thinking is None else {"enable_thinking": t.student_enable_thinking}
         ),
+        trust_remote_code=recipe.security.trust_remote_code,
+        **vllm_rollout_args(t.vllm),
     )
     common = dict(
         model=student,
@@ -391,7 +437,7 @@ def train(recipe: Recipe, run_dir: str | Path, *, exclude_prompts: set[str] | No
         missing = next((i for i, r in enumerate(rows) if r.get("answer") is None), None)
         if missing is not None:
             raise ConfigError(f"rewrite.require_gold is set but training row {missing} has no answer (data.answer_field)")
-    check_rewrite_server(recipe)
+    check_generation_backends(recipe)
     trust = dict(allow_pickle=recipe.security.allow_pickle_checkpoints, trust_remote_code=recipe.security.trust_remote_code)
     student, tokenizer = load_model(recipe.student, **trust)
     # The teacher is never trained: with training.bf16 its weights are held in bf16 (half the memory).

@@ -82,6 +82,19 @@ def describe_data(recipe: Recipe) -> tuple[dict, list[str]]:
     return info, []
 
 
+def backend_errors(recipe: Recipe) -> list[str]:
+    """What :func:`mpdistill.pipeline.check_generation_backends` would refuse, as plan errors
+    (servers are not contacted: they may not be up yet when a run is planned)."""
+    from .config import ConfigError
+    from .pipeline import check_generation_backends
+
+    try:
+        check_generation_backends(recipe, servers=False)
+    except ConfigError as err:
+        return [str(err)]
+    return []
+
+
 def probe_devices() -> dict:
     import torch
 
@@ -122,18 +135,31 @@ def plan(recipe: Recipe, out: str | Path | None = None) -> dict:
     elif r.backend == "openai":
         key = f", API key from ${r.api_key_env}" if r.api_key_env else ""
         rewrite = {"backend": "openai", "detail": f"served: {r.model} at {r.base_url}{key}"}
+    elif r.backend == "vllm":
+        rewrite = {"backend": "vllm", "detail": f"in-process vLLM engine: {r.model or recipe.teacher} "
+                   f"(tensor parallel {r.tensor_parallel_size}, {r.gpu_memory_utilization:g} of GPU memory)"}
     else:
         rewrite = {"backend": "transformers", "detail": f"local teacher ({recipe.teacher})"}
     rewrite.update(max_new_tokens=r.max_new_tokens, use_chat_template=r.use_chat_template)
+    v = t.vllm
+    if v is None:
+        rollouts = "transformers generate"
+    elif v.mode == "colocate":
+        rollouts = (f"vLLM colocated with training (TRL use_vllm; tensor parallel {v.tensor_parallel_size}, "
+                    f"{v.gpu_memory_utilization:g} of GPU memory{', sleep mode' if v.enable_sleep_mode else ''})")
+    else:
+        rollouts = f"vLLM server at {v.server_base_url} (TRL use_vllm, server mode)"
+    errors += backend_errors(recipe)
 
     outputs = None
     if out is not None:
         run = Path(out)
         names = ["model/", "rollouts.jsonl", "train_log.jsonl", "recipe.yaml"] + (["adapter/"] if t.lora else [])
         outputs = {"run_dir": str(run), "files": names}
-        held = [x for x in ("rollouts.jsonl", "model", "adapter") if (run / x).exists()]
+        held = [x for x in ("rollouts.jsonl", "model", "adapter", "trainer", "recipe.yaml") if (run / x).exists()]
         if held:
-            errors.append(f"--out: {run} already holds a run ({held[0]}); choose another --out or move it away")
+            hint = "" if (run / "model").exists() else " (or train with --resume to continue it)"
+            errors.append(f"--out: {run} already holds a run ({held[0]}); choose another --out{hint}")
 
     return {
         "method": recipe.method,
@@ -149,6 +175,7 @@ def plan(recipe: Recipe, out: str | Path | None = None) -> dict:
         "learning_rate": t.learning_rate,
         "max_completion_length": t.max_completion_length,
         "rewrite": rewrite,
+        "rollouts": rollouts,
         "lora": t.lora.model_dump() if t.lora else None,
         "outputs": outputs,
         "errors": errors,
@@ -193,6 +220,7 @@ def format_plan(p: dict) -> str:
                  f"{b['processes']} process(es) = {b['effective']} prompts per optimizer step")
     lines.append(f"steps: {p['steps']}, learning rate {p['learning_rate']:g}, "
                  f"completion length {p['max_completion_length']}")
+    lines.append(f"student rollouts: {p['rollouts']}")
     rw = p["rewrite"]
     extra = f" (max_new_tokens {rw['max_new_tokens']}, chat template {'on' if rw['use_chat_template'] else 'off'})"
     lines.append(f"rewrites: {rw['detail']}" + (extra if rw["backend"] else ""))

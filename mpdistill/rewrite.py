@@ -127,12 +127,12 @@ class Rewriter(Protocol):
     def rewrite(self, prompts: Sequence[str], max_new_tokens: Sequence[int] | None = None) -> list[RewriteOutput]: ...
 
 
-class TransformersRewriter:
-    """The local ``transformers`` teacher as rewriter."""
+class _LocalRewriter:
+    """A rewriter whose model runs in this process: prompts are encoded here (chat template,
+    thinking switch) and sampling seeds come from ``rng``, which checkpoints save."""
 
     def __init__(
         self,
-        model: PreTrainedModel,
         tokenizer: PreTrainedTokenizerBase,
         settings: GenerationSettings,
         *,
@@ -140,14 +140,22 @@ class TransformersRewriter:
         chat_template_kwargs: dict | None = None,
         seed: int | None = None,
     ) -> None:
-        self.model, self.tokenizer, self.settings = model, tokenizer, settings
+        self.tokenizer, self.settings = tokenizer, settings
         self.use_chat_template = use_chat_template and getattr(tokenizer, "chat_template", None) is not None
         self.chat_template_kwargs = chat_template_kwargs or {}
-        # Each call's sampling seed comes from here; checkpoints save it so a resumed run draws the same.
         self.rng = random.Random(seed)
 
     def _encode(self, prompt: str) -> list[int]:
         return encode_message(self.tokenizer, prompt, chat=self.use_chat_template, template_kwargs=self.chat_template_kwargs)
+
+
+class TransformersRewriter(_LocalRewriter):
+    """The local ``transformers`` teacher as rewriter."""
+
+    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, settings: GenerationSettings,
+                 **options) -> None:
+        super().__init__(tokenizer, settings, **options)
+        self.model = model
 
     def rewrite(self, prompts: Sequence[str], max_new_tokens: Sequence[int] | None = None) -> list[RewriteOutput]:
         ids = [self._encode(p) for p in prompts]
@@ -155,6 +163,22 @@ class TransformersRewriter:
             self.model, self.tokenizer, ids, self.settings, seed=self.rng.randrange(2**31),
             max_new_tokens=list(max_new_tokens) if max_new_tokens is not None else None,
         )
+        return [RewriteOutput(text=g.text.strip(), truncated=g.truncated) for g in gens]
+
+
+class VLLMRewriter(_LocalRewriter):
+    """The rewriting model on an in-process vLLM engine (``rewrite.backend: vllm``, GPU); each
+    rewrite gets its own seed and its own token budget."""
+
+    def __init__(self, generator, tokenizer: PreTrainedTokenizerBase, settings: GenerationSettings, **options) -> None:
+        super().__init__(tokenizer, settings, **options)
+        self.generator = generator  # mpdistill.rollout.vllm.VLLMGenerator
+
+    def rewrite(self, prompts: Sequence[str], max_new_tokens: Sequence[int] | None = None) -> list[RewriteOutput]:
+        ids = [self._encode(p) for p in prompts]
+        seeds = [self.rng.randrange(2**31) for _ in ids]
+        gens = self.generator.generate(ids, self.settings, seeds,
+                                       max_new_tokens=list(max_new_tokens) if max_new_tokens is not None else None)
         return [RewriteOutput(text=g.text.strip(), truncated=g.truncated) for g in gens]
 
 

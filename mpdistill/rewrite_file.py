@@ -36,7 +36,7 @@ from .rewrite import DEFAULT_REWRITE_PROMPT, Rewriter, RewriteSettings, Sample, 
 from .rollout import GenerationSettings
 from .tasks.problems import DataError, iter_jsonl
 
-BACKENDS = ("transformers", "openai")
+BACKENDS = ("transformers", "vllm", "openai")
 
 
 class RewriteFileError(ValueError):
@@ -67,6 +67,7 @@ class RewriteFileSpec:
     max_concurrency: int = 8
     timeout_s: float = 60.0
     max_retries: int = 3
+    tensor_parallel_size: int = 1  # vllm backend
     allow_pickle_checkpoints: bool = False  # see pipeline.load_model: safetensors only unless set
     trust_remote_code: bool = False
 
@@ -74,8 +75,8 @@ class RewriteFileSpec:
         """The rewrite settings these options make, or a :class:`RewriteFileError` naming the option."""
         if self.backend not in BACKENDS:
             raise RewriteFileError(f"--backend must be one of {', '.join(BACKENDS)}; got {self.backend!r}")
-        if self.backend == "transformers" and not self.teacher:
-            raise RewriteFileError("--teacher is required with --backend transformers")
+        if self.backend in ("transformers", "vllm") and not self.teacher:
+            raise RewriteFileError(f"--teacher is required with --backend {self.backend}")
         if self.backend == "openai":
             for option, value in (("--base-url", self.base_url), ("--model", self.model)):
                 if not value:
@@ -334,15 +335,27 @@ def _backend(spec: RewriteFileSpec, settings: RewriteSettings):
         encode = functools.partial(encode_completion, load_tokenizer(spec.tokenizer or spec.teacher, trust_remote_code=spec.trust_remote_code))
         return (lambda seed: served), encode, served.stats
 
-    from .pipeline import load_model
-    from .rewrite import TransformersRewriter
+    from .pipeline import load_model, load_tokenizer, model_path
+    from .rewrite import TransformersRewriter, VLLMRewriter
 
-    teacher, tokenizer = load_model(spec.teacher, allow_pickle=spec.allow_pickle_checkpoints,
-                                    trust_remote_code=spec.trust_remote_code)
-    encode = functools.partial(encode_completion, tokenizer)
+    options = dict(use_chat_template=settings.use_chat_template)
+    if spec.backend == "vllm":
+        from .rollout.vllm import BackendUnavailable, VLLMGenerator, check_gpus
 
-    def make(seed: int) -> Rewriter:
-        return TransformersRewriter(teacher, tokenizer, settings.generation,
-                                    use_chat_template=settings.use_chat_template, seed=seed)
+        try:
+            check_gpus("--tensor-parallel-size", spec.tensor_parallel_size)
+        except BackendUnavailable as err:
+            raise RewriteFileError(str(err)) from None
+        tokenizer = load_tokenizer(spec.teacher, trust_remote_code=spec.trust_remote_code)
+        generator = VLLMGenerator(model_path(spec.teacher), seed=spec.seed, tensor_parallel_size=spec.tensor_parallel_size)
 
-    return make, encode, None
+        def make(seed: int) -> Rewriter:
+            return VLLMRewriter(generator, tokenizer, settings.generation, seed=seed, **options)
+    else:
+        teacher, tokenizer = load_model(spec.teacher, allow_pickle=spec.allow_pickle_checkpoints,
+                                        trust_remote_code=spec.trust_remote_code)
+
+        def make(seed: int) -> Rewriter:
+            return TransformersRewriter(teacher, tokenizer, settings.generation, seed=seed, **options)
+
+    return make, functools.partial(encode_completion, tokenizer), None

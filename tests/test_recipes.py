@@ -250,14 +250,15 @@ def test_bf16_recipes_load_the_frozen_teacher_in_bf16_and_the_student_in_fp32(ti
 
     loaded = []
 
-    def record(name, *, dtype=torch.float32):
-        loaded.append((name, dtype))
+    def record(name, *, dtype=torch.float32, **trust):
+        loaded.append((name, dtype, trust))
         if len(loaded) == 2:
             raise RuntimeError("stop before training")
-        return load_model(name, dtype=dtype)
+        return load_model(name, dtype=dtype, **trust)
 
     monkeypatch.setattr(pipeline, "load_model", record)
     recipe = _lora_recipe(tiny_pair, bf16=True)
     with pytest.raises(RuntimeError, match="stop before training"):
         train(recipe, tmp_path / "run")
-    assert loaded == [(recipe.student, torch.float32), (recipe.teacher, torch.bfloat16)]
+    safe = {"allow_pickle": False, "trust_remote_code": False}  # the recipe's security defaults reach the loader
+    assert loaded == [(recipe.student, torch.float32, safe), (recipe.teacher, torch.bfloat16, safe)]

@@ -368,7 +368,8 @@ def test_output_of_another_input_is_refused(here, no_model):
 def test_bad_options(here, no_model):
     write_rows(here / "in.jsonl", chain_rows()[:2])
     assert "--teacher is required with --backend transformers" in fails(["--out", "o.jsonl"])
-    assert "--backend must be one of transformers, openai" in fails(["--out", "o.jsonl", "--backend", "vllm"])
+    assert "--backend must be one of transformers, vllm, openai" in fails(["--out", "o.jsonl", "--backend", "sglang"])
+    assert "--teacher is required with --backend vllm" in fails(["--out", "o.jsonl", "--backend", "vllm"])
     assert "--base-url is required" in fails(["--out", "o.jsonl", "--backend", "openai", "--tokenizer", "x"])
     assert "--prompt-template must contain {trace}" in fails(
         ["--out", "o.jsonl", "--teacher", "t", "--prompt-template", "{problem}"])

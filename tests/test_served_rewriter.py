@@ -384,7 +384,7 @@ def test_recipe_keys_and_validation():
         recipe_from_dict({"rewrite": {"api_key": KEY}})
     assert KEY not in str(err.value)
     with pytest.raises(ConfigError, match="rewrite.backend"):
-        recipe_from_dict({"rewrite": {"backend": "vllm"}})
+        recipe_from_dict({"rewrite": {"backend": "sglang"}})
 
 
 # -- training ----------------------------------------------------------------------------------
@@ -490,11 +490,11 @@ class Run:
 
 
 def test_mpd_step_with_a_failing_server_trains_on_the_student(serve, tiny_pair, tmp_path, monkeypatch):
-    from mpdistill.pipeline import check_rewrite_server
+    from mpdistill.pipeline import check_generation_backends
 
     server = serve(lambda s, n, p, b: (500, {}, {"error": "down"}))
     run = Run(tiny_pair, tmp_path, monkeypatch, server.url, timeout_s=0.5, max_retries=1, deadline_s=5)
-    check_rewrite_server(run.recipe)  # /models answers, so the check passes
+    check_generation_backends(run.recipe)  # /models answers, so the check passes
     assert isinstance(run.rewriter, OpenAIRewriter) and not run.rewriter.chat
     assert run.trainer.teacher_model is not None
     run.train()

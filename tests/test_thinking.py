@@ -117,7 +117,7 @@ def test_thinking_prompt_is_selectable_by_name():
         ({"rewrite": {"teacher_enable_thinking": False, "use_chat_template": False}},
          "rewrite.teacher_enable_thinking needs rewrite.use_chat_template: true"),
         ({"rewrite": {"teacher_enable_thinking": False, "backend": "openai", "base_url": "http://x", "model": "m"}},
-         "rewrite.teacher_enable_thinking applies to the local teacher"),
+         "rewrite.teacher_enable_thinking applies to a local rewriter"),
         ({"training": {"student_enable_thinking": "maybe"}}, "training.student_enable_thinking"),
     ],
 )
