@@ -255,3 +255,34 @@ def test_dry_run_shows_where_rollouts_run_and_what_is_missing(tmp_path, pretend)
 
 def test_checks_pass_when_nothing_needs_vllm(tiny_pair):
     check_generation_backends(_recipe(tiny_pair))
+
+
+def test_a_rollout_server_that_answers_its_health_check_passes():
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    seen = []
+
+    class Health(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):
+            seen.append(self.path)
+            self.send_response(200 if self.path == "/health" else 404)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Health)
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{httpd.server_address[1]}"
+        vllm_backend.check_server("training.vllm.server_base_url", url + "/", timeout_s=5)
+        assert seen == ["/health"]
+        with pytest.raises(vllm_backend.BackendUnavailable, match="gave HTTP 404; is it a `trl vllm-serve` server"):
+            vllm_backend.check_server("training.vllm.server_base_url", url + "/v1", timeout_s=5)
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(5)

@@ -45,7 +45,7 @@ def check_gpus(key: str, tensor_parallel_size: int, *, processes: int = 1, witho
 
 def check_server(key: str, base_url: str, timeout_s: float = 10.0) -> None:
     """A ``trl vllm-serve`` server answers its health check (one line saying what to fix)."""
-    url = f"{base_url.rstrip('/')}/health/"
+    url = f"{base_url.rstrip('/')}/health"  # the route TRL's own client polls
     try:
         with urllib.request.urlopen(url, timeout=timeout_s) as resp:
             resp.read()
