@@ -1,4 +1,4 @@
-"""Checkpoints a killed run can resume from, and the rollout log cut back to match one.
+"""Resuming a killed run: checkpoints it can resume from, and the run folder brought back to one.
 
 ``transformers`` writes a checkpoint folder file by file under its final name, so a run killed
 mid-save leaves ``checkpoint-N`` looking like a checkpoint that is not one. Here every checkpoint
@@ -7,7 +7,9 @@ is on disk: a folder with a final name is always complete.
 
 A checkpoint also carries the random streams MPD adds to TRL's (which rewrites are mixed in,
 the rewriter's sampling seeds), and the order of the training data is a function of the epoch
-alone, so a resumed run draws what an uninterrupted one would have.
+alone, so a resumed run draws what an uninterrupted one would have. :func:`prepare_resume` checks
+the recipe against the run's own, removes a half-written checkpoint and cuts the rollout log back
+to the steps the newest checkpoint includes.
 """
 
 from __future__ import annotations
@@ -24,11 +26,13 @@ from torch.utils.data import Sampler
 
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
+from .config import Recipe, load_recipe
 from .durable import LogError, fsync_dir, fsync_tree, read_jsonl_log, write_jsonl, write_text
 
 log = logging.getLogger(__name__)
 
 STAGING = ".partial"
+ROLLOUTS = "rollouts.jsonl"
 RNG_FILE = "mpdistill_rng_{rank}.json"
 
 
@@ -161,3 +165,60 @@ def rewind_rollout_log(path: Path, step: int) -> tuple[int, int]:
     if dropped or torn_at is not None:
         write_jsonl(path, kept)
     return len(kept), dropped
+
+
+# Recipe keys a resumed run may change: they decide how the run is operated, not what it learns.
+RESUMABLE_CHANGES = {
+    "training.steps", "training.save_steps", "training.save_total_limit", "training.logging_steps",
+    "training.max_nonfinite_steps", "rewrite.base_url", "rewrite.api_key_env", "rewrite.max_concurrency",
+    "rewrite.timeout_s", "rewrite.max_retries", "rewrite.deadline_s",
+}
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in d.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def check_resumable(recipe: Recipe, run_dir: Path) -> None:
+    """The recipe of a resumed run must be the saved one, but for keys in :data:`RESUMABLE_CHANGES`."""
+    saved_path = run_dir / "recipe.yaml"
+    if not saved_path.exists():
+        raise ResumeError(f"{run_dir} has no recipe.yaml: it is not a run folder (or its run never started)")
+    saved = _flatten(load_recipe(saved_path).model_dump(mode="json"))
+    given = _flatten(recipe.model_dump(mode="json"))
+    changed = sorted(k for k in saved.keys() | given.keys() if saved.get(k) != given.get(k) and k not in RESUMABLE_CHANGES)
+    if changed:
+        lines = "; ".join(f"{k}: {saved.get(k)!r} -> {given.get(k)!r}" for k in changed)
+        raise ResumeError(
+            f"cannot resume {run_dir} with a different recipe ({lines}). Resume with its own recipe "
+            f"(mpdistill train --resume --out {run_dir}) or start a new run in another --out"
+        )
+
+
+def prepare_resume(recipe: Recipe, run_dir: Path) -> Path | None:
+    """Check a run folder can be resumed and bring it back to its newest checkpoint.
+
+    Returns that checkpoint (None: no checkpoint yet, the run restarts from step 0). The rollout
+    log keeps exactly the steps the checkpoint includes; a half-written checkpoint is removed.
+    """
+    check_resumable(recipe, run_dir)
+    if (run_dir / "model").exists():
+        raise ResumeError(f"{run_dir} already finished (model/ is there); nothing to resume")
+    trainer_dir = run_dir / "trainer"
+    if discard_partial(trainer_dir):
+        log.warning("%s: removed a checkpoint that was being written when the run stopped", trainer_dir)
+    checkpoint = latest_checkpoint(trainer_dir)
+    step = checkpoint_step(checkpoint) if checkpoint else 0
+    kept, dropped = rewind_rollout_log(run_dir / ROLLOUTS, step)
+    if checkpoint is None:
+        log.warning("%s has no checkpoint yet (training.save_steps): training restarts from step 0", run_dir)
+    else:
+        log.warning("resuming %s from %s (step %d); rollout log: %d records kept, %d from later steps dropped",
+                    run_dir, checkpoint.name, step, kept, dropped)
+    return checkpoint

@@ -6,15 +6,14 @@ and each baseline run through the same code with the same prompts, teacher and b
 
 from __future__ import annotations
 
-import logging
 import os
 from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from .checkpoints import ResumeError, checkpoint_step, discard_partial, latest_checkpoint, rewind_rollout_log
-from .config import ConfigError, Recipe, dump_recipe, load_recipe
+from .checkpoints import ROLLOUTS, latest_checkpoint, prepare_resume
+from .config import ConfigError, Recipe, dump_recipe
 from .durable import replace_dir, write_jsonl, write_text
 from .nonfinite import NonFiniteGuard, NonFiniteHalt
 from .rewrite import Rewriter, RewriteSettings, TransformersRewriter
@@ -22,10 +21,7 @@ from .rollout import GenerationSettings
 from .tasks import get_task
 from .tasks.problems import chain_problems, load_problems
 
-log = logging.getLogger(__name__)
-
 EMBEDDED_PREFIX = "embedded:"
-ROLLOUTS = "rollouts.jsonl"
 # Training prompts are drawn with a seed offset from the evaluation problems', and the demo
 # excludes every evaluation prompt from them.
 TRAIN_SEED_OFFSET = 1_000
@@ -357,63 +353,6 @@ def _method_trainer(recipe: Recipe, common: dict, teacher, tokenizer, run_dir: P
         task=get_task(recipe.task),
         rollouts_path=rollouts,
     )
-
-
-# Recipe keys a resumed run may change: they decide how the run is operated, not what it learns.
-RESUMABLE_CHANGES = {
-    "training.steps", "training.save_steps", "training.save_total_limit", "training.logging_steps",
-    "training.max_nonfinite_steps", "rewrite.base_url", "rewrite.api_key_env", "rewrite.max_concurrency",
-    "rewrite.timeout_s", "rewrite.max_retries", "rewrite.deadline_s",
-}
-
-
-def _flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in d.items():
-        if isinstance(value, dict):
-            out.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
-def check_resumable(recipe: Recipe, run_dir: Path) -> None:
-    """The recipe of a resumed run must be the saved one, but for keys in :data:`RESUMABLE_CHANGES`."""
-    saved_path = run_dir / "recipe.yaml"
-    if not saved_path.exists():
-        raise ResumeError(f"{run_dir} has no recipe.yaml: it is not a run folder (or its run never started)")
-    saved = _flatten(load_recipe(saved_path).model_dump(mode="json"))
-    given = _flatten(recipe.model_dump(mode="json"))
-    changed = sorted(k for k in saved.keys() | given.keys() if saved.get(k) != given.get(k) and k not in RESUMABLE_CHANGES)
-    if changed:
-        lines = "; ".join(f"{k}: {saved.get(k)!r} -> {given.get(k)!r}" for k in changed)
-        raise ResumeError(
-            f"cannot resume {run_dir} with a different recipe ({lines}). Resume with its own recipe "
-            f"(mpdistill train --resume --out {run_dir}) or start a new run in another --out"
-        )
-
-
-def prepare_resume(recipe: Recipe, run_dir: Path) -> Path | None:
-    """Check a run folder can be resumed and bring it back to its newest checkpoint.
-
-    Returns that checkpoint (None: no checkpoint yet, the run restarts from step 0). The rollout
-    log keeps exactly the steps the checkpoint includes; a half-written checkpoint is removed.
-    """
-    check_resumable(recipe, run_dir)
-    if (run_dir / "model").exists():
-        raise ResumeError(f"{run_dir} already finished (model/ is there); nothing to resume")
-    trainer_dir = run_dir / "trainer"
-    if discard_partial(trainer_dir):
-        log.warning("%s: removed a checkpoint that was being written when the run stopped", trainer_dir)
-    checkpoint = latest_checkpoint(trainer_dir)
-    step = checkpoint_step(checkpoint) if checkpoint else 0
-    kept, dropped = rewind_rollout_log(run_dir / ROLLOUTS, step)
-    if checkpoint is None:
-        log.warning("%s has no checkpoint yet (training.save_steps): training restarts from step 0", run_dir)
-    else:
-        log.warning("resuming %s from %s (step %d); rollout log: %d records kept, %d from later steps dropped",
-                    run_dir, checkpoint.name, step, kept, dropped)
-    return checkpoint
 
 
 def train(recipe: Recipe, run_dir: str | Path, *, exclude_prompts: set[str] | None = None, resume: bool = False) -> Path:

@@ -9,7 +9,8 @@ import torch
 from mpdistill.checkpoints import latest_checkpoint
 from mpdistill.config import recipe_from_dict
 from mpdistill.nonfinite import NonFiniteGuard, NonFiniteHalt, gradients_finite
-from mpdistill.pipeline import build_trainer, load_model, prepare_resume, train, training_problems
+from mpdistill.checkpoints import prepare_resume
+from mpdistill.pipeline import build_trainer, load_model, train, training_problems
 
 
 def _recipe(tiny_pair, **training):

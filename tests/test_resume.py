@@ -18,11 +18,13 @@ from mpdistill.checkpoints import (
     STAGING,
     EpochOrderSampler,
     ResumeError,
+    check_resumable,
     latest_checkpoint,
+    prepare_resume,
     rewind_rollout_log,
 )
 from mpdistill.config import dump_recipe, load_recipe
-from mpdistill.pipeline import check_resumable, prepare_resume, train
+from mpdistill.pipeline import train
 
 MPDISTILL = str(Path(sys.executable).with_name("mpdistill"))
 # One thread, so the killed, resumed and uninterrupted runs do the same float arithmetic.
