@@ -4,7 +4,8 @@
 degenerate generation (unclosed braces, 100k-character digit runs) cannot stall an evaluation.
 ``verify`` compares that answer with the gold one, first by plain string equality and otherwise
 with ``math_verify`` (symbolic / numeric equivalence), and never raises. Answers that are very long,
-or that stand for numbers too large to compute (``9^{9^{9}}``), are only compared as strings.
+nested very deeply, that stand for numbers too large to compute (``9^{9^{9}}``) or that hold a sum,
+product, integral or limit are only compared as strings.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import threading
 from math_verify import parse as mv_parse
 from math_verify import verify as mv_verify
 from math_verify.errors import TimeoutException
-from sympy import Basic, Float, Integer, Pow, Rational, binomial, factorial, gamma
+from sympy import Basic, Float, Integer, Integral, Limit, Pow, Product, Rational, Sum, binomial, factorial, gamma
 
 __all__ = ["extract_answer", "normalize_gold", "verify"]
 
@@ -48,6 +49,9 @@ _EAGER_INTEGER_FUNCTIONS = re.compile(r"binom|choose|gcd|lcm|gamma|Gamma")
 _EAGER_MATRIX_FUNCTIONS = re.compile(r"zeros|ones|eye|diag|stack")
 _BIG_INTEGER_ARGUMENT = re.compile(r"\d{5}|\^|!")
 _BIG_MATRIX_ARGUMENT = re.compile(r"\d{3}|\^|!")
+# latex2sympy's parser takes time exponential in how deeply brackets nest (12 nested braces take
+# seconds, 20 would take hours): answers nested deeper than this are only compared as strings.
+_MAX_NESTING = 8
 # Bold is only emphasis: `\textbf{(073)}` is the answer 073 (AoPS solutions write answers so).
 _BOLD_OPEN = re.compile(r"\\(?:textbf|mathbf|boldsymbol|bm)\s*\{")
 
@@ -130,7 +134,8 @@ def _after_last_answer_is(text: str) -> str | None:
     stop = _SENTENCE_END.search(sentence)
     if stop:
         sentence = sentence[: stop.start()]
-    return sentence.strip(" \t$").rstrip(".,;:!? \t$") or None
+    answer = sentence.strip(" \t$").rstrip(".,;:!? \t$")
+    return answer if answer.strip() else None  # "is: \xa0." has no answer
 
 
 def normalize_gold(raw: str) -> str:
@@ -181,7 +186,7 @@ def _math_equal(gold: str, predicted: str) -> bool:
     # the main thread the alarm replaces any SIGALRM handler the caller had set, for the call.
     timeout = _MV_TIMEOUT_S if threading.current_thread() is threading.main_thread() else None
     gold, predicted = _unbold(_strip_dollars(gold)), _unbold(_strip_dollars(predicted))
-    if _evaluated_while_parsing_is_big(gold) or _evaluated_while_parsing_is_big(predicted):
+    if any(_evaluated_while_parsing_is_big(a) or _nesting(a) > _MAX_NESTING for a in (gold, predicted)):
         return False
     # Wrapping in $...$ makes math_verify read the answer as LaTeX; it parses more forms than a
     # \boxed{} wrapper does (e.g. "3." parses inside $...$ but not inside \boxed{}).
@@ -189,7 +194,7 @@ def _math_equal(gold: str, predicted: str) -> bool:
     pred_parsed = mv_parse(f"${predicted}$", parsing_timeout=timeout)
     if not gold_parsed or not pred_parsed:
         return False
-    if any(_may_be_huge(expr) for expr in (*gold_parsed, *pred_parsed)):
+    if any(_may_be_huge(expr) or _evaluation_is_unbounded(expr) for expr in (*gold_parsed, *pred_parsed)):
         return False
     return bool(mv_verify(gold_parsed, pred_parsed, timeout_seconds=timeout))
 
@@ -220,6 +225,27 @@ def _evaluated_while_parsing_is_big(answer: str) -> bool:
         (_EAGER_INTEGER_FUNCTIONS.search(answer) and _BIG_INTEGER_ARGUMENT.search(answer))
         or (_EAGER_MATRIX_FUNCTIONS.search(answer) and _BIG_MATRIX_ARGUMENT.search(answer))
     )
+
+
+def _nesting(answer: str) -> int:
+    """How deeply brackets (``{}``, ``()``, ``[]``, escaped or not) nest in ``answer``."""
+    depth = deepest = 0
+    for ch in answer:
+        if ch in "{([":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch in "})]" and depth:
+            depth -= 1
+    return deepest
+
+
+def _evaluation_is_unbounded(expr) -> bool:
+    """True if comparing would make sympy evaluate a sum, product, integral or limit.
+
+    sympy works those out term by term or by a search with no bound on its work
+    (``\\sum_{i=1}^{999} i^{i}`` runs for hours), and off the main thread nothing would stop it.
+    """
+    return isinstance(expr, Basic) and expr.has(Sum, Product, Integral, Limit)
 
 
 def _may_be_huge(expr) -> bool:
