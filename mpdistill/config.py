@@ -225,16 +225,39 @@ class Recipe(_Strict):
         return self
 
 
-def _describe(err: ValidationError, source: str) -> str:
+def _describe(err: ValidationError, source: str, max_lines: int = 20) -> str:
+    import reprlib
+
+    # A value is quoted cut to 200 characters: it may be a 1 MB string, a list nested past the
+    # recursion limit, or a YAML alias bomb with billions of elements (reprlib reads only a few).
+    brief = reprlib.Repr()
+    brief.maxstring = brief.maxother = 200
+
+    def shown(value) -> str:
+        try:
+            text = brief.repr(value)
+        except ValueError:  # an int with more digits than Python writes out (sys.get_int_max_str_digits)
+            return f"a {type(value).__name__} too large to show"
+        return text if len(text) <= 200 else text[:200] + "..."
+
+    def name(part) -> str:
+        # Quoted when it would not read as a key: "", " a", "a\nb" (a line break would split the message).
+        text = str(part)
+        text = text if text and text.isprintable() and text == text.strip() else shown(part)
+        return text if len(text) <= 100 else text[:100] + "..."
+
+    errors = err.errors()
     lines = []
-    for e in err.errors():
-        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+    for e in errors[:max_lines]:
+        key = ".".join(name(p) for p in e["loc"]) or "(top level)"
         if e["type"] == "extra_forbidden":
             lines.append(f"{source}: {key}: unknown key")
         else:
             got = e.get("input")
-            shown = "" if isinstance(got, dict) else f" (got {got!r})"
-            lines.append(f"{source}: {key}: {e['msg']}{shown}")
+            got_text = "" if isinstance(got, dict) else f" (got {shown(got)})"
+            lines.append(f"{source}: {key}: {e['msg']}{got_text}")
+    if len(errors) > max_lines:
+        lines.append(f"{source}: ... and {len(errors) - max_lines} more errors")
     return "\n".join(lines)
 
 
@@ -252,11 +275,21 @@ def load_recipe(path: str | Path, overrides: dict | None = None) -> Recipe:
     if not path.is_file():
         raise ConfigError(f"recipe not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: not a UTF-8 text file") from None
+    try:
+        data = yaml.safe_load(text)
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: not valid YAML: nested too deeply") from None
+    except (ValueError, TypeError, KeyError, AttributeError) as err:
+        # PyYAML lets plain errors out of some values: a bad explicit tag (`!!bool maybe`,
+        # `!!timestamp x`), an impossible date (`2024-13-45`), an integer of over 4300 digits.
+        raise ConfigError(f"{path}: not valid YAML: a value cannot be read ({type(err).__name__}: {err})") from None
+    if data is None:  # an empty file (or only comments): all defaults
+        data = {}
     if overrides and isinstance(data, dict):
         data = _merge(data, overrides)
     return recipe_from_dict(data, str(path))
