@@ -38,15 +38,26 @@ def chain_problems(n: int, seed: int, split: str = "train", exclude: set[str] | 
 
 
 def iter_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
-    """``(line number, object)`` for each non-blank line of a JSONL file; a bad line names file and line."""
-    with path.open(encoding="utf-8-sig") as f:
-        for lineno, line in enumerate(f, 1):
+    """``(line number, object)`` for each non-blank line of a JSONL file; a bad line names file and line.
+
+    Lines end at ``\\n`` only: a ``\\r`` inside a line is JSON whitespace, not a line break.
+    """
+    with path.open("rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+            except UnicodeDecodeError as err:
+                raise DataError(f"{path}:{lineno}: not UTF-8 text (byte {err.start + 1} of the line)") from None
             if not line.strip():
                 continue
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as err:
                 raise DataError(f"{path}:{lineno}: not valid JSON ({err.msg})") from None
+            except RecursionError:
+                raise DataError(f"{path}:{lineno}: not valid JSON (nested too deeply)") from None
+            except ValueError as err:  # an integer of over 4300 digits, which Python refuses to convert
+                raise DataError(f"{path}:{lineno}: not valid JSON ({str(err).split(':')[0]})") from None
             if not isinstance(row, dict):
                 raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
             yield lineno, row
