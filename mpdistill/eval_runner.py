@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Protocol, Sequence
 
-from .durable import LogError, cut_torn_tail, read_jsonl_log
+from .durable import LogError, append_jsonl, cut_torn_tail, read_jsonl_log
 from .durable import write_text as write_text_atomic
 from .prompts import split_response
 from .rollout.hf import Generation, GenerationSettings, generate_texts
@@ -139,30 +138,25 @@ def run_units(
     cut_torn_tail(path, torn_at)
     if progress is not None and done:
         progress(len(done))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a", encoding="utf-8") as sink:
-        for index, batch in enumerate(plan_batches(units, batch_size)):
-            todo = [u for u in batch if u.key not in done]
-            if not todo:
+    for index, batch in enumerate(plan_batches(units, batch_size)):
+        todo = [u for u in batch if u.key not in done]
+        if not todo:
+            continue
+        if backend is None:
+            gens: list[Generation | None] = [None] * len(batch)
+        else:
+            # The whole batch is generated again so its seed gives the same samples as before.
+            seeds = [derive_seed(seed, "batch", index)] + [derive_seed(seed, *u.key) for u in batch[1:]]
+            gens = list(backend.generate([list(u.prompt_ids) for u in batch], seeds))
+        records = []
+        for unit, gen in zip(batch, gens, strict=True):
+            if unit.key in done:
                 continue
-            if backend is None:
-                gens: list[Generation | None] = [None] * len(batch)
-            else:
-                # The whole batch is generated again so its seed gives the same samples as before.
-                seeds = [derive_seed(seed, "batch", index)] + [derive_seed(seed, *u.key) for u in batch[1:]]
-                gens = list(backend.generate([list(u.prompt_ids) for u in batch], seeds))
-            lines = []
-            for unit, gen in zip(batch, gens, strict=True):
-                if unit.key in done:
-                    continue
-                record = grade(unit, gen, task, tokenizer)
-                done[unit.key] = record
-                lines.append(json.dumps(record, ensure_ascii=False) + "\n")
-            sink.write("".join(lines))
-            sink.flush()
-            os.fsync(sink.fileno())
-            if progress is not None:
-                progress(len(todo))
+            done[unit.key] = record = grade(unit, gen, task, tokenizer)
+            records.append(record)
+        append_jsonl(path, records)
+        if progress is not None:
+            progress(len(todo))
     return [done[u.key] for u in units]
 
 

@@ -22,16 +22,14 @@ redone) and draws the rest exactly as an uninterrupted run would have.
 from __future__ import annotations
 
 import functools
-import json
-import os
 import random
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from .durable import cut_torn_tail
-from .eval_runner import EvalError, derive_seed, read_samples
+from .durable import LogError, append_jsonl, cut_torn_tail, read_jsonl_log
+from .eval_runner import derive_seed
 from .rewrite import DEFAULT_REWRITE_PROMPT, Rewriter, RewriteSettings, Sample, encode_completion, plan_batch
 from .rollout import GenerationSettings
 from .tasks.problems import DataError, iter_jsonl
@@ -159,8 +157,8 @@ def read_rows(path: str | Path, *, require_gold: bool = False) -> list[dict]:
 def read_done(out: Path, rows: list[dict]) -> tuple[dict[int, dict], int | None]:
     """Records already in ``out`` by index, and where a torn last line starts; checked against ``rows``."""
     try:
-        found, torn_at = read_samples(out)
-    except EvalError as err:
+        found, torn_at = read_jsonl_log(out)
+    except LogError as err:
         raise RewriteFileError(f"{err}; or use a new --out") from None
     done: dict[int, dict] = {}
     for lineno, record in found:
@@ -287,9 +285,8 @@ def rewrite_file(input_path: str | Path, out: str | Path, spec: RewriteFileSpec,
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
         cut_torn_tail(out, torn_at)
-        out.parent.mkdir(parents=True, exist_ok=True)
         with Progress(TextColumn("rewrite"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                      TimeRemainingColumn(), console=console) as bar, out.open("a", encoding="utf-8") as sink:
+                      TimeRemainingColumn(), console=console) as bar:
             job = bar.add_task("rows", total=len(rows), completed=resumed)
             for k, chunk in todo:
                 # The whole chunk is rewritten again so its seed gives the same rewrites as before.
@@ -297,9 +294,7 @@ def rewrite_file(input_path: str | Path, out: str | Path, spec: RewriteFileSpec,
                 new = [r for r in records if r["index"] not in done]
                 for r in new:
                     done[r["index"]] = r
-                sink.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in new))
-                sink.flush()
-                os.fsync(sink.fileno())
+                append_jsonl(out, new)
                 bar.advance(job, len(new))
     summary = summarize([done[i] for i in range(len(rows))])
     summary["generated"] = len(rows) - resumed
