@@ -40,6 +40,19 @@ class ResumeError(ValueError):
     """A run folder that cannot be resumed; the message says why and what to do."""
 
 
+# What a run writes into its folder; any of them means a run was started there.
+RUN_FILES = (ROLLOUTS, "model", "adapter", "trainer", "recipe.yaml")
+
+
+def existing_run(run_dir: Path) -> str | None:
+    """Why a new run cannot start in ``run_dir`` (None: it can)."""
+    held = next((name for name in RUN_FILES if (run_dir / name).exists()), None)
+    if held is None:
+        return None
+    hint = "" if (run_dir / "model").exists() else " or add --resume to continue it"
+    return f"{run_dir} already holds a run ({held}); choose another --out{hint}"
+
+
 class EpochOrderSampler(Sampler):
     """TRL's ``RepeatSampler`` with the order of epoch ``e`` fixed by the seed and ``e`` alone.
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from .checkpoints import ROLLOUTS, latest_checkpoint, prepare_resume
+from .checkpoints import ROLLOUTS, existing_run, latest_checkpoint, prepare_resume
 from .config import ConfigError, Recipe, dump_recipe
 from .durable import replace_dir, write_jsonl, write_text
 from .nonfinite import NonFiniteGuard, NonFiniteHalt
@@ -365,12 +365,10 @@ def train(recipe: Recipe, run_dir: str | Path, *, exclude_prompts: set[str] | No
     run_dir = Path(run_dir)
     if resume:
         checkpoint = prepare_resume(recipe, run_dir)
+    elif why := existing_run(run_dir):
+        raise ConfigError(why)
     else:
         checkpoint = None
-        for existing in (ROLLOUTS, "model", "adapter", "trainer", "recipe.yaml"):
-            if (run_dir / existing).exists():
-                hint = "" if (run_dir / "model").exists() else " or add --resume to continue it"
-                raise ConfigError(f"{run_dir} already holds a run ({existing}); choose another --out{hint}")
     rows = training_problems(recipe, exclude=exclude_prompts)
     if recipe.rewrite.require_gold and recipe.method in ("mpd", "rewrite_sft"):
         missing = next((i for i, r in enumerate(rows) if r.get("answer") is None), None)

@@ -156,10 +156,10 @@ def plan(recipe: Recipe, out: str | Path | None = None) -> dict:
         run = Path(out)
         names = ["model/", "rollouts.jsonl", "train_log.jsonl", "recipe.yaml"] + (["adapter/"] if t.lora else [])
         outputs = {"run_dir": str(run), "files": names}
-        held = [x for x in ("rollouts.jsonl", "model", "adapter", "trainer", "recipe.yaml") if (run / x).exists()]
-        if held:
-            hint = "" if (run / "model").exists() else " (or train with --resume to continue it)"
-            errors.append(f"--out: {run} already holds a run ({held[0]}); choose another --out{hint}")
+        from .checkpoints import existing_run
+
+        if why := existing_run(run):
+            errors.append(f"--out: {why}")
 
     return {
         "method": recipe.method,
