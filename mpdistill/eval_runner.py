@@ -204,6 +204,7 @@ class EvalSpec:
     id_field: str | None = None
     split: str = "test"
     tensor_parallel_size: int = 1
+    gpu_memory_utilization: float | None = None  # vllm: the engine's share of GPU memory (CPU build: of RAM)
     allow_pickle_checkpoints: bool = False  # see pipeline.load_model: safetensors only unless set
     trust_remote_code: bool = False
 
@@ -229,10 +230,14 @@ class EvalSpec:
             raise EvalError(f"--top-p must be in (0, 1], got {self.top_p}")
         if self.top_k is not None and self.top_k < 0:
             raise EvalError(f"--top-k must be >= 0 (0: off), got {self.top_k}")
+        if self.gpu_memory_utilization is not None and not 0 < self.gpu_memory_utilization <= 1:
+            raise EvalError(f"--gpu-memory-utilization must be in (0, 1], got {self.gpu_memory_utilization}")
         if self.model != GOLD and self.backend == "vllm":
-            from .rollout.vllm import require_vllm
+            from .pipeline import resolve_model
+            from .rollout.vllm import check_engine
 
-            require_vllm()
+            check_engine("--backend vllm", self.tensor_parallel_size, tp_key="--tensor-parallel-size",
+                         models={f"--model {self.model!r}": resolve_model(self.model)})
 
 
 def load_benchmarks(spec: EvalSpec):
@@ -384,7 +389,8 @@ def _load_backend(spec: EvalSpec, settings: GenerationSettings, tokenizer) -> Ba
         from .pipeline import resolve_model
         from .rollout.vllm import VLLMGenerator
 
-        generator = VLLMGenerator(resolve_model(spec.model), seed=spec.seed, tensor_parallel_size=spec.tensor_parallel_size)
+        generator = VLLMGenerator(resolve_model(spec.model), seed=spec.seed, tensor_parallel_size=spec.tensor_parallel_size,
+                                  gpu_memory_utilization=spec.gpu_memory_utilization)
         return VLLMBackend(generator, settings)
     import torch
 

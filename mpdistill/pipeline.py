@@ -198,30 +198,63 @@ def make_rewriter(recipe: Recipe, settings: RewriteSettings, teacher, tokenizer)
     return TransformersRewriter(teacher, tokenizer, settings.generation, **options)
 
 
-def check_generation_backends(recipe: Recipe, *, servers: bool = True) -> None:
+def generation_problems(recipe: Recipe, *, servers: bool = True) -> list[str]:
     """Everything generation needs beyond the models, checked before any model loads: vLLM is
-    installed, with GPUs for its tensor parallelism; with ``servers``, a served rewriter and a vLLM
-    rollout server answer (and the key variable is set). Each failure is one line saying what to fix."""
-    from .rollout.vllm import BackendUnavailable, check_gpus, check_server
+    installed and its device (GPUs, or vLLM's CPU build) can serve the models asked of it; with
+    ``servers``, a served rewriter and a vLLM rollout server answer (and the key variable is set).
+    Each problem is one line saying what to fix."""
+    from .rollout.vllm import BackendUnavailable, check_engine, check_server
 
     r, v = recipe.rewrite, recipe.training.vllm
     rewrites = recipe.method in ("mpd", "rewrite_sft")
-    try:
-        if v is not None and v.mode == "colocate":
-            check_gpus("training.vllm.tensor_parallel_size", v.tensor_parallel_size,
-                       processes=int(os.environ.get("WORLD_SIZE", "1")),
-                       without="remove training.vllm to sample the student with transformers")
-        if servers and v is not None and v.mode == "server":
-            check_server("training.vllm.server_base_url", v.server_base_url, min(v.server_timeout_s, 30.0))
-        if rewrites and r.backend == "vllm":
-            check_gpus("rewrite.tensor_parallel_size", r.tensor_parallel_size,
-                       without="set rewrite.backend: transformers to rewrite with the local teacher")
-    except BackendUnavailable as err:
-        raise ConfigError(str(err)) from None
+    checks = []
+    if v is not None and v.mode == "colocate":
+        checks.append(lambda: check_engine(
+            "training.vllm", v.tensor_parallel_size, tp_key="training.vllm.tensor_parallel_size",
+            processes=int(os.environ.get("WORLD_SIZE", "1")),
+            models={f"the student {recipe.student!r}": resolve_model(recipe.student)},
+            without="remove training.vllm to sample the student with transformers"))
+    if v is not None and v.mode == "server":
+        checks.append(lambda: _rollout_server(v, servers))
+    if rewrites and r.backend == "vllm":
+        name = r.model or recipe.teacher
+        checks.append(lambda: check_engine(
+            "rewrite.backend vllm", r.tensor_parallel_size, tp_key="rewrite.tensor_parallel_size",
+            models={f"the rewriting model {name!r}": resolve_model(name)},
+            without="set rewrite.backend: transformers to rewrite with the local teacher"))
     if servers and rewrites and r.backend == "openai":
         from .served_rewriter import check_endpoint
 
-        check_endpoint(r.base_url, min(r.timeout_s, 30.0), model=r.model, api_key_env=r.api_key_env)
+        checks.append(lambda: check_endpoint(r.base_url, min(r.timeout_s, 30.0), model=r.model, api_key_env=r.api_key_env))
+    problems = []
+    for check in checks:
+        try:
+            check()
+        except (BackendUnavailable, ConfigError) as err:
+            problems.append(str(err))
+    return problems
+
+
+def _rollout_server(v, reachable: bool) -> None:
+    from .rollout.vllm import BackendUnavailable, check_server
+
+    if not torch.cuda.is_available():
+        # TRL pushes the student's new weights to the server after every step through vLLM's NCCL
+        # weight transfer, which runs between CUDA devices only.
+        raise BackendUnavailable(
+            "training.vllm.mode server: TRL sends the student's new weights to the vLLM server over NCCL, "
+            "which needs a CUDA GPU in the training process and none is visible here; use training.vllm.mode "
+            "colocate, or remove training.vllm to sample the student with transformers"
+        )
+    if reachable:
+        check_server("training.vllm.server_base_url", v.server_base_url, min(v.server_timeout_s, 30.0))
+
+
+def check_generation_backends(recipe: Recipe, *, servers: bool = True) -> None:
+    """:func:`generation_problems`, raised as one :class:`ConfigError` (a line per problem)."""
+    problems = generation_problems(recipe, servers=servers)
+    if problems:
+        raise ConfigError("\n".join(problems))
 
 
 def peft_config(recipe: Recipe):
@@ -278,6 +311,17 @@ def vllm_rollout_args(v) -> dict:
     )
 
 
+def checkpointing_arg(enabled: bool) -> dict:
+    """Activation checkpointing under the name this transformers release uses for it
+    (``gradient_checkpointing`` in older releases, ``activation_checkpointing`` in newer ones)."""
+    from dataclasses import fields
+
+    from transformers import TrainingArguments
+
+    names = {f.name for f in fields(TrainingArguments)}
+    return {"activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing": enabled}
+
+
 def build_trainer(recipe: Recipe, student, teacher, tokenizer, rows: list[dict], run_dir: Path):
     from datasets import Dataset
     from trl import DistillationConfig
@@ -298,7 +342,7 @@ def build_trainer(recipe: Recipe, student, teacher, tokenizer, rows: list[dict],
         top_k=t.top_k,
         max_completion_length=t.max_completion_length,
         logging_steps=t.logging_steps,
-        activation_checkpointing=t.gradient_checkpointing,
+        **checkpointing_arg(t.gradient_checkpointing),
         bf16=t.bf16,
         max_grad_norm=t.max_grad_norm,
         seed=recipe.seed,

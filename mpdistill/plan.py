@@ -85,14 +85,9 @@ def describe_data(recipe: Recipe) -> tuple[dict, list[str]]:
 def backend_errors(recipe: Recipe) -> list[str]:
     """What :func:`mpdistill.pipeline.check_generation_backends` would refuse, as plan errors
     (servers are not contacted: they may not be up yet when a run is planned)."""
-    from .config import ConfigError
-    from .pipeline import check_generation_backends
+    from .pipeline import generation_problems
 
-    try:
-        check_generation_backends(recipe, servers=False)
-    except ConfigError as err:
-        return [str(err)]
-    return []
+    return generation_problems(recipe, servers=False)
 
 
 def probe_devices() -> dict:

@@ -335,10 +335,11 @@ def _backend(spec: RewriteFileSpec, settings: RewriteSettings):
 
     options = dict(use_chat_template=settings.use_chat_template)
     if spec.backend == "vllm":
-        from .rollout.vllm import BackendUnavailable, VLLMGenerator, check_gpus
+        from .rollout.vllm import BackendUnavailable, VLLMGenerator, check_engine
 
         try:
-            check_gpus("--tensor-parallel-size", spec.tensor_parallel_size)
+            check_engine("--backend vllm", spec.tensor_parallel_size, tp_key="--tensor-parallel-size",
+                         models={f"--teacher {spec.teacher!r}": model_path(spec.teacher)})
         except BackendUnavailable as err:
             raise RewriteFileError(str(err)) from None
         tokenizer = load_tokenizer(spec.teacher, trust_remote_code=spec.trust_remote_code)

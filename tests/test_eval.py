@@ -266,8 +266,15 @@ def test_vllm_backend_maps_settings_and_accounting(monkeypatch):
 
     monkeypatch.setitem(sys.modules, "vllm", types.SimpleNamespace(LLM=LLM, SamplingParams=SamplingParams))
     monkeypatch.setattr(backend, "require_vllm", lambda: None)
+    monkeypatch.setattr(backend, "engine_device", lambda: "cuda")
     gen = backend.VLLMGenerator("m", seed=4, tensor_parallel_size=2)
     assert calls["engine"]["seed"] == 4 and calls["engine"]["tensor_parallel_size"] == 2
+    assert (calls["engine"]["dtype"], calls["engine"]["gpu_memory_utilization"]) == ("auto", 0.9)
+    assert "enforce_eager" not in calls["engine"]
+    monkeypatch.setattr(backend, "engine_device", lambda: "cpu")  # vLLM's CPU build: fp32 as on transformers, eager
+    backend.VLLMGenerator("m", seed=4)
+    assert {k: calls["engine"][k] for k in ("dtype", "gpu_memory_utilization", "enforce_eager")} == {
+        "dtype": "float32", "gpu_memory_utilization": 0.3, "enforce_eager": True}
     out = gen.generate([[1, 2], [3]], GenerationSettings(max_new_tokens=8, temperature=0.6, top_p=0.95, top_k=0), [11, 12])
     assert calls["prompts"] == [{"prompt_token_ids": [1, 2]}, {"prompt_token_ids": [3]}]
     p = calls["params"][1]

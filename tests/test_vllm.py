@@ -1,9 +1,11 @@
 """vLLM: student rollouts through TRL's ``use_vllm``, the in-process vLLM rewriter, and the checks that
 refuse a vLLM request this machine cannot serve, before any model loads.
 
-vLLM itself needs a GPU; here TRL's own generation object is replaced by a stand-in with the same
-interface, so what is tested is everything on our side of it: the recipe → TRL mapping, MPD's rewrite
-step on completions that come back from TRL's vLLM path, and the one-line errors.
+These run in the default environment, without vLLM: TRL's own generation object is replaced by a
+stand-in with the same interface, and the device vLLM would report is pretended, so what is tested
+is everything on our side of it: the recipe → TRL mapping, MPD's rewrite step on completions that
+come back from TRL's vLLM path, and the one-line errors for every device. The same paths against a
+real engine and a real server (vLLM's CPU build) are in tests/vllm/.
 """
 
 import importlib.util
@@ -175,10 +177,12 @@ def test_vllm_generator_passes_per_prompt_budgets(monkeypatch):
 
     monkeypatch.setitem(sys.modules, "vllm", types.SimpleNamespace(LLM=LLM, SamplingParams=SamplingParams))
     monkeypatch.setattr(vllm_backend, "require_vllm", lambda: None)
+    monkeypatch.setattr(vllm_backend, "engine_device", lambda: "cuda")
     gen = vllm_backend.VLLMGenerator("m", seed=1, gpu_memory_utilization=0.3)
     out = gen.generate([[1], [2]], GenerationSettings(max_new_tokens=50), seeds=[7, 8], max_new_tokens=[0, 30])
     assert [p.max_tokens for p in made["params"]] == [1, 30] and [p.seed for p in made["params"]] == [7, 8]
-    assert made["gpu_memory_utilization"] == 0.3 and [o.token_ids for o in out] == [[5], [5]]
+    assert made["gpu_memory_utilization"] == 0.3 and [o.token_ids for o in out] == [[], [5]]
+    assert [o.truncated for o in out] == [True, False]  # a budget of 0: nothing, cut short, as on transformers
     with pytest.raises(ValueError, match="2 prompts, 1 seeds"):
         gen.generate([[1], [2]], GenerationSettings(), seeds=[7])
 
@@ -188,49 +192,71 @@ def test_vllm_generator_passes_per_prompt_budgets(monkeypatch):
 
 @pytest.fixture
 def pretend(monkeypatch):
-    """Pretend vLLM is (or is not) installed and a number of GPUs is visible."""
+    """Pretend vLLM is (or is not) installed, on a device ("cuda", "cpu" or "" for none), with a
+    number of GPUs visible. The real engine's checks run in tests/vllm/ against vLLM's CPU build."""
 
-    def set_(vllm_installed: bool, gpus: int = 0):
+    def set_(vllm_installed: bool, gpus: int = 0, device: str | None = None):
         real = importlib.util.find_spec
         monkeypatch.setattr(importlib.util, "find_spec",
                             lambda name, *a: (object() if vllm_installed else None) if name == "vllm" else real(name, *a))
         monkeypatch.setattr(torch.cuda, "is_available", lambda: gpus > 0)
         monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
+        monkeypatch.setattr(vllm_backend, "engine_device", lambda: device if device is not None else "cuda" if gpus else "")
+        monkeypatch.setattr(vllm_backend, "cpu_head_sizes", lambda: [32, 64, 128])
 
     return set_
 
 
-def _train_cli(tmp_path, recipe_text):
+def _train_cli(tmp_path, recipe_text, student=None):
     path = tmp_path / "r.yaml"
     # The student does not exist: a check that runs after loading would fail on that instead.
-    path.write_text(f"student: {tmp_path / 'no-such-student'}\n{recipe_text}")
+    path.write_text(f"student: {student or tmp_path / 'no-such-student'}\n{recipe_text}")
     return runner.invoke(app, ["train", str(path), "--out", str(tmp_path / "run")])
 
 
-@pytest.mark.parametrize("recipe_text, installed, gpus, message", [
-    ("training: {vllm: {mode: colocate}}", False, 0,
-     "needs the vllm package (GPU machines: pip install vllm); remove training.vllm to sample the student with "
-     "transformers"),
-    ("training: {vllm: {mode: colocate}}", True, 0, "training.vllm.tensor_parallel_size: vLLM needs a CUDA GPU"),
-    ("training: {vllm: {tensor_parallel_size: 4}}", True, 2,
+@pytest.mark.parametrize("recipe_text, installed, gpus, device, message", [
+    ("training: {vllm: {mode: colocate}}", False, 0, None,
+     "needs the vllm package (GPU machines: pip install 'mpdistill[vllm]'; CPU only: vLLM's CPU build, see "
+     "docs/VLLM.md); remove training.vllm to sample the student with transformers"),
+    ("training: {vllm: {mode: colocate}}", True, 0, "",
+     "training.vllm: vLLM finds no device to run on here (no CUDA GPU is visible, and this is not vLLM's CPU build"),
+    ("training: {vllm: {mode: colocate}}", True, 0, "cuda",
+     "training.vllm: vLLM's GPU build needs a CUDA GPU and none is visible here"),
+    ("training: {vllm: {tensor_parallel_size: 4}}", True, 2, None,
      "training.vllm.tensor_parallel_size is 4 but only 2 GPU(s) are visible; lower it to at most 2"),
-    ("rewrite: {backend: vllm, tensor_parallel_size: 8}", True, 1,
+    ("training: {vllm: {tensor_parallel_size: 2}}", True, 0, "cpu",
+     "training.vllm.tensor_parallel_size is 2, but on vLLM's CPU build each engine runs in one process here"),
+    ("training: {vllm: {mode: server, server_base_url: 'http://127.0.0.1:9'}}", True, 0, "cpu",
+     "training.vllm.mode server: TRL sends the student's new weights to the vLLM server over NCCL, which needs a "
+     "CUDA GPU in the training process"),
+    ("rewrite: {backend: vllm, tensor_parallel_size: 8}", True, 1, None,
      "rewrite.tensor_parallel_size is 8 but only 1 GPU(s) are visible"),
-    ("rewrite: {backend: vllm}", False, 0, "pip install vllm); set rewrite.backend: transformers"),
+    ("rewrite: {backend: vllm}", False, 0, None, "see docs/VLLM.md); set rewrite.backend: transformers"),
 ])
 def test_a_vllm_request_this_machine_cannot_serve_is_one_line_before_loading(tmp_path, pretend, recipe_text,
-                                                                            installed, gpus, message):
-    pretend(installed, gpus)
+                                                                            installed, gpus, device, message):
+    pretend(installed, gpus, device)
     result = _train_cli(tmp_path, recipe_text)
     assert result.exit_code == 2
     assert result.output.count("error:") == 1 and message in " ".join(result.output.split()), result.output
     assert not (tmp_path / "run").exists()
 
 
+def test_on_vllms_cpu_build_an_unsupported_head_size_is_one_line_before_loading(tmp_path, pretend, tiny_pair):
+    """The tiny student's heads are 16 wide: vLLM's CPU attention has no kernel for that size."""
+    pretend(True, 0, "cpu")
+    result = _train_cli(tmp_path, "training: {vllm: {mode: colocate}}", student=tiny_pair / "student")
+    text = " ".join(result.output.split())
+    assert result.exit_code == 2 and result.output.count("error:") == 1, result.output
+    assert (f"training.vllm: the student '{tiny_pair / 'student'}' has attention heads of size 16, which vLLM's CPU "
+            "attention does not support (it supports 32, 64, 128)") in text
+    assert not (tmp_path / "run").exists()
+
+
 def test_an_unreachable_rollout_server_is_one_line_before_loading(tmp_path, pretend):
     import socket
 
-    pretend(True, 0)
+    pretend(True, 1)  # server mode needs a CUDA GPU in the trainer
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -250,7 +276,10 @@ def test_dry_run_shows_where_rollouts_run_and_what_is_missing(tmp_path, pretend)
     text = " ".join(result.output.split())
     assert "student rollouts: vLLM server at http://h:8000 (TRL use_vllm, server mode)" in text
     assert "rewrites: in-process vLLM engine: big-teacher (tensor parallel 1, 0.3 of GPU memory)" in text
-    assert result.exit_code == 2 and "pip install vllm" in text  # the rewriter's engine needs vLLM here
+    # Every problem, one line each: server mode needs a GPU here, and the rewriter's engine needs vLLM.
+    assert result.exit_code == 2 and result.output.count("error:") == 2, result.output
+    assert "training.vllm.mode server: TRL sends the student's new weights" in text
+    assert "the vllm backend needs the vllm package" in text and "set rewrite.backend: transformers" in text
 
 
 def test_checks_pass_when_nothing_needs_vllm(tiny_pair):
