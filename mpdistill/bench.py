@@ -605,6 +605,64 @@ def format_eval(result: dict) -> str:
 # Cost per unit of compression, from a demo run's training logs.
 
 
+def bench_rollouts(model_name: str = "embedded:teacher", n: int = 256, max_new_tokens: int = 96, repeats: int = 2,
+                   seed: int = 0, temperature: float = 1.0) -> dict:
+    """Rollout tokens/s of the same model on ``transformers`` (:func:`generate_texts`) and on a vLLM
+    engine (:class:`~mpdistill.rollout.vllm.VLLMGenerator`), same prompts, same sampling settings.
+
+    The engine is started once (its start-up time is reported apart); then the two backends take
+    turns (ABAB...) for ``repeats`` rounds and each figure is the median of its rounds. Samples are
+    drawn at ``temperature``, as rollouts are, so the two backends' token counts differ a little.
+    """
+    from .pipeline import load_model, resolve_model
+    from .rollout import GenerationSettings, generate_texts
+    from .rollout.vllm import VLLMGenerator
+    from .tasks.problems import chain_problems
+
+    model, tok = load_model(model_name)
+    model.eval()
+    prompts = [tok(p["prompt"], add_special_tokens=False)["input_ids"] for p in chain_problems(n, seed, split="eval")]
+    settings = GenerationSettings(max_new_tokens=max_new_tokens, temperature=temperature, batch_size=n)
+    start = time.perf_counter()
+    engine = VLLMGenerator(resolve_model(model_name), seed=seed)
+    engine_start_s = time.perf_counter() - start
+    generate_texts(model, tok, prompts[:8], settings, seed=seed)  # warm-up, both
+    engine.generate(prompts[:8], settings, list(range(8)))
+    rounds: dict[str, list[dict]] = {"transformers": [], "vllm": []}
+    for r in range(repeats):
+        for name in ("transformers", "vllm"):
+            start = time.perf_counter()
+            if name == "transformers":
+                gens = generate_texts(model, tok, prompts, settings, seed=seed + r)
+            else:
+                gens = engine.generate(prompts, settings, [seed + r * n + i for i in range(n)])
+            seconds = time.perf_counter() - start
+            tokens = sum(len(g.token_ids) for g in gens)
+            rounds[name].append({"seconds": seconds, "tokens": tokens, "tokens_per_second": tokens / seconds})
+    result = {"device": _device(), "vllm_device": engine.device, "model": model_name, "n_prompts": n,
+              "max_new_tokens": max_new_tokens, "temperature": temperature, "repeats": repeats,
+              "engine_start_seconds": engine_start_s}
+    for name, rows in rounds.items():
+        result[name] = {"tokens_per_second": statistics.median(r["tokens_per_second"] for r in rows), "rounds": rows}
+    result["vllm_over_transformers"] = result["vllm"]["tokens_per_second"] / result["transformers"]["tokens_per_second"]
+    return result
+
+
+def format_rollouts(result: dict) -> str:
+    t, v = result["transformers"], result["vllm"]
+    return (
+        f"Rollout throughput: {result['model']}, {result['n_prompts']} prompts per round, temperature "
+        f"{result['temperature']:g}, ≤ {result['max_new_tokens']} new tokens, median of {result['repeats']} alternating "
+        f"rounds. transformers on {result['device']}; vLLM on {result['vllm_device']} (engine start "
+        f"{result['engine_start_seconds']:.0f} s, not counted).\n\n"
+        "| backend | tokens / s (median) | tokens per round |\n|---|---:|---:|\n"
+        f"| transformers (`generate_texts`, one batch) | {t['tokens_per_second']:.0f} | "
+        f"{', '.join(str(r['tokens']) for r in t['rounds'])} |\n"
+        f"| vLLM (`VLLMGenerator`) | {v['tokens_per_second']:.0f} | {', '.join(str(r['tokens']) for r in v['rounds'])} |\n\n"
+        f"vLLM / transformers: {result['vllm_over_transformers']:.2f}×\n"
+    )
+
+
 def time_to_reduction(demo_dir: str | Path, targets: tuple[float, ...] = (0.25, 0.5)) -> dict:
     """Training seconds until each method's rollouts are ``target`` shorter than the base model's.
 

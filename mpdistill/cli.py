@@ -34,6 +34,9 @@ def demo(
     quick: bool = typer.Option(False, "--quick", help="A small version of the demo (for tests)."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Override the recipe's seed."),
     recipe: Optional[Path] = typer.Option(None, "--recipe", help="Recipe to use instead of recipes/embedded.yaml."),
+    rewrite_backend: Optional[str] = typer.Option(
+        None, "--rewrite-backend", help="Where the teacher writes its rewrites: transformers (the recipe's default) or "
+        "vllm (an in-process vLLM engine; its CPU build works on a laptop, see docs/VLLM.md)."),
 ) -> None:
     """Train MPD and every baseline on the embedded default and compare them on held-out problems."""
     from .config import ConfigError
@@ -41,7 +44,9 @@ def demo(
     from .tasks.problems import DataError
 
     try:
-        run_demo(out, quick=quick, seed=seed, recipe_path=recipe, console=console)
+        if rewrite_backend not in (None, "transformers", "vllm"):
+            raise ConfigError(f"--rewrite-backend must be transformers or vllm, got {rewrite_backend!r}")
+        run_demo(out, quick=quick, seed=seed, recipe_path=recipe, rewrite_backend=rewrite_backend, console=console)
     except (ConfigError, DataError) as err:
         _fail(str(err))
 
@@ -81,6 +86,8 @@ def train_cmd(
         except (ConfigError, DataError) as err:
             _fail(str(err))
         console.print(escape(format_plan(p)), soft_wrap=True)
+        for line in p["warnings"]:
+            console.print(f"[yellow]warning:[/] {escape(line)}", soft_wrap=True)
         if p["errors"]:
             for line in p["errors"]:
                 console.print(f"[red]error:[/] {escape(line)}", soft_wrap=True)
@@ -193,6 +200,12 @@ def bench_cmd(
                                               help="Comma-separated token counts: peak memory of the distillation loss alone."),
     eval_throughput: bool = typer.Option(False, "--eval-throughput",
                                          help="Also time batched evaluation against a one-prompt-at-a-time loop."),
+    rollout_throughput: bool = typer.Option(False, "--rollout-throughput",
+                                            help="Also time rollouts on vLLM against transformers, same model and prompts "
+                                            "(needs vLLM; its CPU build works here)."),
+    throughput_model: str = typer.Option("embedded:teacher", "--throughput-model",
+                                         help="Model for --rollout-throughput (the embedded student's head size has no "
+                                         "kernel in vLLM's CPU build)."),
     demo_dir: Optional[Path] = typer.Option(None, "--demo-dir", help="A finished demo folder: training time to each token reduction."),
     rewrite_budgets: bool = typer.Option(True, "--rewrite-budgets/--no-rewrite-budgets",
                                          help="Stop each rewrite once it is too long to be accepted (default), or not."),
@@ -200,8 +213,9 @@ def bench_cmd(
     """MPD's training step against TRL's on-policy distillation step, phase by phase, in one process."""
     import json
 
-    from .bench import (QUICK, BenchSettings, bench_eval, bench_loss_memory, bench_memory, format_bench, format_eval,
-                        format_loss_memory, format_memory, format_time_to_reduction, run_bench, time_to_reduction)
+    from .bench import (QUICK, BenchSettings, bench_eval, bench_loss_memory, bench_memory, bench_rollouts, format_bench,
+                        format_eval, format_loss_memory, format_memory, format_rollouts, format_time_to_reduction,
+                        run_bench, time_to_reduction)
     from .config import ConfigError
 
     settings = BenchSettings(student=student, teacher=teacher, tokenizer=tokenizer, batch_size=batch_size,
@@ -214,6 +228,15 @@ def bench_cmd(
         _fail("--repeats must be at least 1 and --warmup at least 0")
     if demo_dir is not None and not (demo_dir / "results.json").exists():
         _fail(f"--demo-dir {demo_dir}: no results.json there (run mpdistill demo first)")
+    if rollout_throughput:  # before anything runs: vLLM and its device can serve the model
+        from .pipeline import resolve_model
+        from .rollout.vllm import BackendUnavailable, check_engine
+
+        try:
+            check_engine("--rollout-throughput", 1, tp_key="tensor parallel size",
+                         models={f"--throughput-model {throughput_model!r}": resolve_model(throughput_model)})
+        except (BackendUnavailable, ConfigError) as err:
+            _fail(str(err))
     result: dict = {}
     try:
         if steps:
@@ -230,6 +253,9 @@ def bench_cmd(
     if eval_throughput:
         result["eval"] = bench_eval(n=40 if quick else 200, max_new_tokens=256)
         console.print(format_eval(result["eval"]), markup=False, soft_wrap=True)
+    if rollout_throughput:
+        result["rollouts"] = bench_rollouts(throughput_model, n=64 if quick else 256, repeats=2 if quick else 3)
+        console.print(format_rollouts(result["rollouts"]), markup=False, soft_wrap=True)
     if demo_dir is not None:
         result["time_to_reduction"] = time_to_reduction(demo_dir)
         console.print(format_time_to_reduction(result["time_to_reduction"]), markup=False, soft_wrap=True)

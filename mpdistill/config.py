@@ -7,7 +7,7 @@ with the offending key named (``training.stpes: unknown key``).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -121,8 +121,11 @@ class RewriteConfig(_Strict):
     on_reject: Literal["student", "drop"] = "student"
     on_policy_fraction: float = Field(default=0.0, ge=0, le=1)
     use_chat_template: bool = True
-    # Thinking mode for the local teacher's rewrite prompts (the chat template's enable_thinking);
-    # None leaves the template's default.
+    # Whether the teacher thinks before it writes a rewrite (the chat template's enable_thinking).
+    # Absent: it writes the rewrite directly wherever that can be switched: a local teacher whose
+    # template has the switch, and a served chat model (sent chat_template_kwargs, which vLLM and
+    # SGLang read). Its own thinking is about the rewrite task and never a target for the student:
+    # a rewrite with other think blocks than the student's trace is rejected (reason "structure").
     teacher_enable_thinking: bool | None = None
     max_new_tokens: int = Field(default=512, gt=0)
     temperature: float = Field(default=0.6, ge=0)
@@ -141,6 +144,8 @@ class RewriteConfig(_Strict):
     gpu_memory_utilization: float = Field(default=0.3, gt=0, le=1)
     tensor_parallel_size: int = Field(default=1, gt=0)
     api_key_env: str | None = None
+    # openai: fields added to every request body, for options of a particular server.
+    extra_body: dict[str, Any] = Field(default_factory=dict)
     max_concurrency: int = Field(default=8, gt=0)
     timeout_s: float = Field(default=60.0, gt=0)
     max_retries: int = Field(default=3, ge=0)
@@ -166,13 +171,20 @@ class RewriteConfig(_Strict):
                     raise ValueError(f"rewrite.{key} is required when rewrite.backend is 'openai'")
         return self
 
+    @field_validator("extra_body")
+    @classmethod
+    def _extra_body_adds_only(cls, v: dict) -> dict:
+        from .served_rewriter import REQUEST_FIELDS
+
+        taken = sorted(set(v) & set(REQUEST_FIELDS))
+        if taken:
+            raise ValueError(f"{taken[0]!r} is set from the recipe's own keys; extra_body may only add other fields")
+        return v
+
     @model_validator(mode="after")
-    def _thinking_needs_local_chat_teacher(self):
-        if self.teacher_enable_thinking is not None:
-            if not self.use_chat_template:
-                raise ValueError("rewrite.teacher_enable_thinking needs rewrite.use_chat_template: true")
-            if self.backend == "openai":
-                raise ValueError("rewrite.teacher_enable_thinking applies to a local rewriter (rewrite.backend: transformers or vllm)")
+    def _thinking_needs_chat(self):
+        if self.teacher_enable_thinking is not None and not self.use_chat_template:
+            raise ValueError("rewrite.teacher_enable_thinking needs rewrite.use_chat_template: true")
         return self
 
 
@@ -284,9 +296,10 @@ def load_recipe(path: str | Path, overrides: dict | None = None) -> Recipe:
         raise ConfigError(f"{path}: not valid YAML: {err}") from None
     except RecursionError:
         raise ConfigError(f"{path}: not valid YAML: nested too deeply") from None
-    except (ValueError, TypeError, KeyError, AttributeError) as err:
+    except (ValueError, TypeError, KeyError, AttributeError, IndexError) as err:
         # PyYAML lets plain errors out of some values: a bad explicit tag (`!!bool maybe`,
-        # `!!timestamp x`), an impossible date (`2024-13-45`), an integer of over 4300 digits.
+        # `!!timestamp x`, an empty `!!int ''`), an impossible date (`2024-13-45`), an integer of
+        # over 4300 digits.
         raise ConfigError(f"{path}: not valid YAML: a value cannot be read ({type(err).__name__}: {err})") from None
     if data is None:  # an empty file (or only comments): all defaults
         data = {}

@@ -19,7 +19,7 @@ from .config import Recipe, load_recipe
 from .durable import replace_dir
 from .eval_runner import EvalError, TransformersBackend, Unit, run_units
 from .evaluate import build_results, format_table, paired_delta_ci, write_report
-from .pipeline import load_model, train
+from .pipeline import check_generation_backends, load_model, train
 from .rollout import GenerationSettings
 from .tasks import get_task
 from .tasks.problems import chain_problems
@@ -41,16 +41,22 @@ def _eval_settings(recipe: Recipe) -> GenerationSettings:
 
 
 def run_demo(out: str | Path, *, quick: bool = False, seed: int | None = None, recipe_path: str | Path | None = None,
-             console: Console | None = None) -> dict:
+             rewrite_backend: str | None = None, console: Console | None = None) -> dict:
+    """``rewrite_backend`` ("transformers" or "vllm") overrides the recipe's ``rewrite.backend``:
+    with "vllm" the teacher writes MPD's and rewrite-SFT's rewrites on an in-process vLLM engine
+    (its GPU build, or its CPU build on a laptop) while still scoring the loss with transformers."""
     console = console or Console()
     out = Path(out)
     path = Path(recipe_path) if recipe_path else RECIPE
     overrides = dict(QUICK) if quick else {}
     if seed is not None:
         overrides["seed"] = seed
+    if rewrite_backend is not None:
+        overrides["rewrite"] = {"backend": rewrite_backend}
     recipe = load_recipe(path, overrides)
     n_eval = QUICK_EVAL_N if quick else recipe.eval.n
     task = get_task(recipe.task)
+    check_generation_backends(recipe.model_copy(update={"method": "mpd"}))  # before any method trains
     started = time.time()
 
     # Held-out problems first: training prompts are drawn to exclude every one of them.

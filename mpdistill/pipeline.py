@@ -6,6 +6,7 @@ and each baseline run through the same code with the same prompts, teacher and b
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -16,10 +17,13 @@ from .checkpoints import ROLLOUTS, existing_run, latest_checkpoint, prepare_resu
 from .config import ConfigError, Recipe, dump_recipe
 from .durable import replace_dir, write_jsonl, write_text
 from .nonfinite import NonFiniteGuard, NonFiniteHalt
+from .prompts import encode_message, has_thinking_switch
 from .rewrite import Rewriter, RewriteSettings, TransformersRewriter
 from .rollout import GenerationSettings
 from .tasks import get_task
 from .tasks.problems import chain_problems, load_problems
+
+log = logging.getLogger(__name__)
 
 EMBEDDED_PREFIX = "embedded:"
 # Training prompts are drawn with a seed offset from the evaluation problems', and the demo
@@ -147,6 +151,7 @@ def rewrite_settings(recipe: Recipe) -> RewriteSettings:
         on_reject=r.on_reject,
         on_policy_fraction=r.on_policy_fraction,
         use_chat_template=r.use_chat_template,
+        teacher_thinks=r.teacher_enable_thinking is True,
         generation=GenerationSettings(
             max_new_tokens=r.max_new_tokens,
             temperature=r.temperature,
@@ -157,10 +162,26 @@ def rewrite_settings(recipe: Recipe) -> RewriteSettings:
     )
 
 
-def make_rewriter(recipe: Recipe, settings: RewriteSettings, teacher, tokenizer) -> Rewriter:
-    """The local teacher as rewriter, or the served one for ``rewrite.backend: openai``.
+def teacher_template_kwargs(recipe: Recipe, tokenizer) -> dict | None:
+    """``chat_template_kwargs`` for the teacher's rewrite prompts: ``rewrite.teacher_enable_thinking``
+    when set; otherwise thinking off wherever the teacher's template has the switch, so the teacher
+    writes the rewrite instead of thinking about the task first (``tokenizer`` None: a served chat
+    model, whose template is the server's; vLLM and SGLang read the field, other templates ignore it)."""
+    r = recipe.rewrite
+    if not r.use_chat_template:
+        return None
+    if r.teacher_enable_thinking is not None:
+        return {"enable_thinking": r.teacher_enable_thinking}
+    if tokenizer is None or has_thinking_switch(tokenizer):
+        return {"enable_thinking": False}
+    return None
 
-    Either way the local ``teacher`` is the model whose logits the student is trained against.
+
+def make_rewriter(recipe: Recipe, settings: RewriteSettings, teacher, tokenizer) -> Rewriter:
+    """The local teacher as rewriter, an in-process vLLM engine, or the served one for ``rewrite.backend: openai``.
+
+    Either way the local ``teacher`` is the model whose logits the student is trained against;
+    ``tokenizer`` is the teacher's (its chat template renders the rewrite prompts).
     """
     r = recipe.rewrite
     if r.backend == "openai":
@@ -180,10 +201,9 @@ def make_rewriter(recipe: Recipe, settings: RewriteSettings, teacher, tokenizer)
             max_retries=r.max_retries,
             deadline_s=r.deadline_s,
             seed=recipe.seed,
+            chat_template_kwargs=teacher_template_kwargs(recipe, None),
+            extra_body=r.extra_body,
         )
-    thinking = r.teacher_enable_thinking
-    options = dict(use_chat_template=settings.use_chat_template, seed=recipe.seed,
-                   chat_template_kwargs=None if thinking is None else {"enable_thinking": thinking})
     if r.backend == "vllm":
         from .rewrite import VLLMRewriter
         from .rollout.vllm import VLLMGenerator
@@ -194,15 +214,18 @@ def make_rewriter(recipe: Recipe, settings: RewriteSettings, teacher, tokenizer)
             gpu_memory_utilization=r.gpu_memory_utilization, dtype="bfloat16" if recipe.training.bf16 else "auto",
         )
         rewriter_tokenizer = tokenizer if name == recipe.teacher else load_tokenizer(name)
-        return VLLMRewriter(generator, rewriter_tokenizer, settings.generation, **options)
-    return TransformersRewriter(teacher, tokenizer, settings.generation, **options)
+        return VLLMRewriter(generator, rewriter_tokenizer, settings.generation, use_chat_template=settings.use_chat_template,
+                            seed=recipe.seed, chat_template_kwargs=teacher_template_kwargs(recipe, rewriter_tokenizer))
+    return TransformersRewriter(teacher, tokenizer, settings.generation, use_chat_template=settings.use_chat_template,
+                                seed=recipe.seed, chat_template_kwargs=teacher_template_kwargs(recipe, tokenizer))
 
 
-def generation_problems(recipe: Recipe, *, servers: bool = True) -> list[str]:
+def generation_problems(recipe: Recipe, *, servers: bool = True) -> list[Exception]:
     """Everything generation needs beyond the models, checked before any model loads: vLLM is
     installed and its device (GPUs, or vLLM's CPU build) can serve the models asked of it; with
     ``servers``, a served rewriter and a vLLM rollout server answer (and the key variable is set).
-    Each problem is one line saying what to fix."""
+    Each problem is an exception whose message is one line saying what to fix; a
+    :class:`~mpdistill.rollout.vllm.BackendUnavailable` says whether it is about this machine's devices."""
     from .rollout.vllm import BackendUnavailable, check_engine, check_server
 
     r, v = recipe.rewrite, recipe.training.vllm
@@ -231,7 +254,7 @@ def generation_problems(recipe: Recipe, *, servers: bool = True) -> list[str]:
         try:
             check()
         except (BackendUnavailable, ConfigError) as err:
-            problems.append(str(err))
+            problems.append(err)
     return problems
 
 
@@ -244,7 +267,8 @@ def _rollout_server(v, reachable: bool) -> None:
         raise BackendUnavailable(
             "training.vllm.mode server: TRL sends the student's new weights to the vLLM server over NCCL, "
             "which needs a CUDA GPU in the training process and none is visible here; use training.vllm.mode "
-            "colocate, or remove training.vllm to sample the student with transformers"
+            "colocate, or remove training.vllm to sample the student with transformers",
+            device_dependent=True,
         )
     if reachable:
         check_server("training.vllm.server_base_url", v.server_base_url, min(v.server_timeout_s, 30.0))
@@ -254,7 +278,7 @@ def check_generation_backends(recipe: Recipe, *, servers: bool = True) -> None:
     """:func:`generation_problems`, raised as one :class:`ConfigError` (a line per problem)."""
     problems = generation_problems(recipe, servers=servers)
     if problems:
-        raise ConfigError("\n".join(problems))
+        raise ConfigError("\n".join(map(str, problems)))
 
 
 def peft_config(recipe: Recipe):
@@ -284,15 +308,40 @@ def save_merged(student_name: str, adapter_dir: Path, model_dir: Path, tokenizer
     tokenizer.save_pretrained(model_dir)
 
 
-def check_thinking(recipe: Recipe, tokenizer) -> None:
-    """A thinking switch set in the recipe needs a chat template that has one."""
-    has_switch = "enable_thinking" in str(getattr(tokenizer, "chat_template", None) or "")
-    keys = [("training.student_enable_thinking", recipe.training.student_enable_thinking)]
-    if recipe.method in ("mpd", "rewrite_sft"):
-        keys.append(("rewrite.teacher_enable_thinking", recipe.rewrite.teacher_enable_thinking))
-    for key, value in keys:
-        if value is not None and not has_switch:
+def check_thinking(recipe: Recipe, tokenizer, teacher_tokenizer=None) -> None:
+    """A thinking switch set in the recipe needs a chat template that has one: the student's for
+    ``training.student_enable_thinking``, the local teacher's for ``rewrite.teacher_enable_thinking``
+    (a served teacher's template is the server's, not checked here)."""
+    keys = [("training.student_enable_thinking", recipe.training.student_enable_thinking, tokenizer)]
+    if recipe.method in ("mpd", "rewrite_sft") and recipe.rewrite.backend != "openai":
+        keys.append(("rewrite.teacher_enable_thinking", recipe.rewrite.teacher_enable_thinking,
+                     teacher_tokenizer if teacher_tokenizer is not None else tokenizer))
+    for key, value, tok in keys:
+        if value is not None and not has_thinking_switch(tok):
             raise ConfigError(f"{key} is set but the tokenizer's chat template has no enable_thinking switch")
+
+
+def warn_if_templates_differ(recipe: Recipe, student_tokenizer, teacher_tokenizer) -> bool:
+    """The teacher scores the student's tokens of the training prompt, rendered by the student's
+    chat template. Where the teacher's own template renders the same message differently, say so:
+    the teacher then scores a prompt in a format it was not tuned on. Returns whether they differ."""
+    if recipe.data.prompt_style != "chat":
+        return False
+    kwargs = ({} if recipe.training.student_enable_thinking is None
+              else {"enable_thinking": recipe.training.student_enable_thinking})
+    probe = "What is 12 + 30?"
+    try:
+        renders = [encode_message(tok, probe, chat=True, template_kwargs=kwargs)
+                   for tok in (student_tokenizer, teacher_tokenizer)]
+    except Exception:  # noqa: BLE001 - a tokenizer without a chat template: the prompt style check reports it
+        return False
+    if renders[0] == renders[1]:
+        return False
+    log.warning(
+        "the teacher's chat template renders a training prompt differently from the student's (%d vs %d tokens): "
+        "the teacher scores prompts in the student's format. Use a teacher of the same family, or check that "
+        "the difference does not matter", len(renders[0]), len(renders[1]))
+    return True
 
 
 def vllm_rollout_args(v) -> dict:
@@ -322,11 +371,16 @@ def checkpointing_arg(enabled: bool) -> dict:
     return {"activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing": enabled}
 
 
-def build_trainer(recipe: Recipe, student, teacher, tokenizer, rows: list[dict], run_dir: Path):
+def build_trainer(recipe: Recipe, student, teacher, tokenizer, rows: list[dict], run_dir: Path, *,
+                  teacher_tokenizer=None):
+    """The method's trainer. ``tokenizer`` is the student's (it renders the training prompts);
+    ``teacher_tokenizer`` renders the local teacher's rewrite prompts (default: the student's,
+    which shares its vocabulary)."""
     from datasets import Dataset
     from trl import DistillationConfig
 
-    check_thinking(recipe, tokenizer)
+    teacher_tokenizer = teacher_tokenizer if teacher_tokenizer is not None else tokenizer
+    check_thinking(recipe, tokenizer, teacher_tokenizer)
     t = recipe.training
     args = DistillationConfig(
         output_dir=str(run_dir / "trainer"),
@@ -368,13 +422,13 @@ def build_trainer(recipe: Recipe, student, teacher, tokenizer, rows: list[dict],
         train_dataset=Dataset.from_list(rows),
         processing_class=tokenizer,
     )
-    trainer = _method_trainer(recipe, common, teacher, tokenizer, run_dir)
+    trainer = _method_trainer(recipe, common, teacher, teacher_tokenizer, run_dir)
     metrics = getattr(trainer, "_metrics", None)
     trainer.add_callback(NonFiniteGuard(t.max_nonfinite_steps, metrics=metrics))
     return trainer
 
 
-def _method_trainer(recipe: Recipe, common: dict, teacher, tokenizer, run_dir: Path):
+def _method_trainer(recipe: Recipe, common: dict, teacher, teacher_tokenizer, run_dir: Path):
     from .trainer import MPDTrainer, OffPolicyKDTrainer, OPDTrainer, RewriteSFTTrainer
 
     if recipe.method == "opd":
@@ -388,7 +442,7 @@ def _method_trainer(recipe: Recipe, common: dict, teacher, tokenizer, run_dir: P
         )
         return OffPolicyKDTrainer(**common, teacher_generation=gen, rollouts_path=rollouts)
     settings = rewrite_settings(recipe)
-    rewriter = make_rewriter(recipe, settings, teacher, tokenizer)
+    rewriter = make_rewriter(recipe, settings, teacher, teacher_tokenizer)
     cls = MPDTrainer if recipe.method == "mpd" else RewriteSFTTrainer
     return cls(
         **common,
@@ -424,10 +478,11 @@ def train(recipe: Recipe, run_dir: str | Path, *, exclude_prompts: set[str] | No
     # The teacher is never trained: with training.bf16 its weights are held in bf16 (half the memory).
     teacher, t_tok = load_model(recipe.teacher, dtype=torch.bfloat16 if recipe.training.bf16 else torch.float32, **trust)
     check_compatible(recipe.student, tokenizer, student, recipe.teacher, t_tok, teacher)
-    check_thinking(recipe, tokenizer)
+    check_thinking(recipe, tokenizer, t_tok)
+    warn_if_templates_differ(recipe, tokenizer, t_tok)
     run_dir.mkdir(parents=True, exist_ok=True)
     write_text(run_dir / "recipe.yaml", dump_recipe(recipe))
-    trainer = build_trainer(recipe, student, teacher, tokenizer, rows, run_dir)
+    trainer = build_trainer(recipe, student, teacher, tokenizer, rows, run_dir, teacher_tokenizer=t_tok)
     trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     write_jsonl(run_dir / "train_log.jsonl", trainer.state.log_history)
     guard = next(c for c in trainer.callback_handler.callbacks if isinstance(c, NonFiniteGuard))

@@ -2,7 +2,8 @@
 
 Model facts come from each model's config alone (an empty model is built on the ``meta`` device to
 count parameters), data rows are counted for local sources, and the devices are probed. Problems
-that would stop the run are collected as one line each in ``plan["errors"]``.
+that would stop the run are collected as one line each in ``plan["errors"]``; what depends on the
+devices of the machine it will run on, when planned on one without a GPU, in ``plan["warnings"]``.
 """
 
 from __future__ import annotations
@@ -82,12 +83,19 @@ def describe_data(recipe: Recipe) -> tuple[dict, list[str]]:
     return info, []
 
 
-def backend_errors(recipe: Recipe) -> list[str]:
-    """What :func:`mpdistill.pipeline.check_generation_backends` would refuse, as plan errors
-    (servers are not contacted: they may not be up yet when a run is planned)."""
+def backend_problems(recipe: Recipe, *, gpus_here: bool) -> tuple[list[str], list[str]]:
+    """What :func:`mpdistill.pipeline.check_generation_backends` would refuse, as (errors, warnings).
+
+    Servers are not contacted (they may not be up yet when a run is planned). On a machine without
+    a GPU (a login node planning for GPU nodes), problems with this machine's devices are warnings;
+    where GPUs are visible, the plan is for them and every problem is an error."""
     from .pipeline import generation_problems
 
-    return generation_problems(recipe, servers=False)
+    errors, warnings = [], []
+    for problem in generation_problems(recipe, servers=False):
+        device = getattr(problem, "device_dependent", False)
+        (warnings if device and not gpus_here else errors).append(str(problem))
+    return errors, warnings
 
 
 def probe_devices() -> dict:
@@ -114,11 +122,16 @@ def plan(recipe: Recipe, out: str | Path | None = None) -> dict:
     errors += e
 
     t = recipe.training
+    warnings: list[str] = []
     devices = probe_devices()
     devices["bf16_requested"] = t.bf16
     if t.bf16 and not devices["bf16_supported"]:
-        why = "no CUDA device is visible" if not devices["cuda"] else "the visible GPU does not support bf16"
-        errors.append(f"training.bf16: bf16 is requested but {why}; set training.bf16: false or run on such a GPU")
+        if devices["cuda"]:
+            errors.append("training.bf16: bf16 is requested but the visible GPU does not support it; set "
+                          "training.bf16: false or run on a GPU that does")
+        else:  # planned here, run elsewhere: only the GPU nodes can say
+            warnings.append("training.bf16: no CUDA device is visible here, so bf16 is not checked; the run needs "
+                            "GPUs that support it (or training.bf16: false)")
 
     processes = int(os.environ.get("WORLD_SIZE", "1") or 1)
     batch = {"per_device": t.batch_size, "gradient_accumulation_steps": t.gradient_accumulation_steps,
@@ -144,7 +157,9 @@ def plan(recipe: Recipe, out: str | Path | None = None) -> dict:
                     f"{v.gpu_memory_utilization:g} of GPU memory{', sleep mode' if v.enable_sleep_mode else ''})")
     else:
         rollouts = f"vLLM server at {v.server_base_url} (TRL use_vllm, server mode)"
-    errors += backend_errors(recipe)
+    backend_errors, backend_warnings = backend_problems(recipe, gpus_here=bool(devices["cuda"]))
+    errors += backend_errors
+    warnings += backend_warnings
 
     outputs = None
     if out is not None:
@@ -174,6 +189,7 @@ def plan(recipe: Recipe, out: str | Path | None = None) -> dict:
         "lora": t.lora.model_dump() if t.lora else None,
         "outputs": outputs,
         "errors": errors,
+        "warnings": warnings,
     }
 
 

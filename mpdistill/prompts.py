@@ -48,6 +48,11 @@ def sampling_defaults(model_type: str | None, thinking: bool, generation_config=
     return {"temperature": 0.0, "top_p": 1.0, "top_k": 0}, "greedy (no family defaults, generation_config does not sample)"
 
 
+def has_thinking_switch(tokenizer) -> bool:
+    """Whether the tokenizer's chat template reads Qwen3's ``enable_thinking`` switch."""
+    return "enable_thinking" in str(getattr(tokenizer, "chat_template", None) or "")
+
+
 class PromptEncoder:
     """Question text to prompt token ids, through the chat template when the tokenizer has one.
 

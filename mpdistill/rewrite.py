@@ -57,7 +57,7 @@ REASONS = (
     "backend_error",
     "empty",
     "truncated",
-    "structure",  # the student thinks in a <think> block and the rewrite does not keep it
+    "structure",  # the rewrite's think blocks are not the student's (missing, or the teacher's own thinking)
     "unparsed",
     "student_unparsed",
     "not_shorter",
@@ -82,6 +82,9 @@ class RewriteSettings:
     student trace's. ``on_reject``: train on the student's own trace (``"student"``, plain
     on-policy distillation for that sample) or skip the sample (``"drop"``).
     ``on_policy_fraction`` (lambda): fraction of samples kept on-policy without a rewrite.
+    ``teacher_thinks``: the teacher thinks before it answers (``rewrite.teacher_enable_thinking:
+    true``); its leading think block is its own reasoning about the task and is removed from the
+    rewrite before verification, so what remains must carry the student's structure by itself.
     """
 
     prompt_template: str = DEFAULT_REWRITE_PROMPT
@@ -91,6 +94,7 @@ class RewriteSettings:
     on_policy_fraction: float = 0.0
     use_chat_template: bool = True
     generation: GenerationSettings = field(default_factory=lambda: GenerationSettings(max_new_tokens=512))
+    teacher_thinks: bool = False
 
     def __post_init__(self) -> None:
         check_template(self.prompt_template)
@@ -205,12 +209,33 @@ def answer_section(text: str) -> str:
     return text[close + len(THINK_CLOSE) :] if close >= 0 else ""
 
 
-def keeps_structure(text: str) -> bool:
-    """Exactly one ``<think>`` ... ``</think>`` block at the start, then a non-empty answer section."""
+def drop_own_thinking(text: str) -> str:
+    """A thinking teacher's answer without its leading ``<think>`` ... ``</think>`` block."""
     body = text.lstrip()
-    if not body.startswith(THINK_OPEN) or body.count(THINK_OPEN) != 1 or body.count(THINK_CLOSE) != 1:
+    if body.startswith(THINK_OPEN) and THINK_CLOSE in body:
+        return body[body.index(THINK_CLOSE) + len(THINK_CLOSE):].lstrip()
+    return text
+
+
+def think_tags(text: str) -> tuple[int, int]:
+    """How many ``<think>`` and ``</think>`` tags a text has."""
+    return text.count(THINK_OPEN), text.count(THINK_CLOSE)
+
+
+def keeps_structure(rewrite: str, student: str) -> bool:
+    """Whether a rewrite has the student's thinking structure: exactly as many ``<think>`` and
+    ``</think>`` tags as the student's trace (none when it has none), and, when it thinks, a rewrite
+    that starts with ``<think>`` and has a non-empty answer section after the last ``</think>``.
+
+    A teacher that thinks about the rewrite task before writing the rewrite adds a block of its
+    own; that block is about "the student's solution", never something the student should learn,
+    so such a rewrite fails here (reason ``structure``).
+    """
+    if think_tags(rewrite) != think_tags(student):
         return False
-    return bool(body[body.index(THINK_CLOSE) + len(THINK_CLOSE) :].strip())
+    if not has_thinking(student):
+        return True
+    return rewrite.lstrip().startswith(THINK_OPEN) and bool(answer_section(rewrite).strip())
 
 
 @dataclass
@@ -228,10 +253,11 @@ def verify(
     max_ratio: float,
     gold: str | None = None,
 ) -> Verdict:
-    """Accept a rewrite only if it is complete, shorter, and reaches the student's answer.
+    """Accept a rewrite only if it is complete, keeps the student's thinking structure, is shorter,
+    and reaches the student's answer.
 
-    When the student's trace thinks in a ``<think>`` block, the rewrite must keep that structure
-    (see :func:`keeps_structure`), and both answers are read from the section after ``</think>``.
+    The rewrite must have the student's think blocks and no others (see :func:`keeps_structure`);
+    both answers are read from the section after the last ``</think>`` (the whole text without one).
     """
     if rewrite.error is not None:
         return Verdict(False, "backend_error")
@@ -239,9 +265,9 @@ def verify(
         return Verdict(False, "empty")
     if rewrite.truncated:
         return Verdict(False, "truncated")
-    if has_thinking(student_text) and not keeps_structure(rewrite.text):
+    if not keeps_structure(rewrite.text, student_text):
         return Verdict(False, "structure")
-    new_answer = task.extract_answer(answer_section(rewrite.text) if has_thinking(student_text) else rewrite.text)
+    new_answer = task.extract_answer(answer_section(rewrite.text))
     if new_answer is None:
         return Verdict(False, "unparsed")
     if rewrite_tokens > max_ratio * student_tokens:
@@ -314,6 +340,8 @@ def plan_batch(
         if len(outputs) != len(todo):
             raise RuntimeError(f"rewriter returned {len(outputs)} rewrites for {len(todo)} prompts")
         for s, out, budget in zip(todo, outputs, budgets):
+            if settings.teacher_thinks:
+                out = RewriteOutput(drop_own_thinking(out.text), out.truncated, out.error)
             s.rewrite_text = out.text
             s.rewrite_ids = encode(out.text) if out.text else []
             if out.truncated and out.error is None and budget < settings.generation.max_new_tokens:

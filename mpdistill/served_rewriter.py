@@ -26,6 +26,10 @@ from typing import Sequence
 from .config import ConfigError
 from .rewrite import RewriteOutput
 
+# Request fields set from the recipe's own keys (``rewrite.extra_body`` may add others, not these).
+REQUEST_FIELDS = ("model", "messages", "prompt", "max_tokens", "temperature", "top_p", "top_k", "seed",
+                  "chat_template_kwargs")
+
 # Failure kinds, as counted in ``OpenAIRewriter.stats["failures"]``.
 RETRIED = ("timeout", "connection", "http_5xx", "http_429")
 FAILURE_KINDS = RETRIED + ("http_4xx", "bad_response", "deadline", "internal")
@@ -48,7 +52,9 @@ class OpenAIRewriter:
     """:class:`~mpdistill.rewrite.Rewriter` backed by an OpenAI-compatible HTTP server.
 
     ``chat=True`` posts one user message to ``{base_url}/chat/completions`` (the server applies the
-    model's chat template); ``chat=False`` posts the raw prompt to ``{base_url}/completions``.
+    model's chat template, with ``chat_template_kwargs`` when given, e.g. ``{"enable_thinking":
+    False}`` so that a Qwen3 teacher writes the rewrite without thinking first); ``chat=False`` posts
+    the raw prompt to ``{base_url}/completions``. ``extra_body`` is added to every request.
     Each prompt's ``max_new_tokens`` is sent as that request's ``max_tokens`` (``max_tokens`` when
     none is given); a budget of 0 returns an empty truncated rewrite without a request.
 
@@ -87,6 +93,8 @@ class OpenAIRewriter:
         backoff_s: float = 0.5,
         deadline_s: float = 600.0,
         seed: int | None = None,
+        chat_template_kwargs: dict | None = None,
+        extra_body: dict | None = None,
     ) -> None:
         if max_concurrency < 1:
             raise ValueError(f"max_concurrency must be at least 1, got {max_concurrency}")
@@ -100,6 +108,11 @@ class OpenAIRewriter:
         self.chat = chat
         self.temperature, self.top_p, self.top_k = temperature, top_p, top_k
         self.max_tokens = max_tokens
+        self.chat_template_kwargs = dict(chat_template_kwargs or {})
+        self.extra_body = dict(extra_body or {})
+        taken = sorted(set(self.extra_body) & set(REQUEST_FIELDS))
+        if taken:
+            raise ValueError(f"extra_body may not set {taken[0]!r}: it is set from the rewriter's own settings")
         self.max_concurrency = max_concurrency
         self.timeout_s, self.max_retries, self.backoff_s, self.deadline_s = timeout_s, max_retries, backoff_s, deadline_s
         self._url = f"{self.base_url}/chat/completions" if chat else f"{self.base_url}/completions"
@@ -161,11 +174,14 @@ class OpenAIRewriter:
     # -- one prompt ---------------------------------------------------------------------------
 
     def _payload(self, prompt: str, budget: int) -> bytes:
-        body: dict = {"model": self.model, "max_tokens": budget, "temperature": self.temperature, "top_p": self.top_p}
+        body: dict = {**self.extra_body, "model": self.model, "max_tokens": budget, "temperature": self.temperature,
+                      "top_p": self.top_p}
         if self.top_k:
             body["top_k"] = self.top_k  # a vLLM / SGLang sampling extension
         if self.chat:
             body["messages"] = [{"role": "user", "content": prompt}]
+            if self.chat_template_kwargs:
+                body["chat_template_kwargs"] = self.chat_template_kwargs  # read by vLLM and SGLang
         else:
             body["prompt"] = prompt
         return json.dumps(body).encode("utf-8")

@@ -273,8 +273,8 @@ def test_vllm_backend_maps_settings_and_accounting(monkeypatch):
     assert "enforce_eager" not in calls["engine"]
     monkeypatch.setattr(backend, "engine_device", lambda: "cpu")  # vLLM's CPU build: fp32 as on transformers, eager
     backend.VLLMGenerator("m", seed=4)
-    assert {k: calls["engine"][k] for k in ("dtype", "gpu_memory_utilization", "enforce_eager")} == {
-        "dtype": "float32", "gpu_memory_utilization": 0.3, "enforce_eager": True}
+    assert {k: calls["engine"][k] for k in ("dtype", "gpu_memory_utilization", "enforce_eager", "enable_chunked_prefill")} == {
+        "dtype": "float32", "gpu_memory_utilization": 0.3, "enforce_eager": True, "enable_chunked_prefill": False}
     out = gen.generate([[1, 2], [3]], GenerationSettings(max_new_tokens=8, temperature=0.6, top_p=0.95, top_k=0), [11, 12])
     assert calls["prompts"] == [{"prompt_token_ids": [1, 2]}, {"prompt_token_ids": [3]}]
     p = calls["params"][1]

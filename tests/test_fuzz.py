@@ -231,8 +231,8 @@ def _check_verdict(task, student, student_tokens, out, rewrite_tokens, max_ratio
     elif not out.text.strip():
         assert verdict.reason == "empty"
     if verdict.accepted:
-        section = rewrite.answer_section(out.text) if rewrite.has_thinking(student) else out.text
-        new = task.extract_answer(section)
+        assert rewrite.think_tags(out.text) == rewrite.think_tags(student)
+        new = task.extract_answer(rewrite.answer_section(out.text))
         assert new is not None and rewrite_tokens <= max_ratio * student_tokens
         assert task.answers_match(new, task.extract_answer(rewrite.answer_section(student)))
 
@@ -261,7 +261,7 @@ def _check_think_split(text: str) -> None:
     assert text.endswith(section)
     if prompts.THINK_OPEN in text and prompts.THINK_CLOSE not in text:
         assert section == "", "an answer inside unfinished thinking is not the final answer"
-    if bounded(rewrite.keeps_structure, text)[0]:
+    if bounded(rewrite.keeps_structure, text, "<think>\nthe student's thinking\n</think>\nA:1")[0]:
         assert section.strip() and text.lstrip().startswith(prompts.THINK_OPEN)
     parts, _ = bounded(prompts.split_response, text, [], None)
     assert text.endswith(parts.answer_text)
@@ -690,6 +690,8 @@ def test_regression_sums_products_integrals_and_limits_are_not_evaluated(answer)
         ("seed: !!bool maybe", "KeyError"),
         ("seed: 2024-13-45", "ValueError: month must be in 1..12"),
         ("seed: !!timestamp x", "AttributeError"),
+        ("seed: !!int ''", "IndexError"),
+        ("seed: !!float ''", "IndexError"),
         ("seed: " + "9" * 5000, "ValueError: Exceeds the limit (4300 digits)"),
     ],
 )

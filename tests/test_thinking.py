@@ -68,18 +68,36 @@ def test_answers_are_read_after_the_think_block():
 
 def test_student_whose_thinking_never_closes_has_no_answer():
     student = "<think>\nmaybe \\boxed{10}, keep going"
-    assert _verify(SHORT, student=student).reason == "student_unparsed"
+    assert _verify(SHORT, student=student).reason == "structure"  # the rewrite closes what the student did not
     rw = _Rewriter([SHORT])
     samples = [Sample("Q", student, list(range(60)))]
     plan_batch(samples, rw, RewriteSettings(prompt_template=THINKING_REWRITE_PROMPT), MATH, _encode, random.Random(0))
     assert rw.calls == [] and samples[0].verdict.reason == "student_unparsed"
 
 
-def test_trace_without_thinking_is_unaffected():
+def test_a_rewrite_has_exactly_the_students_think_blocks():
     verbose = "so we need 7+3\n7+3=0\ncheck 0-3=7 ok\nso the answer is 0\nA:0"
     assert verify(CHAIN, verbose, 40, RewriteOutput("7+3=0\nA:0"), 8, 0.9).reason == "accepted"
-    # No structure is asked of the rewrite when the student did not think in a block.
-    assert verify(CHAIN, verbose, 40, RewriteOutput("<think>x</think>A:0 <think>"), 8, 0.9).reason == "accepted"
+    # A student that did not think gets no think block back: a block there is the teacher's own
+    # thinking about the rewrite task (Qwen3 with thinking on), never a target for the student.
+    teacher_thought = "<think>\nThe student's solution restates the problem; I should drop that.\n</think>\n\n"
+    for text in (teacher_thought + "7+3=0\nA:0", "<think>x</think>A:0 <think>", "7+3=0 </think>\nA:0"):
+        assert verify(CHAIN, verbose, 40, RewriteOutput(text), 8, 0.9).reason == "structure", text
+    # A student that thinks once: the teacher's own block before the student's is one block too many.
+    assert _verify(teacher_thought + SHORT).reason == "structure"
+
+
+
+def test_a_thinking_teachers_own_block_is_removed_before_verification():
+    """With rewrite.teacher_enable_thinking: true, the teacher's leading block is its reasoning about
+    the task: without it, the rewrite must still carry the student's block, or it is rejected."""
+    thought = "<think>\nThe student's solution restates the problem; I should drop that.\n</think>\n\n"
+    rw = _Rewriter([thought + SHORT, thought + "The answer is \\boxed{10}."])
+    samples = [Sample("What is 7+3?", STUDENT, list(range(60))) for _ in range(2)]
+    settings = RewriteSettings(prompt_template=THINKING_REWRITE_PROMPT, teacher_thinks=True)
+    plan_batch(samples, rw, settings, MATH, _encode, random.Random(0))
+    assert [s.verdict.reason for s in samples] == ["accepted", "structure"]
+    assert samples[0].rewrite_text == SHORT and "restates" not in samples[1].rewrite_text
 
 
 class _Rewriter:
@@ -116,8 +134,8 @@ def test_thinking_prompt_is_selectable_by_name():
         ({"training": {"student_enable_thinking": True}}, "training.student_enable_thinking needs chat prompts"),
         ({"rewrite": {"teacher_enable_thinking": False, "use_chat_template": False}},
          "rewrite.teacher_enable_thinking needs rewrite.use_chat_template: true"),
-        ({"rewrite": {"teacher_enable_thinking": False, "backend": "openai", "base_url": "http://x", "model": "m"}},
-         "rewrite.teacher_enable_thinking applies to a local rewriter"),
+        ({"rewrite": {"backend": "openai", "base_url": "http://x", "model": "m", "extra_body": {"max_tokens": 9}}},
+         "'max_tokens' is set from the recipe's own keys; extra_body may only add other fields"),
         ({"training": {"student_enable_thinking": "maybe"}}, "training.student_enable_thinking"),
     ],
 )
@@ -155,7 +173,8 @@ def test_switches_reach_the_student_and_teacher_prompts(qwen3_pair, tmp_path):  
     prompt_ids, _, _ = trainer._tokenize_prompts([[{"role": "user", "content": "What is 1+1?"}]])
     assert tok.decode(list(prompt_ids[0])).endswith(no_think)
     assert tok.decode(trainer.rewriter._encode("Rewrite this.")).endswith(no_think)
-    # Left to the template's default (thinking on for Qwen3), neither prompt is closed in advance.
+    # Left unset: the student's prompt keeps the template's default (thinking on for Qwen3), while
+    # the teacher writes its rewrite directly (thinking off wherever the template can switch it).
     default = recipe.model_copy(update={
         "training": recipe.training.model_copy(update={"student_enable_thinking": None}),
         "rewrite": recipe.rewrite.model_copy(update={"teacher_enable_thinking": None}),
@@ -163,4 +182,9 @@ def test_switches_reach_the_student_and_teacher_prompts(qwen3_pair, tmp_path):  
     trainer = build_trainer(default, student, teacher, tok, training_problems(default), tmp_path / "default")
     prompt_ids, _, _ = trainer._tokenize_prompts([[{"role": "user", "content": "What is 1+1?"}]])
     assert tok.decode(list(prompt_ids[0])).endswith("<|im_start|>assistant\n")
+    assert tok.decode(trainer.rewriter._encode("Rewrite this.")).endswith(no_think)
+    # Asked to think, the teacher's prompt is left open for its thinking.
+    thinking = recipe.model_copy(update={"rewrite": recipe.rewrite.model_copy(update={"teacher_enable_thinking": True})})
+    trainer = build_trainer(thinking, student, teacher, tok, training_problems(thinking), tmp_path / "thinking")
     assert tok.decode(trainer.rewriter._encode("Rewrite this.")).endswith("<|im_start|>assistant\n")
+    assert trainer.rewrite_settings.teacher_thinks

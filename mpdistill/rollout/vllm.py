@@ -26,7 +26,15 @@ DEFAULT_MEMORY_SHARE = {"cuda": 0.9, "cpu": 0.3}
 
 
 class BackendUnavailable(RuntimeError):
-    """The requested generation backend cannot run here; the message says how to fix it."""
+    """The requested generation backend cannot run here; the message says how to fix it.
+
+    ``device_dependent``: the problem is this machine's devices (no GPU, too few), which a plan
+    made on a login node for GPU nodes expects, rather than something wrong everywhere.
+    """
+
+    def __init__(self, message: str, *, device_dependent: bool = False) -> None:
+        super().__init__(message)
+        self.device_dependent = device_dependent
 
 
 def require_vllm(without: str = "use --backend transformers to run without it") -> None:
@@ -83,7 +91,8 @@ def check_engine(where: str, tensor_parallel_size: int, *, tp_key: str, processe
     if device == "cpu":
         if tensor_parallel_size != 1:
             raise BackendUnavailable(
-                f"{tp_key} is {tensor_parallel_size}, but on vLLM's CPU build each engine runs in one process here; set it to 1"
+                f"{tp_key} is {tensor_parallel_size}, but on vLLM's CPU build each engine runs in one process here; set it to 1",
+                device_dependent=True,
             )
         sizes = cpu_head_sizes()
         for label, path in (models or {}).items():
@@ -91,7 +100,8 @@ def check_engine(where: str, tensor_parallel_size: int, *, tp_key: str, processe
             if sizes is not None and size is not None and size not in sizes:
                 raise BackendUnavailable(
                     f"{where}: {label} has attention heads of size {size}, which vLLM's CPU attention does not support "
-                    f"(it supports {', '.join(map(str, sizes))})" + (f"; {without}" if without else "")
+                    f"(it supports {', '.join(map(str, sizes))})" + (f"; {without}" if without else ""),
+                    device_dependent=True,
                 )
         return device
     if device == "cuda":
@@ -99,16 +109,19 @@ def check_engine(where: str, tensor_parallel_size: int, *, tp_key: str, processe
 
         visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if visible == 0:
-            raise BackendUnavailable(f"{where}: vLLM's GPU build needs a CUDA GPU and none is visible here")
+            raise BackendUnavailable(f"{where}: vLLM's GPU build needs a CUDA GPU and none is visible here",
+                                     device_dependent=True)
         if tensor_parallel_size > visible:
             raise BackendUnavailable(
                 f"{tp_key} is {tensor_parallel_size} but only {visible} GPU(s) are visible; lower it to at most {visible} "
-                "(or check CUDA_VISIBLE_DEVICES)"
+                "(or check CUDA_VISIBLE_DEVICES)",
+                device_dependent=True,
             )
     elif not device:
         raise BackendUnavailable(
             f"{where}: vLLM finds no device to run on here (no CUDA GPU is visible, and this is not vLLM's CPU build; "
-            "see docs/VLLM.md)"
+            "see docs/VLLM.md)",
+            device_dependent=True,
         )
     if processes % tensor_parallel_size:
         raise BackendUnavailable(
@@ -141,12 +154,15 @@ def engine_options(device: str, *, dtype: str = "auto", gpu_memory_utilization: 
     On the CPU build: the checkpoint's weights are kept in float32 where vLLM would cast them to
     bfloat16 (``"auto"``), so an engine samples what the ``transformers`` path on the same CPU
     samples; eager mode, since compiling the graph takes longer on a few cores than the generation
-    it speeds up; and a smaller default memory share, which is of the machine's RAM.
+    it speeds up; a smaller default memory share, which is of the machine's RAM; and no chunked
+    prefill: when a prompt's prefill is split, vLLM winds back the request's random generator,
+    which CPU generators cannot do ("CPU Generator does not use offset"), so every request with its
+    own seed would kill the engine.
     """
     share = gpu_memory_utilization if gpu_memory_utilization is not None else DEFAULT_MEMORY_SHARE.get(device, 0.9)
     options = {"dtype": dtype, "gpu_memory_utilization": share}
     if device == "cpu":
-        options["enforce_eager"] = True
+        options.update(enforce_eager=True, enable_chunked_prefill=False)
         if dtype == "auto":
             options["dtype"] = "float32"
     return options
