@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -23,8 +24,11 @@ TRUST_REMOTE_CODE = typer.Option(False, "--trust-remote-code", help="Run Python 
 def _fail(message: str) -> None:
     from rich.markup import escape
 
-    # Messages quote user text (paths, keys, dataset[split]); never read them as markup.
-    console.print(f"[red]error:[/] {escape(message)}", soft_wrap=True)
+    # Under a launcher every process stops with the same error (the main one decides and shares it,
+    # see mpdistill/processes.py): the main process says it once.
+    if os.environ.get("RANK", "0") == "0":
+        # Messages quote user text (paths, keys, dataset[split]); never read them as markup.
+        console.print(f"[red]error:[/] {escape(message)}", soft_wrap=True)
     raise typer.Exit(code=2)
 
 
@@ -67,6 +71,7 @@ def train_cmd(
     """Train one method from a recipe."""
     from .checkpoints import ResumeError
     from .config import ConfigError, load_recipe
+    from .mix_monitor import MixFloorHalt
     from .nonfinite import NonFiniteHalt
     from .tasks.problems import DataError
 
@@ -100,9 +105,12 @@ def train_cmd(
     try:
         recipe = load_recipe(config)
         model_dir = train(recipe, out, resume=resume)
-    except (ConfigError, DataError, ResumeError, NonFiniteHalt) as err:
+    except (ConfigError, DataError, ResumeError, NonFiniteHalt, MixFloorHalt) as err:
         _fail(str(err))
-    console.print(f"saved {recipe.method} student to {model_dir}")
+    from .processes import is_main_process
+
+    if is_main_process():  # under a launcher, one line for the run, not one per process
+        console.print(f"saved {recipe.method} student to {model_dir}")
 
 
 @app.command("eval")

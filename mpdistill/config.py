@@ -35,6 +35,24 @@ class DataConfig(_Strict):
     answer_field: str | None = "answer"
     n_train: int = Field(default=2048, gt=0)
     prompt_style: Literal["plain", "chat"] = "plain"
+    # The user message a question becomes, with {problem}. Absent: the task's, which evaluation
+    # uses too (math: the question, then "Please reason step by step, and put your final answer
+    # within \boxed{}."), so training, the rewrite prompt's problem and evaluation see one text.
+    prompt_template: str | None = None
+
+    @field_validator("prompt_template")
+    @classmethod
+    def _renders(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        if "{problem}" not in v:
+            raise ValueError("must contain {problem}")
+        try:
+            v.format(problem="")
+        except (KeyError, IndexError, ValueError) as err:
+            raise ValueError(f"cannot be filled in with str.format ({type(err).__name__}: {err}); write literal "
+                             "braces as {{ and }}") from None
+        return v
 
 
 class LoraConfig(_Strict):
@@ -132,6 +150,13 @@ class RewriteConfig(_Strict):
     top_p: float = Field(default=0.95, gt=0, le=1)
     top_k: int = Field(default=20, ge=0)
     batch_size: int = Field(default=64, gt=0)
+    # Watching the mix (mpdistill/mix_monitor.py): every monitor_window steps, a warning on the console
+    # and in the training log when most student traces have no answer the task can read, or no
+    # rewrite was accepted (MPD then trains as OPD). The floors stop the run instead, naming the
+    # cause; absent, it only warns.
+    monitor_window: int = Field(default=5, gt=0)
+    min_parsed_fraction: float | None = Field(default=None, ge=0, le=1)
+    min_acceptance_rate: float | None = Field(default=None, ge=0, le=1)
     # Where rewrites come from: the local teacher ("transformers") or an OpenAI-compatible server
     # ("openai", e.g. `vllm serve`), which may run another, larger model. The local teacher still
     # scores the divergence either way. The API key is read from the environment variable named
@@ -207,7 +232,9 @@ class SecurityConfig(_Strict):
 class Recipe(_Strict):
     method: Literal["mpd", "opd", "offpolicy_kd", "rewrite_sft"] = "mpd"
     seed: int = 0
-    task: Literal["chain", "math"] = "chain"
+    # How answers are read and compared, and the prompt a question becomes. Absent: chosen from the
+    # data where that is unambiguous (embedded:chain -> chain; a dataset for real models -> math).
+    task: Literal["chain", "math"] | None = None
     # "embedded:student" / "embedded:teacher" are the bundled tiny models; anything else is a
     # local path or a Hugging Face model name.
     student: str = "embedded:student"
@@ -229,6 +256,36 @@ class Recipe(_Strict):
                     "engines on the training GPUs must leave room for training (at most 0.8 together)"
                 )
         return self
+
+    @model_validator(mode="before")
+    @classmethod
+    def _choose_task(cls, data):
+        """Fill in ``task`` from the data, or refuse where the choice is not clear: a run whose
+        answers are read the wrong way trains on no rewrite at all (MPD silently becomes OPD)."""
+        if not isinstance(data, dict):
+            return data
+        section = data.get("data") if isinstance(data.get("data"), dict) else {}
+        train = section.get("train", "embedded:chain")
+        task = data.get("task")
+        chain_data = train == "embedded:chain"
+        embedded = [k for k in ("student", "teacher") if str(data.get(k, f"embedded:{k}")).startswith("embedded:")]
+        if chain_data and section.get("prompt_template") is not None:
+            raise ValueError("data.prompt_template: the embedded chain task has its own prompt format ('Q:...'), "
+                             "which the embedded models were trained on; leave data.prompt_template out")
+        if task == "math" and chain_data:
+            raise ValueError("task: math with data.train embedded:chain: the embedded chain task's answers are "
+                             "'A:<digit>', which the math task never reads; use task: chain (or leave task out)")
+        if task is None and isinstance(train, str):
+            if chain_data:
+                task = "chain"
+            elif embedded:
+                raise ValueError(f"task: cannot be chosen for data.train {train!r} with the embedded "
+                                 f"{' and '.join(embedded)}: set task: chain (answers 'A:<digit>') or task: math "
+                                 "(\\boxed{} answers compared with math-verify)")
+            else:
+                task = "math"
+            data = {**data, "task": task}
+        return data
 
     @model_validator(mode="after")
     def _student_thinking_needs_chat_prompts(self):
@@ -267,7 +324,9 @@ def _describe(err: ValidationError, source: str, max_lines: int = 20) -> str:
         else:
             got = e.get("input")
             got_text = "" if isinstance(got, dict) else f" (got {shown(got)})"
-            lines.append(f"{source}: {key}: {e['msg']}{got_text}")
+            msg = e["msg"].removeprefix("Value error, ")  # pydantic's wrapping of our own checks' messages
+            # A check of the whole recipe names its keys itself.
+            lines.append(f"{source}: {msg}{got_text}" if not e["loc"] else f"{source}: {key}: {msg}{got_text}")
     if len(errors) > max_lines:
         lines.append(f"{source}: ... and {len(errors) - max_lines} more errors")
     return "\n".join(lines)

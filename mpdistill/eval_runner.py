@@ -210,10 +210,10 @@ class EvalSpec:
 
     def check(self) -> None:
         """Refuse impossible settings before anything is loaded."""
-        from .prompts import MATH_PROMPT
+        from .tasks import get_task
 
-        if not self.prompt_template:
-            self.prompt_template = MATH_PROMPT
+        if not self.prompt_template:  # the math task's: what training prompts and rewrite prompts show too
+            self.prompt_template = get_task("math").prompt_template
         if "{problem}" not in self.prompt_template:
             raise EvalError("the prompt template must contain {problem}")
         if not self.benchmarks:

@@ -16,7 +16,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 from .checkpoints import ROLLOUTS, existing_run, latest_checkpoint, prepare_resume
 from .config import ConfigError, Recipe, dump_recipe
 from .durable import replace_dir, write_jsonl, write_text
+from .mix_monitor import MixFloorHalt, MixMonitor
 from .nonfinite import NonFiniteGuard, NonFiniteHalt
+from .processes import on_main_then_share
 from .prompts import encode_message, has_thinking_switch
 from .rewrite import Rewriter, RewriteSettings, TransformersRewriter
 from .rollout import GenerationSettings
@@ -122,6 +124,11 @@ def check_compatible(student_name: str, s_tok, s_model, teacher_name: str, t_tok
         raise ConfigError(f"student {student_name!r} has vocab_size {sv} but teacher {teacher_name!r} has {tv}")
 
 
+def prompt_template(recipe: Recipe) -> str:
+    """The user message a question becomes in this run: ``data.prompt_template``, else the task's."""
+    return recipe.data.prompt_template or get_task(recipe.task).prompt_template
+
+
 def training_problems(recipe: Recipe, exclude: set[str] | None = None) -> list[dict]:
     d = recipe.data
     if d.train == "embedded:chain":
@@ -134,6 +141,7 @@ def training_problems(recipe: Recipe, exclude: set[str] | None = None) -> list[d
         prompt_style=d.prompt_style,
         limit=d.n_train,
         config=d.config,
+        prompt_template=prompt_template(recipe),
     )
     if exclude:
         rows = [r for r in rows if r["problem"] not in exclude]
@@ -425,6 +433,11 @@ def build_trainer(recipe: Recipe, student, teacher, tokenizer, rows: list[dict],
     trainer = _method_trainer(recipe, common, teacher, teacher_tokenizer, run_dir)
     metrics = getattr(trainer, "_metrics", None)
     trainer.add_callback(NonFiniteGuard(t.max_nonfinite_steps, metrics=metrics))
+    if hasattr(trainer, "mix_history"):
+        r = recipe.rewrite
+        trainer.add_callback(MixMonitor(trainer, window=r.monitor_window, task=recipe.task,
+                                        min_parsed_fraction=r.min_parsed_fraction,
+                                        min_acceptance_rate=r.min_acceptance_rate))
     return trainer
 
 
@@ -461,12 +474,15 @@ def train(recipe: Recipe, run_dir: str | Path, *, exclude_prompts: set[str] | No
     newest checkpoint (see :func:`prepare_resume`).
     """
     run_dir = Path(run_dir)
-    if resume:
-        checkpoint = prepare_resume(recipe, run_dir)
-    elif why := existing_run(run_dir):
-        raise ConfigError(why)
-    else:
-        checkpoint = None
+
+    def claim_folder() -> Path | None:  # the main process owns the folder; the others learn the outcome
+        if resume:
+            return prepare_resume(recipe, run_dir)
+        if why := existing_run(run_dir):
+            raise ConfigError(why)
+        return None
+
+    checkpoint = on_main_then_share(claim_folder)
     rows = training_problems(recipe, exclude=exclude_prompts)
     if recipe.rewrite.require_gold and recipe.method in ("mpd", "rewrite_sft"):
         missing = next((i for i, r in enumerate(rows) if r.get("answer") is None), None)
@@ -480,11 +496,20 @@ def train(recipe: Recipe, run_dir: str | Path, *, exclude_prompts: set[str] | No
     check_compatible(recipe.student, tokenizer, student, recipe.teacher, t_tok, teacher)
     check_thinking(recipe, tokenizer, t_tok)
     warn_if_templates_differ(recipe, tokenizer, t_tok)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_text(run_dir / "recipe.yaml", dump_recipe(recipe))
+
+    def write_recipe() -> None:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_text(run_dir / "recipe.yaml", dump_recipe(recipe))
+
+    on_main_then_share(write_recipe)
     trainer = build_trainer(recipe, student, teacher, tokenizer, rows, run_dir, teacher_tokenizer=t_tok)
     trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-    write_jsonl(run_dir / "train_log.jsonl", trainer.state.log_history)
+    if trainer.accelerator.is_main_process:
+        write_jsonl(run_dir / "train_log.jsonl", trainer.state.log_history)
+    monitor = next((c for c in trainer.callback_handler.callbacks if isinstance(c, MixMonitor)), None)
+    if monitor is not None and monitor.halted:
+        where = latest_checkpoint(run_dir / "trainer")
+        raise MixFloorHalt(monitor.halted + (f". The last checkpoint is {where}" if where else ""))
     guard = next(c for c in trainer.callback_handler.callbacks if isinstance(c, NonFiniteGuard))
     if guard.halted_at is not None:
         raise NonFiniteHalt(

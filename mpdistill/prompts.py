@@ -48,6 +48,12 @@ def sampling_defaults(model_type: str | None, thinking: bool, generation_config=
     return {"temperature": 0.0, "top_p": 1.0, "top_k": 0}, "greedy (no family defaults, generation_config does not sample)"
 
 
+def user_message(template: str, problem: str) -> str:
+    """The user message a problem becomes: the one builder behind training prompts, the problem a
+    rewrite prompt shows the teacher, and evaluation prompts, so all three see the same text."""
+    return template.format(problem=problem)
+
+
 def has_thinking_switch(tokenizer) -> bool:
     """Whether the tokenizer's chat template reads Qwen3's ``enable_thinking`` switch."""
     return "enable_thinking" in str(getattr(tokenizer, "chat_template", None) or "")
@@ -81,7 +87,7 @@ class PromptEncoder:
 
     def text(self, problem: str) -> str:
         """The user message (or, without a chat template, the whole prompt)."""
-        return self.template.format(problem=problem)
+        return user_message(self.template, problem)
 
     def render(self, problem: str) -> str:
         """The exact prompt string the model sees."""

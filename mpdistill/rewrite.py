@@ -154,19 +154,36 @@ class _LocalRewriter:
 
 
 class TransformersRewriter(_LocalRewriter):
-    """The local ``transformers`` teacher as rewriter."""
+    """The local ``transformers`` teacher as rewriter.
+
+    ``sync_batches``, set when several processes train together, maps this process's number of
+    ``generate`` calls to the most any process makes; this process then makes up the difference
+    with one-token calls. With the teacher's weights sharded (ZeRO-3, FSDP) every ``generate`` is
+    a collective call, and a process that made fewer would leave the others waiting for ever.
+    """
 
     def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, settings: GenerationSettings,
                  **options) -> None:
         super().__init__(tokenizer, settings, **options)
         self.model = model
+        self.sync_batches: Callable[[int], int] | None = None
+        self.generate_calls = 0  # this process's, padding included
 
     def rewrite(self, prompts: Sequence[str], max_new_tokens: Sequence[int] | None = None) -> list[RewriteOutput]:
         ids = [self._encode(p) for p in prompts]
+        seed = self.rng.randrange(2**31)
         gens = generate_texts(
-            self.model, self.tokenizer, ids, self.settings, seed=self.rng.randrange(2**31),
+            self.model, self.tokenizer, ids, self.settings, seed=seed,
             max_new_tokens=list(max_new_tokens) if max_new_tokens is not None else None,
         )
+        calls = math.ceil(len(ids) / self.settings.batch_size)
+        if self.sync_batches is not None:
+            pad = [self.tokenizer.eos_token_id if self.tokenizer.eos_token_id is not None else 0]
+            greedy = GenerationSettings(max_new_tokens=1, temperature=0.0, batch_size=1)
+            for _ in range(self.sync_batches(calls) - calls):
+                generate_texts(self.model, self.tokenizer, [pad], greedy)
+                calls += 1
+        self.generate_calls += calls
         return [RewriteOutput(text=g.text.strip(), truncated=g.truncated) for g in gens]
 
 
@@ -179,6 +196,8 @@ class VLLMRewriter(_LocalRewriter):
         self.generator = generator  # mpdistill.rollout.vllm.VLLMGenerator
 
     def rewrite(self, prompts: Sequence[str], max_new_tokens: Sequence[int] | None = None) -> list[RewriteOutput]:
+        if not prompts:  # each process has its own engine: nothing to keep in step with
+            return []
         ids = [self._encode(p) for p in prompts]
         seeds = [self.rng.randrange(2**31) for _ in ids]
         gens = self.generator.generate(ids, self.settings, seeds,
@@ -186,10 +205,16 @@ class VLLMRewriter(_LocalRewriter):
         return [RewriteOutput(text=g.text.strip(), truncated=g.truncated) for g in gens]
 
 
-def encode_completion(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
-    """A completion as the trainer sees it: the text's tokens, then the end-of-sequence token."""
+def encode_completion(tokenizer: PreTrainedTokenizerBase, text: str, end_id: int | None = None) -> list[int]:
+    """A completion as the trainer sees it: the text's tokens, then the token that ends it.
+
+    ``end_id`` is the end token the model itself stopped on (a chat model ends its turn with an
+    end-of-turn token, which may not be the tokenizer's ``eos_token``); without one, the tokenizer's
+    end-of-sequence token.
+    """
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    return ids + [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else ids
+    end = end_id if end_id is not None else tokenizer.eos_token_id
+    return ids + [end] if end is not None else ids
 
 
 def has_thinking(text: str) -> bool:
@@ -290,6 +315,7 @@ class Sample:
     student_text: str
     student_ids: list[int]
     gold: str | None = None
+    end_id: int | None = None  # the end token the student's trace stopped on: a rewrite ends the same way
     rewrite_text: str | None = None
     rewrite_ids: list[int] | None = None
     verdict: Verdict | None = None
@@ -313,7 +339,7 @@ def plan_batch(
     rewriter: Rewriter,
     settings: RewriteSettings,
     task: Task,
-    encode: Callable[[str], list[int]],
+    encode: Callable[[str, int | None], list[int]],
     rng: random.Random,
 ) -> list[Sample]:
     """Rewrite, verify and mix one batch in place; returns the same list.
@@ -334,28 +360,29 @@ def plan_batch(
             s.verdict = Verdict(False, "wrong_answer")  # the rewrite must keep this answer: it cannot pass
         else:
             todo.append(s)
-    if todo:
-        budgets = [length_budget(len(s.student_ids), settings) for s in todo]
-        outputs = rewriter.rewrite([settings.render(s.problem, s.student_text) for s in todo], max_new_tokens=budgets)
-        if len(outputs) != len(todo):
-            raise RuntimeError(f"rewriter returned {len(outputs)} rewrites for {len(todo)} prompts")
-        for s, out, budget in zip(todo, outputs, budgets):
-            if settings.teacher_thinks:
-                out = RewriteOutput(drop_own_thinking(out.text), out.truncated, out.error)
-            s.rewrite_text = out.text
-            s.rewrite_ids = encode(out.text) if out.text else []
-            if out.truncated and out.error is None and budget < settings.generation.max_new_tokens:
-                s.verdict = Verdict(False, "not_shorter")  # stopped at the length it had to stay under
-                continue
-            s.verdict = verify(
-                task,
-                s.student_text,
-                len(s.student_ids),
-                out,
-                len(s.rewrite_ids),
-                settings.max_ratio,
-                s.gold if settings.require_gold else None,
-            )
+    # The rewriter is called even with nothing to rewrite: with several training processes the local
+    # teacher's generate calls are collective (sharded weights), so every process makes as many.
+    budgets = [length_budget(len(s.student_ids), settings) for s in todo]
+    outputs = rewriter.rewrite([settings.render(s.problem, s.student_text) for s in todo], max_new_tokens=budgets)
+    if len(outputs) != len(todo):
+        raise RuntimeError(f"rewriter returned {len(outputs)} rewrites for {len(todo)} prompts")
+    for s, out, budget in zip(todo, outputs, budgets):
+        if settings.teacher_thinks:
+            out = RewriteOutput(drop_own_thinking(out.text), out.truncated, out.error)
+        s.rewrite_text = out.text
+        s.rewrite_ids = encode(out.text, s.end_id) if out.text else []
+        if out.truncated and out.error is None and budget < settings.generation.max_new_tokens:
+            s.verdict = Verdict(False, "not_shorter")  # stopped at the length it had to stay under
+            continue
+        s.verdict = verify(
+            task,
+            s.student_text,
+            len(s.student_ids),
+            out,
+            len(s.rewrite_ids),
+            settings.max_ratio,
+            s.gold if settings.require_gold else None,
+        )
     fallback = "dropped" if settings.on_reject == "drop" else "student"
     for s in samples:
         if s.verdict is not None and s.verdict.accepted:

@@ -35,6 +35,7 @@ from trl import DistillationTrainer
 
 from .checkpoints import ResumableTraining
 from .durable import append_jsonl
+from .processes import count_on_every_process
 from .rewrite import REASONS, Rewriter, RewriteSettings, Sample, encode_completion, plan_batch
 from .rollout import GenerationSettings, generate_texts
 from .tasks import Task
@@ -56,7 +57,8 @@ class _RolloutLogMixin:
     rollouts_path: Path | None
 
     def _write_rollouts(self, records: list[dict]) -> None:
-        records = gather_object(records)
+        rank = self.accelerator.process_index
+        records = gather_object([{**r, "process": rank} for r in records])
         if self.rollouts_path is None or not self.accelerator.is_main_process:
             return
         # One line per sample, flushed before the step trains: a crash tears at most this batch's last line.
@@ -95,8 +97,12 @@ class MPDTrainer(ResumableTraining, _RolloutLogMixin, DistillationTrainer):
         self.rewrite_settings = rewrite_settings
         self.task = task
         self.rollouts_path = Path(rollouts_path) if rollouts_path else None
+        if self.accelerator.num_processes > 1 and hasattr(rewriter, "sync_batches"):
+            rewriter.sync_batches = count_on_every_process  # the local teacher's generate calls, in step
         self._mix_rng = random.Random(self.args.seed + self.accelerator.process_index)
         self._inputs: list[dict] = []
+        # One entry per training batch, summed over processes: what the mix monitor watches.
+        self.mix_history: list[dict] = []
 
     def random_streams(self) -> dict[str, random.Random]:
         streams = {"mix": self._mix_rng}
@@ -119,6 +125,8 @@ class MPDTrainer(ResumableTraining, _RolloutLogMixin, DistillationTrainer):
                 student_text=text,
                 student_ids=list(ids),
                 gold=row.get("answer"),
+                # TRL keeps the token the student stopped on: a rewrite of the trace ends with it too.
+                end_id=ids[-1] if len(ids) and ids[-1] in self.eos_token_ids else None,
             )
             for row, text, ids in zip(self._inputs, texts, completion_ids, strict=True)
         ]
@@ -176,6 +184,9 @@ class MPDTrainer(ResumableTraining, _RolloutLogMixin, DistillationTrainer):
         m = self._metrics[mode]
         n = len(rows)
         accepted = [(st, rw) for st, rw, reason, _ in rows if reason == "accepted"]
+        if mode == "train":
+            self.mix_history.append({"step": self.state.global_step, "n": n, "accepted": len(accepted),
+                                     "unparsed": sum(r[2] == "student_unparsed" for r in rows)})
         m["mpd/student_tokens"].append(sum(r[0] for r in rows) / n)
         m["mpd/acceptance_rate"].append(len(accepted) / n)
         if accepted:
@@ -259,8 +270,8 @@ class OffPolicyKDTrainer(ResumableTraining, _RolloutLogMixin, DistillationTraine
             teacher, self._tokenizer, [list(p) for p in prompt_ids], self.teacher_generation,
             seed=self._seed_rng.randrange(2**31),
         )
-        eos = self._tokenizer.eos_token_id
-        completion_ids = [g.token_ids if g.truncated else g.token_ids + [eos] for g in gens]
+        # Each sample ends with the token the teacher stopped on, as a completion the teacher wrote.
+        completion_ids = [g.token_ids if g.truncated else g.token_ids + [g.end_id] for g in gens]
         mode = "train" if self.model.training else "eval"
         self._metrics[mode]["completions/mean_length"].append(sum(map(len, completion_ids)) / len(completion_ids))
         self._write_rollouts(

@@ -72,7 +72,7 @@ def test_student_whose_thinking_never_closes_has_no_answer():
     rw = _Rewriter([SHORT])
     samples = [Sample("Q", student, list(range(60)))]
     plan_batch(samples, rw, RewriteSettings(prompt_template=THINKING_REWRITE_PROMPT), MATH, _encode, random.Random(0))
-    assert rw.calls == [] and samples[0].verdict.reason == "student_unparsed"
+    assert rw.calls == [[]] and samples[0].verdict.reason == "student_unparsed"  # asked for nothing
 
 
 def test_a_rewrite_has_exactly_the_students_think_blocks():
@@ -109,7 +109,7 @@ class _Rewriter:
         return [RewriteOutput(self.texts.pop(0)) for _ in prompts]
 
 
-def _encode(text):
+def _encode(text, end_id=None):
     return list(range(len(text) // 8))
 
 

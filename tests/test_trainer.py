@@ -11,7 +11,7 @@ from mpdistill.rewrite import RewriteOutput
 from mpdistill.tasks import chain
 
 FIELDS = {"step", "index", "prompt", "student", "rewrite", "accepted", "reason", "student_tokens", "rewrite_tokens",
-          "trained_on"}
+          "trained_on", "process"}
 
 
 def _recipe(tiny_pair, method, **rewrite):
@@ -159,7 +159,7 @@ def test_require_gold_without_answers_is_refused_before_training(tiny_pair, tmp_
     data = tmp_path / "rows.jsonl"
     data.write_text('{"problem": "Q:1+2\\n"}\n')
     recipe = _recipe(tiny_pair, "mpd", require_gold=True).model_copy(
-        update={"data": recipe_from_dict({"data": {"train": str(data), "answer_field": None}}).data}
+        update={"data": recipe_from_dict({"task": "chain", "data": {"train": str(data), "answer_field": None}}).data}
     )
     with pytest.raises(ConfigError, match="training row 0 has no answer"):
         train(recipe, tmp_path / "run")

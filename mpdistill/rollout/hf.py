@@ -36,6 +36,7 @@ class Generation:
     text: str
     token_ids: list[int]
     truncated: bool  # hit max_new_tokens before an end-of-sequence token
+    end_id: int | None = None  # the end token it stopped on (not in token_ids); None when truncated
 
 
 def _eos_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> list[int]:
@@ -91,13 +92,22 @@ def generate_texts(
     eos = _eos_ids(model, tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
     device = next(model.parameters()).device
+    out: list[Generation | None] = [None] * len(ids)
+    # A seeded call samples from its own stream: the random state of the CPU and of this model's GPU
+    # is put back afterwards, so whatever else samples in this process (the student) is untouched.
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices, enabled=seed is not None):
+        if seed is not None:
+            torch.manual_seed(seed)
+        out = _generate_batches(model, tokenizer, ids, order, budgets, eos, pad_id, device, settings,
+                                per_row=max_new_tokens is not None, progress=progress, out=out)
+    return out  # type: ignore[return-value]
+
+
+def _generate_batches(model, tokenizer, ids, order, budgets, eos, pad_id, device, settings, *, per_row: bool,
+                      progress, out):
     was_training = model.training
     model.eval()
-    out: list[Generation | None] = [None] * len(ids)
-    generator_state = None
-    if seed is not None:
-        generator_state = torch.random.get_rng_state()
-        torch.manual_seed(seed)
     try:
         for start in range(0, len(order), settings.batch_size):
             batch = order[start : start + settings.batch_size]
@@ -109,7 +119,7 @@ def generate_texts(
                 attention[row, width - len(ids[i]) :] = 1
             row_budgets = [budgets[i] for i in batch]
             kwargs = settings.kwargs()
-            if max_new_tokens is not None:
+            if per_row:
                 kwargs["max_new_tokens"] = max(max(row_budgets), 1)
                 kwargs["stopping_criteria"] = StoppingCriteriaList([_RowBudgets(width, row_budgets, device)])
             generated = model.generate(
@@ -127,11 +137,10 @@ def generate_texts(
                     text=tokenizer.decode(kept, skip_special_tokens=True),
                     token_ids=kept,
                     truncated=cut is None,
+                    end_id=None if cut is None else seq[cut],
                 )
             if progress is not None:
                 progress(len(batch))
     finally:
-        if generator_state is not None:
-            torch.random.set_rng_state(generator_state)
         model.train(was_training)
-    return out  # type: ignore[return-value]
+    return out

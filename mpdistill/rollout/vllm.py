@@ -216,7 +216,9 @@ class VLLMGenerator:
                 gens.append(Generation(text="", token_ids=[], truncated=True))
                 continue
             ids = list(done.token_ids)
+            end_id = None
             if done.finish_reason == "stop" and ids and ids[-1] in special:
-                ids.pop()
-            gens.append(Generation(text=done.text, token_ids=ids, truncated=done.finish_reason == "length"))
+                end_id = ids.pop()
+            gens.append(Generation(text=done.text, token_ids=ids, truncated=done.finish_reason == "length",
+                                   end_id=end_id))
         return gens

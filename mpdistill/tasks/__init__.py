@@ -1,9 +1,10 @@
 """Problems and how their answers are read and compared.
 
-A :class:`Task` bundles three decisions the pipeline needs about a family of problems: how to
-read the final answer out of a response, whether two answers are the same, and whether a
+A :class:`Task` bundles the decisions the pipeline needs about a family of problems: the user
+message a problem becomes (the same for training, the rewrite prompt's problem and evaluation),
+how to read the final answer out of a response, whether two answers are the same, and whether a
 response is correct against the gold answer. The embedded chain task reads ``A:<digit>``; math
-benchmarks read ``\\boxed{}`` (and documented fallbacks) and compare with ``math-verify``.
+benchmarks ask for and read ``\\boxed{}`` (and documented fallbacks) and compare with ``math-verify``.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ class Task:
     name: str
     extract_answer: Callable[[str], str | None]
     answers_match: Callable[[str, str], bool]
+    # The user message for a problem, with ``{problem}``; see :func:`mpdistill.prompts.user_message`.
+    prompt_template: str = "{problem}"
 
     def is_correct(self, response: str, gold: str) -> bool:
         found = self.extract_answer(response)
@@ -31,8 +34,10 @@ def chain_task() -> Task:
 
 def math_task() -> Task:
     from .. import grading
+    from ..prompts import MATH_PROMPT
 
-    return Task(name="math", extract_answer=grading.extract_answer, answers_match=grading.answers_match)
+    return Task(name="math", extract_answer=grading.extract_answer, answers_match=grading.answers_match,
+                prompt_template=MATH_PROMPT)
 
 
 TASKS: dict[str, Callable[[], Task]] = {"chain": chain_task, "math": math_task}

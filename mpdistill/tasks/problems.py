@@ -106,8 +106,18 @@ def load_problems(
     prompt_style: str = "plain",
     limit: int | None = None,
     config: str | None = None,
+    prompt_template: str = "{problem}",
 ) -> list[dict]:
-    """Rows from a local JSONL/Parquet file or a Hugging Face dataset name, validated up front."""
+    """Rows from a local JSONL/Parquet file or a Hugging Face dataset name, validated up front.
+
+    ``prompt_template`` (the task's, e.g. the math instruction to box the answer) turns each
+    question into the user message the student is given; ``problem`` is that same message, which
+    the rewrite prompt shows the teacher. Gold answers are normalised as evaluation's are
+    (a GSM8K-style solution ``... #### 1,234`` becomes ``1234``).
+    """
+    from ..benchmarks import normalize_answer
+    from ..prompts import user_message
+
     raw, where = read_source(source, split=split, config=config)
     rows = []
     for i, r in enumerate(raw):
@@ -124,9 +134,13 @@ def load_problems(
                 a = int(a)
             if a is None or (isinstance(a, str) and not a.strip()):
                 raise DataError(f"{where}: row {i}: missing answer field {answer_field!r}")
-            a = str(a)
-        prompt = [{"role": "user", "content": q}] if prompt_style == "chat" else q
-        rows.append({"prompt": prompt, "problem": q, "answer": a})
+            try:
+                a = normalize_answer("custom", a)
+            except DataError as err:
+                raise DataError(f"{where}: row {i}: field {answer_field!r}: {str(err).split(': ', 1)[-1]}") from None
+        message = user_message(prompt_template, q)
+        prompt = [{"role": "user", "content": message}] if prompt_style == "chat" else message
+        rows.append({"prompt": prompt, "problem": message, "answer": a})
         if limit is not None and len(rows) >= limit:
             break
     return rows

@@ -1,0 +1,61 @@
+"""Many training processes, one run folder.
+
+Under ``torchrun`` or ``accelerate launch`` every process runs the same ``mpdistill train``. One
+process (the main one) owns the run folder: it checks it, writes the recipe and the logs, prepares
+a resume and renames saved models into place. The others wait for it where they must, and every
+decision it makes (go ahead, or the error that stops the run) reaches all of them, so no process is
+left waiting in a collective call for one that has already exited.
+
+Outside a launcher there is one process and these helpers cost nothing.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, TypeVar
+
+T = TypeVar("T")
+
+
+def distributed_state():
+    """accelerate's process state (it joins the process group a launcher set up: gloo on CPU)."""
+    from accelerate import PartialState
+
+    return PartialState()
+
+
+def is_main_process() -> bool:
+    return distributed_state().is_main_process
+
+
+def on_main_then_share(fn: Callable[[], T]) -> T:
+    """Run ``fn`` on the main process only and return its result on every process.
+
+    An exception raised by ``fn`` is raised on every process (the others get the same type and
+    message), after all of them have heard of it.
+    """
+    state = distributed_state()
+    if state.num_processes == 1:
+        return fn()
+    from accelerate.utils import broadcast_object_list
+
+    outcome: list = [None, None]
+    if state.is_main_process:
+        try:
+            outcome = [fn(), None]
+        except Exception as err:  # noqa: BLE001 - shared with the other processes, then raised everywhere
+            outcome = [None, err]
+    broadcast_object_list(outcome, from_process=0)
+    result, error = outcome
+    if error is not None:
+        raise error
+    return result
+
+
+def count_on_every_process(local: int) -> int:
+    """The largest of ``local`` over all processes (``local`` itself with one process)."""
+    state = distributed_state()
+    if state.num_processes == 1:
+        return local
+    from accelerate.utils import gather_object
+
+    return max(gather_object([local]))
