@@ -30,7 +30,7 @@ $(VLLM_VENV)/bin/mpdistill: pyproject.toml $(VLLM_LOCK)
 	$(VLLM_VENV)/bin/pip install -q --no-deps -e .
 	touch $@
 
-.PHONY: install demo test test-all vllm-env test-vllm
+.PHONY: install demo test test-all test-multiprocess vllm-env test-vllm
 install: $(BIN)/mpdistill
 
 demo: install
@@ -41,6 +41,10 @@ test: install
 
 test-all: install
 	$(BIN)/python -m pytest -q -m "slow or not slow"
+
+# Two training processes on this machine: torchrun and accelerate launches of the README's commands.
+test-multiprocess: install
+	$(BIN)/python -m pytest -q -m multiprocess -p no:cacheprovider
 
 vllm-env: $(VLLM_VENV)/bin/mpdistill
 

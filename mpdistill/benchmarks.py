@@ -48,6 +48,7 @@ class Benchmark:
     name: str
     source: str  # file path or "hf-name[split]"
     items: tuple[BenchmarkItem, ...]
+    size: int = 0  # problems in the whole set, before any --limit
 
 
 @dataclass(frozen=True)
@@ -264,7 +265,7 @@ def _build(
                 reference=_reference(solution, raw),
             )
         )
-    return Benchmark(name=name, source=where, items=tuple(items))
+    return Benchmark(name=name, source=where, items=tuple(items), size=len(raw_rows))
 
 
 def _reference(solution, raw) -> str:

@@ -120,8 +120,10 @@ def eval_cmd(
     benchmarks: str = typer.Option("gsm8k,math500,aime24,aime25,amc23", "--benchmarks",
                                    help="Comma-separated shipped names, .jsonl/.parquet files or Hugging Face dataset names."),
     out: Path = typer.Option(..., "--out", help="Output folder; re-running with it resumes."),
-    n_samples: int = typer.Option(1, "--n-samples", help="Samples per problem (avg@k accuracy, pass@k)."),
-    max_new_tokens: int = typer.Option(4096, "--max-new-tokens", help="Response budget, thinking included."),
+    n_samples: Optional[int] = typer.Option(None, "--n-samples", help="Samples per problem (avg@k accuracy, pass@k); "
+                                            "default 8 for a set of fewer than 100 problems (AIME, AMC), else 1."),
+    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help="Response budget, thinking included; "
+                                                 "default by model family (Qwen3: 32768, 38912 with AIME/AMC), else 4096."),
     limit: Optional[int] = typer.Option(None, "--limit", help="Only the first N problems of each benchmark."),
     thinking: Optional[bool] = typer.Option(None, "--thinking/--no-thinking",
                                             help="Qwen3 thinking mode (chat template's enable_thinking); default: the template's."),

@@ -267,8 +267,12 @@ class Recipe(_Strict):
         section = data.get("data") if isinstance(data.get("data"), dict) else {}
         train = section.get("train", "embedded:chain")
         task = data.get("task")
-        chain_data = train == "embedded:chain"
-        embedded = [k for k in ("student", "teacher") if str(data.get(k, f"embedded:{k}")).startswith("embedded:")]
+        chain_data = isinstance(train, str) and train == "embedded:chain"
+        # Only strings are looked at: anything else is left for the field's own validation to name.
+        embedded = [k for k in ("student", "teacher")
+                    if isinstance(data.get(k, f"embedded:{k}"), str) and data.get(k, f"embedded:{k}").startswith("embedded:")]
+        if task is not None and not isinstance(task, str):
+            return data  # the field's own validation names it
         if chain_data and section.get("prompt_template") is not None:
             raise ValueError("data.prompt_template: the embedded chain task has its own prompt format ('Q:...'), "
                              "which the embedded models were trained on; leave data.prompt_template out")
@@ -279,7 +283,8 @@ class Recipe(_Strict):
             if chain_data:
                 task = "chain"
             elif embedded:
-                raise ValueError(f"task: cannot be chosen for data.train {train!r} with the embedded "
+                shown = repr(train if len(train) <= 100 else train[:100] + "...")
+                raise ValueError(f"task: cannot be chosen for data.train {shown} with the embedded "
                                  f"{' and '.join(embedded)}: set task: chain (answers 'A:<digit>') or task: math "
                                  "(\\boxed{} answers compared with math-verify)")
             else:

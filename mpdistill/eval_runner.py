@@ -175,6 +175,11 @@ def read_samples(path: Path) -> tuple[list[tuple[int, dict]], int | None]:
 GOLD = "gold"  # the model name that grades each benchmark's reference solutions (grader check)
 BACKENDS = ("transformers", "vllm")
 DEFAULT_BATCH = {"transformers": 16, "vllm": 1024}
+# A set this small gives a wide interval from one sample per problem (AIME: 30 problems, AMC23: 40):
+# by default each of its problems is sampled SMALL_SET_SAMPLES times (accuracy is then avg@k).
+SMALL_SET, SMALL_SET_SAMPLES = 100, 8
+# More than this share of a benchmark's samples cut at the budget is warned about: their answers are lost.
+TRUNCATION_WARNING = 0.05
 # Settings that decide what is sampled: a resumed run must use the same ones.
 PLAN_KEYS = ("model", "benchmarks", "backend", "n_samples", "max_new_tokens", "temperature", "top_p", "top_k",
              "thinking", "chat_template", "prompt_template", "batch_size", "seed", "limit")
@@ -187,8 +192,8 @@ class EvalSpec:
     model: str
     benchmarks: list[str]
     backend: str = "transformers"
-    n_samples: int = 1
-    max_new_tokens: int = 4096
+    n_samples: int | None = None  # None: SMALL_SET_SAMPLES for a set of fewer than SMALL_SET problems, else 1
+    max_new_tokens: int | None = None  # None: the model family's budget (prompts.max_new_tokens_default)
     temperature: float | None = None
     top_p: float | None = None
     top_k: int | None = None
@@ -294,12 +299,23 @@ def run_eval(spec: EvalSpec, out: str | Path, *, console=None) -> dict:
             sampling[key] = getattr(spec, key)
         if given:
             sampling_source = f"{', '.join(given)} given; otherwise {sampling_source}"
+    n_samples = {b.name: 1 if gold else spec.n_samples or (SMALL_SET_SAMPLES if b.size < SMALL_SET else 1)
+                 for b in benchmarks}
+    max_new_tokens, budget_source = None, None
+    if not gold:
+        from .prompts import max_new_tokens_default
+
+        max_new_tokens, budget_source = spec.max_new_tokens, "given"
+        if max_new_tokens is None:
+            max_new_tokens, budget_source = max_new_tokens_default(
+                getattr(model_config, "model_type", None), thinking_on, [b.name for b in benchmarks])
     config = {
         "model": spec.model,
         "benchmarks": [{"name": b.name, "source": b.source, "n_problems": len(b.items)} for b in benchmarks],
         "backend": "references" if gold else spec.backend,
-        "n_samples": 1 if gold else spec.n_samples,
-        "max_new_tokens": None if gold else spec.max_new_tokens,
+        "n_samples": n_samples,
+        "max_new_tokens": max_new_tokens,
+        "max_new_tokens_source": budget_source,
         **{k: sampling.get(k) for k in ("temperature", "top_p", "top_k")},
         "sampling_source": sampling_source,
         "thinking": spec.thinking,
@@ -315,11 +331,11 @@ def run_eval(spec: EvalSpec, out: str | Path, *, console=None) -> dict:
     for b in benchmarks:
         for item in b.items:
             prompt = () if gold else tuple(encoder.encode(item.problem))
-            units += [Unit(b.name, item.id, k, prompt, item.answer, item.reference) for k in range(config["n_samples"])]
+            units += [Unit(b.name, item.id, k, prompt, item.answer, item.reference) for k in range(n_samples[b.name])]
 
     backend = None
     if not gold:
-        settings = GenerationSettings(max_new_tokens=spec.max_new_tokens, temperature=sampling["temperature"],
+        settings = GenerationSettings(max_new_tokens=max_new_tokens, temperature=sampling["temperature"],
                                       top_p=sampling["top_p"], top_k=sampling["top_k"], batch_size=batch_size)
         backend = _load_backend(spec, settings, tokenizer)
 
@@ -346,8 +362,21 @@ def run_eval(spec: EvalSpec, out: str | Path, *, console=None) -> dict:
         table += "\n" + _shuffled_lines(per_benchmark)
     _write_summary(out, summary, table)
     console.print(table, markup=False, highlight=False, soft_wrap=True)
+    for line in truncation_warnings(per_benchmark, max_new_tokens):
+        console.print(f"[yellow]warning:[/] {line}", soft_wrap=True, highlight=False)
     console.print(f"wrote {out / 'samples.jsonl'}, summary.json, summary.md")
     return summary
+
+
+def truncation_warnings(per_benchmark: dict, max_new_tokens: int | None) -> list[str]:
+    """One line per benchmark whose samples were cut at the budget more often than TRUNCATION_WARNING."""
+    lines = []
+    for name, s in per_benchmark.items():
+        rate = s.get("truncation_rate") or 0.0
+        if max_new_tokens is not None and rate > TRUNCATION_WARNING:
+            lines.append(f"{name}: {100 * rate:.1f}% of {s['n_samples']} samples were cut at {max_new_tokens} new "
+                         "tokens, so their answers are missing and accuracy is understated; raise --max-new-tokens")
+    return lines
 
 
 def _shuffled_lines(per_benchmark: dict) -> str:
@@ -429,9 +458,11 @@ def _write_summary(out: Path, summary: dict, table: str) -> None:
     text = json.dumps(_nan_to_none(summary), indent=2, allow_nan=False) + "\n"
     write_text_atomic(out / "summary.json", text)
     s = summary["settings"]
+    counts = sorted(set(s["n_samples"].values())) if isinstance(s["n_samples"], dict) else [s["n_samples"]]
+    per_problem = str(counts[0]) if len(counts) == 1 else ", ".join(f"{k} {v}" for k, v in s["n_samples"].items())
     header = (
         f"# Evaluation of `{summary['model']}`\n\n"
-        f"Backend {s['backend']}, {s['n_samples']} sample(s) per problem, max {s['max_new_tokens']} new tokens, "
+        f"Backend {s['backend']}, {per_problem} sample(s) per problem, max {s['max_new_tokens']} new tokens, "
         f"temperature {s['temperature']}, top-p {s['top_p']}, top-k {s['top_k']} ({s['sampling_source']}), "
         f"thinking {s['thinking']}, seed {s['seed']}.\n\n"
     )

@@ -300,3 +300,18 @@ def _strip_dollars(answer: str) -> str:
     while answer.endswith("$") and not answer.endswith("\\$"):
         answer = answer[:-1]
     return answer.strip()
+
+
+_NUMBER_RE = re.compile(r"\d+(?:\.\d+)?")
+
+
+def numbers_kept(student: str, rewrite: str) -> bool:
+    """The math task's proxy for "the rewrite keeps the student's route": every number the rewrite
+    writes appears in the student's trace, in the same order (the student may write more). A
+    rewrite that solves the problem another way brings intermediate numbers the student never had.
+    Thousands separators are dropped first (1,234 is 1234)."""
+    def numbers(text: str) -> list[str]:
+        return _NUMBER_RE.findall(re.sub(r"(?<=\d),(?=\d{3}\b)", "", text))
+
+    theirs = iter(numbers(student))
+    return all(n in theirs for n in numbers(rewrite))

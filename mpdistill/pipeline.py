@@ -18,7 +18,7 @@ from .config import ConfigError, Recipe, dump_recipe
 from .durable import replace_dir, write_jsonl, write_text
 from .mix_monitor import MixFloorHalt, MixMonitor
 from .nonfinite import NonFiniteGuard, NonFiniteHalt
-from .processes import on_main_then_share
+from .processes import is_main_process, launch_warnings, on_main_then_share
 from .prompts import encode_message, has_thinking_switch
 from .rewrite import Rewriter, RewriteSettings, TransformersRewriter
 from .rollout import GenerationSettings
@@ -449,11 +449,12 @@ def _method_trainer(recipe: Recipe, common: dict, teacher, teacher_tokenizer, ru
     t = recipe.training
     rollouts = run_dir / ROLLOUTS
     if recipe.method == "offpolicy_kd":
-        gen = GenerationSettings(
-            max_new_tokens=t.max_completion_length, temperature=t.temperature, top_p=t.top_p, top_k=t.top_k,
-            batch_size=recipe.rewrite.batch_size,
-        )
-        return OffPolicyKDTrainer(**common, teacher_generation=gen, rollouts_path=rollouts)
+        r = recipe.rewrite
+        # The teacher samples as it does for MPD's rewrites, and its samples pass the same answer filter.
+        gen = GenerationSettings(max_new_tokens=t.max_completion_length, temperature=r.temperature, top_p=r.top_p,
+                                 top_k=r.top_k, batch_size=r.batch_size)
+        return OffPolicyKDTrainer(**common, teacher_generation=gen, task=get_task(recipe.task),
+                                  require_gold=r.require_gold, rollouts_path=rollouts)
     settings = rewrite_settings(recipe)
     rewriter = make_rewriter(recipe, settings, teacher, teacher_tokenizer)
     cls = MPDTrainer if recipe.method == "mpd" else RewriteSFTTrainer
@@ -483,6 +484,8 @@ def train(recipe: Recipe, run_dir: str | Path, *, exclude_prompts: set[str] | No
         return None
 
     checkpoint = on_main_then_share(claim_folder)
+    for warning in launch_warnings() if is_main_process() else []:
+        log.warning(warning)
     rows = training_problems(recipe, exclude=exclude_prompts)
     if recipe.rewrite.require_gold and recipe.method in ("mpd", "rewrite_sft"):
         missing = next((i for i, r in enumerate(rows) if r.get("answer") is None), None)

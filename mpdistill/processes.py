@@ -17,10 +17,16 @@ T = TypeVar("T")
 
 
 def distributed_state():
-    """accelerate's process state (it joins the process group a launcher set up: gloo on CPU)."""
+    """accelerate's process state (it joins the process group a launcher set up: gloo on CPU).
+
+    On a machine without a GPU it is made as the trainer will make it (``use_cpu``): left to its
+    own defaults, under an FSDP launch it would fall back to one process and every process would
+    believe it is the main one.
+    """
+    import torch
     from accelerate import PartialState
 
-    return PartialState()
+    return PartialState(cpu=not torch.cuda.is_available())
 
 
 def is_main_process() -> bool:
@@ -59,3 +65,17 @@ def count_on_every_process(local: int) -> int:
     from accelerate.utils import gather_object
 
     return max(gather_object([local]))
+
+
+def launch_warnings() -> list[str]:
+    """What a launch asks for that will not happen here, said before training starts."""
+    import os
+
+    import torch
+
+    warnings = []
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true" and not torch.cuda.is_available():
+        # accelerate turns FSDP on for accelerator devices only; on CPU processes it keeps DDP.
+        warnings.append("the launch asks for FSDP, but accelerate shards models with FSDP on GPUs only: on this "
+                        "CPU-only machine every process holds whole copies of the student and teacher (DDP)")
+    return warnings

@@ -29,6 +29,24 @@ FAMILY_SAMPLING: dict[tuple[str, bool], dict] = {
 }
 
 
+# Response budgets (thinking included) by model family, keyed by (config.model_type, thinking). Qwen3's
+# model card: 32,768 new tokens for most queries, 38,912 for competition math and programming.
+FAMILY_MAX_NEW_TOKENS: dict[tuple[str, bool], int] = {("qwen3", True): 32_768, ("qwen3", False): 32_768}
+COMPETITION_MAX_NEW_TOKENS = {"qwen3": 38_912}
+COMPETITION_SETS = ("aime24", "aime25", "amc23")
+OTHER_MAX_NEW_TOKENS = 4096
+
+
+def max_new_tokens_default(model_type: str | None, thinking: bool, benchmarks: list[str]) -> tuple[int, str]:
+    """The response budget for a model family on these benchmarks, and where it came from."""
+    family = model_type or ""
+    if (family, thinking) not in FAMILY_MAX_NEW_TOKENS:
+        return OTHER_MAX_NEW_TOKENS, "no family default"
+    if family in COMPETITION_MAX_NEW_TOKENS and set(benchmarks) & set(COMPETITION_SETS):
+        return COMPETITION_MAX_NEW_TOKENS[family], f"{family} model card, competition math"
+    return FAMILY_MAX_NEW_TOKENS[family, thinking], f"{family} model card"
+
+
 def sampling_defaults(model_type: str | None, thinking: bool, generation_config=None) -> tuple[dict, str]:
     """Default ``temperature``/``top_p``/``top_k`` for a model, and where they came from.
 

@@ -320,6 +320,7 @@ class Sample:
     rewrite_ids: list[int] | None = None
     verdict: Verdict | None = None
     trained_on: str = "student"  # "rewrite" | "student" | "dropped"
+    route_kept: bool | None = None  # for an accepted rewrite: does it walk the student's route (Task.route_kept)
 
 
 def length_budget(student_tokens: int, settings: RewriteSettings) -> int:
@@ -387,6 +388,8 @@ def plan_batch(
     for s in samples:
         if s.verdict is not None and s.verdict.accepted:
             s.trained_on = "rewrite"
+            if task.route_kept is not None:
+                s.route_kept = task.route_kept(s.student_text, s.rewrite_text)
         elif s.verdict is not None and s.verdict.reason == "on_policy":
             s.trained_on = "student"
         else:

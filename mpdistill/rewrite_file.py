@@ -5,7 +5,8 @@ as during MPD training (:func:`mpdistill.rewrite.plan_batch` with no on-policy f
 prompt of :meth:`RewriteSettings.render`, the per-rewrite :func:`length_budget`, and
 :func:`verify` with its reasons. One output line per input row::
 
-    {"index", "problem", "trace", "answer", "rewrite", "accepted", "reason", "trace_tokens", "rewrite_tokens"}
+    {"index", "problem", "trace", "answer", "rewrite", "accepted", "reason", "trace_tokens", "rewrite_tokens",
+     "route_kept"}
 
 ``index`` is the row's 0-based position among the input's records (blank lines do not count).
 Token counts are those the trainer uses: the text's tokens plus the end-of-sequence token, with
@@ -210,6 +211,7 @@ def rewrite_chunk(
             "reason": s.verdict.reason,
             "trace_tokens": len(s.student_ids),
             "rewrite_tokens": None if s.rewrite_ids is None else len(s.rewrite_ids),
+            "route_kept": s.route_kept,
         })
     return records
 
@@ -233,6 +235,8 @@ def summarize(records: list[dict]) -> dict:
         # Tokens of the accepted rewrites over the tokens of the traces they replace.
         "compression": kept_rewrite / kept_trace if accepted else None,
         "rejected": dict(sorted(Counter(r["reason"] for r in records if not r["accepted"]).items())),
+        # Of the accepted rewrites, the share that walks the student's route (Task.route_kept).
+        "route_kept": (sum(bool(r.get("route_kept")) for r in accepted) / len(accepted)) if accepted else None,
     }
 
 
@@ -245,6 +249,8 @@ def format_summary(summary: dict) -> str:
         f"mean rewrite tokens (accepted): {_num(summary['mean_rewrite_tokens_accepted'])}",
         f"compression (accepted rewrite / trace tokens): {_num(summary['compression'], 3)}",
     ]
+    if summary.get("route_kept") is not None:
+        lines.append(f"accepted rewrites that keep the student's route: {summary['route_kept']:.1%}")
     if summary["rejected"]:
         lines.append("rejected: " + ", ".join(f"{k} {v}" for k, v in summary["rejected"].items()))
     failures = summary.get("backend_failures")

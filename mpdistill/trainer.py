@@ -36,7 +36,7 @@ from trl import DistillationTrainer
 from .checkpoints import ResumableTraining
 from .durable import append_jsonl
 from .processes import count_on_every_process
-from .rewrite import REASONS, Rewriter, RewriteSettings, Sample, encode_completion, plan_batch
+from .rewrite import REASONS, Rewriter, RewriteSettings, Sample, answer_section, encode_completion, plan_batch
 from .rollout import GenerationSettings, generate_texts
 from .tasks import Task
 
@@ -132,8 +132,15 @@ class MPDTrainer(ResumableTraining, _RolloutLogMixin, DistillationTrainer):
         ]
         encode = functools.partial(encode_completion, self._tokenizer)
         before = self._rewriter_counts()
+        calls_before = getattr(self.rewriter, "generate_calls", None)
         plan_batch(samples, self.rewriter, self.rewrite_settings, self.task, encode, self._mix_rng)
         self._log_rewriter_counts(before, mode)
+        if calls_before is not None and self.accelerator.num_processes > 1:
+            # The local teacher's generate calls this batch, fewest and most over processes: they must
+            # be equal (padded), or a sharded teacher would leave a process waiting for the others.
+            calls = gather_object([self.rewriter.generate_calls - calls_before])
+            self._metrics[mode]["mpd/rewriter/generate_calls_min"].append(float(min(calls)))
+            self._metrics[mode]["mpd/rewriter/generate_calls_max"].append(float(max(calls)))
 
         new_ids, keep = [], []
         for s in samples:
@@ -171,6 +178,7 @@ class MPDTrainer(ResumableTraining, _RolloutLogMixin, DistillationTrainer):
             "student_tokens": len(s.student_ids),
             "rewrite_tokens": len(s.rewrite_ids) if s.rewrite_ids is not None else None,
             "trained_on": s.trained_on,
+            "route_kept": s.route_kept,
         }
 
     def _log_mix(self, samples: list[Sample], mode: str) -> None:
@@ -181,6 +189,9 @@ class MPDTrainer(ResumableTraining, _RolloutLogMixin, DistillationTrainer):
                 for s in samples
             ]
         )
+        kept = [k for k in gather_object([s.route_kept for s in samples]) if k is not None]
+        if kept:  # of the accepted rewrites, the share that walks the student's own route
+            self._metrics[mode]["mpd/route_kept"].append(sum(kept) / len(kept))
         m = self._metrics[mode]
         n = len(rows)
         accepted = [(st, rw) for st, rw, reason, _ in rows if reason == "accepted"]
@@ -192,9 +203,9 @@ class MPDTrainer(ResumableTraining, _RolloutLogMixin, DistillationTrainer):
         if accepted:
             m["mpd/rewrite_tokens"].append(sum(rw for _, rw in accepted) / len(accepted))
             m["mpd/compression_ratio"].append(sum(rw for _, rw in accepted) / sum(st for st, _ in accepted))
-        kept = [rw if t == "rewrite" else st for st, rw, _, t in rows if t != "dropped"]
-        if kept:  # what the loss runs on: shorter than mpd/student_tokens when rewrites are accepted
-            m["mpd/trained_tokens"].append(sum(kept) / len(kept))
+        trained_lengths = [rw if t == "rewrite" else st for st, rw, _, t in rows if t != "dropped"]
+        if trained_lengths:  # what the loss runs on: shorter than mpd/student_tokens when rewrites are accepted
+            m["mpd/trained_tokens"].append(sum(trained_lengths) / len(trained_lengths))
         trained = Counter(t for *_, t in rows)
         for what in ("rewrite", "student", "dropped"):
             m[f"mpd/trained_on_{what}"].append(trained[what] / n)
@@ -250,18 +261,42 @@ def chunked_token_nll(
 
 
 class OffPolicyKDTrainer(ResumableTraining, _RolloutLogMixin, DistillationTrainer):
-    """Baseline: the same divergence on the teacher's own samples for each prompt."""
+    """Baseline: the same divergence on the teacher's own samples for each prompt.
+
+    The teacher samples as it does when it rewrites (the recipe's rewrite sampling) and its samples
+    pass the same answer filter as MPD's rewrites: one cut at the length limit, without a final
+    answer or, with ``require_gold``, with a wrong one is dropped from the loss (logged with its
+    reason), so the two methods learn from equally vetted teacher text.
+    """
 
     _name = "Off-policy KD"
 
-    def __init__(self, *args, teacher_generation: GenerationSettings, rollouts_path=None, **kwargs) -> None:
+    def __init__(self, *args, teacher_generation: GenerationSettings, task: Task, require_gold: bool = False,
+                 rollouts_path=None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.teacher_generation = teacher_generation
+        self.task, self.require_gold = task, require_gold
         self.rollouts_path = Path(rollouts_path) if rollouts_path else None
         self._seed_rng = random.Random(self.args.seed + self.accelerator.process_index)
+        self._inputs: list[dict] = []
 
     def random_streams(self) -> dict[str, random.Random]:
         return {"teacher_seeds": self._seed_rng}
+
+    def _generate_and_score_completions(self, inputs):
+        self._stash_inputs(inputs)
+        return super()._generate_and_score_completions(inputs)
+
+    def _vet(self, gen, gold: str | None) -> str:
+        """``accepted``, or why the sample is not trained on (the reasons of MPD's verification)."""
+        if gen.truncated:
+            return "truncated"
+        answer = self.task.extract_answer(answer_section(gen.text))
+        if answer is None:
+            return "unparsed"
+        if self.require_gold and gold is not None and not self.task.answers_match(answer, gold):
+            return "wrong_answer"
+        return "accepted"
 
     def _generate(self, prompts):
         prompt_ids, _, _ = self._tokenize_prompts(prompts)
@@ -272,14 +307,20 @@ class OffPolicyKDTrainer(ResumableTraining, _RolloutLogMixin, DistillationTraine
         )
         # Each sample ends with the token the teacher stopped on, as a completion the teacher wrote.
         completion_ids = [g.token_ids if g.truncated else g.token_ids + [g.end_id] for g in gens]
+        golds = [row.get("answer") for row in self._inputs] if len(self._inputs) == len(gens) else [None] * len(gens)
+        reasons = [self._vet(g, gold) for g, gold in zip(gens, golds)]
+        keep = [[int(r == "accepted")] * len(ids) for r, ids in zip(reasons, completion_ids)]
         mode = "train" if self.model.training else "eval"
-        self._metrics[mode]["completions/mean_length"].append(sum(map(len, completion_ids)) / len(completion_ids))
+        m = self._metrics[mode]
+        m["completions/mean_length"].append(sum(map(len, completion_ids)) / len(completion_ids))
+        vetted = gather_object(reasons)
+        m["kd/kept_rate"].append(sum(r == "accepted" for r in vetted) / len(vetted))
         self._write_rollouts(
             [
-                {"prompt": p, "student": None, "rewrite": None, "teacher": g.text, "accepted": None,
-                 "reason": None, "student_tokens": None, "rewrite_tokens": None, "teacher_tokens": len(ids),
-                 "trained_on": "teacher"}
-                for p, g, ids in zip(prompts, gens, completion_ids)
+                {"prompt": p, "student": None, "rewrite": None, "teacher": g.text, "accepted": r == "accepted",
+                 "reason": r, "student_tokens": None, "rewrite_tokens": None, "teacher_tokens": len(ids),
+                 "trained_on": "teacher" if r == "accepted" else "dropped"}
+                for p, g, ids, r in zip(prompts, gens, completion_ids, reasons)
             ]
         )
-        return prompt_ids, completion_ids, None, None, None
+        return prompt_ids, completion_ids, keep, None, None

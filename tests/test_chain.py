@@ -50,3 +50,23 @@ def test_extract_takes_last_answer_only():
     assert task.is_correct("7+3=0\nA:0", "0") and not task.is_correct("A:1", "0")
     with pytest.raises(ValueError, match="known tasks"):
         get_task("nope")
+
+
+def test_route_kept_tells_the_two_routes_apart():
+    from mpdistill.tasks.chain import ChainProblem, route_kept
+
+    problem = ChainProblem.parse("Q:7+3-5+9-2")
+    concise = {r: "\n".join(f"{a}{s}{d}={b}" for a, s, d, b in problem.steps(r)) + "\nA:2" for r in ("L", "P")}
+    verbose_l = ("Q:7+3-5+9-2 so we start at 7\n7+3=0 check 0-3=7 ok\n0-5=5\n5+9=3 wait no\n5+9=4\n"
+                 "so far 4\n4-2=2\nso the answer is 2\nA:2")
+    assert route_kept(verbose_l, concise["L"])  # the re-check and the abandoned step are extra, not missing
+    assert not route_kept(verbose_l, concise["P"])  # 0+9=9 was never the student's step
+    assert route_kept(verbose_l, "A:2")  # no step written: nothing departs from the route
+
+
+def test_numbers_kept_is_the_math_route_proxy():
+    from mpdistill.grading import numbers_kept
+
+    student = "First, 12 * 3 = 36 apples. Let me check: 36 / 3 = 12. Then 36 + 1,200 = 1,236. \\boxed{1236}"
+    assert numbers_kept(student, "12 * 3 = 36; 36 + 1200 = 1236. \\boxed{1236}")
+    assert not numbers_kept(student, "1200 + 12 * 3 = 1236, via 1212. \\boxed{1236}")  # other order, new number

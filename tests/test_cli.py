@@ -78,7 +78,8 @@ def test_train_missing_student_folder_exits_2_naming_it(here, tiny_pair):
 
 def test_train_bad_data_file_exits_2_with_file_and_line(here):
     (here / "d.jsonl").write_text('{"problem": "a", "answer": "1"}\n{"problem": \n')
-    (here / "r.yaml").write_text(recipe_text(extra="").replace("  n_train: 4\n", "  n_train: 4\n  train: d.jsonl\n"))
+    (here / "r.yaml").write_text("task: chain\n" + recipe_text(extra="").replace("  n_train: 4\n",
+                                                                                   "  n_train: 4\n  train: d.jsonl\n"))
     output = fails(["train", "r.yaml", "--out", "run"])
     assert "error: d.jsonl:2: not valid JSON" in output
     assert not (here / "run").exists()

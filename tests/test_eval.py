@@ -1,10 +1,12 @@
 """``mpdistill eval``: prompting, thinking accounting, resumable samples, summaries, the CLI."""
 
+import io
 import json
 import logging
 from pathlib import Path
 
 import pytest
+from rich.console import Console
 from transformers import AutoTokenizer
 from typer.testing import CliRunner
 
@@ -32,7 +34,7 @@ def problems_file(tmp_path):
 
 def _spec(model, problems_file, **kw):
     base = dict(model=str(model), benchmarks=[str(problems_file)], question_field="q", answer_field="a",
-                id_field="key", max_new_tokens=6, batch_size=2, seed=3)
+                id_field="key", max_new_tokens=6, batch_size=2, seed=3, n_samples=1)
     return EvalSpec(**{**base, **kw})
 
 
@@ -280,3 +282,36 @@ def test_vllm_backend_maps_settings_and_accounting(monkeypatch):
     p = calls["params"][1]
     assert (p.temperature, p.top_p, p.top_k, p.max_tokens, p.seed) == (0.6, 0.95, -1, 8, 12)
     assert [(g.token_ids, g.truncated) for g in out] == [([5, 6], False), ([7, 7], True)]
+
+
+def test_budget_and_samples_default_by_model_family_and_set_size(tiny_qwen3, problems_file, tmp_path, monkeypatch):
+    """Qwen3 thinks long: its model card's 32,768-token budget (38,912 on competition sets); a set of
+    under 100 problems is sampled 8 times per problem. Sampling is stubbed: only the plan is checked."""
+    from mpdistill import eval_runner
+    from mpdistill.rollout.hf import Generation
+
+    budgets = []
+
+    class Backend:
+        def generate(self, prompts, seeds):
+            return [Generation(text="", token_ids=[1] * 3, truncated=True) for _ in prompts]
+
+    def fake_backend(spec, settings, tokenizer):
+        budgets.append(settings.max_new_tokens)
+        return Backend()
+
+    monkeypatch.setattr(eval_runner, "_load_backend", fake_backend)
+    spec = EvalSpec(model=str(tiny_qwen3), benchmarks=["aime24", str(problems_file)], question_field="q",
+                    answer_field="a", id_field="key", limit=2, batch_size=64)
+    summary = eval_runner.run_eval(spec, tmp_path / "out", console=Console(file=io.StringIO(), width=200))
+    s = summary["settings"]
+    assert budgets == [38_912] and s["max_new_tokens"] == 38_912 and "competition math" in s["max_new_tokens_source"]
+    assert s["n_samples"] == {"aime24": 8, "sums": 8}  # both sets have under 100 problems
+    assert summary["benchmarks"]["aime24"]["samples_per_problem"] == 8
+    # Every sample here was cut at the budget: the run says so, per benchmark.
+    lines = eval_runner.truncation_warnings(summary["benchmarks"], s["max_new_tokens"])
+    assert len(lines) == 2 and lines[0].startswith("aime24: 100.0% of 16 samples were cut at 38912 new tokens")
+    budgets.clear()
+    spec = EvalSpec(model=str(tiny_qwen3), benchmarks=["gsm8k"], limit=2, batch_size=64)
+    summary = eval_runner.run_eval(spec, tmp_path / "gsm8k", console=Console(file=io.StringIO(), width=200))
+    assert budgets == [32_768] and summary["settings"]["n_samples"] == {"gsm8k": 1}  # 1319 problems in the set

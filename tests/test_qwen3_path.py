@@ -163,3 +163,16 @@ def test_a_floor_on_readable_answers_stops_the_run_naming_the_cause(qwen3_pair, 
     assert not (tmp_path / "model").exists()
     rows = [json.loads(line) for line in (tmp_path / "rollouts.jsonl").read_text().splitlines()]
     assert {r["step"] for r in rows} == {0, 1}  # stopped after the window, not at the end
+
+
+def test_a_teacher_template_that_renders_training_prompts_differently_is_reported(qwen3_pair, caplog):
+    from mpdistill.pipeline import warn_if_templates_differ
+
+    recipe = _math_recipe(qwen3_pair)
+    student = AutoTokenizer.from_pretrained(qwen3_pair / "student")
+    teacher = AutoTokenizer.from_pretrained(qwen3_pair / "teacher")
+    assert not warn_if_templates_differ(recipe, student, teacher)  # one family, one template
+    teacher.chat_template = teacher.chat_template.replace("<|im_start|>", "<|im_start|> ")
+    with caplog.at_level("WARNING", logger="mpdistill.pipeline"):
+        assert warn_if_templates_differ(recipe, student, teacher)
+    assert "the teacher scores prompts in the student's format" in caplog.text

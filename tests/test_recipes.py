@@ -232,8 +232,9 @@ def test_lora_on_the_output_head_is_refused():
 CONFIGS = sorted((ROOT / "configs/accelerate").glob("*.yaml"))
 
 
-def test_the_four_launch_configs_are_shipped():
-    assert {p.name for p in CONFIGS} == {"single_gpu.yaml", "zero3_8gpu.yaml", "fsdp2_8gpu.yaml", "multinode.yaml"}
+def test_the_five_launch_configs_are_shipped():
+    assert {p.name for p in CONFIGS} == {"single_gpu.yaml", "zero3_8gpu.yaml", "fsdp2_8gpu.yaml", "multinode.yaml",
+                                         "cpu_2proc.yaml"}
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
@@ -250,9 +251,12 @@ def test_launch_config_loads_and_every_nested_key_is_a_launch_option(path):
     for key in config.fsdp_config or {}:
         assert (key if key.startswith("fsdp_") else f"fsdp_{key}") in options, key
     expected = {"single_gpu.yaml": ("NO", 1, 1), "zero3_8gpu.yaml": ("DEEPSPEED", 8, 1),
-                "fsdp2_8gpu.yaml": ("FSDP", 8, 1), "multinode.yaml": ("DEEPSPEED", 16, 2)}[path.name]
+                "fsdp2_8gpu.yaml": ("FSDP", 8, 1), "multinode.yaml": ("DEEPSPEED", 16, 2),
+                # MULTI_GPU: accelerate starts the processes with torchrun; on a CPU each trains there
+                # (tests/test_multiprocess.py runs it).
+                "cpu_2proc.yaml": ("MULTI_GPU", 2, 1)}[path.name]
     assert (config.distributed_type.value, config.num_processes, config.num_machines) == expected
-    assert config.mixed_precision == "bf16"
+    assert config.mixed_precision == ("no" if path.name == "cpu_2proc.yaml" else "bf16")
     if path.name == "zero3_8gpu.yaml" or path.name == "multinode.yaml":
         assert config.deepspeed_config["zero_stage"] == 3
     if path.name == "fsdp2_8gpu.yaml":

@@ -2,7 +2,6 @@
 
 import json
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -77,14 +76,24 @@ def _weights(run: Path) -> dict[str, torch.Tensor]:
     return load_file(str(run / "model" / "model.safetensors"))
 
 
-def test_kill_9_then_resume_loses_and_duplicates_nothing_and_matches_an_uninterrupted_run(tmp_path):
-    recipe = _write_recipe(tmp_path / "recipe.yaml")
-    whole, killed = tmp_path / "whole", tmp_path / "killed"
-    done = _run("train", str(recipe), "--out", str(whole))
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("uninterrupted")
+    recipe = _write_recipe(root / "recipe.yaml")
+    done = _run("train", str(recipe), "--out", str(root / "whole"))
     assert done.returncode == 0, done.stderr[-2000:]
+    return recipe, root / "whole"
 
-    # A seeded "random point": after some step's rollouts are on disk, maybe mid-checkpoint.
-    after = random.Random(6).randrange(9, 23)  # 24 records in all; past the first checkpoint (step 2)
+
+# 24 records in all (6 steps of 4), an epoch every 4 steps, a checkpoint every 2. Killed once step 3's
+# records are on disk, the run resumes from checkpoint-2, in the middle of the first epoch; killed in
+# step 5, from checkpoint-4, at the epoch boundary.
+@pytest.mark.parametrize("after, checkpoint", [(13, "checkpoint-2"), (21, "checkpoint-4")],
+                         ids=["mid_epoch", "epoch_boundary"])
+def test_kill_9_then_resume_loses_and_duplicates_nothing_and_matches_an_uninterrupted_run(
+        tmp_path, uninterrupted, after, checkpoint):
+    recipe, whole = uninterrupted
+    killed = tmp_path / "killed"
     _killed_run(recipe, killed, after)
     # Whatever the kill left, add the two worst cases: a torn last log line and a half-written checkpoint.
     with (killed / "rollouts.jsonl").open("a") as f:
@@ -96,7 +105,7 @@ def test_kill_9_then_resume_loses_and_duplicates_nothing_and_matches_an_uninterr
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "incomplete (interrupted write)" in resumed.stderr
     assert "removed a checkpoint that was being written" in resumed.stderr
-    assert "resuming" in resumed.stderr
+    assert f"from {checkpoint} (step {checkpoint.split('-')[1]})" in resumed.stderr
     assert not (killed / "trainer" / STAGING).exists()
 
     whole_log = [json.loads(line) for line in (whole / "rollouts.jsonl").read_text().splitlines()]

@@ -104,3 +104,30 @@ def test_rewrites_are_not_generated_when_the_mixing_rule_cannot_use_them():
                random.Random(0))
     assert len(rw.calls[0]) == 1
     assert [s.verdict.reason for s in samples] == ["accepted", "student_unparsed", "wrong_answer"]
+
+
+@pytest.mark.parametrize("ratio, student_tokens, accepted_up_to", [(0.75, 40, 30), (0.5, 41, 20), (1.0, 7, 7)])
+def test_a_rewrite_of_exactly_max_ratio_of_the_trace_is_accepted_and_one_token_more_is_not(
+        ratio, student_tokens, accepted_up_to):
+    out = RewriteOutput("7+3=0\nA:0")
+    assert verify(TASK, VERBOSE, student_tokens, out, accepted_up_to, ratio).reason == "accepted"
+    assert verify(TASK, VERBOSE, student_tokens, out, accepted_up_to + 1, ratio).reason == "not_shorter"
+    # The generation budget is that same boundary: a rewrite may generate up to it before it is stopped.
+    settings = RewriteSettings(prompt_template="{problem}{trace}", max_ratio=ratio)
+    assert length_budget(student_tokens, settings) == accepted_up_to  # text tokens + the end token
+
+
+def test_a_rewrite_ends_with_the_token_the_students_trace_stopped_on():
+    """A chat model ends its turn with an end-of-turn token that may not be the tokenizer's eos."""
+    from mpdistill.embedded import build_tokenizer
+    from mpdistill.rewrite import encode_completion
+
+    tok = build_tokenizer()
+    end_of_turn = tok.pad_token_id  # any id other than eos stands in for it
+    samples = _samples(2)
+    samples[0].end_id = end_of_turn
+    encode = lambda text, end_id=None: encode_completion(tok, text, end_id)  # noqa: E731
+    plan_batch(samples, ListRewriter(["7+3=0\nA:0", "7+3=0\nA:0"]),
+               RewriteSettings(prompt_template="{problem}{trace}"), TASK, encode, random.Random(0))
+    assert [s.rewrite_ids[-1] for s in samples] == [end_of_turn, tok.eos_token_id]
+    assert samples[0].rewrite_ids[:-1] == tok("7+3=0\nA:0", add_special_tokens=False)["input_ids"]

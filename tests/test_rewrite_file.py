@@ -23,7 +23,8 @@ from mpdistill.tasks.problems import chain_problems
 
 runner = CliRunner()
 TEMPLATE = "{problem}rewrite:\n{trace}\nshort:\n"
-FIELDS = {"index", "problem", "trace", "answer", "rewrite", "accepted", "reason", "trace_tokens", "rewrite_tokens"}
+FIELDS = {"index", "problem", "trace", "answer", "rewrite", "accepted", "reason", "trace_tokens", "rewrite_tokens",
+          "route_kept"}
 
 
 @pytest.fixture

@@ -1,6 +1,7 @@
 """Batched generation: per-row token budgets, and batching that does not change greedy outputs."""
 
 import pytest
+import torch
 
 from mpdistill.pipeline import load_model
 from mpdistill.rollout import GenerationSettings, generate_texts
@@ -45,3 +46,33 @@ def test_batched_greedy_equals_one_prompt_at_a_time(student):
     batched = generate_texts(model, tok, prompts, greedy)
     alone = [generate_texts(model, tok, [p], greedy)[0] for p in prompts]
     assert [g.token_ids for g in batched] == [g.token_ids for g in alone]
+
+
+def test_a_seeded_generation_leaves_the_processs_random_stream_as_it_was(tiny_pair):
+    """The local teacher samples rewrites from its own seeded stream; the student's sampling that
+    follows in the same process draws what it would have drawn without it."""
+    from mpdistill.pipeline import load_model
+    from mpdistill.rollout import GenerationSettings, generate_texts
+
+    model, tok = load_model(str(tiny_pair / "teacher"))
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    generate_texts(model, tok, ["Q:1+2\n"], GenerationSettings(max_new_tokens=4, temperature=1.0), seed=9)
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_local_rewriter_pads_its_generate_calls_to_the_most_any_process_makes(tiny_pair):
+    from mpdistill.pipeline import load_model
+    from mpdistill.rewrite import TransformersRewriter
+    from mpdistill.rollout import GenerationSettings
+
+    model, tok = load_model(str(tiny_pair / "teacher"))
+    settings = GenerationSettings(max_new_tokens=4, temperature=1.0, batch_size=2)
+    alone = TransformersRewriter(model, tok, settings, use_chat_template=False, seed=1)
+    padded = TransformersRewriter(model, tok, settings, use_chat_template=False, seed=1)
+    padded.sync_batches = lambda mine: mine + 2  # another process makes two more calls this step
+    prompts = ["Q:1+2\nrewrite:\nx\nshort:\n"] * 3
+    assert [o.text for o in padded.rewrite(prompts)] == [o.text for o in alone.rewrite(prompts)]
+    assert (alone.generate_calls, padded.generate_calls) == (2, 4)
+    assert padded.rewrite([]) == [] and padded.generate_calls == 6  # nothing to rewrite: still in step

@@ -11,7 +11,7 @@ from mpdistill.rewrite import RewriteOutput
 from mpdistill.tasks import chain
 
 FIELDS = {"step", "index", "prompt", "student", "rewrite", "accepted", "reason", "student_tokens", "rewrite_tokens",
-          "trained_on", "process"}
+          "trained_on", "process", "route_kept"}
 
 
 def _recipe(tiny_pair, method, **rewrite):
@@ -164,3 +164,75 @@ def test_require_gold_without_answers_is_refused_before_training(tiny_pair, tmp_
     with pytest.raises(ConfigError, match="training row 0 has no answer"):
         train(recipe, tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+def _record_loss_inputs(trainer):
+    """Every forward the loss runs: (model, input_ids, attention_mask, logits_to_keep), and each batch's loss mask."""
+    seen, masks = [], []
+    original_hidden, original_loss = trainer._get_last_hidden_state, trainer._compute_loss
+
+    def hidden(model, input_ids, attention_mask, logits_to_keep, **kw):
+        seen.append((model, input_ids.clone(), attention_mask.clone(), logits_to_keep))
+        return original_hidden(model, input_ids, attention_mask, logits_to_keep, **kw)
+
+    def loss(model, inputs, num_items_in_batch):
+        mask = inputs["completion_mask"] * inputs.get("tool_mask", 1)
+        masks.append((inputs["prompt_ids"].size(1), mask.clone()))
+        return original_loss(model, inputs, num_items_in_batch)
+
+    trainer._get_last_hidden_state, trainer._compute_loss = hidden, loss
+    return seen, masks
+
+
+@pytest.mark.parametrize("method", ["mpd", "rewrite_sft"])
+def test_the_loss_runs_on_the_original_prompt_and_the_accepted_rewrite_token_for_token(tiny_pair, tmp_path, method,
+                                                                                       monkeypatch):
+    """For the student and (MPD) the teacher: the prompt as the student saw it, then the rewrite
+    ending with the token the student stopped on; the trace it replaced is nowhere in the loss."""
+    from trl import DistillationTrainer
+
+    trainer = _trainer(tiny_pair, tmp_path, method)
+    trainer.rewriter = OracleRewriter()
+    monkeypatch.setattr(DistillationTrainer, "_generate", _force_answers(trainer))
+    seen, masks = _record_loss_inputs(trainer)
+    before = [p.detach().clone() for p in trainer.model.parameters()]
+    trainer.train()
+    tok = trainer._tokenizer
+    rewrite = tok("A:3", add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    rows = [json.loads(line) for line in (tmp_path / "rollouts.jsonl").read_text().splitlines()]
+    assert all(r["trained_on"] == "rewrite" for r in rows) and len(rows) == 8
+    expected_prompts = sorted(list(trainer._tokenize_prompts([r["prompt"]])[0][0]) for r in rows)
+    # MPD: the student's forward, then the teacher's on the same ids; rewrite-SFT: the student's alone.
+    student_calls = seen[0::2] if method == "mpd" else seen
+    assert len(student_calls) == len(masks) == 2
+    got_prompts = []
+    for (model, input_ids, attention, _), (width, mask) in zip(student_calls, masks):
+        assert model is trainer.accelerator.unwrap_model(trainer.model)
+        for row in range(input_ids.size(0)):
+            got_prompts.append([t for t, a in zip(input_ids[row, :width].tolist(), attention[row, :width].tolist()) if a])
+            trained = [t for t, m in zip(input_ids[row, width:].tolist(), mask[row].tolist()) if m]
+            assert trained == rewrite, (trained, rewrite)
+    assert sorted(got_prompts) == expected_prompts
+    teacher = trainer.accelerator.unwrap_model(trainer.teacher_model)
+    if method == "mpd":
+        for (s_model, s_ids, s_att, _), (t_model, t_ids, t_att, _) in zip(seen[0::2], seen[1::2]):
+            assert t_model is teacher and torch.equal(s_ids, t_ids) and torch.equal(s_att, t_att)
+    else:
+        assert all(model is not teacher for model, *_ in seen)  # cross-entropy: no teacher logits
+    logged = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    assert logged and all(v > 0 for v in logged)
+    assert any(not torch.equal(a, b) for a, b in zip(before, trainer.model.parameters()))
+
+
+def test_a_step_whose_samples_are_all_dropped_has_zero_loss_and_leaves_the_weights(tiny_pair, tmp_path, monkeypatch):
+    from trl import DistillationTrainer
+
+    trainer = _trainer(tiny_pair, tmp_path, "mpd", on_reject="drop")
+    trainer.rewriter = OracleRewriter(answer_from_trace=False)  # never parses: every sample rejected
+    monkeypatch.setattr(DistillationTrainer, "_generate", _force_answers(trainer))
+    before = [p.detach().clone() for p in trainer.model.parameters()]
+    trainer.train()
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    assert losses == [0.0, 0.0]  # no NaN from a zero token count
+    assert all(torch.equal(a, b) for a, b in zip(before, trainer.model.parameters()))
+    assert not any(h.get("nonfinite/skipped") for h in trainer.state.log_history)

@@ -20,6 +20,8 @@ class Task:
     answers_match: Callable[[str, str], bool]
     # The user message for a problem, with ``{problem}``; see :func:`mpdistill.prompts.user_message`.
     prompt_template: str = "{problem}"
+    # Whether an accepted rewrite keeps the student's route: (student trace, rewrite) -> bool.
+    route_kept: Callable[[str, str], bool] | None = None
 
     def is_correct(self, response: str, gold: str) -> bool:
         found = self.extract_answer(response)
@@ -29,7 +31,8 @@ class Task:
 def chain_task() -> Task:
     from . import chain
 
-    return Task(name="chain", extract_answer=chain.extract_answer, answers_match=lambda a, b: a.strip() == b.strip())
+    return Task(name="chain", extract_answer=chain.extract_answer, answers_match=lambda a, b: a.strip() == b.strip(),
+                route_kept=chain.route_kept)
 
 
 def math_task() -> Task:
@@ -37,7 +40,7 @@ def math_task() -> Task:
     from ..prompts import MATH_PROMPT
 
     return Task(name="math", extract_answer=grading.extract_answer, answers_match=grading.answers_match,
-                prompt_template=MATH_PROMPT)
+                prompt_template=MATH_PROMPT, route_kept=grading.numbers_kept)
 
 
 TASKS: dict[str, Callable[[], Task]] = {"chain": chain_task, "math": math_task}

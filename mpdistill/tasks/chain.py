@@ -45,6 +45,7 @@ ANSWER_PREFIX = "A:"
 REWRITE_TEMPLATE = "{prompt}rewrite:\n{trace}\nshort:\n"
 
 _ANSWER_RE = re.compile(r"A:(\d)")
+_EQUATION_RE = re.compile(r"\d[+-]\d=\d")
 _PROBLEM_RE = re.compile(r"^Q:(\d(?:[+-]\d){1,15})\n?$")
 
 
@@ -153,6 +154,14 @@ def verbose_trace(problem: ChainProblem, route: str, rng: random.Random) -> str:
         lines.append(f"so the answer is {problem.answer}")
     lines.append(f"{ANSWER_PREFIX}{problem.answer}")
     return "\n".join(lines)
+
+
+def route_kept(student: str, rewrite: str) -> bool:
+    """Whether a rewrite walks the student's route: its steps (``a+b=c`` / ``a-b=c``) appear in the
+    student's trace in the same order. The student may have more (re-checks, abandoned steps); a
+    step of the other route (``L`` vs ``P``) is not among them, since its running totals differ."""
+    theirs = iter(_EQUATION_RE.findall(student))
+    return all(step in theirs for step in _EQUATION_RE.findall(rewrite))
 
 
 def extract_answer(response: str) -> str | None:
