@@ -620,6 +620,8 @@ def bench_rollouts(model_name: str = "embedded:teacher", n: int = 256, max_new_t
     from .tasks.problems import chain_problems
 
     model, tok = load_model(model_name)
+    if torch.cuda.is_available():  # each backend on the machine's accelerator, as a run would use it
+        model = model.to("cuda")
     model.eval()
     prompts = [tok(p["prompt"], add_special_tokens=False)["input_ids"] for p in chain_problems(n, seed, split="eval")]
     settings = GenerationSettings(max_new_tokens=max_new_tokens, temperature=temperature, batch_size=n)

@@ -21,14 +21,17 @@ ALLOW_PICKLE = typer.Option(False, "--allow-pickle-checkpoints",
 TRUST_REMOTE_CODE = typer.Option(False, "--trust-remote-code", help="Run Python code shipped with the model; read it first.")
 
 
-def _fail(message: str) -> None:
+def _fail(message: str, *, shared: bool = False) -> None:
+    """One ``error:`` line, exit code 2. Under a launcher, an error every process shares (the main
+    process decided it, see mpdistill/processes.py) is said once, by the main process; one raised
+    on another process alone is said by that process, naming it."""
     from rich.markup import escape
 
-    # Under a launcher every process stops with the same error (the main one decides and shares it,
-    # see mpdistill/processes.py): the main process says it once.
-    if os.environ.get("RANK", "0") == "0":
+    rank = os.environ.get("RANK", "0")
+    if rank == "0" or not shared:
+        where = "" if rank == "0" else f"(process {rank}) "
         # Messages quote user text (paths, keys, dataset[split]); never read them as markup.
-        console.print(f"[red]error:[/] {escape(message)}", soft_wrap=True)
+        console.print(f"[red]error:[/] {where}{escape(message)}", soft_wrap=True)
     raise typer.Exit(code=2)
 
 
@@ -106,7 +109,9 @@ def train_cmd(
         recipe = load_recipe(config)
         model_dir = train(recipe, out, resume=resume)
     except (ConfigError, DataError, ResumeError, NonFiniteHalt, MixFloorHalt) as err:
-        _fail(str(err))
+        # Halts and failed checks of the folder or data are decided alike on every process.
+        _fail(str(err), shared=getattr(err, "shared_by_main_process", False)
+              or isinstance(err, (NonFiniteHalt, MixFloorHalt)))
     from .processes import is_main_process
 
     if is_main_process():  # under a launcher, one line for the run, not one per process
@@ -314,6 +319,13 @@ def rewrite_cmd(
     max_retries: int = typer.Option(3, "--max-retries", help="Retries of a failed request (openai backend)."),
     timeout: float = typer.Option(60.0, "--timeout", help="Seconds per request (openai backend)."),
     tensor_parallel_size: int = typer.Option(1, "--tensor-parallel-size", help="GPUs for the teacher (vllm backend)."),
+    teacher_thinking: Optional[bool] = typer.Option(
+        None, "--teacher-thinking/--no-teacher-thinking", help="Whether the teacher thinks before it writes (chat "
+        "template's enable_thinking). Default: it writes directly wherever that can be switched, as in training."),
+    send_chat_template_kwargs: bool = typer.Option(
+        True, "--send-chat-template-kwargs/--no-send-chat-template-kwargs",
+        help="openai backend: send the thinking switch as chat_template_kwargs (vLLM, SGLang); off for a server "
+        "that refuses unknown fields."),
     allow_pickle_checkpoints: bool = ALLOW_PICKLE,
     trust_remote_code: bool = TRUST_REMOTE_CODE,
 ) -> None:
@@ -330,6 +342,7 @@ def rewrite_cmd(
         max_ratio=max_ratio, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
         batch_size=batch_size, seed=seed, require_gold=require_gold, max_concurrency=max_concurrency,
         max_retries=max_retries, timeout_s=timeout, tensor_parallel_size=tensor_parallel_size,
+        teacher_thinking=teacher_thinking, send_chat_template_kwargs=send_chat_template_kwargs,
         allow_pickle_checkpoints=allow_pickle_checkpoints,
         trust_remote_code=trust_remote_code,
     )

@@ -50,7 +50,7 @@ CONFIG_FILE = "eval_config.json"  # written by ``mpdistill eval`` before it samp
 # look like and is warned about when it differs.
 SETTINGS_IGNORED = frozenset(
     {"model", "benchmarks", "limit", "n_samples", "backend", "batch_size", "seed", "sampling_source",
-     "tensor_parallel_size", "device", "dtype"}
+     "max_new_tokens_source", "tensor_parallel_size", "device", "dtype"}
 )
 GOLD_MODEL = "gold"  # the grader check of ``mpdistill eval``: reference solutions, nothing sampled
 

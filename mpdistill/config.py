@@ -145,6 +145,9 @@ class RewriteConfig(_Strict):
     # SGLang read). Its own thinking is about the rewrite task and never a target for the student:
     # a rewrite with other think blocks than the student's trace is rejected (reason "structure").
     teacher_enable_thinking: bool | None = None
+    # openai, chat: send that switch as chat_template_kwargs (vLLM and SGLang read it); false for a
+    # server that refuses request fields it does not know (the served teacher then thinks by its default).
+    send_chat_template_kwargs: bool = True
     max_new_tokens: int = Field(default=512, gt=0)
     temperature: float = Field(default=0.6, ge=0)
     top_p: float = Field(default=0.95, gt=0, le=1)
@@ -210,6 +213,9 @@ class RewriteConfig(_Strict):
     def _thinking_needs_chat(self):
         if self.teacher_enable_thinking is not None and not self.use_chat_template:
             raise ValueError("rewrite.teacher_enable_thinking needs rewrite.use_chat_template: true")
+        if self.teacher_enable_thinking is not None and self.backend == "openai" and not self.send_chat_template_kwargs:
+            raise ValueError("rewrite.teacher_enable_thinking is sent to a served teacher as chat_template_kwargs, "
+                             "which rewrite.send_chat_template_kwargs: false turns off; keep one of the two")
         return self
 
 
@@ -264,7 +270,10 @@ class Recipe(_Strict):
         answers are read the wrong way trains on no rewrite at all (MPD silently becomes OPD)."""
         if not isinstance(data, dict):
             return data
-        section = data.get("data") if isinstance(data.get("data"), dict) else {}
+        section = data.get("data")
+        if isinstance(section, BaseModel):  # Recipe(data=DataConfig(...)) from Python
+            section = section.model_dump(exclude_unset=True)
+        section = section if isinstance(section, dict) else {}
         train = section.get("train", "embedded:chain")
         task = data.get("task")
         chain_data = isinstance(train, str) and train == "embedded:chain"

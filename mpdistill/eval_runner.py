@@ -299,7 +299,9 @@ def run_eval(spec: EvalSpec, out: str | Path, *, console=None) -> dict:
             sampling[key] = getattr(spec, key)
         if given:
             sampling_source = f"{', '.join(given)} given; otherwise {sampling_source}"
-    n_samples = {b.name: 1 if gold else spec.n_samples or (SMALL_SET_SAMPLES if b.size < SMALL_SET else 1)
+    # Several samples of a small set only where they can differ: greedy decoding draws the same one each time.
+    sampled = not gold and sampling.get("temperature", 0) > 0
+    n_samples = {b.name: 1 if gold else spec.n_samples or (SMALL_SET_SAMPLES if sampled and b.size < SMALL_SET else 1)
                  for b in benchmarks}
     max_new_tokens, budget_source = None, None
     if not gold:

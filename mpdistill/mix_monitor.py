@@ -37,11 +37,15 @@ class MixMonitor(TrainerCallback):
         self.warnings: list[str] = []
 
     def window_counts(self, step: int) -> dict | None:
-        """Samples, unparsed traces and accepted rewrites over the steps (step - window, step]."""
+        """Samples (those not kept on-policy by ``rewrite.on_policy_fraction``), unparsed traces and
+        accepted rewrites over the steps (step - window, step] that this process has seen (a resumed
+        run starts its history afresh), and the first of those steps."""
         rows = [h for h in self.trainer.mix_history if step - self.window < h["step"] + 1 <= step]
         if not rows:
             return None
-        return {key: sum(r[key] for r in rows) for key in ("n", "unparsed", "accepted")}
+        counts = {key: sum(r[key] for r in rows) for key in ("n", "unparsed", "accepted")}
+        counts["first"] = min(r["step"] for r in rows) + 1
+        return counts
 
     def on_step_end(self, args, state, control, **kwargs):
         step = state.global_step
@@ -50,14 +54,14 @@ class MixMonitor(TrainerCallback):
         counts = self.window_counts(step)
         if counts is None or not counts["n"]:
             return control
-        first = step - self.window + 1
+        first = counts["first"]
         parsed = 1 - counts["unparsed"] / counts["n"]
         accepted = counts["accepted"] / counts["n"]
         span = f"steps {first}-{step} ({counts['n']} samples)"
+        fallback = self.trainer.fallback_description()
         unparsed_why = (f"{100 * (1 - parsed):.0f}% of the student's traces over {span} have no final answer the "
-                        f"'{self.task}' task can read, so no rewrite is asked for them and they train as plain "
-                        "on-policy distillation; check `task`, `data.prompt_template` and "
-                        "`training.max_completion_length` (traces cut before their answer)")
+                        f"'{self.task}' task can read, so no rewrite is asked for them and {fallback}; check `task`, "
+                        "`data.prompt_template` and `training.max_completion_length` (traces cut before their answer)")
         accepted_why = (f"{100 * accepted:.0f}% of samples over {span} were trained on an accepted rewrite; "
                         "the mpd/reject/* counts in the training log say why the others were rejected")
         if self.min_parsed is not None and parsed < self.min_parsed:
@@ -65,18 +69,20 @@ class MixMonitor(TrainerCallback):
         elif self.min_accepted is not None and accepted < self.min_accepted:
             self._halt(state, control, f"rewrite.min_acceptance_rate is {self.min_accepted:g}: {accepted_why}")
         elif parsed < 0.5:
-            self._warn(state, f"MPD is mostly OPD here: {unparsed_why}")
+            self._warn(state, f"{self.trainer._name} is mostly falling back here: {unparsed_why}")
         elif counts["accepted"] == 0:
-            self._warn(state, f"MPD is training as OPD: no rewrite was accepted; {accepted_why}")
+            self._warn(state, f"{self.trainer._name}: no rewrite was accepted, so {fallback}; {accepted_why}")
         return control
 
     def _warn(self, state, message: str) -> None:
         self.warnings.append(message)
-        log.warning(message)
+        if state.is_world_process_zero:  # every process decides alike; one says it
+            log.warning(message)
         state.log_history.append({"step": state.global_step, "mpd/warning": message})
 
     def _halt(self, state, control, message: str) -> None:
         self.halted = f"training stopped at step {state.global_step}: {message}"
-        log.error(self.halted)
+        if state.is_world_process_zero:
+            log.error(self.halted)
         state.log_history.append({"step": state.global_step, "mpd/halt": self.halted})
         control.should_training_stop = True

@@ -19,7 +19,7 @@ from .durable import replace_dir, write_jsonl, write_text
 from .mix_monitor import MixFloorHalt, MixMonitor
 from .nonfinite import NonFiniteGuard, NonFiniteHalt
 from .processes import is_main_process, launch_warnings, on_main_then_share
-from .prompts import encode_message, has_thinking_switch
+from .prompts import encode_message, has_thinking_switch, teacher_template_kwargs
 from .rewrite import Rewriter, RewriteSettings, TransformersRewriter
 from .rollout import GenerationSettings
 from .tasks import get_task
@@ -170,19 +170,35 @@ def rewrite_settings(recipe: Recipe) -> RewriteSettings:
     )
 
 
-def teacher_template_kwargs(recipe: Recipe, tokenizer) -> dict | None:
-    """``chat_template_kwargs`` for the teacher's rewrite prompts: ``rewrite.teacher_enable_thinking``
-    when set; otherwise thinking off wherever the teacher's template has the switch, so the teacher
-    writes the rewrite instead of thinking about the task first (``tokenizer`` None: a served chat
-    model, whose template is the server's; vLLM and SGLang read the field, other templates ignore it)."""
+def teacher_kwargs(recipe: Recipe, tokenizer) -> dict | None:
+    """The teacher's chat-template switches for this recipe (see :func:`prompts.teacher_template_kwargs`)."""
     r = recipe.rewrite
-    if not r.use_chat_template:
-        return None
-    if r.teacher_enable_thinking is not None:
-        return {"enable_thinking": r.teacher_enable_thinking}
-    if tokenizer is None or has_thinking_switch(tokenizer):
-        return {"enable_thinking": False}
-    return None
+    return teacher_template_kwargs(chat=r.use_chat_template, thinking=r.teacher_enable_thinking, tokenizer=tokenizer,
+                                   send_to_server=r.send_chat_template_kwargs)
+
+
+def served_rewriter(recipe: Recipe):
+    """The ``rewrite.backend: openai`` rewriter of this recipe."""
+    from .served_rewriter import OpenAIRewriter
+
+    r = recipe.rewrite
+    return OpenAIRewriter(
+        r.base_url,
+        r.model,
+        api_key_env=r.api_key_env,
+        chat=r.use_chat_template,
+        temperature=r.temperature,
+        top_p=r.top_p,
+        top_k=r.top_k or None,
+        max_tokens=r.max_new_tokens,
+        max_concurrency=r.max_concurrency,
+        timeout_s=r.timeout_s,
+        max_retries=r.max_retries,
+        deadline_s=r.deadline_s,
+        seed=recipe.seed,
+        chat_template_kwargs=teacher_kwargs(recipe, None),
+        extra_body=r.extra_body,
+    )
 
 
 def make_rewriter(recipe: Recipe, settings: RewriteSettings, teacher, tokenizer) -> Rewriter:
@@ -193,25 +209,7 @@ def make_rewriter(recipe: Recipe, settings: RewriteSettings, teacher, tokenizer)
     """
     r = recipe.rewrite
     if r.backend == "openai":
-        from .served_rewriter import OpenAIRewriter
-
-        return OpenAIRewriter(
-            r.base_url,
-            r.model,
-            api_key_env=r.api_key_env,
-            chat=r.use_chat_template,
-            temperature=r.temperature,
-            top_p=r.top_p,
-            top_k=r.top_k or None,
-            max_tokens=r.max_new_tokens,
-            max_concurrency=r.max_concurrency,
-            timeout_s=r.timeout_s,
-            max_retries=r.max_retries,
-            deadline_s=r.deadline_s,
-            seed=recipe.seed,
-            chat_template_kwargs=teacher_template_kwargs(recipe, None),
-            extra_body=r.extra_body,
-        )
+        return served_rewriter(recipe)
     if r.backend == "vllm":
         from .rewrite import VLLMRewriter
         from .rollout.vllm import VLLMGenerator
@@ -223,9 +221,9 @@ def make_rewriter(recipe: Recipe, settings: RewriteSettings, teacher, tokenizer)
         )
         rewriter_tokenizer = tokenizer if name == recipe.teacher else load_tokenizer(name)
         return VLLMRewriter(generator, rewriter_tokenizer, settings.generation, use_chat_template=settings.use_chat_template,
-                            seed=recipe.seed, chat_template_kwargs=teacher_template_kwargs(recipe, rewriter_tokenizer))
+                            seed=recipe.seed, chat_template_kwargs=teacher_kwargs(recipe, rewriter_tokenizer))
     return TransformersRewriter(teacher, tokenizer, settings.generation, use_chat_template=settings.use_chat_template,
-                                seed=recipe.seed, chat_template_kwargs=teacher_template_kwargs(recipe, tokenizer))
+                                seed=recipe.seed, chat_template_kwargs=teacher_kwargs(recipe, tokenizer))
 
 
 def generation_problems(recipe: Recipe, *, servers: bool = True) -> list[Exception]:
@@ -256,7 +254,11 @@ def generation_problems(recipe: Recipe, *, servers: bool = True) -> list[Excepti
     if servers and rewrites and r.backend == "openai":
         from .served_rewriter import check_endpoint
 
-        checks.append(lambda: check_endpoint(r.base_url, min(r.timeout_s, 30.0), model=r.model, api_key_env=r.api_key_env))
+        def check_served() -> None:  # answers, serves the model, and accepts a request of the run's shape
+            check_endpoint(r.base_url, min(r.timeout_s, 30.0), model=r.model, api_key_env=r.api_key_env)
+            served_rewriter(recipe).preflight()
+
+        checks.append(check_served)
     problems = []
     for check in checks:
         try:
@@ -487,7 +489,7 @@ def train(recipe: Recipe, run_dir: str | Path, *, exclude_prompts: set[str] | No
     for warning in launch_warnings() if is_main_process() else []:
         log.warning(warning)
     rows = training_problems(recipe, exclude=exclude_prompts)
-    if recipe.rewrite.require_gold and recipe.method in ("mpd", "rewrite_sft"):
+    if recipe.rewrite.require_gold and recipe.method in ("mpd", "rewrite_sft", "offpolicy_kd"):
         missing = next((i for i, r in enumerate(rows) if r.get("answer") is None), None)
         if missing is not None:
             raise ConfigError(f"rewrite.require_gold is set but training row {missing} has no answer (data.answer_field)")
@@ -498,7 +500,8 @@ def train(recipe: Recipe, run_dir: str | Path, *, exclude_prompts: set[str] | No
     teacher, t_tok = load_model(recipe.teacher, dtype=torch.bfloat16 if recipe.training.bf16 else torch.float32, **trust)
     check_compatible(recipe.student, tokenizer, student, recipe.teacher, t_tok, teacher)
     check_thinking(recipe, tokenizer, t_tok)
-    warn_if_templates_differ(recipe, tokenizer, t_tok)
+    if is_main_process():
+        warn_if_templates_differ(recipe, tokenizer, t_tok)
 
     def write_recipe() -> None:
         run_dir.mkdir(parents=True, exist_ok=True)

@@ -23,10 +23,17 @@ def distributed_state():
     own defaults, under an FSDP launch it would fall back to one process and every process would
     believe it is the main one.
     """
+    from dataclasses import fields
+    from datetime import timedelta
+
     import torch
     from accelerate import PartialState
+    from transformers import TrainingArguments
 
-    return PartialState(cpu=not torch.cuda.is_available())
+    # It joins the process group before the trainer's arguments do, so it sets the group's timeout:
+    # the trainer's own (ddp_timeout), not the shorter default of torch's NCCL backend.
+    ddp_timeout = next(f.default for f in fields(TrainingArguments) if f.name == "ddp_timeout")
+    return PartialState(cpu=not torch.cuda.is_available(), timeout=timedelta(seconds=ddp_timeout))
 
 
 def is_main_process() -> bool:
@@ -37,7 +44,7 @@ def on_main_then_share(fn: Callable[[], T]) -> T:
     """Run ``fn`` on the main process only and return its result on every process.
 
     An exception raised by ``fn`` is raised on every process (the others get the same type and
-    message), after all of them have heard of it.
+    message), after all of them have heard of it, marked ``shared_by_main_process``.
     """
     state = distributed_state()
     if state.num_processes == 1:
@@ -53,6 +60,7 @@ def on_main_then_share(fn: Callable[[], T]) -> T:
     broadcast_object_list(outcome, from_process=0)
     result, error = outcome
     if error is not None:
+        error.shared_by_main_process = True  # the same on every process: the main one reports it
         raise error
     return result
 

@@ -24,15 +24,19 @@ THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 # Qwen3: thinking T=0.6, top-p 0.95, top-k 20; non-thinking T=0.7, top-p 0.8, top-k 20
 # (Qwen3 model card, "Best Practices"; greedy decoding is discouraged there for thinking mode).
 FAMILY_SAMPLING: dict[tuple[str, bool], dict] = {
-    ("qwen3", True): {"temperature": 0.6, "top_p": 0.95, "top_k": 20},
-    ("qwen3", False): {"temperature": 0.7, "top_p": 0.8, "top_k": 20},
+    (family, thinking): values
+    for family in ("qwen3", "qwen3_moe")
+    for thinking, values in ((True, {"temperature": 0.6, "top_p": 0.95, "top_k": 20}),
+                             (False, {"temperature": 0.7, "top_p": 0.8, "top_k": 20}))
 }
 
 
 # Response budgets (thinking included) by model family, keyed by (config.model_type, thinking). Qwen3's
-# model card: 32,768 new tokens for most queries, 38,912 for competition math and programming.
-FAMILY_MAX_NEW_TOKENS: dict[tuple[str, bool], int] = {("qwen3", True): 32_768, ("qwen3", False): 32_768}
-COMPETITION_MAX_NEW_TOKENS = {"qwen3": 38_912}
+# model card: 32,768 new tokens for most queries, 38,912 for competition math and programming; it
+# gives no other figure for non-thinking mode, so the same budget applies there.
+FAMILY_MAX_NEW_TOKENS: dict[tuple[str, bool], int] = {
+    (family, thinking): 32_768 for family in ("qwen3", "qwen3_moe") for thinking in (True, False)}
+COMPETITION_MAX_NEW_TOKENS = {"qwen3": 38_912, "qwen3_moe": 38_912}
 COMPETITION_SETS = ("aime24", "aime25", "amc23")
 OTHER_MAX_NEW_TOKENS = 4096
 
@@ -75,6 +79,26 @@ def user_message(template: str, problem: str) -> str:
 def has_thinking_switch(tokenizer) -> bool:
     """Whether the tokenizer's chat template reads Qwen3's ``enable_thinking`` switch."""
     return "enable_thinking" in str(getattr(tokenizer, "chat_template", None) or "")
+
+
+def teacher_template_kwargs(*, chat: bool, thinking: bool | None, tokenizer, send_to_server: bool = True) -> dict | None:
+    """``chat_template_kwargs`` for the teacher's rewrite prompts.
+
+    ``thinking`` when given; otherwise thinking off wherever it can be switched, so the teacher
+    writes the rewrite instead of first thinking about the rewrite task: a local ``tokenizer``
+    whose template has the switch, or (``tokenizer`` None) a served chat model, whose template is
+    the server's (vLLM and SGLang read the field; ``send_to_server`` False sends none, for a server
+    that refuses fields it does not know).
+    """
+    if not chat:
+        return None
+    if tokenizer is None and not send_to_server:
+        return None
+    if thinking is not None:
+        return {"enable_thinking": thinking}
+    if tokenizer is None or has_thinking_switch(tokenizer):
+        return {"enable_thinking": False}
+    return None
 
 
 class PromptEncoder:

@@ -167,7 +167,10 @@ class TransformersRewriter(_LocalRewriter):
         super().__init__(tokenizer, settings, **options)
         self.model = model
         self.sync_batches: Callable[[int], int] | None = None
-        self.generate_calls = 0  # this process's, padding included
+        self.generate_calls = 0  # this process's model.generate calls, padding included
+
+    def _count_call(self) -> None:
+        self.generate_calls += 1
 
     def rewrite(self, prompts: Sequence[str], max_new_tokens: Sequence[int] | None = None) -> list[RewriteOutput]:
         ids = [self._encode(p) for p in prompts]
@@ -175,15 +178,14 @@ class TransformersRewriter(_LocalRewriter):
         gens = generate_texts(
             self.model, self.tokenizer, ids, self.settings, seed=seed,
             max_new_tokens=list(max_new_tokens) if max_new_tokens is not None else None,
+            on_generate=self._count_call,
         )
-        calls = math.ceil(len(ids) / self.settings.batch_size)
         if self.sync_batches is not None:
+            calls = math.ceil(len(ids) / self.settings.batch_size)
             pad = [self.tokenizer.eos_token_id if self.tokenizer.eos_token_id is not None else 0]
             greedy = GenerationSettings(max_new_tokens=1, temperature=0.0, batch_size=1)
             for _ in range(self.sync_batches(calls) - calls):
-                generate_texts(self.model, self.tokenizer, [pad], greedy)
-                calls += 1
-        self.generate_calls += calls
+                generate_texts(self.model, self.tokenizer, [pad], greedy, on_generate=self._count_call)
         return [RewriteOutput(text=g.text.strip(), truncated=g.truncated) for g in gens]
 
 
@@ -348,7 +350,8 @@ def plan_batch(
     Only rewrites the mixing rule could use are generated: samples picked for the on-policy
     fraction, traces with no final answer (nothing to keep the rewrite faithful to) and, when
     the gold answer is checked, traces whose answer is wrong are not sent to the rewriter. Each
-    rewrite stops once it can no longer be short enough to be accepted (see `length_budget`).
+    rewrite stops once it can no longer be short enough to be accepted (see `length_budget`),
+    unless the teacher thinks first (``teacher_thinks``): its thinking does not count.
     """
     todo = []
     for s in samples:
@@ -363,7 +366,10 @@ def plan_batch(
             todo.append(s)
     # The rewriter is called even with nothing to rewrite: with several training processes the local
     # teacher's generate calls are collective (sharded weights), so every process makes as many.
-    budgets = [length_budget(len(s.student_ids), settings) for s in todo]
+    # A teacher that thinks first spends tokens on its own thinking before the rewrite: the length a
+    # rewrite may have is checked after that block is removed, not while it is generated.
+    budgets = [settings.generation.max_new_tokens if settings.teacher_thinks else length_budget(len(s.student_ids), settings)
+               for s in todo]
     outputs = rewriter.rewrite([settings.render(s.problem, s.student_text) for s in todo], max_new_tokens=budgets)
     if len(outputs) != len(todo):
         raise RuntimeError(f"rewriter returned {len(outputs)} rewrites for {len(todo)} prompts")

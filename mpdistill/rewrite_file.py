@@ -31,6 +31,7 @@ from typing import Callable
 
 from .durable import LogError, append_jsonl, cut_torn_tail, read_jsonl_log
 from .eval_runner import derive_seed
+from .prompts import teacher_template_kwargs
 from .rewrite import DEFAULT_REWRITE_PROMPT, Rewriter, RewriteSettings, Sample, encode_completion, plan_batch
 from .rollout import GenerationSettings
 from .tasks.problems import DataError, iter_jsonl
@@ -67,6 +68,9 @@ class RewriteFileSpec:
     timeout_s: float = 60.0
     max_retries: int = 3
     tensor_parallel_size: int = 1  # vllm backend
+    # Whether the teacher thinks before writing (None: off wherever it can be switched, as in training).
+    teacher_thinking: bool | None = None
+    send_chat_template_kwargs: bool = True  # openai + chat: send the switch (vLLM, SGLang read it)
     allow_pickle_checkpoints: bool = False  # see pipeline.load_model: safetensors only unless set
     trust_remote_code: bool = False
 
@@ -101,6 +105,8 @@ class RewriteFileSpec:
         ):
             if not ok:
                 raise RewriteFileError(f"{option}: {value} is out of range")
+        if self.teacher_thinking is not None and not self.chat_template:
+            raise RewriteFileError("--teacher-thinking/--no-teacher-thinking needs --chat-template")
         try:
             return RewriteSettings(
                 prompt_template=self.prompt_template,
@@ -108,6 +114,7 @@ class RewriteFileSpec:
                 require_gold=self.require_gold,
                 on_policy_fraction=0.0,
                 use_chat_template=self.chat_template,
+                teacher_thinks=self.teacher_thinking is True,
                 generation=GenerationSettings(
                     max_new_tokens=self.max_new_tokens,
                     temperature=self.temperature,
@@ -236,8 +243,13 @@ def summarize(records: list[dict]) -> dict:
         "compression": kept_rewrite / kept_trace if accepted else None,
         "rejected": dict(sorted(Counter(r["reason"] for r in records if not r["accepted"]).items())),
         # Of the accepted rewrites, the share that walks the student's route (Task.route_kept).
-        "route_kept": (sum(bool(r.get("route_kept")) for r in accepted) / len(accepted)) if accepted else None,
+        "route_kept": _share([r["route_kept"] for r in accepted if r.get("route_kept") is not None]),
     }
+
+
+def _share(flags: list[bool]) -> float | None:
+    """The share of true values (None for none: rows written before route_kept was recorded have none)."""
+    return sum(flags) / len(flags) if flags else None
 
 
 def format_summary(summary: dict) -> str:
@@ -324,11 +336,17 @@ def _backend(spec: RewriteFileSpec, settings: RewriteSettings):
                 temperature=spec.temperature, top_p=spec.top_p, top_k=spec.top_k or None,
                 max_tokens=spec.max_new_tokens, max_concurrency=spec.max_concurrency, timeout_s=spec.timeout_s,
                 max_retries=spec.max_retries, seed=spec.seed,
+                chat_template_kwargs=teacher_template_kwargs(chat=spec.chat_template, thinking=spec.teacher_thinking,
+                                                             tokenizer=None,
+                                                             send_to_server=spec.send_chat_template_kwargs),
             )
+            served.preflight("--base-url")
         except ConfigError as err:  # the messages name recipe keys; here they are options
             message = str(err)
             for key, option in (("rewrite.base_url", "--base-url"), ("rewrite.api_key_env", "--api-key-env"),
-                                ("rewrite.model", "--model")):
+                                ("rewrite.model", "--model"),
+                                ("rewrite.send_chat_template_kwargs: false", "--no-send-chat-template-kwargs"),
+                                ("rewrite.top_k: 0", "--top-k 0")):
                 message = message.replace(key, option)
             raise RewriteFileError(message) from None
         from .pipeline import load_tokenizer
@@ -339,7 +357,11 @@ def _backend(spec: RewriteFileSpec, settings: RewriteSettings):
     from .pipeline import load_model, load_tokenizer, model_path
     from .rewrite import TransformersRewriter, VLLMRewriter
 
-    options = dict(use_chat_template=settings.use_chat_template)
+    def options(tokenizer) -> dict:
+        kwargs = teacher_template_kwargs(chat=settings.use_chat_template, thinking=spec.teacher_thinking,
+                                         tokenizer=tokenizer)
+        return dict(use_chat_template=settings.use_chat_template, chat_template_kwargs=kwargs)
+
     if spec.backend == "vllm":
         from .rollout.vllm import BackendUnavailable, VLLMGenerator, check_engine
 
@@ -352,12 +374,12 @@ def _backend(spec: RewriteFileSpec, settings: RewriteSettings):
         generator = VLLMGenerator(model_path(spec.teacher), seed=spec.seed, tensor_parallel_size=spec.tensor_parallel_size)
 
         def make(seed: int) -> Rewriter:
-            return VLLMRewriter(generator, tokenizer, settings.generation, seed=seed, **options)
+            return VLLMRewriter(generator, tokenizer, settings.generation, seed=seed, **options(tokenizer))
     else:
         teacher, tokenizer = load_model(spec.teacher, allow_pickle=spec.allow_pickle_checkpoints,
                                         trust_remote_code=spec.trust_remote_code)
 
         def make(seed: int) -> Rewriter:
-            return TransformersRewriter(teacher, tokenizer, settings.generation, seed=seed, **options)
+            return TransformersRewriter(teacher, tokenizer, settings.generation, seed=seed, **options(tokenizer))
 
     return make, functools.partial(encode_completion, tokenizer), None

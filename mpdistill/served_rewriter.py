@@ -28,7 +28,9 @@ from .rewrite import RewriteOutput
 
 # Request fields set from the recipe's own keys (``rewrite.extra_body`` may add others, not these).
 REQUEST_FIELDS = ("model", "messages", "prompt", "max_tokens", "temperature", "top_p", "top_k", "seed",
-                  "chat_template_kwargs")
+                  "chat_template_kwargs",
+                  # and those that would change what comes back or how long it may be
+                  "stream", "n", "best_of", "stop", "max_completion_tokens", "echo", "logprobs")
 
 # Failure kinds, as counted in ``OpenAIRewriter.stats["failures"]``.
 RETRIED = ("timeout", "connection", "http_5xx", "http_429")
@@ -171,9 +173,30 @@ class OpenAIRewriter:
             results.append(out)
         return results
 
+    def preflight(self, where: str = "rewrite.base_url") -> None:
+        """Send one rewrite request of the run's exact shape (one token) before anything loads.
+
+        A server that refuses it (HTTP 4xx: an unknown field such as ``chat_template_kwargs`` or
+        ``top_k``, a bad model name) would otherwise fail every rewrite of the run, each falling
+        back to the student's trace. Raises :class:`~mpdistill.config.ConfigError` with the server's
+        own message; a timeout or 5xx is left to the run's retries.
+        """
+        end = time.monotonic() + self.timeout_s
+        kind, detail, _, _ = self._attempt(self._payload("Reply with OK.", 1), self.timeout_s, end, threading.Event())
+        if kind == "http_4xx":
+            fields = [f for f in ("chat_template_kwargs", "top_k", *self.extra_body) if f in self._body("", 1)]
+            bad_request = detail.startswith(("HTTP 400", "HTTP 422"))  # not a key or a route: the request itself
+            hint = ("; for a server that does not accept " + ", ".join(fields) + ": rewrite.send_chat_template_kwargs: "
+                    "false, rewrite.top_k: 0, or remove the field from rewrite.extra_body") if fields and bad_request else ""
+            raise ConfigError(self._scrub(f"{where} {self.base_url!r}: the server refused a rewrite request "
+                                          f"({detail}){hint}"))
+
     # -- one prompt ---------------------------------------------------------------------------
 
     def _payload(self, prompt: str, budget: int) -> bytes:
+        return json.dumps(self._body(prompt, budget)).encode("utf-8")
+
+    def _body(self, prompt: str, budget: int) -> dict:
         body: dict = {**self.extra_body, "model": self.model, "max_tokens": budget, "temperature": self.temperature,
                       "top_p": self.top_p}
         if self.top_k:
@@ -184,7 +207,7 @@ class OpenAIRewriter:
                 body["chat_template_kwargs"] = self.chat_template_kwargs  # read by vLLM and SGLang
         else:
             body["prompt"] = prompt
-        return json.dumps(body).encode("utf-8")
+        return body
 
     def _one(self, prompt: str, budget: int, end: float, stop: threading.Event) -> tuple[RewriteOutput, str | None]:
         if budget <= 0:

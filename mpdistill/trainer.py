@@ -104,6 +104,12 @@ class MPDTrainer(ResumableTraining, _RolloutLogMixin, DistillationTrainer):
         # One entry per training batch, summed over processes: what the mix monitor watches.
         self.mix_history: list[dict] = []
 
+    def fallback_description(self) -> str:
+        """What a sample without an accepted rewrite trains on, in words (for the mix monitor)."""
+        if self.rewrite_settings.on_reject == "drop":
+            return "they are dropped from the loss"
+        return "they train as plain on-policy distillation (the student's own traces): MPD is then OPD"
+
     def random_streams(self) -> dict[str, random.Random]:
         streams = {"mix": self._mix_rng}
         rewriter_rng = getattr(self.rewriter, "rng", None)  # the local teacher's sampling seeds
@@ -195,9 +201,10 @@ class MPDTrainer(ResumableTraining, _RolloutLogMixin, DistillationTrainer):
         m = self._metrics[mode]
         n = len(rows)
         accepted = [(st, rw) for st, rw, reason, _ in rows if reason == "accepted"]
-        if mode == "train":
-            self.mix_history.append({"step": self.state.global_step, "n": n, "accepted": len(accepted),
-                                     "unparsed": sum(r[2] == "student_unparsed" for r in rows)})
+        if mode == "train":  # the samples the mixing rule could rewrite: on-policy picks are not among them
+            eligible = [r for r in rows if r[2] != "on_policy"]
+            self.mix_history.append({"step": self.state.global_step, "n": len(eligible), "accepted": len(accepted),
+                                     "unparsed": sum(r[2] == "student_unparsed" for r in eligible)})
         m["mpd/student_tokens"].append(sum(r[0] for r in rows) / n)
         m["mpd/acceptance_rate"].append(len(accepted) / n)
         if accepted:
@@ -307,7 +314,9 @@ class OffPolicyKDTrainer(ResumableTraining, _RolloutLogMixin, DistillationTraine
         )
         # Each sample ends with the token the teacher stopped on, as a completion the teacher wrote.
         completion_ids = [g.token_ids if g.truncated else g.token_ids + [g.end_id] for g in gens]
-        golds = [row.get("answer") for row in self._inputs] if len(self._inputs) == len(gens) else [None] * len(gens)
+        if len(self._inputs) != len(gens):
+            raise RuntimeError(f"{len(gens)} teacher samples for {len(self._inputs)} training rows")
+        golds = [row.get("answer") for row in self._inputs]
         reasons = [self._vet(g, gold) for g, gold in zip(gens, golds)]
         keep = [[int(r == "accepted")] * len(ids) for r, ids in zip(reasons, completion_ids)]
         mode = "train" if self.model.training else "eval"
@@ -319,7 +328,7 @@ class OffPolicyKDTrainer(ResumableTraining, _RolloutLogMixin, DistillationTraine
             [
                 {"prompt": p, "student": None, "rewrite": None, "teacher": g.text, "accepted": r == "accepted",
                  "reason": r, "student_tokens": None, "rewrite_tokens": None, "teacher_tokens": len(ids),
-                 "trained_on": "teacher" if r == "accepted" else "dropped"}
+                 "trained_on": "teacher" if r == "accepted" else "dropped", "route_kept": None}
                 for p, g, ids, r in zip(prompts, gens, completion_ids, reasons)
             ]
         )

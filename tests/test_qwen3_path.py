@@ -145,9 +145,9 @@ def test_a_run_whose_traces_have_no_readable_answer_warns_in_the_console_and_the
         train(recipe, tmp_path)
     log = [json.loads(line) for line in (tmp_path / "train_log.jsonl").read_text().splitlines()]
     warnings = [e["mpd/warning"] for e in log if "mpd/warning" in e]
-    assert len(warnings) == 2 and all(w.startswith("MPD is mostly OPD here: 100% of the student's traces over steps")
+    assert len(warnings) == 2 and all(w.startswith("MPD is mostly falling back here: 100% of the student's traces over steps")
                                       and "'math' task can read" in w for w in warnings)
-    assert sum("MPD is mostly OPD here" in r.getMessage() for r in caplog.records) == 2
+    assert sum("MPD is mostly falling back here" in r.getMessage() for r in caplog.records) == 2
 
 
 def test_a_floor_on_readable_answers_stops_the_run_naming_the_cause(qwen3_pair, tmp_path):

@@ -250,8 +250,10 @@ def test_served_rewriter(here, serve, tok, monkeypatch):
                        "not_shorter", "student_unparsed"]
     settings = RewriteSettings(prompt_template=TEMPLATE, generation=GenerationSettings(max_new_tokens=512))
     # One request per row with a final answer, each with the row's length budget and the same prompt.
-    by_prompt = {q["body"]["messages"][0]["content"]: q for q in server.requests}
-    assert len(server.requests) == 7 and len(by_prompt) == 7
+    preflight, *requests = server.requests  # a one-token request of the run's shape comes first
+    assert preflight["body"]["max_tokens"] == 1 and preflight["body"]["chat_template_kwargs"] == {"enable_thinking": False}
+    by_prompt = {q["body"]["messages"][0]["content"]: q for q in requests}
+    assert len(requests) == 7 and len(by_prompt) == 7
     for row, r in zip(rows[:7], records):
         q = by_prompt[settings.render(row["problem"], row["trace"])]
         assert q["path"] == "/v1/chat/completions" and q["auth"] == "Bearer sk-loopback"
@@ -272,7 +274,7 @@ def test_served_rewriter_failures_are_recorded(here, serve):
     assert all(r["rewrite"] == "" and r["rewrite_tokens"] == 0 for r in records)
     summary = summary_of(result.output)
     assert summary["rejected"] == {"backend_error": 5} and summary["backend_failures"] == {"http_5xx": 5}
-    assert len(server.requests) == 5
+    assert len(server.requests) == 1 + 5  # the one-token check first (a 5xx there is left to the retries)
 
 
 def test_served_rewriter_needs_a_tokenizer(here, serve):

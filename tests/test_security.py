@@ -13,7 +13,7 @@ import torch
 
 from mpdistill.config import ConfigError, load_recipe
 from mpdistill.pipeline import load_model, load_tokenizer, train
-from mpdistill.rewrite_file import RewriteFileSpec, rewrite_file
+from mpdistill.rewrite_file import RewriteFileError, RewriteFileSpec, rewrite_file
 
 KEY = "sk-test-4f9c2e1b7a0d-do-not-log"
 ENV = "MPDISTILL_TEST_REWRITER_KEY"
@@ -94,9 +94,17 @@ def test_a_training_run_writes_the_key_nowhere(keyed_server, tmp_path, monkeypat
                     "max_retries": 0, "use_chat_template": False},
     })
     run = tmp_path / "run"
+    if leaky:  # the server refuses the key, quoting it: the run's first request finds out, before anything loads
+        with caplog.at_level(logging.DEBUG), pytest.raises(ConfigError) as err:
+            train(recipe, run)
+        assert "the server refused a rewrite request (HTTP 401" in str(err.value) and KEY not in str(err.value)
+        assert server.requests == 1 and not run.exists()
+        out, err_text = capfd.readouterr()
+        assert KEY not in out + err_text + caplog.text
+        return
     with caplog.at_level(logging.DEBUG):
         train(recipe, run)
-    assert server.requests > 0 and (server.authorized > 0) == (not leaky)  # the key was used...
+    assert server.requests > 0 and server.authorized > 0  # the key was used...
     written = sorted(p.relative_to(run).as_posix() for p in run.rglob("*") if p.is_file())
     assert "recipe.yaml" in written and "rollouts.jsonl" in written and any("checkpoint-2" in w for w in written)
     assert _files_containing(run, KEY) == []  # ...and is in no file the run wrote
@@ -113,8 +121,10 @@ def test_mpdistill_rewrite_writes_the_key_nowhere(keyed_server, tmp_path, monkey
     out = tmp_path / "rewrites.jsonl"
     spec = RewriteFileSpec(backend="openai", base_url=server.url, model="teacher", api_key_env=ENV,
                            tokenizer=str(Path(__file__).parent / "fixtures" / "qwen3"), max_retries=0)
-    rewrite_file(traces, out, spec)
-    assert server.requests == 1
+    with pytest.raises(RewriteFileError) as err:  # the one-token request before any row refuses the key
+        rewrite_file(traces, out, spec)
+    assert "HTTP 401" in str(err.value) and KEY not in str(err.value)
+    assert server.requests == 1 and not out.exists()
     assert _files_containing(tmp_path, KEY) == []
     assert KEY not in "".join(capfd.readouterr())
 

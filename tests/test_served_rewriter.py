@@ -501,7 +501,10 @@ def test_mpd_step_with_a_failing_server_trains_on_the_student(serve, tiny_pair, 
     rows = run.rows
     assert len(rows) == 4
     assert all(r["reason"] == "backend_error" and r["trained_on"] == "student" and not r["accepted"] for r in rows)
-    assert all(r["path"] == "/v1/completions" for r in server.requests) and len(server.requests) == 8
+    # First the one-token request of the pre-load check (a 5xx there is left to the run's retries),
+    # then two tries for each of the four rewrites.
+    assert all(r["path"] == "/v1/completions" for r in server.requests) and len(server.requests) == 1 + 8
+    assert server.requests[0]["body"]["max_tokens"] == 1
     logged = run.logged
     assert logged and logged[0]["mpd/reject/backend_error"] == 1.0 and logged[0]["mpd/trained_on_student"] == 1.0
     assert run.rewriter.stats["failures"] == {"http_5xx": 4}
@@ -600,3 +603,27 @@ def test_train_checks_the_server_before_loading_models(tiny_pair, tmp_path):
     with pytest.raises(ConfigError, match="cannot reach the rewrite server"):
         train(recipe, tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+def test_a_server_that_refuses_the_runs_request_shape_is_one_line_before_loading(serve, tiny_pair, tmp_path,
+                                                                                 monkeypatch):
+    """A strict server refusing chat_template_kwargs would fail every rewrite of the run (each one
+    falling back to the student's trace): the pre-load check sends one request of the run's shape."""
+    from mpdistill.pipeline import check_generation_backends
+
+    server = serve(lambda s, n, p, b: (400, {}, {"error": {"message": "Unrecognized request argument supplied: "
+                                                                       "chat_template_kwargs"}}))
+    run = Run(tiny_pair, tmp_path, monkeypatch, server.url, use_chat_template=True)
+    with pytest.raises(ConfigError) as err:
+        check_generation_backends(run.recipe)
+    message = str(err.value)
+    assert "the server refused a rewrite request (HTTP 400 (not retried): Unrecognized request argument" in message
+    assert "rewrite.send_chat_template_kwargs: false" in message
+    (request,) = server.requests
+    assert request["body"]["max_tokens"] == 1 and request["body"]["chat_template_kwargs"] == {"enable_thinking": False}
+    # Told not to send the switch, the same server is asked without it.
+    quiet = run.recipe.model_copy(update={"rewrite": run.recipe.rewrite.model_copy(
+        update={"send_chat_template_kwargs": False})})
+    from mpdistill.pipeline import served_rewriter
+
+    assert "chat_template_kwargs" not in served_rewriter(quiet)._body("x", 5)

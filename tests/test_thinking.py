@@ -98,14 +98,21 @@ def test_a_thinking_teachers_own_block_is_removed_before_verification():
     plan_batch(samples, rw, settings, MATH, _encode, random.Random(0))
     assert [s.verdict.reason for s in samples] == ["accepted", "structure"]
     assert samples[0].rewrite_text == SHORT and "restates" not in samples[1].rewrite_text
+    # Its thinking is not cut by the rewrite's length budget: the whole max_new_tokens is its to use.
+    assert rw.budgets == [[settings.generation.max_new_tokens] * 2]
+    rw = _Rewriter([SHORT, SHORT])
+    plan_batch([Sample("What is 7+3?", STUDENT, list(range(60))) for _ in range(2)], rw,
+               RewriteSettings(prompt_template=THINKING_REWRITE_PROMPT), MATH, _encode, random.Random(0))
+    assert rw.budgets == [[54, 54]]  # not thinking: stopped once too long to be accepted (0.9 x 60)
 
 
 class _Rewriter:
     def __init__(self, texts):
-        self.texts, self.calls = list(texts), []
+        self.texts, self.calls, self.budgets = list(texts), [], []
 
     def rewrite(self, prompts, max_new_tokens=None):
         self.calls.append(list(prompts))
+        self.budgets.append(list(max_new_tokens or []))
         return [RewriteOutput(self.texts.pop(0)) for _ in prompts]
 
 

@@ -236,3 +236,33 @@ def test_a_step_whose_samples_are_all_dropped_has_zero_loss_and_leaves_the_weigh
     assert losses == [0.0, 0.0]  # no NaN from a zero token count
     assert all(torch.equal(a, b) for a, b in zip(before, trainer.model.parameters()))
     assert not any(h.get("nonfinite/skipped") for h in trainer.state.log_history)
+
+
+def test_offpolicy_kd_vets_the_teachers_samples_as_mpd_vets_its_rewrites(tiny_pair, tmp_path, monkeypatch):
+    """A teacher sample cut at the length limit, or without a final answer, is not trained on."""
+    from mpdistill import trainer as trainer_module
+    from mpdistill.rollout.hf import Generation
+
+    trainer = _trainer(tiny_pair, tmp_path, "offpolicy_kd")
+    tok = trainer._tokenizer
+    texts = ["7+3=0\nA:0", "7+3=0 and so", "7+3=0\nA:0", "7+3"]
+    fake = [Generation(t, tok(t, add_special_tokens=False)["input_ids"], truncated=i == 2,
+                       end_id=None if i == 2 else tok.eos_token_id) for i, t in enumerate(texts)]
+    seen = {}
+
+    def generate(model, tokenizer, prompts, settings, **kw):
+        seen["settings"] = settings
+        return fake[: len(prompts)]
+
+    monkeypatch.setattr(trainer_module, "generate_texts", generate)
+    trainer.model.train()
+    batch = trainer._generate_and_score_completions([trainer.train_dataset[i] for i in range(4)])
+    rows = [json.loads(line) for line in (tmp_path / "rollouts.jsonl").read_text().splitlines()]
+    assert [r["reason"] for r in rows] == ["accepted", "unparsed", "truncated", "unparsed"]
+    assert [r["trained_on"] for r in rows] == ["teacher", "dropped", "dropped", "dropped"]
+    trained = (batch["completion_mask"] * batch["tool_mask"]).sum(dim=1).tolist()  # what the loss counts per row
+    assert trained[0] == len(fake[0].token_ids) + 1 and trained[1:] == [0, 0, 0]
+    # The teacher samples as it does for MPD's rewrites (the recipe's rewrite sampling).
+    r = _recipe(tiny_pair, "offpolicy_kd").rewrite
+    assert (seen["settings"].temperature, seen["settings"].top_p, seen["settings"].top_k) == (r.temperature, r.top_p,
+                                                                                             r.top_k)

@@ -68,6 +68,7 @@ def generate_texts(
     seed: int | None = None,
     progress: Callable[[int], None] | None = None,
     max_new_tokens: list[int] | None = None,
+    on_generate: Callable[[], None] | None = None,
 ) -> list[Generation]:
     """Sample one completion per prompt (text prompts are tokenized as given, no template).
 
@@ -75,7 +76,9 @@ def generate_texts(
     With ``seed`` set, the same prompts give the same samples whatever else ran before.
     ``max_new_tokens`` gives each prompt its own budget (at most ``settings.max_new_tokens``): a
     row stops at its budget, and a batch as soon as all its rows have, so a short budget saves
-    the work. Rows that stop earlier do not change what the other rows sample.
+    the work. Rows that stop earlier do not change what the other rows sample. ``on_generate`` is
+    called after each ``model.generate`` call (how many a process made is what keeps several
+    processes in step).
     """
     if not prompts:
         return []
@@ -100,12 +103,13 @@ def generate_texts(
         if seed is not None:
             torch.manual_seed(seed)
         out = _generate_batches(model, tokenizer, ids, order, budgets, eos, pad_id, device, settings,
-                                per_row=max_new_tokens is not None, progress=progress, out=out)
+                                per_row=max_new_tokens is not None, progress=progress, out=out,
+                                on_generate=on_generate)
     return out  # type: ignore[return-value]
 
 
 def _generate_batches(model, tokenizer, ids, order, budgets, eos, pad_id, device, settings, *, per_row: bool,
-                      progress, out):
+                      progress, out, on_generate=None):
     was_training = model.training
     model.eval()
     try:
@@ -129,6 +133,8 @@ def _generate_batches(model, tokenizer, ids, order, budgets, eos, pad_id, device
                 eos_token_id=eos,
                 **kwargs,
             )[:, width:].cpu()
+            if on_generate is not None:
+                on_generate()
             for row, i in enumerate(batch):
                 seq = generated[row].tolist()[: budgets[i]]
                 cut = next((j for j, t in enumerate(seq) if t in eos), None)
