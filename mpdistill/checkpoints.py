@@ -185,6 +185,8 @@ RESUMABLE_CHANGES = {
     "training.steps", "training.save_steps", "training.save_total_limit", "training.logging_steps",
     "training.max_nonfinite_steps", "rewrite.base_url", "rewrite.api_key_env", "rewrite.max_concurrency",
     "rewrite.timeout_s", "rewrite.max_retries", "rewrite.deadline_s",
+    # When to warn or stop: a run resumed after a floor stopped it may lower the floor.
+    "rewrite.monitor_window", "rewrite.min_parsed_fraction", "rewrite.min_acceptance_rate",
 }
 
 

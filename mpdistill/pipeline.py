@@ -515,7 +515,9 @@ def train(recipe: Recipe, run_dir: str | Path, *, exclude_prompts: set[str] | No
     monitor = next((c for c in trainer.callback_handler.callbacks if isinstance(c, MixMonitor)), None)
     if monitor is not None and monitor.halted:
         where = latest_checkpoint(run_dir / "trainer")
-        raise MixFloorHalt(monitor.halted + (f". The last checkpoint is {where}" if where else ""))
+        raise MixFloorHalt(monitor.halted + (
+            f". The last checkpoint is {where}: fix the cause (or lower the floor in {run_dir / 'recipe.yaml'}) and "
+            f"continue with `mpdistill train --resume --out {run_dir}`" if where else ""))
     guard = next(c for c in trainer.callback_handler.callbacks if isinstance(c, NonFiniteGuard))
     if guard.halted_at is not None:
         raise NonFiniteHalt(

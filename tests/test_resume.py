@@ -151,6 +151,9 @@ def test_resume_refuses_a_different_recipe_and_names_each_difference(tmp_path):
     # Keys that only decide how the run is operated may change.
     longer = recipe.model_copy(update={"training": recipe.training.model_copy(update={"steps": 10, "save_steps": 5})})
     check_resumable(longer, run)
+    # So may the mix monitor's floors: a run a floor stopped can go on with a lower one.
+    lower = recipe.model_copy(update={"rewrite": recipe.rewrite.model_copy(update={"min_parsed_fraction": 0.1})})
+    check_resumable(lower, run)
 
 
 def test_resume_refuses_a_finished_run_and_a_folder_that_is_not_a_run(tmp_path):
