@@ -17,26 +17,42 @@ with ``require_gold``, a trace whose answer is wrong).
 Rows are processed in chunks of ``batch_size``; chunk ``i`` is rewritten with a seed derived from
 ``seed`` and ``i``, and each finished chunk is appended to the output and flushed to disk. A
 re-run with the same output skips the rows already there (a torn last line is cut off and
-redone) and draws the rest exactly as an uninterrupted run would have.
+redone) and draws the rest exactly as an uninterrupted run would have. The settings that decide
+the records (teacher, prompt, sampling, ``max_ratio``, the input's rows...) are kept beside the
+output in ``<out>.settings.json``; a re-run that changes any of them is refused.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
+import logging
 import random
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from .durable import LogError, append_jsonl, cut_torn_tail, read_jsonl_log
+from .durable import LogError, append_jsonl, cut_torn_tail, read_jsonl_log, write_text
 from .eval_runner import derive_seed
 from .prompts import teacher_template_kwargs
 from .rewrite import DEFAULT_REWRITE_PROMPT, Rewriter, RewriteSettings, Sample, encode_completion, plan_batch
 from .rollout import GenerationSettings
 from .tasks.problems import DataError, iter_jsonl
 
+log = logging.getLogger(__name__)
+
 BACKENDS = ("transformers", "vllm", "openai")
+# The settings that decide what is written, by the option that sets them: a resumed run must use the
+# same ones. Batch size, concurrency, retries, timeouts, the API key and the GPU count may change.
+OUTPUT_SETTINGS = {
+    "input": "--input", "backend": "--backend", "teacher": "--teacher", "tokenizer": "--tokenizer",
+    "model": "--model", "task": "--task", "prompt_template": "--prompt-template", "chat_template": "--chat-template",
+    "max_ratio": "--max-ratio", "max_new_tokens": "--max-new-tokens", "temperature": "--temperature",
+    "top_p": "--top-p", "top_k": "--top-k", "seed": "--seed", "require_gold": "--require-gold",
+    "teacher_thinking": "--teacher-thinking", "send_chat_template_kwargs": "--send-chat-template-kwargs",
+}
 
 
 class RewriteFileError(ValueError):
@@ -187,6 +203,95 @@ def read_done(out: Path, rows: list[dict]) -> tuple[dict[int, dict], int | None]
     return done, torn_at
 
 
+def settings_path(out: Path) -> Path:
+    """Where the settings that wrote ``out`` are kept: ``<out>.settings.json``."""
+    return out.with_name(out.name + ".settings.json")
+
+
+def output_settings(spec: RewriteFileSpec, input_path: str | Path, rows: list[dict]) -> dict:
+    """The settings that decide the records of ``out`` (see OUTPUT_SETTINGS); those a backend ignores are None."""
+    served = spec.backend == "openai"
+    digest = hashlib.sha256(json.dumps(rows, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+    return {
+        # The rows, not the bytes: a moved file or a reformatted line is the same input.
+        "input": {"path": str(input_path), "rows": len(rows), "sha256": digest},
+        "backend": spec.backend,
+        "teacher": _model_name(spec.teacher),
+        "tokenizer": _model_name(spec.tokenizer) if served else None,
+        "model": spec.model if served else None,
+        "task": spec.task,
+        "prompt_template": spec.prompt_template,
+        "chat_template": spec.chat_template,
+        "max_ratio": spec.max_ratio,
+        "max_new_tokens": spec.max_new_tokens,
+        "temperature": spec.temperature,
+        "top_p": spec.top_p,
+        "top_k": spec.top_k,
+        "seed": spec.seed,
+        "require_gold": spec.require_gold,
+        "teacher_thinking": spec.teacher_thinking,
+        "send_chat_template_kwargs": spec.send_chat_template_kwargs if served else None,
+    }
+
+
+def _model_name(name: str | None) -> str | None:
+    """A local folder as an absolute path (the same folder named from another directory is the same model)."""
+    if name is None:
+        return None
+    folder = Path(name).expanduser()
+    return str(folder.resolve()) if folder.is_dir() else name
+
+
+def check_settings(out: Path, wanted: dict, has_records: bool) -> bool:
+    """Refuse to resume ``out`` with settings that would write other records; True when the settings file
+    must be (re)written before the first record is appended."""
+    path = settings_path(out)
+    if not has_records:
+        return True
+    if not path.exists():
+        log.warning("%s was written without %s, so the settings of its records could not be compared with "
+                    "these; resuming it as they are", out, path.name)
+        return False
+    try:
+        old = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(old, dict):
+            raise ValueError
+    except (OSError, ValueError):
+        raise RewriteFileError(f"{path}: not a settings file of mpdistill rewrite; use a new --out "
+                               f"(or delete {out} and {path} to start over)") from None
+    changed = []
+    for key, option in OUTPUT_SETTINGS.items():
+        if key not in old:  # a setting added after that file was written cannot be compared
+            continue
+        before, now = old[key], wanted[key]
+        if key == "input":
+            same = isinstance(before, dict) and before.get("sha256") == now["sha256"]
+        else:
+            same = before == now
+        if not same:
+            changed.append(f"{option}: {_shown(key, before)} -> {_shown(key, now)}")
+    if changed:
+        raise RewriteFileError(
+            f"{out} was written with other settings ({'; '.join(changed)}), and resuming would mix its records "
+            f"with those of these settings: use a new --out (or delete {out} and {path} to start over)"
+        )
+    return False
+
+
+def _shown(key: str, value) -> str:
+    if key == "input":
+        if not isinstance(value, dict):
+            return repr(value)
+        return f"{value.get('path')} ({value.get('rows')} rows, sha256 {str(value.get('sha256'))[:12]})"
+    if value is None:
+        return "not set"
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, str):
+        return repr(value if len(value) <= 60 else value[:57] + "...")
+    return str(value)
+
+
 # -- rewriting -------------------------------------------------------------------------------
 
 
@@ -292,6 +397,8 @@ def rewrite_file(input_path: str | Path, out: str | Path, spec: RewriteFileSpec,
     if out.exists() and not out.is_file():
         raise RewriteFileError(f"--out {out}: not a file")
     done, torn_at = read_done(out, rows)
+    wanted = output_settings(spec, input_path, rows)
+    write_settings = check_settings(out, wanted, has_records=bool(done))
     resumed = len(done)
     task = get_task(spec.task)
     chunks = [list(range(i, min(i + spec.batch_size, len(rows)))) for i in range(0, len(rows), spec.batch_size)]
@@ -302,6 +409,8 @@ def rewrite_file(input_path: str | Path, out: str | Path, spec: RewriteFileSpec,
         make, encode, stats = _backend(spec, settings)
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+        if write_settings:  # beside the records, before the first of them
+            write_text(settings_path(out), json.dumps(wanted, indent=2, ensure_ascii=False) + "\n")
         cut_torn_tail(out, torn_at)
         with Progress(TextColumn("rewrite"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                       TimeRemainingColumn(), console=console) as bar:

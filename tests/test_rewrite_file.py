@@ -381,3 +381,64 @@ def test_bad_options(here, no_model):
     assert "--task must be one of chain, math" in fails(["--out", "o.jsonl", "--teacher", "t", "--task", "code"])
     assert "no such file" in " ".join(runner.invoke(app, ["rewrite", "--input", "nope.jsonl", "--out", "o.jsonl",
                                                           "--teacher", "t"]).output.split())
+
+
+# -- resuming with other settings ----------------------------------------------------------------
+
+
+def test_resume_with_other_settings_is_refused(here, monkeypatch):
+    write_rows(here / "in.jsonl", chain_rows()[:4])
+    run_local("out.jsonl", batch_size=2)
+    saved = json.loads((here / "out.jsonl.settings.json").read_text(encoding="utf-8"))
+    assert saved["max_ratio"] == 0.9 and saved["teacher"] == "embedded:teacher" and saved["input"]["rows"] == 4
+    (here / "out.jsonl").write_bytes(b"".join((here / "out.jsonl").read_bytes().splitlines(keepends=True)[:1]))
+    partial = (here / "out.jsonl").read_bytes()
+    monkeypatch.setattr(pipeline, "load_model", lambda *a, **k: pytest.fail("model loaded"))
+
+    def refused(*extra: str) -> str:
+        result = runner.invoke(app, ["rewrite", "--input", "in.jsonl", "--out", "out.jsonl", "--batch-size", "2",
+                                     *LOCAL, *extra])
+        assert result.exit_code == 2, result.output
+        assert [line for line in result.output.splitlines() if line.startswith("error:")], result.output
+        assert (here / "out.jsonl").read_bytes() == partial
+        return " ".join(result.output.split())
+
+    message = refused("--max-ratio", "0.3")
+    assert "out.jsonl was written with other settings (--max-ratio: 0.9 -> 0.3)" in message
+    assert "use a new --out (or delete out.jsonl and out.jsonl.settings.json to start over)" in message
+    message = refused("--max-ratio", "0.3", "--teacher", "embedded:student", "--require-gold")
+    assert "(--teacher: 'embedded:teacher' -> 'embedded:student'; --max-ratio: 0.9 -> 0.3; " \
+           "--require-gold: off -> on)" in message
+
+    # The same problems and traces with another answer: the input's rows changed.
+    rows = chain_rows()[:4]
+    rows[3]["answer"] = "0" if rows[3]["answer"] != "0" else "1"
+    write_rows(here / "in.jsonl", rows)
+    assert "(--input: in.jsonl (4 rows, sha256 " in refused()
+
+
+def test_resume_with_another_batch_size(here):
+    write_rows(here / "in.jsonl", chain_rows()[:4])
+    run_local("out.jsonl", batch_size=2)
+    settings = (here / "out.jsonl.settings.json").read_bytes()
+    lines = (here / "out.jsonl").read_bytes().splitlines(keepends=True)
+    (here / "out.jsonl").write_bytes(lines[0])
+    again = run_local("out.jsonl", batch_size=3)
+    assert again["resumed"] == 1 and again["generated"] == 3
+    records = read_out(here / "out.jsonl")
+    assert [r["index"] for r in records] == [0, 1, 2, 3] and (here / "out.jsonl").read_bytes().startswith(lines[0])
+    assert (here / "out.jsonl.settings.json").read_bytes() == settings
+
+
+def test_output_without_settings_resumes_with_a_warning(here, caplog):
+    """An output written before settings were kept cannot be checked; it is resumed, saying so."""
+    write_rows(here / "in.jsonl", chain_rows()[:4])
+    run_local("out.jsonl", batch_size=2)
+    (here / "out.jsonl.settings.json").unlink()
+    lines = (here / "out.jsonl").read_bytes().splitlines(keepends=True)
+    (here / "out.jsonl").write_bytes(lines[0])
+    with caplog.at_level("WARNING", logger="mpdistill.rewrite_file"):
+        again = run_local("out.jsonl", batch_size=2, extra=["--max-ratio", "0.3"])
+    assert again["resumed"] == 1 and again["generated"] == 3
+    assert "out.jsonl was written without out.jsonl.settings.json, so the settings of its records could not be " \
+           "compared" in caplog.text
