@@ -123,6 +123,14 @@ class ResumableTraining:
             rotate_checkpoints(root, save_total_limit=self.args.save_total_limit, use_mtime=False)
         self.accelerator.wait_for_everyone()
 
+    def _issue_warnings_after_load(self, load_result):
+        # A checkpoint holds a tied weight once (lm_head.weight is the embedding matrix), so loading it reports
+        # the other name missing; transformers only lets keys in _keys_to_ignore_on_save pass. Others still warn.
+        tied = tied_names(self.model, load_result.missing_keys)
+        if tied:
+            load_result = load_result._replace(missing_keys=[k for k in load_result.missing_keys if k not in tied])
+        super()._issue_warnings_after_load(load_result)
+
     def _load_rng_state(self, checkpoint):
         super()._load_rng_state(checkpoint)
         if checkpoint is None:
@@ -139,6 +147,15 @@ class ResumableTraining:
             if key in saved:
                 version, internal, gauss = saved[key]
                 rng.setstate((version, tuple(internal), gauss))
+
+
+def tied_names(model: torch.nn.Module, missing: list[str]) -> set[str]:
+    """The names in ``missing`` of parameters that share their tensor with a parameter that was loaded."""
+    names: dict[int, list[str]] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        names.setdefault(id(param), []).append(name)
+    missing_set = set(missing)
+    return {n for group in names.values() if not missing_set.issuperset(group) for n in group if n in missing_set}
 
 
 def checkpoint_step(path: Path) -> int:

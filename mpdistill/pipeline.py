@@ -440,6 +440,10 @@ def build_trainer(recipe: Recipe, student, teacher, tokenizer, rows: list[dict],
         trainer.add_callback(MixMonitor(trainer, window=r.monitor_window, task=recipe.task,
                                         min_parsed_fraction=r.min_parsed_fraction,
                                         min_acceptance_rate=r.min_acceptance_rate))
+    from .console_log import use_console_log
+
+    # One short line per logging step instead of the whole metrics dict (all of it stays in train_log.jsonl).
+    use_console_log(trainer, recipe.method)
     return trainer
 
 

@@ -204,7 +204,8 @@ class MPDTrainer(ResumableTraining, _RolloutLogMixin, DistillationTrainer):
         if mode == "train":  # the samples the mixing rule could rewrite: on-policy picks are not among them
             eligible = [r for r in rows if r[2] != "on_policy"]
             self.mix_history.append({"step": self.state.global_step, "n": len(eligible), "accepted": len(accepted),
-                                     "unparsed": sum(r[2] == "student_unparsed" for r in eligible)})
+                                     "unparsed": sum(r[2] == "student_unparsed" for r in eligible),
+                                     "samples": n})  # all of them: the console's "accepted a/b"
         m["mpd/student_tokens"].append(sum(r[0] for r in rows) / n)
         m["mpd/acceptance_rate"].append(len(accepted) / n)
         if accepted:
