@@ -219,40 +219,40 @@ def _build(
         raise ValueError(f"limit must be a positive integer or None, got {limit!r}")
     raw_rows, where = read_source(source, split=split)
     items: list[BenchmarkItem] = []
-    first_row_of_id: dict[str, int] = {}
-    for i, row in enumerate(raw_rows):
+    first_row_of_id: dict[str, str] = {}
+    for i, (at, row) in enumerate(raw_rows):
         if limit is not None and len(items) >= limit:
             break
         fields = sorted(row)
         question = row.get(question_field)
         if not isinstance(question, str) or not question.strip():
-            raise DataError(f"{where}: row {i}: missing or empty field {question_field!r} (fields: {fields})")
+            raise DataError(f"{at}: missing or empty field {question_field!r} (fields: {fields})")
         raw = row.get(answer_field)
         if raw is None or (isinstance(raw, float) and raw != raw) or (isinstance(raw, str) and not raw.strip()):
-            raise DataError(f"{where}: row {i}: missing or empty answer field {answer_field!r} (fields: {fields})")
+            raise DataError(f"{at}: missing or empty answer field {answer_field!r} (fields: {fields})")
         if isinstance(raw, bool) or not isinstance(raw, (str, numbers.Real)):
             raise DataError(
-                f"{where}: row {i}: answer field {answer_field!r} is a {type(raw).__name__}; "
+                f"{at}: answer field {answer_field!r} is a {type(raw).__name__}; "
                 "expected a string or a number"
             )
         try:
             answer = normalize(raw)
         except DataError as err:
-            raise DataError(f"{where}: row {i}: field {answer_field!r}: {err}") from None
+            raise DataError(f"{at}: field {answer_field!r}: {err}") from None
         if id_field is None:
             item_id = str(i)
         else:
             value = row.get(id_field)
             if value is None or (isinstance(value, float) and value != value) or not str(value).strip():
-                raise DataError(f"{where}: row {i}: missing or empty id field {id_field!r} (fields: {fields})")
+                raise DataError(f"{at}: missing or empty id field {id_field!r} (fields: {fields})")
             if isinstance(value, float) and value.is_integer():
                 value = int(value)  # a Parquet integer column with nulls is read as floats
             item_id = str(value).strip()
             if item_id in first_row_of_id:
                 raise DataError(
-                    f"{where}: rows {first_row_of_id[item_id]} and {i}: duplicate id {item_id!r} in field {id_field!r}"
+                    f"{first_row_of_id[item_id]} and {at}: duplicate id {item_id!r} in field {id_field!r}"
                 )
-            first_row_of_id[item_id] = i
+            first_row_of_id[item_id] = at
         solution = row.get(solution_field) if solution_field else None
         if gsm8k_style_reference and isinstance(raw, str) and "####" in raw:
             solution = raw  # a GSM8K-style answer is a worked solution

@@ -9,10 +9,14 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Mixed-Policy Distillation for reasoning compression.")
-console = Console()
+from .console import stdout as console
+
+# Plain click help: rich's help cuts long option names at the terminal's width (80 when piped);
+# a traceback is only ever a bug, shown as Python writes it.
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None, pretty_exceptions_enable=False,
+                  context_settings={"max_content_width": 120},
+                  help="Mixed-Policy Distillation for reasoning compression.")
 
 
 # Both run code from the checkpoint when a model loads: off unless asked for (see pipeline.load_model).
@@ -25,13 +29,10 @@ def _fail(message: str, *, shared: bool = False) -> None:
     """One ``error:`` line, exit code 2. Under a launcher, an error every process shares (the main
     process decided it, see mpdistill/processes.py) is said once, by the main process; one raised
     on another process alone is said by that process, naming it."""
-    from rich.markup import escape
+    from .console import error
 
-    rank = os.environ.get("RANK", "0")
-    if rank == "0" or not shared:
-        where = "" if rank == "0" else f"(process {rank}) "
-        # Messages quote user text (paths, keys, dataset[split]); never read them as markup.
-        console.print(f"[red]error:[/] {where}{escape(message)}", soft_wrap=True)
+    if os.environ.get("RANK", "0") == "0" or not shared:
+        error(message)
     raise typer.Exit(code=2)
 
 
@@ -56,6 +57,9 @@ def demo(
         run_demo(out, quick=quick, seed=seed, recipe_path=recipe, rewrite_backend=rewrite_backend, console=console)
     except (ConfigError, DataError) as err:
         _fail(str(err))
+    except KeyboardInterrupt:
+        _interrupted(f"finished trainings and evaluations are kept in {out}; run the same command again to go on "
+                     "from there")
 
 
 @app.command("train")
@@ -85,20 +89,19 @@ def train_cmd(
         if not config.exists():
             _fail(f"{out} has no recipe.yaml: it is not a run folder")
     if dry_run:
-        from rich.markup import escape
-
+        from .console import error, warn
         from .plan import format_plan, plan
 
         try:
             p = plan(load_recipe(config), out)
         except (ConfigError, DataError) as err:
             _fail(str(err))
-        console.print(escape(format_plan(p)), soft_wrap=True)
+        console.print(format_plan(p))
         for line in p["warnings"]:
-            console.print(f"[yellow]warning:[/] {escape(line)}", soft_wrap=True)
+            warn(line)
+        for line in p["errors"]:
+            error(line)
         if p["errors"]:
-            for line in p["errors"]:
-                console.print(f"[red]error:[/] {escape(line)}", soft_wrap=True)
             raise typer.Exit(code=2)
         return
     if out is None:
@@ -112,18 +115,46 @@ def train_cmd(
         # Halts and failed checks of the folder or data are decided alike on every process.
         _fail(str(err), shared=getattr(err, "shared_by_main_process", False)
               or isinstance(err, (NonFiniteHalt, MixFloorHalt)))
+    except KeyboardInterrupt:
+        _interrupted(_train_saved(out))
     from .processes import is_main_process
 
     if is_main_process():  # under a launcher, one line for the run, not one per process
         console.print(f"saved {recipe.method} student to {model_dir}")
 
 
+def _interrupted(saved: str) -> None:
+    """Ctrl-C: what is on disk and how to go on, then exit 130 (the shell's code for SIGINT)."""
+    from .console import warn
+
+    if os.environ.get("RANK", "0") == "0":
+        warn(f"interrupted. {saved}")
+    raise typer.Exit(code=130)
+
+
+def _train_saved(out: Path) -> str:
+    from .checkpoints import ROLLOUTS, latest_checkpoint
+
+    if not (out / "recipe.yaml").exists():
+        return f"Training had not started; nothing was written to {out}"
+    checkpoint = latest_checkpoint(out / "trainer")
+    logged = f"; the rollouts so far are in {out / ROLLOUTS}" if (out / ROLLOUTS).exists() else ""
+    start = "from step 0 (no checkpoint was saved yet: training.save_steps sets how often)" if checkpoint is None \
+        else f"from its newest checkpoint, {checkpoint}"
+    return f"The run can continue {start}{logged}: mpdistill train --resume --out {out}"
+
+
 @app.command("eval")
 def eval_cmd(
     model: str = typer.Option(..., "--model", help="Checkpoint folder, Hub name, embedded:student|teacher, or 'gold' "
                               "(grade each benchmark's reference solutions: a check of the grader)."),
-    benchmarks: str = typer.Option("gsm8k,math500,aime24,aime25,amc23", "--benchmarks",
-                                   help="Comma-separated shipped names, .jsonl/.parquet files or Hugging Face dataset names."),
+    benchmarks: Optional[str] = typer.Option(
+        None, "--benchmarks", help="Comma-separated shipped names (gsm8k, math500, aime24, aime25, amc23; chain: the "
+        "demo's held-out problems), .jsonl/.parquet files or Hugging Face dataset names. Default: the task's "
+        "(math: the five math sets; chain: chain)."),
+    task: Optional[str] = typer.Option(
+        None, "--task", help="How answers are read and compared, and the prompt a question becomes: math (\\boxed{}) "
+        "or chain (A:<digit>). Default: the model's, as its training recorded it (embedded models: chain), else math."),
     out: Path = typer.Option(..., "--out", help="Output folder; re-running with it resumes."),
     n_samples: Optional[int] = typer.Option(None, "--n-samples", help="Samples per problem (avg@k accuracy, pass@k); "
                                             "default 8 for a set of fewer than 100 problems (AIME, AMC), else 1."),
@@ -132,16 +163,20 @@ def eval_cmd(
     limit: Optional[int] = typer.Option(None, "--limit", help="Only the first N problems of each benchmark."),
     thinking: Optional[bool] = typer.Option(None, "--thinking/--no-thinking",
                                             help="Qwen3 thinking mode (chat template's enable_thinking); default: the template's."),
-    temperature: Optional[float] = typer.Option(None, "--temperature", help="Default: the model family's (0 = greedy)."),
+    temperature: Optional[float] = typer.Option(
+        None, "--temperature", help="Default: the model's generation_config when it samples, else the model family's, "
+        "else 0 (greedy)."),
     top_p: Optional[float] = typer.Option(None, "--top-p"),
     top_k: Optional[int] = typer.Option(None, "--top-k", help="0 turns top-k off."),
     backend: str = typer.Option("transformers", "--backend", help="transformers or vllm (needs vLLM: its GPU build, or its CPU build)."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Prompts per generate call (default 16; vllm 1024)."),
     seed: int = typer.Option(0, "--seed"),
-    chat_template: bool = typer.Option(True, "--chat-template/--no-chat-template",
-                                       help="Prompt through the tokenizer's chat template when it has one."),
+    chat_template: Optional[bool] = typer.Option(
+        None, "--chat-template/--no-chat-template", help="Prompt through the tokenizer's chat template when it has one. "
+        "Default: as the model was trained (its mpdistill.json), else on."),
     prompt_template: Optional[str] = typer.Option(None, "--prompt-template", help="User message with {problem}; "
-                                                  "default asks for step-by-step reasoning and a \\boxed{} answer."),
+                                                  "default: the task's (math asks for step-by-step reasoning and a "
+                                                  "\\boxed{} answer)."),
     question_field: str = typer.Option("problem", "--question-field", help="Question column of file/HF benchmarks."),
     answer_field: str = typer.Option("answer", "--answer-field", help="Answer column of file/HF benchmarks."),
     id_field: Optional[str] = typer.Option(None, "--id-field", help="Id column of file/HF benchmarks (default: row index)."),
@@ -153,14 +188,15 @@ def eval_cmd(
     allow_pickle_checkpoints: bool = ALLOW_PICKLE,
     trust_remote_code: bool = TRUST_REMOTE_CODE,
 ) -> None:
-    """Accuracy and response tokens of a model on math benchmarks: samples.jsonl, summary.json, summary.md."""
+    """Accuracy and response tokens of a model on benchmarks: samples.jsonl, summary.json, summary.md."""
     from .config import ConfigError
     from .eval_runner import EvalError, EvalSpec, run_eval
     from .rollout.vllm import BackendUnavailable
     from .tasks.problems import DataError
 
     spec = EvalSpec(
-        model=model, benchmarks=[b.strip() for b in benchmarks.split(",") if b.strip()], backend=backend,
+        model=model, benchmarks=None if benchmarks is None else [b.strip() for b in benchmarks.split(",") if b.strip()],
+        task=task, backend=backend,
         n_samples=n_samples, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
         thinking=thinking, chat_template=chat_template, prompt_template=prompt_template or "", batch_size=batch_size,
         seed=seed, limit=limit, question_field=question_field, answer_field=answer_field, id_field=id_field,
@@ -171,6 +207,15 @@ def eval_cmd(
         run_eval(spec, out, console=console)
     except (EvalError, DataError, ConfigError, BackendUnavailable) as err:
         _fail(str(err))
+    except KeyboardInterrupt:
+        import shlex
+
+        samples = out / "samples.jsonl"
+        done = sum(1 for _ in samples.open(encoding="utf-8", errors="replace")) if samples.exists() else 0
+        command = shlex.join(["mpdistill", *sys.argv[1:]]) if sys.argv[1:2] == ["eval"] else "the same command"
+        _interrupted(f"{done} graded samples are saved in {samples}; run {command} again to continue "
+                     "(finished batches are kept, the rest is drawn as an uninterrupted run would)"
+                     if done else f"No sample was finished yet; run {command} again to start")
 
 
 @app.command("compare")
@@ -181,17 +226,22 @@ def compare_cmd(
 ) -> None:
     """Per benchmark: accuracy change with a paired CI, token reduction and AES, base -> new."""
     from .compare import CompareError, compare_runs, format_comparison, write_comparison
+    from .config import ConfigError
+    from .console import warn
+    from .output_paths import check_output_dir
 
     try:
+        if out is not None:
+            check_output_dir(out)
         result = compare_runs(base, new)
-    except CompareError as err:
+    except (CompareError, ConfigError) as err:
         _fail(str(err))
-    console.print(format_comparison(result), markup=False)
+    console.print(format_comparison(result))
     for warning in result.get("warnings", []):
-        console.print(f"[yellow]warning:[/] {warning}", markup=True, highlight=False)
+        warn(warning)
     if out is not None:
         paths = write_comparison(out, result)
-        console.print(f"wrote {', '.join(str(p) for p in paths.values())}", markup=False)
+        console.print(f"wrote {', '.join(str(p) for p in paths.values())}")
 
 
 @app.command("bench")
@@ -202,12 +252,13 @@ def bench_cmd(
     student: str = typer.Option("embedded:student", "--student", help="Model, or a config .json for random weights."),
     teacher: str = typer.Option("embedded:teacher", "--teacher", help="Model, or a config .json for random weights."),
     tokenizer: Optional[str] = typer.Option(None, "--tokenizer", help="Tokenizer folder (with config .json models)."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Default: the recipe's."),
-    completion_length: Optional[int] = typer.Option(None, "--completion-length", help="Default: the recipe's."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Default: the recipe's (--quick: 4)."),
+    completion_length: Optional[int] = typer.Option(None, "--completion-length",
+                                                    help="Default: the recipe's (--quick: 128)."),
     rewrite_tokens: Optional[int] = typer.Option(None, "--rewrite-tokens", help="Default: the recipe's."),
     prompt_length: int = typer.Option(128, "--prompt-length", help="Synthetic prompt tokens (random-weight models)."),
-    warmup: int = typer.Option(2, "--warmup", help="Steps per method before measuring."),
-    repeats: int = typer.Option(10, "--repeats", help="Measured steps per method."),
+    warmup: Optional[int] = typer.Option(None, "--warmup", help="Steps per method before measuring (default 2; --quick: 1)."),
+    repeats: Optional[int] = typer.Option(None, "--repeats", help="Measured steps per method (default 10; --quick: 2)."),
     seed: int = typer.Option(0, "--seed"),
     memory_lengths: Optional[str] = typer.Option(None, "--memory-lengths",
                                                  help="Comma-separated completion lengths: peak memory of MPD and OPD at each."),
@@ -233,14 +284,24 @@ def bench_cmd(
                         run_bench, time_to_reduction)
     from .config import ConfigError
 
-    settings = BenchSettings(student=student, teacher=teacher, tokenizer=tokenizer, batch_size=batch_size,
-                             completion_length=completion_length, rewrite_tokens=rewrite_tokens,
-                             prompt_length=prompt_length, warmup=warmup, repeats=repeats, seed=seed,
-                             rewrite_budgets=rewrite_budgets)
-    if quick:
-        settings = BenchSettings(**{**settings.__dict__, **QUICK})
-    if settings.repeats < 1 or settings.warmup < 0:
-        _fail("--repeats must be at least 1 and --warmup at least 0")
+    given = {"batch_size": batch_size, "completion_length": completion_length, "rewrite_tokens": rewrite_tokens,
+             "prompt_length": prompt_length, "warmup": warmup, "repeats": repeats}
+    for name, value in given.items():  # 0 must not silently mean "the default"
+        if value is not None and value < (0 if name == "warmup" else 1):
+            _fail(f"--{name.replace('_', '-')} must be at least {0 if name == 'warmup' else 1}, got {value}")
+    # --quick sets what was not given; a value given on the command line always wins.
+    defaults = {"warmup": 2, "repeats": 10, **(QUICK if quick else {})}
+    chosen = {k: v if v is not None else defaults.get(k) for k, v in given.items()}
+    settings = BenchSettings(student=student, teacher=teacher, tokenizer=tokenizer, seed=seed,
+                             rewrite_budgets=rewrite_budgets, **chosen)
+    if json_out is not None:  # before the bench runs, not after
+        from .config import ConfigError
+        from .output_paths import check_output_file
+
+        try:
+            check_output_file(json_out, "--json")
+        except ConfigError as err:
+            _fail(str(err))
     if demo_dir is not None and not (demo_dir / "results.json").exists():
         _fail(f"--demo-dir {demo_dir}: no results.json there (run mpdistill demo first)")
     if rollout_throughput:  # before anything runs: vLLM and its device can serve the model
@@ -346,10 +407,15 @@ def rewrite_cmd(
         allow_pickle_checkpoints=allow_pickle_checkpoints,
         trust_remote_code=trust_remote_code,
     )
+    from .output_paths import check_output_file
+
     try:
+        check_output_file(out, "--out")
         summary = rewrite_file(input, out, spec, console=console)
     except (RewriteFileError, ConfigError) as err:
         _fail(str(err))
+    except KeyboardInterrupt:
+        _interrupted(f"finished chunks are saved in {out}; run the same command again to continue")
     console.print(format_summary(summary), markup=False, highlight=False)
     console.print(f"summary: {json.dumps(summary)}", markup=False, highlight=False, soft_wrap=True)
     console.print(f"wrote {out}", markup=False)

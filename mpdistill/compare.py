@@ -319,6 +319,9 @@ def compare_runs(
         else:
             benchmarks[name], notes = _compare_benchmark(name, base_groups[name], new_groups[name])
             warnings += notes
+    if not benchmarks:  # an empty table would read as "no difference"
+        reasons = "; ".join(f"{name}: {why}" for name, why in skipped.items())
+        raise CompareError(f"{base_dir} and {new_dir} have no benchmark with problems in common ({reasons})")
     return {
         "base": {"dir": str(base_dir), "model": runs["base"]["model"]},
         "new": {"dir": str(new_dir), "model": runs["new"]["model"]},

@@ -105,7 +105,7 @@ class TrainingConfig(_Strict):
     gradient_accumulation_steps: int = Field(default=1, gt=0)
     learning_rate: float = Field(default=5e-4, gt=0)
     warmup_steps: int = Field(default=0, ge=0)
-    lr_scheduler_type: str = "constant"
+    lr_scheduler_type: str = "constant"  # transformers' SchedulerType names
     beta: float = Field(default=0.5, ge=0, le=1)
     temperature: float = Field(default=1.0, gt=0)
     top_p: float = Field(default=1.0, gt=0, le=1)
@@ -128,6 +128,20 @@ class TrainingConfig(_Strict):
     lora: LoraConfig | None = None
     # Absent: the student samples with transformers' generate. Set: on vLLM through TRL (see VLLMRolloutConfig).
     vllm: VLLMRolloutConfig | None = None
+
+
+    @field_validator("lr_scheduler_type")
+    @classmethod
+    def _known_scheduler(cls, v: str) -> str:
+        from transformers.trainer_utils import SchedulerType
+
+        # These need lr_scheduler_kwargs or evaluation during training, which a recipe does not set up.
+        unusable = ("cosine_with_min_lr", "cosine_warmup_with_min_lr", "warmup_stable_decay", "reduce_lr_on_plateau")
+        usable = [s.value for s in SchedulerType if s.value not in unusable]
+        if v not in usable:
+            why = "needs settings a recipe does not give; " if v in unusable else ""
+            raise ValueError(f"{why}use one of transformers' schedulers: {', '.join(usable)}")
+        return v
 
 
 class RewriteConfig(_Strict):
@@ -376,9 +390,57 @@ def load_recipe(path: str | Path, overrides: dict | None = None) -> Recipe:
         raise ConfigError(f"{path}: not valid YAML: a value cannot be read ({type(err).__name__}: {err})") from None
     if data is None:  # an empty file (or only comments): all defaults
         data = {}
+    if isinstance(data, dict):
+        data = resolve_paths(data, path)
     if overrides and isinstance(data, dict):
         data = _merge(data, overrides)
     return recipe_from_dict(data, str(path))
+
+
+# Keys whose value may be a local path; a relative one is read from the recipe's folder, as a
+# path in any file is read from that file, not from wherever the command was started.
+PATH_KEYS = (("student",), ("teacher",), ("data", "train"), ("rewrite", "model"))
+DATA_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
+
+
+def looks_local(name: str, *, data_file: bool = False) -> bool:
+    """Whether a model or dataset name is a local path rather than a Hugging Face Hub id: a Hub id is
+    "org/name" at most, so more slashes, a leading ``.``, ``/`` or ``~``, an existing path or (data)
+    a data file's suffix mean a local one."""
+    return name.startswith((".", "/", "~")) or name.count("/") > 1 or Path(name).expanduser().exists() \
+        or (data_file and name.lower().endswith(DATA_SUFFIXES))
+
+
+def resolve_paths(data: dict, recipe_path: Path) -> dict:
+    """The recipe with each relative local path in PATH_KEYS made absolute from the recipe's folder.
+
+    A value is a local path when it exists there, starts with ``.``, ``/`` or ``~``, has more
+    slashes than an ``org/name`` Hub id, or (data) names a data file; otherwise it is a Hub name
+    and left as is. A served model's name (rewrite.backend openai) is never a path.
+    """
+    base = recipe_path.resolve().parent
+    out = dict(data)
+    for keys in PATH_KEYS:
+        holder = out
+        for k in keys[:-1]:
+            if not isinstance(holder.get(k), dict):
+                holder = None
+                break
+            holder[k] = holder = dict(holder[k])
+        value = holder.get(keys[-1]) if holder is not None else None
+        if not isinstance(value, str) or not value or value.startswith("embedded:"):
+            continue
+        if keys == ("rewrite", "model") and holder.get("backend") == "openai":
+            continue
+        if not ((base / value).exists() or looks_local(value, data_file=keys == ("data", "train"))):
+            continue
+        resolved = (base / Path(value).expanduser()).resolve()
+        if not resolved.exists() and Path(value).expanduser().exists():
+            raise ConfigError(f"{recipe_path}: {'.'.join(keys)}: {value!r} is read from the recipe's folder ({base}), "
+                              "where it does not exist (it does from the current folder); write it relative to the "
+                              "recipe, or as an absolute path")
+        holder[keys[-1]] = str(resolved)
+    return out
 
 
 def _merge(base: dict, extra: dict) -> dict:

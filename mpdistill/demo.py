@@ -14,11 +14,14 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.text import Text
 
 from .config import Recipe, load_recipe
 from .durable import replace_dir
 from .eval_runner import EvalError, TransformersBackend, Unit, run_units
 from .evaluate import build_results, format_table, paired_delta_ci, write_report
+from .model_record import recipe_record, write_record
+from .output_paths import check_output_dir
 from .pipeline import check_generation_backends, load_model, train
 from .rollout import GenerationSettings
 from .tasks import get_task
@@ -45,8 +48,9 @@ def run_demo(out: str | Path, *, quick: bool = False, seed: int | None = None, r
     """``rewrite_backend`` ("transformers" or "vllm") overrides the recipe's ``rewrite.backend``:
     with "vllm" the teacher writes MPD's and rewrite-SFT's rewrites on an in-process vLLM engine
     (its GPU build, or its CPU build on a laptop) while still scoring the loss with transformers."""
-    console = console or Console()
+    console = console or Console(markup=False, highlight=False, soft_wrap=True)
     out = Path(out)
+    check_output_dir(out)
     path = Path(recipe_path) if recipe_path else RECIPE
     overrides = dict(QUICK) if quick else {}
     if seed is not None:
@@ -70,14 +74,15 @@ def run_demo(out: str | Path, *, quick: bool = False, seed: int | None = None, r
         target = models_dir / name
         if not (target / "config.json").exists():
             model, tok = load_model(source)
-            _save_atomic(model, tok, target)
+            _save_atomic(model, tok, target, recipe_record(recipe))
             fresh.add(name)
     for method in METHODS:
         target = models_dir / method
         if (target / "config.json").exists():
-            console.print(f"[green]✓[/] {method}: trained model found in {target}, skipping")
+            console.print(Text.assemble(("✓", "green"), f" {method}: trained model found in {target}, skipping"))
             continue
-        console.print(f"[bold]training {method}[/] ({recipe.training.steps} steps, batch {recipe.training.batch_size})")
+        console.print(Text.assemble((f"training {method}", "bold"),
+                                    f" ({recipe.training.steps} steps, batch {recipe.training.batch_size})"))
         t0 = time.time()
         run_dir = out / "runs" / method
         if run_dir.exists():
@@ -166,9 +171,10 @@ def _free_name(path: Path) -> Path:
     return path.with_name(f"{path.name}-{n}")
 
 
-def _save_atomic(model, tok, target: Path) -> None:
+def _save_atomic(model, tok, target: Path, record: dict) -> None:
     tmp = target.with_name(target.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp, safe_serialization=True)
     tok.save_pretrained(tmp)
+    write_record(tmp, **{k: record[k] for k in ("task", "prompt_template", "prompt_style", "thinking")})
     replace_dir(tmp, target)

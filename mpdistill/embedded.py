@@ -272,8 +272,15 @@ def embedded_dir() -> Path:
 
 
 def _save(model: Qwen3ForCausalLM, tokenizer: PreTrainedTokenizerFast, path: Path) -> None:
+    from .model_record import write_record
+
     model.save_pretrained(path, safe_serialization=True)
     tokenizer.save_pretrained(path)
+    write_record(path, **EMBEDDED_RECORD)
+
+
+# How the embedded models read: chain problems as plain text ("Q:..."), answers "A:<digit>".
+EMBEDDED_RECORD = {"task": "chain", "prompt_template": "{problem}", "prompt_style": "plain"}
 
 
 STAGES = ("student", "teacher")

@@ -18,6 +18,7 @@ from typing import Callable, Protocol, Sequence
 
 from .durable import LogError, append_jsonl, cut_torn_tail, read_jsonl_log
 from .durable import write_text as write_text_atomic
+from .output_paths import check_output_dir
 from .prompts import split_response
 from .rollout.hf import Generation, GenerationSettings, generate_texts
 from .tasks import Task
@@ -181,8 +182,12 @@ SMALL_SET, SMALL_SET_SAMPLES = 100, 8
 # More than this share of a benchmark's samples cut at the budget is warned about: their answers are lost.
 TRUNCATION_WARNING = 0.05
 # Settings that decide what is sampled: a resumed run must use the same ones.
-PLAN_KEYS = ("model", "benchmarks", "backend", "n_samples", "max_new_tokens", "temperature", "top_p", "top_k",
+PLAN_KEYS = ("model", "benchmarks", "task", "backend", "n_samples", "max_new_tokens", "temperature", "top_p", "top_k",
              "thinking", "chat_template", "prompt_template", "batch_size", "seed", "limit")
+ADDED_KEYS = ("task",)  # compared only when the folder's own eval_config.json has them (older ones do not)
+DEFAULT_BENCHMARKS = {"math": ["gsm8k", "math500", "aime24", "aime25", "amc23"], "chain": ["chain"]}
+CHAIN = "chain"  # the demo's held-out chain problems, drawn from the run's seed (see mpdistill.demo)
+CHAIN_SIZE = 1000
 
 
 @dataclass
@@ -190,7 +195,8 @@ class EvalSpec:
     """Everything ``mpdistill eval`` needs; sampling left as None takes the model family's defaults."""
 
     model: str
-    benchmarks: list[str]
+    benchmarks: list[str] | None = None  # None: the task's (DEFAULT_BENCHMARKS)
+    task: str | None = None  # None: the model's recorded task (model_record), else math
     backend: str = "transformers"
     n_samples: int | None = None  # None: SMALL_SET_SAMPLES for a set of fewer than SMALL_SET problems, else 1
     max_new_tokens: int | None = None  # None: the model family's budget (prompts.max_new_tokens_default)
@@ -198,7 +204,7 @@ class EvalSpec:
     top_p: float | None = None
     top_k: int | None = None
     thinking: bool | None = None
-    chat_template: bool = True
+    chat_template: bool | None = None  # None: the model's recorded prompt style, else the chat template
     prompt_template: str = ""
     batch_size: int | None = None
     seed: int = 0
@@ -214,11 +220,29 @@ class EvalSpec:
     trust_remote_code: bool = False
 
     def check(self) -> None:
-        """Refuse impossible settings before anything is loaded."""
-        from .tasks import get_task
+        """Fill in what the model's own record decides and refuse impossible settings, before anything loads."""
+        from .model_record import read_record
+        from .tasks import TASKS, get_task
 
-        if not self.prompt_template:  # the math task's: what training prompts and rewrite prompts show too
-            self.prompt_template = get_task("math").prompt_template
+        record = {} if self.model == GOLD else read_record(self.model)
+        if self.task is None:
+            self.task = record.get("task") if record.get("task") in TASKS else "math"
+        elif self.task not in TASKS:
+            raise EvalError(f"--task must be one of {', '.join(sorted(TASKS))}, got {self.task!r}")
+        if self.benchmarks is None:
+            self.benchmarks = list(DEFAULT_BENCHMARKS[self.task])
+        for name in self.benchmarks:
+            other = next((t for t, sets in DEFAULT_BENCHMARKS.items() if name in sets and t != self.task), None)
+            if other is not None:
+                why = "as its training recorded" if record.get("task") == self.task else "as given"
+                raise EvalError(f"{name} is a {other} benchmark, but the task is {self.task} ({why}): its answers "
+                                f"would be read the wrong way; use --benchmarks {','.join(DEFAULT_BENCHMARKS[self.task])}"
+                                f", or --task {other} to grade the model as a {other} model")
+        if not self.prompt_template:  # as the model was trained: training, rewrite and evaluation see one text
+            recorded = record.get("prompt_template") if record.get("task") == self.task else None
+            self.prompt_template = recorded if isinstance(recorded, str) else get_task(self.task).prompt_template
+        if self.chat_template is None:
+            self.chat_template = record.get("prompt_style") != "plain" or record.get("task") != self.task
         if "{problem}" not in self.prompt_template:
             raise EvalError("the prompt template must contain {problem}")
         if not self.benchmarks:
@@ -251,7 +275,9 @@ def load_benchmarks(spec: EvalSpec):
 
     loaded = []
     for entry in spec.benchmarks:
-        if entry in known_benchmarks() or not (Path(entry).exists() or "/" in entry or "." in entry):
+        if entry == CHAIN:
+            loaded.append(chain_benchmark(spec.seed, spec.limit))
+        elif entry in known_benchmarks() or not (Path(entry).exists() or "/" in entry or "." in entry):
             loaded.append(load_benchmark(entry, limit=spec.limit))  # an unknown bare name lists the known ones
         else:
             loaded.append(load_custom_benchmark(
@@ -264,18 +290,28 @@ def load_benchmarks(spec: EvalSpec):
     return loaded
 
 
+def chain_benchmark(seed: int, limit: int | None):
+    """The demo's held-out chain problems for ``seed`` (ids are the prompts, as the demo writes them)."""
+    from .benchmarks import Benchmark, BenchmarkItem
+    from .tasks.problems import chain_problems
+
+    problems = chain_problems(CHAIN_SIZE, seed, split="eval")
+    items = tuple(BenchmarkItem(CHAIN, p["prompt"], p["prompt"], p["answer"], None) for p in problems[:limit])
+    return Benchmark(CHAIN, f"embedded chain task, held-out split, seed {seed}", items, size=CHAIN_SIZE)
+
+
 def run_eval(spec: EvalSpec, out: str | Path, *, console=None) -> dict:
     """Evaluate ``spec.model`` on ``spec.benchmarks`` into ``out``; resumes what ``out`` already holds."""
-    from rich.console import Console
-
+    from .console import stdout, warn
     from .evaluate import format_benchmark_table, summarize_benchmark
     from .tasks import get_task
 
-    console = console or Console()
+    console = console or stdout
     spec.check()
     out = Path(out)
+    check_output_dir(out)
     benchmarks = load_benchmarks(spec)
-    task = get_task("math")
+    task = get_task(spec.task)
     gold = spec.model == GOLD
     batch_size = spec.batch_size or DEFAULT_BATCH[spec.backend]
 
@@ -291,9 +327,9 @@ def run_eval(spec: EvalSpec, out: str | Path, *, console=None) -> dict:
         encoder = PromptEncoder(tokenizer, template=spec.prompt_template, use_chat_template=spec.chat_template,
                                 thinking=spec.thinking)
         thinking_on = spec.thinking if spec.thinking is not None else True  # Qwen3's template default
-        sampling, sampling_source = sampling_defaults(
-            getattr(model_config, "model_type", None), thinking_on, _generation_config(spec.model)
-        )
+        generation_config = _generation_config(spec.model)
+        sampling, sampling_source = sampling_defaults(getattr(model_config, "model_type", None), thinking_on,
+                                                      generation_config, thinking_given=spec.thinking is not None)
         given = [key for key in ("temperature", "top_p", "top_k") if getattr(spec, key) is not None]
         for key in given:
             sampling[key] = getattr(spec, key)
@@ -303,6 +339,8 @@ def run_eval(spec: EvalSpec, out: str | Path, *, console=None) -> dict:
     sampled = not gold and sampling.get("temperature", 0) > 0
     n_samples = {b.name: 1 if gold else spec.n_samples or (SMALL_SET_SAMPLES if sampled and b.size < SMALL_SET else 1)
                  for b in benchmarks}
+    prompts = {(b.name, item.id): () if gold else tuple(encoder.encode(item.problem)) for b in benchmarks
+               for item in b.items}
     max_new_tokens, budget_source = None, None
     if not gold:
         from .prompts import max_new_tokens_default
@@ -310,10 +348,12 @@ def run_eval(spec: EvalSpec, out: str | Path, *, console=None) -> dict:
         max_new_tokens, budget_source = spec.max_new_tokens, "given"
         if max_new_tokens is None:
             max_new_tokens, budget_source = max_new_tokens_default(
-                getattr(model_config, "model_type", None), thinking_on, [b.name for b in benchmarks])
+                getattr(model_config, "model_type", None), thinking_on, [b.name for b in benchmarks], generation_config)
+        max_new_tokens, budget_source = fit_positions(prompts, max_new_tokens, budget_source, model_config, spec.model)
     config = {
         "model": spec.model,
         "benchmarks": [{"name": b.name, "source": b.source, "n_problems": len(b.items)} for b in benchmarks],
+        "task": spec.task,
         "backend": "references" if gold else spec.backend,
         "n_samples": n_samples,
         "max_new_tokens": max_new_tokens,
@@ -329,11 +369,8 @@ def run_eval(spec: EvalSpec, out: str | Path, *, console=None) -> dict:
     }
     _check_or_write_config(out, config)
 
-    units = []
-    for b in benchmarks:
-        for item in b.items:
-            prompt = () if gold else tuple(encoder.encode(item.problem))
-            units += [Unit(b.name, item.id, k, prompt, item.answer, item.reference) for k in range(n_samples[b.name])]
+    units = [Unit(b.name, item.id, k, prompts[b.name, item.id], item.answer, item.reference)
+             for b in benchmarks for item in b.items for k in range(n_samples[b.name])]
 
     backend = None
     if not gold:
@@ -364,10 +401,34 @@ def run_eval(spec: EvalSpec, out: str | Path, *, console=None) -> dict:
         table += "\n" + _shuffled_lines(per_benchmark)
     _write_summary(out, summary, table)
     console.print(table, markup=False, highlight=False, soft_wrap=True)
-    for line in truncation_warnings(per_benchmark, max_new_tokens):
-        console.print(f"[yellow]warning:[/] {line}", soft_wrap=True, highlight=False)
-    console.print(f"wrote {out / 'samples.jsonl'}, summary.json, summary.md")
+    for line in truncation_warnings(per_benchmark, max_new_tokens) + unread_warnings(per_benchmark, spec):
+        warn(line)
+    console.print(f"wrote {out / 'samples.jsonl'}, summary.json, summary.md", markup=False, highlight=False)
     return summary
+
+
+def fit_positions(prompts: dict, max_new_tokens: int, source: str, model_config, model: str) -> tuple[int, str]:
+    """The response budget checked against the positions the model can read.
+
+    A prompt that alone fills them is an error naming it; a budget the user gave that the longest
+    prompt would push past them is an error; a default budget is cut to fit, and says so. Past its
+    positions a model writes garbage (rotary embeddings) or fails on an index (learned ones).
+    """
+    text_config = model_config.get_text_config() if hasattr(model_config, "get_text_config") else model_config
+    positions = getattr(text_config, "max_position_embeddings", None)
+    if not positions or not prompts:
+        return max_new_tokens, source
+    (benchmark, problem), longest = max(prompts.items(), key=lambda kv: len(kv[1]))
+    n = len(longest)
+    if n >= positions:
+        raise EvalError(f"{benchmark} problem {problem}: its prompt is {n:,} tokens, but {model} reads at most "
+                        f"{positions:,} positions (max_position_embeddings); leave the problem out or shorten it")
+    if n + max_new_tokens <= positions:
+        return max_new_tokens, source
+    if source == "given":
+        raise EvalError(f"--max-new-tokens {max_new_tokens:,} after the longest prompt ({benchmark} problem {problem}, "
+                        f"{n:,} tokens) passes the {positions:,} positions {model} reads; use at most {positions - n:,}")
+    return positions - n, f"{source}, cut to fit the model's {positions:,} positions after the longest prompt"
 
 
 def truncation_warnings(per_benchmark: dict, max_new_tokens: int | None) -> list[str]:
@@ -379,6 +440,13 @@ def truncation_warnings(per_benchmark: dict, max_new_tokens: int | None) -> list
             lines.append(f"{name}: {100 * rate:.1f}% of {s['n_samples']} samples were cut at {max_new_tokens} new "
                          "tokens, so their answers are missing and accuracy is understated; raise --max-new-tokens")
     return lines
+
+
+def unread_warnings(per_benchmark: dict, spec: EvalSpec) -> list[str]:
+    """A benchmark where no sample had an answer the task could read: most likely the wrong task or prompt."""
+    return [f"{name}: no answer could be read from any of its {s['n_samples']} samples with the {spec.task} task; "
+            "check --task and --prompt-template (the model may answer in another format)"
+            for name, s in per_benchmark.items() if s.get("n_samples") and s.get("no_answer_rate") == 1]
 
 
 def _shuffled_lines(per_benchmark: dict) -> str:
@@ -444,7 +512,7 @@ def _check_or_write_config(out: Path, config: dict) -> None:
             old = json.loads(path.read_text(encoding="utf-8"))
         except ValueError:
             raise EvalError(f"{path}: not valid JSON; remove it (and samples.jsonl) or use a new --out") from None
-        changed = [k for k in PLAN_KEYS if old.get(k) != config.get(k)]
+        changed = [k for k in PLAN_KEYS if old.get(k) != config.get(k) and (k in old or k not in ADDED_KEYS)]
         if changed:
             diffs = "; ".join(f"{k}: {old.get(k)!r} -> {config.get(k)!r}" for k in changed)
             raise EvalError(f"{out} holds an evaluation with other settings ({diffs}); use a new --out to keep both")

@@ -13,12 +13,14 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from .checkpoints import ROLLOUTS, existing_run, latest_checkpoint, prepare_resume
-from .config import ConfigError, Recipe, dump_recipe
+from .checkpoints import ROLLOUTS, checkpoint_step, existing_run, latest_checkpoint, prepare_resume
+from .config import ConfigError, Recipe, dump_recipe, looks_local
 from .durable import replace_dir, write_jsonl, write_text
 from .mix_monitor import MixFloorHalt, MixMonitor
+from .model_record import recipe_record, write_record
 from .nonfinite import NonFiniteGuard, NonFiniteHalt
-from .processes import is_main_process, launch_warnings, on_main_then_share
+from .output_paths import check_output_dir
+from .processes import distributed_state, is_main_process, launch_warnings, on_main_then_share
 from .prompts import encode_message, has_thinking_switch, teacher_template_kwargs
 from .rewrite import Rewriter, RewriteSettings, TransformersRewriter
 from .rollout import GenerationSettings
@@ -45,12 +47,6 @@ def resolve_model(name: str) -> str:
     return name
 
 
-def looks_local(path: str) -> bool:
-    """Whether a resolved model name is a folder: a Hub name is "org/name" at most, so more slashes,
-    a leading ``.``, ``/`` or ``~``, or an existing path mean a local folder."""
-    return path.startswith((".", "/", "~")) or path.count("/") > 1 or Path(path).exists()
-
-
 def model_path(name: str) -> str:
     """:func:`resolve_model`, refusing a local folder that does not exist (before anything loads)."""
     path = resolve_model(name)
@@ -69,10 +65,64 @@ OPT_IN = {
 def load_tokenizer(name: str, *, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
     """A model's tokenizer alone (left padding, as for generation)."""
     path = model_path(name)
+    folder = Path(path).expanduser()
+    local = looks_local(path) and folder.is_dir()
     try:
-        return AutoTokenizer.from_pretrained(path, padding_side="left", trust_remote_code=trust_remote_code)
+        tok = AutoTokenizer.from_pretrained(path, padding_side="left", trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as err:
+        if local and not _tokenizer_files(folder):
+            raise ConfigError(_no_tokenizer_files(name)) from None
         raise ConfigError(_load_error(name, path, err, "the tokenizer of")) from None
+    problem = _unreal_tokenizer(tok, folder if local else None)
+    if problem:
+        if local and not _tokenizer_files(folder):
+            raise ConfigError(_no_tokenizer_files(name))
+        where = f"copy the tokenizer files of the model it was trained from into {path}" if local \
+            else "use a model published with its tokenizer"
+        raise ConfigError(f"the tokenizer of {name!r} {problem}: its tokenizer files are incomplete or belong to "
+                          f"another model; {where}")
+    return tok
+
+
+# Files a tokenizer is read from (transformers' vocab_files_names, sentencepiece and tiktoken models).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "vocab.txt",
+                   "merges.txt", "*.model", "*.tiktoken", "tekken.json", "bpe.codes")
+
+
+def _tokenizer_files(folder: Path) -> list[str]:
+    return sorted({p.name for pattern in TOKENIZER_FILES for p in folder.glob(pattern) if p.is_file()})
+
+
+def _no_tokenizer_files(name: str) -> str:
+    return (f"model {name!r}: its folder has no tokenizer files ({', '.join(TOKENIZER_FILES[:6])}, ...): save the "
+            "tokenizer with the model (tokenizer.save_pretrained(folder)) or copy it from the base model")
+
+
+def _unreal_tokenizer(tok, folder: Path | None) -> str | None:
+    """Why ``tok`` cannot be a model's real tokenizer, or None. Without tokenizer files transformers 5
+    builds one from the model type alone (Qwen, GPT-2: 1 token that encodes any text to nothing;
+    Gemma: 5 tokens) instead of failing."""
+    import json
+
+    try:
+        if not tok("The answer is 42.", add_special_tokens=False)["input_ids"]:
+            return f"turns text into no tokens (it has {len(tok)} in all)"
+    except Exception:  # a tokenizer that cannot encode the probe is judged by its size alone
+        pass
+    config = folder / "config.json" if folder is not None else None
+    if config is None or not config.is_file():
+        return None
+    try:
+        data = json.loads(config.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None  # loading the model reports a broken config
+    vocab = data.get("vocab_size")
+    if vocab is None and isinstance(data.get("text_config"), dict):
+        vocab = data["text_config"].get("vocab_size")
+    # Real vocabularies are padded by a few percent at most; a tokenizer under half the size is not the model's.
+    if isinstance(vocab, int) and not isinstance(vocab, bool) and 2 * len(tok) < vocab:
+        return f"has {len(tok)} tokens but the model's config.json has vocab_size {vocab}"
+    return None
 
 
 def load_model(
@@ -148,6 +198,35 @@ def training_problems(recipe: Recipe, exclude: set[str] | None = None) -> list[d
         if not rows:
             raise ConfigError(f"data.train {d.train!r}: every row is also an evaluation problem")
     return rows
+
+
+def check_batch_fits(recipe: Recipe, n_rows: int, processes: int) -> None:
+    """TRL draws whole steps of batch × accumulation × processes problems and drops the rest of an
+    epoch: with fewer problems than one step takes, no step would run."""
+    t = recipe.training
+    per_step = t.batch_size * t.gradient_accumulation_steps * processes
+    if n_rows < per_step:
+        raise ConfigError(
+            f"data: {n_rows} training problem(s), but one step takes {per_step} (training.batch_size {t.batch_size} "
+            f"x training.gradient_accumulation_steps {t.gradient_accumulation_steps} x {processes} process(es)), so no "
+            "step could run; lower training.batch_size or give more problems")
+
+
+def check_prompt_lengths(recipe: Recipe, rows: list[dict], tokenizer, model_config) -> None:
+    """Every training prompt and its completion fit in the positions the student reads: past them a
+    model writes garbage (rotary embeddings) or fails on an index (learned ones)."""
+    positions = getattr(model_config.get_text_config(), "max_position_embeddings", None)
+    if not positions:
+        return
+    t, chat = recipe.training, recipe.data.prompt_style == "chat"
+    kwargs = None if t.student_enable_thinking is None else {"enable_thinking": t.student_enable_thinking}
+    lengths = [len(encode_message(tokenizer, r["problem"], chat=chat, template_kwargs=kwargs)) for r in rows]
+    i = max(range(len(lengths)), key=lengths.__getitem__)
+    if lengths[i] + t.max_completion_length > positions:
+        raise ConfigError(
+            f"data.train row {i + 1}: its prompt is {lengths[i]:,} tokens, which with training.max_completion_length "
+            f"{t.max_completion_length:,} passes the {positions:,} positions the student reads; shorten or leave out "
+            f"that problem, or lower training.max_completion_length to at most {max(positions - lengths[i], 0):,}")
 
 
 def rewrite_settings(recipe: Recipe) -> RewriteSettings:
@@ -381,49 +460,61 @@ def checkpointing_arg(enabled: bool) -> dict:
     return {"activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing": enabled}
 
 
+def training_arguments(recipe: Recipe, run_dir: Path):
+    """TRL's ``DistillationConfig`` for the recipe. Whatever transformers or TRL refuse in it is a
+    ConfigError naming the setting, raised before any folder is written (``train`` and ``--dry-run``
+    both build it first)."""
+    from trl import DistillationConfig
+
+    t = recipe.training
+    try:
+        return DistillationConfig(
+            output_dir=str(run_dir / "trainer"),
+            max_steps=t.steps,
+            per_device_train_batch_size=t.batch_size,
+            gradient_accumulation_steps=t.gradient_accumulation_steps,
+            learning_rate=t.learning_rate,
+            lr_scheduler_type=t.lr_scheduler_type,
+            warmup_steps=t.warmup_steps,
+            beta=t.beta,
+            temperature=t.temperature,
+            top_p=t.top_p,
+            top_k=t.top_k,
+            max_completion_length=t.max_completion_length,
+            logging_steps=t.logging_steps,
+            **checkpointing_arg(t.gradient_checkpointing),
+            bf16=t.bf16,
+            max_grad_norm=t.max_grad_norm,
+            seed=recipe.seed,
+            data_seed=recipe.seed,
+            report_to="none",
+            save_strategy="steps" if t.save_steps else "no",
+            save_steps=t.save_steps or 500,
+            save_total_limit=t.save_total_limit,
+            use_cpu=not torch.cuda.is_available(),
+            dataloader_num_workers=0,
+            disable_tqdm=False,
+            chat_template_kwargs=(
+                None if t.student_enable_thinking is None else {"enable_thinking": t.student_enable_thinking}
+            ),
+            trust_remote_code=recipe.security.trust_remote_code,
+            **vllm_rollout_args(t.vllm),
+        )
+    except ValueError as err:
+        raise ConfigError(f"training: transformers refuses these settings: {err}") from None
+
+
 def build_trainer(recipe: Recipe, student, teacher, tokenizer, rows: list[dict], run_dir: Path, *,
                   teacher_tokenizer=None):
     """The method's trainer. ``tokenizer`` is the student's (it renders the training prompts);
     ``teacher_tokenizer`` renders the local teacher's rewrite prompts (default: the student's,
     which shares its vocabulary)."""
     from datasets import Dataset
-    from trl import DistillationConfig
 
     teacher_tokenizer = teacher_tokenizer if teacher_tokenizer is not None else tokenizer
     check_thinking(recipe, tokenizer, teacher_tokenizer)
     t = recipe.training
-    args = DistillationConfig(
-        output_dir=str(run_dir / "trainer"),
-        max_steps=t.steps,
-        per_device_train_batch_size=t.batch_size,
-        gradient_accumulation_steps=t.gradient_accumulation_steps,
-        learning_rate=t.learning_rate,
-        lr_scheduler_type=t.lr_scheduler_type,
-        warmup_steps=t.warmup_steps,
-        beta=t.beta,
-        temperature=t.temperature,
-        top_p=t.top_p,
-        top_k=t.top_k,
-        max_completion_length=t.max_completion_length,
-        logging_steps=t.logging_steps,
-        **checkpointing_arg(t.gradient_checkpointing),
-        bf16=t.bf16,
-        max_grad_norm=t.max_grad_norm,
-        seed=recipe.seed,
-        data_seed=recipe.seed,
-        report_to="none",
-        save_strategy="steps" if t.save_steps else "no",
-        save_steps=t.save_steps or 500,
-        save_total_limit=t.save_total_limit,
-        use_cpu=not torch.cuda.is_available(),
-        dataloader_num_workers=0,
-        disable_tqdm=False,
-        chat_template_kwargs=(
-            None if t.student_enable_thinking is None else {"enable_thinking": t.student_enable_thinking}
-        ),
-        trust_remote_code=recipe.security.trust_remote_code,
-        **vllm_rollout_args(t.vllm),
-    )
+    args = training_arguments(recipe, run_dir)
     common = dict(
         model=student,
         peft_config=peft_config(recipe),
@@ -483,6 +574,7 @@ def train(recipe: Recipe, run_dir: str | Path, *, exclude_prompts: set[str] | No
     run_dir = Path(run_dir)
 
     def claim_folder() -> Path | None:  # the main process owns the folder; the others learn the outcome
+        check_output_dir(run_dir)
         if resume:
             return prepare_resume(recipe, run_dir)
         if why := existing_run(run_dir):
@@ -496,14 +588,23 @@ def train(recipe: Recipe, run_dir: str | Path, *, exclude_prompts: set[str] | No
     if recipe.rewrite.require_gold and recipe.method in ("mpd", "rewrite_sft", "offpolicy_kd"):
         missing = next((i for i, r in enumerate(rows) if r.get("answer") is None), None)
         if missing is not None:
-            raise ConfigError(f"rewrite.require_gold is set but training row {missing} has no answer (data.answer_field)")
+            raise ConfigError(f"rewrite.require_gold is set but training row {missing + 1} has no answer "
+                              "(data.answer_field)")
+    check_batch_fits(recipe, len(rows), distributed_state().num_processes)
     check_generation_backends(recipe)
+    for role in ("student", "teacher"):  # both folders before either loads
+        try:
+            model_path(getattr(recipe, role))
+        except ConfigError as err:
+            raise ConfigError(f"{role}: {err}") from None
+    training_arguments(recipe, run_dir)  # what transformers would refuse, before any weights load
     trust = dict(allow_pickle=recipe.security.allow_pickle_checkpoints, trust_remote_code=recipe.security.trust_remote_code)
     student, tokenizer = load_model(recipe.student, **trust)
     # The teacher is never trained: with training.bf16 its weights are held in bf16 (half the memory).
     teacher, t_tok = load_model(recipe.teacher, dtype=torch.bfloat16 if recipe.training.bf16 else torch.float32, **trust)
     check_compatible(recipe.student, tokenizer, student, recipe.teacher, t_tok, teacher)
     check_thinking(recipe, tokenizer, t_tok)
+    check_prompt_lengths(recipe, rows, tokenizer, student.config)
     if is_main_process():
         warn_if_templates_differ(recipe, tokenizer, t_tok)
 
@@ -512,10 +613,26 @@ def train(recipe: Recipe, run_dir: str | Path, *, exclude_prompts: set[str] | No
         write_text(run_dir / "recipe.yaml", dump_recipe(recipe))
 
     on_main_then_share(write_recipe)
-    trainer = build_trainer(recipe, student, teacher, tokenizer, rows, run_dir, teacher_tokenizer=t_tok)
-    trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    try:
+        trainer = build_trainer(recipe, student, teacher, tokenizer, rows, run_dir, teacher_tokenizer=t_tok)
+    except BaseException:
+        if not resume and is_main_process():
+            (run_dir / "recipe.yaml").unlink(missing_ok=True)  # nothing ran: the folder is free again
+        raise
+    if checkpoint is not None and checkpoint_step(checkpoint) >= recipe.training.steps:
+        # Every step is in that checkpoint (the run stopped while saving the model): transformers'
+        # loop would train one more step before it checks the count, so only its state is loaded.
+        from transformers import TrainerState
+
+        trainer._load_from_checkpoint(str(checkpoint))
+        trainer.state = TrainerState.load_from_json(str(checkpoint / "trainer_state.json"))
+    else:
+        trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     if trainer.accelerator.is_main_process:
         write_jsonl(run_dir / "train_log.jsonl", trainer.state.log_history)
+    if trainer.state.global_step == 0:  # never "saved" a student that no step changed
+        raise ConfigError(f"no training step ran (data: {len(rows)} problems); nothing was saved. The run's files "
+                          f"are in {run_dir}")
     monitor = next((c for c in trainer.callback_handler.callbacks if isinstance(c, MixMonitor)), None)
     if monitor is not None and monitor.halted:
         where = latest_checkpoint(run_dir / "trainer")
@@ -531,23 +648,26 @@ def train(recipe: Recipe, run_dir: str | Path, *, exclude_prompts: set[str] | No
             f"then start again, or resume with `mpdistill train --resume --out {run_dir}`"
         )
     model_dir = run_dir / "model"
+    record = recipe_record(recipe)  # mpdistill eval reads the task and prompt from it
     if recipe.training.lora is None:
-        _save_final(trainer, model_dir)
+        _save_final(trainer, model_dir, record)
     else:
         # The adapter as trained, then (once, on the main process) the merged student for eval.
-        _save_final(trainer, run_dir / "adapter")
+        _save_final(trainer, run_dir / "adapter", record)
         if trainer.accelerator.is_main_process:
             staged = run_dir / ".model.partial"
             save_merged(recipe.student, run_dir / "adapter", staged, tokenizer, **trust)
+            write_record(staged, **record)
             replace_dir(staged, model_dir)
         trainer.accelerator.wait_for_everyone()
     return model_dir
 
 
-def _save_final(trainer, target: Path) -> None:
+def _save_final(trainer, target: Path, record: dict) -> None:
     """``trainer.save_model`` into a staging folder renamed into place, so ``target`` is whole or absent."""
     staged = target.with_name(f".{target.name}.partial")
     trainer.save_model(str(staged))
     if trainer.accelerator.is_main_process:
+        write_record(staged, **record)
         replace_dir(staged, target)
     trainer.accelerator.wait_for_everyone()

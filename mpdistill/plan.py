@@ -70,7 +70,7 @@ def describe_data(recipe: Recipe) -> tuple[dict, list[str]]:
             "prompt_style": d.prompt_style, "note": None}
     if d.train == "embedded:chain":
         info["kind"] = "embedded chain task (generated)"
-    elif Path(d.train).exists():
+    elif looks_local(d.train, data_file=True):
         info["kind"] = "local file"
     else:
         info["kind"] = "Hugging Face dataset" + (f" (configuration {d.config})" if d.config else "")
@@ -133,7 +133,15 @@ def plan(recipe: Recipe, out: str | Path | None = None) -> dict:
             warnings.append("training.bf16: no CUDA device is visible here, so bf16 is not checked; the run needs "
                             "GPUs that support it (or training.bf16: false)")
 
+    from .config import ConfigError
+    from .pipeline import check_batch_fits
+
     processes = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if data["rows"] is not None:
+        try:
+            check_batch_fits(recipe, data["rows"], processes)
+        except ConfigError as err:
+            errors.append(str(err))
     batch = {"per_device": t.batch_size, "gradient_accumulation_steps": t.gradient_accumulation_steps,
              "processes": processes, "effective": t.batch_size * t.gradient_accumulation_steps * processes}
 
@@ -167,9 +175,15 @@ def plan(recipe: Recipe, out: str | Path | None = None) -> dict:
         names = ["model/", "rollouts.jsonl", "train_log.jsonl", "recipe.yaml"] + (["adapter/"] if t.lora else [])
         outputs = {"run_dir": str(run), "files": names}
         from .checkpoints import existing_run
+        from .output_paths import check_output_dir
 
-        if why := existing_run(run):
-            errors.append(f"--out: {why}")
+        try:
+            check_output_dir(run)
+        except ConfigError as err:
+            errors.append(str(err))
+        else:
+            if why := existing_run(run):
+                errors.append(f"--out: {why}")
 
     return {
         "method": recipe.method,

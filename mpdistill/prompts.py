@@ -41,8 +41,13 @@ COMPETITION_SETS = ("aime24", "aime25", "amc23")
 OTHER_MAX_NEW_TOKENS = 4096
 
 
-def max_new_tokens_default(model_type: str | None, thinking: bool, benchmarks: list[str]) -> tuple[int, str]:
-    """The response budget for a model family on these benchmarks, and where it came from."""
+def max_new_tokens_default(model_type: str | None, thinking: bool, benchmarks: list[str],
+                           generation_config=None) -> tuple[int, str]:
+    """The response budget for a model on these benchmarks, and where it came from: the model's own
+    ``generation_config`` when it sets one, else its family's, else OTHER_MAX_NEW_TOKENS."""
+    own = getattr(generation_config, "max_new_tokens", None)
+    if own:
+        return int(own), "the model's generation_config"
     family = model_type or ""
     if (family, thinking) not in FAMILY_MAX_NEW_TOKENS:
         return OTHER_MAX_NEW_TOKENS, "no family default"
@@ -51,15 +56,20 @@ def max_new_tokens_default(model_type: str | None, thinking: bool, benchmarks: l
     return FAMILY_MAX_NEW_TOKENS[family, thinking], f"{family} model card"
 
 
-def sampling_defaults(model_type: str | None, thinking: bool, generation_config=None) -> tuple[dict, str]:
+def sampling_defaults(model_type: str | None, thinking: bool, generation_config=None, *,
+                      thinking_given: bool = False) -> tuple[dict, str]:
     """Default ``temperature``/``top_p``/``top_k`` for a model, and where they came from.
 
-    The family's documented values first; otherwise the model's own ``generation_config`` when it
-    samples; otherwise greedy decoding (temperature 0).
+    The model's own ``generation_config`` first when it samples (a model trained from a family's
+    checkpoint keeps that config; a model of its own, such as the embedded ones, says how it is
+    meant to be sampled); then the family's documented values; otherwise greedy decoding. A
+    thinking mode switched off on purpose takes the family's values for that mode: a generation
+    config describes the default mode only.
     """
     family = FAMILY_SAMPLING.get((model_type or "", thinking))
-    if family is not None:
-        return dict(family), f"{model_type} {'thinking' if thinking else 'non-thinking'} defaults"
+    label = f"{model_type} {'thinking' if thinking else 'non-thinking'} defaults"
+    if family is not None and thinking_given and not thinking:
+        return dict(family), label
     gc = generation_config
     if gc is not None and getattr(gc, "do_sample", False):
         return {
@@ -67,6 +77,8 @@ def sampling_defaults(model_type: str | None, thinking: bool, generation_config=
             "top_p": float(gc.top_p if gc.top_p is not None else 1.0),
             "top_k": int(gc.top_k or 0),
         }, "the model's generation_config"
+    if family is not None:
+        return dict(family), label
     return {"temperature": 0.0, "top_p": 1.0, "top_k": 0}, "greedy (no family defaults, generation_config does not sample)"
 
 

@@ -213,14 +213,14 @@ def test_missing_answer_field_names_field_row_and_fields(tmp_path):
     with pytest.raises(DataError) as info:
         load_custom_benchmark(str(path))
     message = str(info.value)
-    assert message.startswith(f"{path}: row 1: ")
+    assert message.startswith(f"{path}:2: ")  # file:line, as for a JSON error
     assert "'answer'" in message and "(fields: ['problem', 'solution'])" in message
 
 
 @pytest.mark.parametrize("bad", ["", "  ", None])
 def test_empty_answer_is_missing(tmp_path, bad):
     path = write_jsonl(tmp_path / "d.jsonl", [{"problem": "a", "answer": bad}])
-    with pytest.raises(DataError, match=r"row 0: missing or empty answer field 'answer'"):
+    with pytest.raises(DataError, match=r"d\.jsonl:1: missing or empty answer field 'answer'"):
         load_custom_benchmark(str(path))
 
 
@@ -229,13 +229,13 @@ def test_missing_question_field_names_field_and_row(tmp_path):
     with pytest.raises(DataError) as info:
         load_custom_benchmark(str(path))
     message = str(info.value)
-    assert message.startswith(f"{path}: row 0: ") and "'problem'" in message
+    assert message.startswith(f"{path}:1: ") and "'problem'" in message
     assert "(fields: ['answer', 'question'])" in message
 
 
 def test_answer_of_the_wrong_type(tmp_path):
     path = write_jsonl(tmp_path / "d.jsonl", [{"problem": "a", "answer": ["1", "2"]}])
-    with pytest.raises(DataError, match=r"row 0: answer field 'answer' is a list"):
+    with pytest.raises(DataError, match=r"d\.jsonl:1: answer field 'answer' is a list"):
         load_custom_benchmark(str(path))
 
 
@@ -248,7 +248,7 @@ def test_duplicate_ids_name_both_rows(tmp_path):
     with pytest.raises(DataError) as info:
         load_custom_benchmark(str(path), id_field="id")
     message = str(info.value)
-    assert message.startswith(f"{path}: rows 0 and 2: duplicate id '7'")
+    assert message.startswith(f"{path}:1 and {path}:3: duplicate id '7'")
 
 
 def test_missing_id_names_field_and_row(tmp_path):
@@ -256,7 +256,7 @@ def test_missing_id_names_field_and_row(tmp_path):
         {"id": "x", "problem": "a", "answer": "1"},
         {"problem": "b", "answer": "2"},
     ])
-    with pytest.raises(DataError, match=r"row 1: missing or empty id field 'id'"):
+    with pytest.raises(DataError, match=r"d\.jsonl:2: missing or empty id field 'id'"):
         load_custom_benchmark(str(path), id_field="id")
 
 
@@ -266,7 +266,7 @@ def test_empty_file_and_missing_source(tmp_path):
     with pytest.raises(DataError, match="the dataset is empty"):
         load_custom_benchmark(str(empty))
     missing = tmp_path / "missing.jsonl"
-    with pytest.raises(DataError, match="cannot load dataset"):
+    with pytest.raises(DataError, match="missing.jsonl: no such file"):
         load_custom_benchmark(str(missing))
 
 

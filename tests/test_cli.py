@@ -66,14 +66,16 @@ def test_train_missing_recipe_exits_2(here):
 def test_train_missing_teacher_folder_exits_2_naming_it(here, tiny_pair):
     (here / "r.yaml").write_text(recipe_text(student=str(tiny_pair / "student"), teacher="./no-teacher"))
     output = fails(["train", "r.yaml", "--out", "run"])
-    assert "error: model './no-teacher': no such folder ./no-teacher" in output
+    # Relative paths in a recipe are read from the recipe's folder (here the working directory too).
+    assert f"error: teacher: model '{here / 'no-teacher'}': no such folder {here / 'no-teacher'}" in output
+    assert "Loading weights" not in output  # refused before the student loads
     assert not (here / "run").exists()
 
 
 def test_train_missing_student_folder_exits_2_naming_it(here, tiny_pair):
     (here / "r.yaml").write_text(recipe_text(student="./no-student", teacher=str(tiny_pair / "teacher")))
     output = fails(["train", "r.yaml", "--out", "run"])
-    assert "model './no-student': no such folder" in output
+    assert "error: student: model " in output and "no-student': no such folder" in output
 
 
 def test_train_bad_data_file_exits_2_with_file_and_line(here):
@@ -81,7 +83,7 @@ def test_train_bad_data_file_exits_2_with_file_and_line(here):
     (here / "r.yaml").write_text("task: chain\n" + recipe_text(extra="").replace("  n_train: 4\n",
                                                                                    "  n_train: 4\n  train: d.jsonl\n"))
     output = fails(["train", "r.yaml", "--out", "run"])
-    assert "error: d.jsonl:2: not valid JSON" in output
+    assert f"error: {here / 'd.jsonl'}:2: not valid JSON" in output
     assert not (here / "run").exists()
 
 

@@ -88,3 +88,28 @@ def test_an_interrupted_method_is_retrained_and_its_files_kept(demo_dir):
     assert not (demo_dir / "runs" / "opd" / "marker").exists()
     rows = (demo_dir / "eval" / "opd.jsonl").read_text().splitlines()
     assert len(rows) == QUICK_EVAL_N and rows[0] != "stale"
+
+
+def test_mpdistill_eval_reproduces_the_demo_sample_for_sample(demo_dir, tmp_path):
+    """The README's command: `mpdistill eval` on a demo model needs no task or sampling flags (the
+    model folder records its task and prompt; its generation_config, how it samples) and, with the
+    demo's batch size, draws the very same responses as the demo did."""
+    from mpdistill.config import load_recipe
+    from mpdistill.demo import RECIPE
+
+    batch = load_recipe(RECIPE).eval.batch_size
+    out = tmp_path / "eval"
+    result = CliRunner().invoke(app, ["eval", "--model", str(demo_dir / "models" / "mpd"), "--limit", str(QUICK_EVAL_N),
+                                      "--batch-size", str(batch), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    config = json.loads((out / "eval_config.json").read_text())
+    assert config["task"] == "chain" and [b["name"] for b in config["benchmarks"]] == ["chain"]
+    assert (config["temperature"], config["top_p"], config["top_k"]) == (1.0, 1.0, 0)
+    assert config["chat_template"] is False and config["max_new_tokens"] == 256
+    demo = {(r["id"], r["sample"]): r for r in map(json.loads, (demo_dir / "eval" / "mpd.jsonl").open())}
+    mine = {(r["id"], r["sample"]): r for r in map(json.loads, (out / "samples.jsonl").open())}
+    assert mine.keys() == demo.keys()
+    assert all(mine[k]["response"] == demo[k]["response"] and mine[k]["correct"] == demo[k]["correct"] for k in demo)
+    summary = json.loads((out / "summary.json").read_text())["benchmarks"]["chain"]
+    results = json.loads((demo_dir / "results.json").read_text())["methods"]["mpd"]
+    assert summary["accuracy"] == pytest.approx(results["accuracy"])

@@ -181,7 +181,7 @@ def test_missing_answer_field_names_field_and_row(tiny_qwen3, tmp_path):
 
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"q": "1+1?", "a": "2"}\n{"q": "2+2?"}\n')
-    with pytest.raises(DataError, match=r"row 1.*'a'"):
+    with pytest.raises(DataError, match=r"bad\.jsonl:2: .*'a'"):
         run_eval(EvalSpec(model=str(tiny_qwen3), benchmarks=[str(bad)], question_field="q", answer_field="a"),
                  tmp_path / "out")
 

@@ -60,7 +60,7 @@ def test_missing_question_names_row_and_field(tmp_path):
     with pytest.raises(DataError) as info:
         load_problems(str(path))
     message = str(info.value)
-    assert message.startswith(f"{path}: row 1: ")
+    assert message.startswith(f"{path}:2: ")  # file:line, as for a JSON error
     assert "'problem'" in message
     assert "(fields: ['answer', 'question'])" in message
 
@@ -68,7 +68,7 @@ def test_missing_question_names_row_and_field(tmp_path):
 @pytest.mark.parametrize("bad", ["", "   ", None, 5, ["a"]])
 def test_empty_or_non_text_question_is_rejected(tmp_path, bad):
     path = write_jsonl(tmp_path / "d.jsonl", [{"problem": bad, "answer": "1"}])
-    with pytest.raises(DataError, match=r": row 0: missing or empty field 'problem'"):
+    with pytest.raises(DataError, match=r"d\.jsonl:1: missing or empty field 'problem'"):
         load_problems(str(path))
 
 
@@ -80,13 +80,13 @@ def test_missing_answer_names_row_and_field(tmp_path):
     ])
     with pytest.raises(DataError) as info:
         load_problems(str(path))
-    assert str(info.value) == f"{path}: row 2: missing answer field 'answer'"
+    assert str(info.value) == f"{path}:3: missing answer field 'answer'"
 
 
 @pytest.mark.parametrize("bad", ["", "  ", None])
 def test_blank_answer_is_missing(tmp_path, bad):
     path = write_jsonl(tmp_path / "d.jsonl", [{"problem": "a", "gold": bad}])
-    with pytest.raises(DataError, match=r"row 0: missing answer field 'gold'"):
+    with pytest.raises(DataError, match=r"d\.jsonl:1: missing answer field 'gold'"):
         load_problems(str(path), answer_field="gold")
 
 
@@ -132,7 +132,7 @@ def test_parquet_missing_question_column(tmp_path):
     pd = pytest.importorskip("pandas")
     path = tmp_path / "d.parquet"
     pd.DataFrame({"question": ["1+1?"], "answer": ["2"]}).to_parquet(path)
-    with pytest.raises(DataError, match=r"d\.parquet: row 0: missing or empty field 'problem'"):
+    with pytest.raises(DataError, match=r"d\.parquet: row 1: missing or empty field 'problem'"):
         load_problems(str(path))
 
 
@@ -140,7 +140,7 @@ def test_parquet_null_answer_is_missing(tmp_path):
     pd = pytest.importorskip("pandas")
     path = tmp_path / "d.parquet"
     pd.DataFrame({"problem": ["a", "b"], "answer": ["1", None]}).to_parquet(path)
-    with pytest.raises(DataError, match=r"row 1: missing answer field 'answer'"):
+    with pytest.raises(DataError, match=r"d\.parquet: row 2: missing answer field 'answer'"):
         load_problems(str(path))
 
 
@@ -148,7 +148,7 @@ def test_missing_local_file_is_a_data_error(tmp_path):
     missing = tmp_path / "missing.jsonl"
     with pytest.raises(DataError) as info:
         load_problems(str(missing))
-    assert str(info.value).startswith(f"cannot load dataset {str(missing)!r} (not a local file")
+    assert str(info.value) == f"{missing}: no such file"  # not sent to the Hub as a dataset name
 
 
 # ------------------------------------------------------------------ the embedded chain task

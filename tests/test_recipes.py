@@ -123,9 +123,10 @@ def test_embedded_recipe_counts_rows_and_parameters(tmp_path):
 
 def _qwen3_recipe(tmp_path, student, teacher, **training):
     data = tmp_path / "train.jsonl"
-    data.write_text("".join(json.dumps({"question": f"What is {i}+1?", "answer": str(i + 1)}) + "\n" for i in range(5)))
+    data.write_text("".join(json.dumps({"question": f"What is {i}+1?", "answer": str(i + 1)}) + "\n" for i in range(30)))
+    # 24 rows: one optimizer step of 2 x 3 accumulation x 4 processes (fewer could run no step).
     recipe = {"method": "mpd", "task": "math", "student": str(student), "teacher": str(teacher),
-              "data": {"train": str(data), "question_field": "question", "prompt_style": "chat", "n_train": 3},
+              "data": {"train": str(data), "question_field": "question", "prompt_style": "chat", "n_train": 24},
               "training": {"batch_size": 2, "gradient_accumulation_steps": 3, **training}}
     path = tmp_path / "r.yaml"
     import yaml
@@ -143,7 +144,7 @@ def test_tiny_qwen3_plan_shows_parameters_and_matching_vocab(tiny_qwen3, tmp_pat
     expected = sum(p.numel() for p in AutoModelForCausalLM.from_pretrained(tiny_qwen3).parameters())
     assert f"qwen3, {expected / 1e6:.1f}M parameters (from config), vocab 151936" in output
     assert "vocab sizes: match" in output
-    assert "3 rows" in output  # n_train of the 5 in the file
+    assert "24 rows" in output  # n_train of the 30 in the file
     assert "devices: CPU (no CUDA device visible)" in output
     assert "= 24 prompts per optimizer step" in output  # 2 x 3 x WORLD_SIZE 4
     assert "lora: r 8, alpha 32" in output
@@ -210,7 +211,7 @@ def test_dry_run_loads_no_weights(tiny_qwen3, tmp_path, no_gpu, monkeypatch):
 
 def test_served_rewriter_is_shown(tmp_path, no_gpu):
     path = tmp_path / "r.yaml"
-    path.write_text("data: {n_train: 4}\nrewrite: {backend: openai, base_url: 'http://h:8000/v1', model: big, "
+    path.write_text("data: {n_train: 4}\ntraining: {batch_size: 4}\nrewrite: {backend: openai, base_url: 'http://h:8000/v1', model: big, "
                     "api_key_env: KEY}\n")
     assert "rewrites: served: big at http://h:8000/v1, API key from $KEY" in dry_run(path)
 

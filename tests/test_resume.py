@@ -135,6 +135,24 @@ def test_resume_without_a_checkpoint_restarts_and_keeps_nothing_stale(tmp_path):
     assert sorted((r["step"], r["index"]) for r in records) == [(s, i) for s in range(2) for i in range(4)]
 
 
+def test_resuming_from_the_last_checkpoint_trains_no_extra_step(tmp_path):
+    """A run killed while saving its final model has every step in its last checkpoint: resuming
+    saves the model of that checkpoint; it must not train (or log) a step past training.steps."""
+    import shutil
+
+    recipe = _recipe(steps=2, save_steps=2)
+    run = tmp_path / "run"
+    train(recipe, run)
+    rollouts = (run / "rollouts.jsonl").read_text()
+    final = load_file(run / "model" / "model.safetensors")
+    shutil.rmtree(run / "model")
+    train(recipe, run, resume=True)
+    assert (run / "rollouts.jsonl").read_text() == rollouts
+    resumed = load_file(run / "model" / "model.safetensors")
+    assert resumed.keys() == final.keys() and all(torch.equal(final[k], resumed[k]) for k in final)
+    assert json.loads((run / "train_log.jsonl").read_text().splitlines()[-1])["step"] == 2
+
+
 def _run_dir(tmp_path: Path, **training) -> tuple[Path, object]:
     recipe = _recipe(**training)
     run = tmp_path / "run"

@@ -58,6 +58,12 @@ def test_transformers_hooks_the_checkpoints_override():
     assert "run_dir = self._get_output_dir(trial=trial)" in save and "self._save_rng_state(output_dir)" in save
     assert "run_dir = self.args.output_dir" in inspect.getsource(Trainer._get_output_dir)
     assert list(inspect.signature(Trainer._load_rng_state).parameters) == ["self", "checkpoint"]
+    # A run whose last checkpoint holds every step is loaded, not trained (pipeline.train).
+    assert list(inspect.signature(Trainer._load_from_checkpoint).parameters) == ["self", "resume_from_checkpoint",
+                                                                                 "model"]
+    # Tied weights a checkpoint holds once are taken out of load_result.missing_keys (a NamedTuple).
+    assert list(inspect.signature(Trainer._issue_warnings_after_load).parameters) == ["self", "load_result"]
+    assert "load_result.missing_keys" in inspect.getsource(Trainer._issue_warnings_after_load)
     assert {"output_dir", "save_total_limit", "use_mtime"} <= set(inspect.signature(rotate_checkpoints).parameters)
     assert PREFIX_CHECKPOINT_DIR == "checkpoint"
     # EpochOrderSampler reseeds TRL's RepeatSampler before each epoch through these attributes.

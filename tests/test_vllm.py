@@ -270,7 +270,7 @@ def test_an_unreachable_rollout_server_is_one_line_before_loading(tmp_path, pret
 def test_dry_run_shows_where_rollouts_run_and_what_is_missing(tmp_path, pretend):
     pretend(False, 0)
     path = tmp_path / "r.yaml"
-    path.write_text("data: {n_train: 4}\ntraining: {vllm: {mode: server, server_base_url: 'http://h:8000'}}\n"
+    path.write_text("data: {n_train: 4}\ntraining: {batch_size: 4, vllm: {mode: server, server_base_url: 'http://h:8000'}}\n"
                     "rewrite: {backend: vllm, model: big-teacher}\n")
     result = runner.invoke(app, ["train", str(path), "--dry-run"])
     text = " ".join(result.output.split())

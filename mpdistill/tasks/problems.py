@@ -63,24 +63,30 @@ def iter_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
             yield lineno, row
 
 
-def _read_rows(path: Path) -> list[dict]:
+def _read_rows(path: Path) -> list[tuple[str, dict]]:
     if path.suffix == ".parquet":
         import pandas as pd
 
-        return pd.read_parquet(path).to_dict(orient="records")
-    return [row for _, row in iter_jsonl(path)]
+        return [(f"{path}: row {i}", r) for i, r in enumerate(pd.read_parquet(path).to_dict(orient="records"), 1)]
+    return [(f"{path}:{lineno}", row) for lineno, row in iter_jsonl(path)]
 
 
-def read_source(source: str, *, split: str = "train", config: str | None = None) -> tuple[list[dict], str]:
-    """The raw rows of a local JSONL/Parquet file or a Hugging Face dataset, and where they came from.
+def read_source(source: str, *, split: str = "train", config: str | None = None) -> tuple[list[tuple[str, dict]], str]:
+    """The raw rows of a local JSONL/Parquet file or a Hugging Face dataset, each with where it is
+    (``file:line`` for JSONL, as JSON errors say; else ``source: row N``, counted from 1), and
+    where they came from.
 
     ``config`` names the dataset's configuration where it has several (``openai/gsm8k``: "main").
     ``where`` is the file path, or ``"name[split]"`` for a dataset. Raises DataError for a folder,
     a malformed JSONL line (naming file and line), a dataset that cannot be loaded, or no rows.
     """
-    path = Path(source)
+    path = Path(source).expanduser()
     if path.is_dir():
         raise DataError(f"{path}: is a folder; expected a .jsonl or .parquet file")
+    from ..config import looks_local
+
+    if not path.exists() and looks_local(source, data_file=True):
+        raise DataError(f"{source}: no such file")
     if path.exists():
         raw = _read_rows(path)
         where = str(path)
@@ -88,10 +94,11 @@ def read_source(source: str, *, split: str = "train", config: str | None = None)
         try:
             import datasets
 
-            raw = list(datasets.load_dataset(source, config, split=split))
+            rows = list(datasets.load_dataset(source, config, split=split))
         except Exception as err:  # offline, unknown name, ...: say which source failed and why
             raise DataError(f"cannot load dataset {source!r} (not a local file; Hugging Face said: {err})") from None
         where = f"{source}[{split}]" if config is None else f"{source}/{config}[{split}]"
+        raw = [(f"{where}: row {i}", r) for i, r in enumerate(rows, 1)]
     if not raw:
         raise DataError(f"{where}: the dataset is empty")
     return raw, where
@@ -118,12 +125,12 @@ def load_problems(
     from ..benchmarks import normalize_answer
     from ..prompts import user_message
 
-    raw, where = read_source(source, split=split, config=config)
+    raw, _ = read_source(source, split=split, config=config)
     rows = []
-    for i, r in enumerate(raw):
+    for at, r in raw:
         q = r.get(question_field)
         if not isinstance(q, str) or not q.strip():
-            raise DataError(f"{where}: row {i}: missing or empty field {question_field!r} (fields: {sorted(r)})")
+            raise DataError(f"{at}: missing or empty field {question_field!r} (fields: {sorted(r)})")
         a = None
         if answer_field is not None:
             a = r.get(answer_field)
@@ -133,11 +140,11 @@ def load_problems(
             elif isinstance(a, float) and a.is_integer():
                 a = int(a)
             if a is None or (isinstance(a, str) and not a.strip()):
-                raise DataError(f"{where}: row {i}: missing answer field {answer_field!r}")
+                raise DataError(f"{at}: missing answer field {answer_field!r}")
             try:
                 a = normalize_answer("custom", a)
             except DataError as err:
-                raise DataError(f"{where}: row {i}: field {answer_field!r}: {str(err).split(': ', 1)[-1]}") from None
+                raise DataError(f"{at}: field {answer_field!r}: {str(err).split(': ', 1)[-1]}") from None
         message = user_message(prompt_template, q)
         prompt = [{"role": "user", "content": message}] if prompt_style == "chat" else message
         rows.append({"prompt": prompt, "problem": message, "answer": a})

@@ -1,0 +1,55 @@
+"""Where a command will write: checked before any model loads, and by ``--dry-run``.
+
+A folder that is a file, a parent that is a file, or a place the user cannot write is found by
+trying it (creating and removing an empty file), not by reading permission bits: those say
+nothing for root, read-only mounts or network file systems.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from .config import ConfigError
+
+
+class OutputPathError(ConfigError):
+    """An output path that cannot be written; the message names the option and the path."""
+
+
+def check_output_dir(path: str | Path, option: str = "--out") -> None:
+    """``path`` is, or can become, a folder this process can write in."""
+    path = Path(path).expanduser()
+    if path.exists() and not path.is_dir():
+        raise OutputPathError(f"{option} {path}: is a file; give a folder (it is created if missing)")
+    _check_writable(path if path.is_dir() else _existing_ancestor(path, option), path, option)
+
+
+def check_output_file(path: str | Path, option: str) -> None:
+    """``path`` is, or can become, a file this process can write (its folder is created if missing)."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise OutputPathError(f"{option} {path}: is a folder; give a file name")
+    parent = path.parent
+    _check_writable(parent if parent.is_dir() else _existing_ancestor(parent, option, target=path), path, option)
+
+
+def _existing_ancestor(path: Path, option: str, target: Path | None = None) -> Path:
+    """The nearest folder above ``path`` that exists; an existing file on the way is an error."""
+    target = target or path
+    for parent in (path, *path.absolute().parents):
+        if parent.exists():
+            if not parent.is_dir():
+                raise OutputPathError(f"{option} {target}: {parent} is a file, so no folder can be made there")
+            return parent
+    raise OutputPathError(f"{option} {target}: no existing folder above it")  # pragma: no cover (/ exists)
+
+
+def _check_writable(folder: Path, target: Path, option: str) -> None:
+    try:
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".mpdistill-write-check-")
+    except OSError as err:
+        raise OutputPathError(f"{option} {target}: cannot write in {folder} ({err.strerror or err})") from None
+    os.close(fd)
+    os.unlink(probe)
