@@ -175,13 +175,14 @@ class TransformersRewriter(_LocalRewriter):
     def rewrite(self, prompts: Sequence[str], max_new_tokens: Sequence[int] | None = None) -> list[RewriteOutput]:
         ids = [self._encode(p) for p in prompts]
         seed = self.rng.randrange(2**31)
+        before = self.generate_calls
         gens = generate_texts(
             self.model, self.tokenizer, ids, self.settings, seed=seed,
             max_new_tokens=list(max_new_tokens) if max_new_tokens is not None else None,
             on_generate=self._count_call,
         )
         if self.sync_batches is not None:
-            calls = math.ceil(len(ids) / self.settings.batch_size)
+            calls = self.generate_calls - before  # the calls made (a prompt too long for the teacher makes none)
             pad = [self.tokenizer.eos_token_id if self.tokenizer.eos_token_id is not None else 0]
             greedy = GenerationSettings(max_new_tokens=1, temperature=0.0, batch_size=1)
             for _ in range(self.sync_batches(calls) - calls):

@@ -33,6 +33,19 @@ def test_each_row_stops_at_its_own_budget_without_changing_the_others(student):
             assert c.truncated == (len(f.token_ids) >= b)
 
 
+def test_no_row_generates_past_the_models_positions(student):
+    """The embedded student reads 512 positions: a 499-token prompt gets at most 13 new tokens, a
+    603-token one is not run at all, and the other rows sample as they would alone."""
+    model, tok = student
+    short, near, over = _prompts(1)[0], "Q:" + "1+" * 248 + "1", "Q:" + "1+" * 300 + "1"
+    assert [len(tok(p, add_special_tokens=False)["input_ids"]) for p in (near, over)] == [499, 603]
+    greedy = GenerationSettings(max_new_tokens=100, temperature=0.0, batch_size=3)
+    out = generate_texts(model, tok, [short, near, over], greedy)
+    assert out[0].token_ids == generate_texts(model, tok, [short], greedy)[0].token_ids
+    assert len(out[1].token_ids) <= 13
+    assert (out[2].token_ids, out[2].truncated) == ([], True)
+
+
 def test_budgets_must_match_the_prompts(student):
     model, tok = student
     with pytest.raises(ValueError, match="2 token budgets for 3 prompts"):

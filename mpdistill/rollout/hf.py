@@ -91,11 +91,21 @@ def generate_texts(
         settings.max_new_tokens if max_new_tokens is None else max(0, min(b, settings.max_new_tokens))
         for b in (max_new_tokens or [None] * len(ids))
     ]
-    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+    per_row = max_new_tokens is not None
+    out: list[Generation | None] = [None] * len(ids)
+    positions = getattr(model.config.get_text_config(), "max_position_embeddings", None)
+    if positions and any(len(p) + b > positions for p, b in zip(ids, budgets)):
+        # Past its positions a model writes garbage (rotary embeddings) or fails on an index (learned
+        # ones): a row stops where they end, and a prompt that fills them is not run at all.
+        budgets = [max(0, min(b, positions - len(p))) for p, b in zip(ids, budgets)]
+        per_row = True
+        for i, p in enumerate(ids):
+            if len(p) >= positions:
+                out[i] = Generation(text="", token_ids=[], truncated=True, end_id=None)
+    order = sorted((i for i in range(len(ids)) if out[i] is None), key=lambda i: len(ids[i]))
     eos = _eos_ids(model, tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
     device = next(model.parameters()).device
-    out: list[Generation | None] = [None] * len(ids)
     # A seeded call samples from its own stream: the random state of the CPU and of this model's GPU
     # is put back afterwards, so whatever else samples in this process (the student) is untouched.
     devices = [device] if device.type == "cuda" else []
@@ -103,8 +113,7 @@ def generate_texts(
         if seed is not None:
             torch.manual_seed(seed)
         out = _generate_batches(model, tokenizer, ids, order, budgets, eos, pad_id, device, settings,
-                                per_row=max_new_tokens is not None, progress=progress, out=out,
-                                on_generate=on_generate)
+                                per_row=per_row, progress=progress, out=out, on_generate=on_generate)
     return out  # type: ignore[return-value]
 
 
