@@ -41,6 +41,7 @@ class BenchmarkItem:
     problem: str  # the question text
     answer: str  # gold answer, normalised by `normalize_answer`
     reference: str | None  # text to grade as if it were a model response (`--model gold`)
+    at: str | None = None  # where it is read from: "file:line" (JSONL) or "source: row N" (from 1)
 
 
 @dataclass(frozen=True)
@@ -263,6 +264,7 @@ def _build(
                 problem=question,
                 answer=answer,
                 reference=_reference(solution, raw),
+                at=at,
             )
         )
     return Benchmark(name=name, source=where, items=tuple(items), size=len(raw_rows))

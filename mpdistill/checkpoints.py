@@ -217,16 +217,22 @@ def _flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
+def recipe_changes(saved: Recipe, given: Recipe, allowed=()) -> list[str]:
+    """``key: old -> new`` for each setting ``given`` changes from ``saved``, but for keys in ``allowed``."""
+    before, after = _flatten(saved.model_dump(mode="json")), _flatten(given.model_dump(mode="json"))
+    return [f"{k}: {before.get(k)!r} -> {after.get(k)!r}" for k in sorted(before.keys() | after.keys())
+            if before.get(k) != after.get(k) and k not in allowed]
+
+
 def check_resumable(recipe: Recipe, run_dir: Path) -> None:
     """The recipe of a resumed run must be the saved one, but for keys in :data:`RESUMABLE_CHANGES`."""
     saved_path = run_dir / "recipe.yaml"
     if not saved_path.exists():
         raise ResumeError(f"{run_dir} has no recipe.yaml: it is not a run folder (or its run never started)")
-    saved = _flatten(load_recipe(saved_path).model_dump(mode="json"))
-    given = _flatten(recipe.model_dump(mode="json"))
-    changed = sorted(k for k in saved.keys() | given.keys() if saved.get(k) != given.get(k) and k not in RESUMABLE_CHANGES)
+    # Paths in a run's own recipe are absolute; older runs wrote them as given, from where they started.
+    changed = recipe_changes(load_recipe(saved_path, paths_from=Path.cwd()), recipe, allowed=RESUMABLE_CHANGES)
     if changed:
-        lines = "; ".join(f"{k}: {saved.get(k)!r} -> {given.get(k)!r}" for k in changed)
+        lines = "; ".join(changed)
         raise ResumeError(
             f"cannot resume {run_dir} with a different recipe ({lines}). Resume with its own recipe "
             f"(mpdistill train --resume --out {run_dir}) or start a new run in another --out"

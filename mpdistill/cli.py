@@ -108,8 +108,10 @@ def train_cmd(
         _fail("--out is required (or use --dry-run to only check the recipe)")
     from .pipeline import train
 
+    own = out is not None and config == out / "recipe.yaml"
     try:
-        recipe = load_recipe(config)
+        # A run's own recipe: older runs wrote relative paths as given, from where they were started.
+        recipe = load_recipe(config, paths_from=Path.cwd() if own else None)
         model_dir = train(recipe, out, resume=resume)
     except (ConfigError, DataError, ResumeError, NonFiniteHalt, MixFloorHalt) as err:
         # Halts and failed checks of the folder or data are decided alike on every process.
@@ -295,7 +297,6 @@ def bench_cmd(
     settings = BenchSettings(student=student, teacher=teacher, tokenizer=tokenizer, seed=seed,
                              rewrite_budgets=rewrite_budgets, **chosen)
     if json_out is not None:  # before the bench runs, not after
-        from .config import ConfigError
         from .output_paths import check_output_file
 
         try:
@@ -407,10 +408,7 @@ def rewrite_cmd(
         allow_pickle_checkpoints=allow_pickle_checkpoints,
         trust_remote_code=trust_remote_code,
     )
-    from .output_paths import check_output_file
-
     try:
-        check_output_file(out, "--out")
         summary = rewrite_file(input, out, spec, console=console)
     except (RewriteFileError, ConfigError) as err:
         _fail(str(err))
@@ -468,7 +466,11 @@ def bootstrap(
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from .console import WarningLines
+
+    handler = logging.StreamHandler()
+    handler.setFormatter(WarningLines())
+    logging.basicConfig(level=logging.WARNING, handlers=[handler])
     app()
 
 

@@ -321,7 +321,8 @@ def compare_runs(
             warnings += notes
     if not benchmarks:  # an empty table would read as "no difference"
         reasons = "; ".join(f"{name}: {why}" for name, why in skipped.items())
-        raise CompareError(f"{base_dir} and {new_dir} have no benchmark with problems in common ({reasons})")
+        raise CompareError(f"{base_dir} and {new_dir} have no benchmark with problems in common"
+                           + (f" ({reasons})" if reasons else ""))
     return {
         "base": {"dir": str(base_dir), "model": runs["base"]["model"]},
         "new": {"dir": str(new_dir), "model": runs["new"]["model"]},

@@ -369,7 +369,13 @@ def recipe_from_dict(data: dict, source: str = "recipe") -> Recipe:
         raise ConfigError(_describe(err, source)) from None
 
 
-def load_recipe(path: str | Path, overrides: dict | None = None) -> Recipe:
+def load_recipe(path: str | Path, overrides: dict | None = None, *, paths_from: Path | None = None) -> Recipe:
+    """The recipe at ``path``; its relative paths are read from its folder (``paths_from``: from there).
+
+    A run folder's own ``recipe.yaml`` holds absolute paths; one written before recipes resolved
+    their paths holds them relative to where that run was started, and is read with
+    ``paths_from=Path.cwd()``.
+    """
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"recipe not found: {path}")
@@ -391,7 +397,7 @@ def load_recipe(path: str | Path, overrides: dict | None = None) -> Recipe:
     if data is None:  # an empty file (or only comments): all defaults
         data = {}
     if isinstance(data, dict):
-        data = resolve_paths(data, path)
+        data = resolve_paths(data, path if paths_from is None else Path(paths_from) / path.name)
     if overrides and isinstance(data, dict):
         data = _merge(data, overrides)
     return recipe_from_dict(data, str(path))

@@ -20,7 +20,7 @@ from .config import Recipe, load_recipe
 from .durable import replace_dir
 from .eval_runner import EvalError, TransformersBackend, Unit, run_units
 from .evaluate import build_results, format_table, paired_delta_ci, write_report
-from .model_record import recipe_record, write_record
+from .model_record import prompt_record, write_record
 from .output_paths import check_output_dir
 from .pipeline import check_generation_backends, load_model, train
 from .rollout import GenerationSettings
@@ -67,6 +67,7 @@ def run_demo(out: str | Path, *, quick: bool = False, seed: int | None = None, r
     eval_problems = chain_problems(n_eval, recipe.seed, split="eval")
     held_out = {p["prompt"] for p in eval_problems}
 
+    check_same_demo(out, recipe)
     models_dir = out / "models"
     fresh: set[str] = set()  # models written by this run: their old evaluations no longer apply
     console.rule(f"mpdistill demo  seed={recipe.seed}  n_eval={n_eval}  steps={recipe.training.steps}")
@@ -74,7 +75,7 @@ def run_demo(out: str | Path, *, quick: bool = False, seed: int | None = None, r
         target = models_dir / name
         if not (target / "config.json").exists():
             model, tok = load_model(source)
-            _save_atomic(model, tok, target, recipe_record(recipe))
+            _save_atomic(model, tok, target, prompt_record(recipe))  # as they are, before any training
             fresh.add(name)
     for method in METHODS:
         target = models_dir / method
@@ -164,6 +165,21 @@ def compare_to_baselines(results: dict, records: dict[str, list[dict]]) -> dict:
     return out
 
 
+def check_same_demo(out: Path, recipe: Recipe) -> None:
+    """A re-run keeps the models already trained in ``out``: only if they were trained with this
+    recipe (another seed, --quick or recipe would mix two demos in one table)."""
+    from .checkpoints import recipe_changes
+    from .config import ConfigError
+
+    for method in METHODS:
+        saved = out / "runs" / method / "recipe.yaml"
+        if (out / "models" / method / "config.json").exists() and saved.exists():
+            changed = recipe_changes(load_recipe(saved), recipe.model_copy(update={"method": method}))
+            if changed:
+                raise ConfigError(f"{out} holds a demo trained with other settings ({'; '.join(changed[:5])}"
+                                  f"{'; ...' if len(changed) > 5 else ''}); use a new --out to keep both")
+
+
 def _free_name(path: Path) -> Path:
     n = 1
     while path.with_name(f"{path.name}-{n}").exists():
@@ -176,5 +192,5 @@ def _save_atomic(model, tok, target: Path, record: dict) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp, safe_serialization=True)
     tok.save_pretrained(tmp)
-    write_record(tmp, **{k: record[k] for k in ("task", "prompt_template", "prompt_style", "thinking")})
+    write_record(tmp, **record)
     replace_dir(tmp, target)

@@ -279,8 +279,9 @@ def _save(model: Qwen3ForCausalLM, tokenizer: PreTrainedTokenizerFast, path: Pat
     write_record(path, **EMBEDDED_RECORD)
 
 
-# How the embedded models read: chain problems as plain text ("Q:..."), answers "A:<digit>".
-EMBEDDED_RECORD = {"task": "chain", "prompt_template": "{problem}", "prompt_style": "plain"}
+# How the embedded models read: chain problems as plain text ("Q:..."), answers "A:<digit>", within
+# the demo's evaluation budget (recipes/embedded.yaml, eval.max_new_tokens).
+EMBEDDED_RECORD = {"task": "chain", "prompt_template": "{problem}", "prompt_style": "plain", "max_new_tokens": 256}
 
 
 STAGES = ("student", "teacher")

@@ -184,7 +184,6 @@ TRUNCATION_WARNING = 0.05
 # Settings that decide what is sampled: a resumed run must use the same ones.
 PLAN_KEYS = ("model", "benchmarks", "task", "backend", "n_samples", "max_new_tokens", "temperature", "top_p", "top_k",
              "thinking", "chat_template", "prompt_template", "batch_size", "seed", "limit")
-ADDED_KEYS = ("task",)  # compared only when the folder's own eval_config.json has them (older ones do not)
 DEFAULT_BENCHMARKS = {"math": ["gsm8k", "math500", "aime24", "aime25", "amc23"], "chain": ["chain"]}
 CHAIN = "chain"  # the demo's held-out chain problems, drawn from the run's seed (see mpdistill.demo)
 CHAIN_SIZE = 1000
@@ -192,14 +191,17 @@ CHAIN_SIZE = 1000
 
 @dataclass
 class EvalSpec:
-    """Everything ``mpdistill eval`` needs; sampling left as None takes the model family's defaults."""
+    """Everything ``mpdistill eval`` needs. Left as None: the task, prompt, prompt style, thinking and
+    budget the model folder's mpdistill.json records; then sampling from the model's generation_config
+    or its family's card (prompts.sampling_defaults), the budget from its family's card or
+    generation_config (prompts.max_new_tokens_default)."""
 
     model: str
     benchmarks: list[str] | None = None  # None: the task's (DEFAULT_BENCHMARKS)
     task: str | None = None  # None: the model's recorded task (model_record), else math
     backend: str = "transformers"
     n_samples: int | None = None  # None: SMALL_SET_SAMPLES for a set of fewer than SMALL_SET problems, else 1
-    max_new_tokens: int | None = None  # None: the model family's budget (prompts.max_new_tokens_default)
+    max_new_tokens: int | None = None  # None: see above
     temperature: float | None = None
     top_p: float | None = None
     top_k: int | None = None
@@ -216,6 +218,7 @@ class EvalSpec:
     split: str = "test"
     tensor_parallel_size: int = 1
     gpu_memory_utilization: float | None = None  # vllm: the engine's share of GPU memory (CPU build: of RAM)
+    budget_source: str = "given"  # where max_new_tokens came from, when set before run_eval
     allow_pickle_checkpoints: bool = False  # see pipeline.load_model: safetensors only unless set
     trust_remote_code: bool = False
 
@@ -225,6 +228,7 @@ class EvalSpec:
         from .tasks import TASKS, get_task
 
         record = {} if self.model == GOLD else read_record(self.model)
+        given_task = self.task is not None
         if self.task is None:
             self.task = record.get("task") if record.get("task") in TASKS else "math"
         elif self.task not in TASKS:
@@ -234,15 +238,21 @@ class EvalSpec:
         for name in self.benchmarks:
             other = next((t for t, sets in DEFAULT_BENCHMARKS.items() if name in sets and t != self.task), None)
             if other is not None:
-                why = "as its training recorded" if record.get("task") == self.task else "as given"
+                why = ("as given" if given_task else "as its training recorded" if record.get("task") == self.task
+                       else "the default for a model without an mpdistill.json")
                 raise EvalError(f"{name} is a {other} benchmark, but the task is {self.task} ({why}): its answers "
                                 f"would be read the wrong way; use --benchmarks {','.join(DEFAULT_BENCHMARKS[self.task])}"
                                 f", or --task {other} to grade the model as a {other} model")
         if not self.prompt_template:  # as the model was trained: training, rewrite and evaluation see one text
             recorded = record.get("prompt_template") if record.get("task") == self.task else None
             self.prompt_template = recorded if isinstance(recorded, str) else get_task(self.task).prompt_template
+        trained_as = record if record.get("task") == self.task else {}  # how the model was trained to read it
         if self.chat_template is None:
-            self.chat_template = record.get("prompt_style") != "plain" or record.get("task") != self.task
+            self.chat_template = trained_as.get("prompt_style") != "plain"
+        if self.thinking is None and isinstance(trained_as.get("thinking"), bool):
+            self.thinking = trained_as["thinking"]
+        if self.max_new_tokens is None and isinstance(trained_as.get("max_new_tokens"), int):
+            self.max_new_tokens, self.budget_source = trained_as["max_new_tokens"], "the model's mpdistill.json"
         if "{problem}" not in self.prompt_template:
             raise EvalError("the prompt template must contain {problem}")
         if not self.benchmarks:
@@ -272,12 +282,13 @@ class EvalSpec:
 def load_benchmarks(spec: EvalSpec):
     """Each ``--benchmarks`` entry: a shipped name, else a local file or Hugging Face dataset."""
     from .benchmarks import known_benchmarks, load_benchmark, load_custom_benchmark
+    from .config import looks_local
 
     loaded = []
     for entry in spec.benchmarks:
         if entry == CHAIN:
             loaded.append(chain_benchmark(spec.seed, spec.limit))
-        elif entry in known_benchmarks() or not (Path(entry).exists() or "/" in entry or "." in entry):
+        elif entry in known_benchmarks() or not (looks_local(entry, data_file=True) or "/" in entry):
             loaded.append(load_benchmark(entry, limit=spec.limit))  # an unknown bare name lists the known ones
         else:
             loaded.append(load_custom_benchmark(
@@ -345,11 +356,13 @@ def run_eval(spec: EvalSpec, out: str | Path, *, console=None) -> dict:
     if not gold:
         from .prompts import max_new_tokens_default
 
-        max_new_tokens, budget_source = spec.max_new_tokens, "given"
+        max_new_tokens, budget_source = spec.max_new_tokens, spec.budget_source
         if max_new_tokens is None:
             max_new_tokens, budget_source = max_new_tokens_default(
                 getattr(model_config, "model_type", None), thinking_on, [b.name for b in benchmarks], generation_config)
-        max_new_tokens, budget_source = fit_positions(prompts, max_new_tokens, budget_source, model_config, spec.model)
+        where = {(b.name, item.id): item.at or f"{b.name} problem {item.id}" for b in benchmarks for item in b.items}
+        max_new_tokens, budget_source = fit_positions(prompts, max_new_tokens, budget_source, model_config, spec.model,
+                                                      where)
     config = {
         "model": spec.model,
         "benchmarks": [{"name": b.name, "source": b.source, "n_problems": len(b.items)} for b in benchmarks],
@@ -407,8 +420,10 @@ def run_eval(spec: EvalSpec, out: str | Path, *, console=None) -> dict:
     return summary
 
 
-def fit_positions(prompts: dict, max_new_tokens: int, source: str, model_config, model: str) -> tuple[int, str]:
-    """The response budget checked against the positions the model can read.
+def fit_positions(prompts: dict, max_new_tokens: int, source: str, model_config, model: str,
+                  where: dict) -> tuple[int, str]:
+    """The response budget checked against the positions the model can read (``where``: each
+    problem's place in its file, for the message).
 
     A prompt that alone fills them is an error naming it; a budget the user gave that the longest
     prompt would push past them is an error; a default budget is cut to fit, and says so. Past its
@@ -418,16 +433,16 @@ def fit_positions(prompts: dict, max_new_tokens: int, source: str, model_config,
     positions = getattr(text_config, "max_position_embeddings", None)
     if not positions or not prompts:
         return max_new_tokens, source
-    (benchmark, problem), longest = max(prompts.items(), key=lambda kv: len(kv[1]))
+    key, longest = max(prompts.items(), key=lambda kv: len(kv[1]))
     n = len(longest)
     if n >= positions:
-        raise EvalError(f"{benchmark} problem {problem}: its prompt is {n:,} tokens, but {model} reads at most "
-                        f"{positions:,} positions (max_position_embeddings); leave the problem out or shorten it")
+        raise EvalError(f"{where[key]}: its prompt is {n:,} tokens, but {model} reads at most {positions:,} positions "
+                        "(max_position_embeddings); leave the problem out or shorten it")
     if n + max_new_tokens <= positions:
         return max_new_tokens, source
     if source == "given":
-        raise EvalError(f"--max-new-tokens {max_new_tokens:,} after the longest prompt ({benchmark} problem {problem}, "
-                        f"{n:,} tokens) passes the {positions:,} positions {model} reads; use at most {positions - n:,}")
+        raise EvalError(f"--max-new-tokens {max_new_tokens:,} after the longest prompt ({where[key]}, {n:,} tokens) "
+                        f"passes the {positions:,} positions {model} reads; use at most {positions - n:,}")
     return positions - n, f"{source}, cut to fit the model's {positions:,} positions after the longest prompt"
 
 
@@ -512,7 +527,8 @@ def _check_or_write_config(out: Path, config: dict) -> None:
             old = json.loads(path.read_text(encoding="utf-8"))
         except ValueError:
             raise EvalError(f"{path}: not valid JSON; remove it (and samples.jsonl) or use a new --out") from None
-        changed = [k for k in PLAN_KEYS if old.get(k) != config.get(k) and (k in old or k not in ADDED_KEYS)]
+        old.setdefault("task", "math")  # evaluations from before --task graded every answer as math
+        changed = [k for k in PLAN_KEYS if old.get(k) != config.get(k)]
         if changed:
             diffs = "; ".join(f"{k}: {old.get(k)!r} -> {config.get(k)!r}" for k in changed)
             raise EvalError(f"{out} holds an evaluation with other settings ({diffs}); use a new --out to keep both")

@@ -18,6 +18,7 @@ RECORD = "mpdistill.json"
 
 def write_record(folder: str | Path, *, task: str, prompt_template: str, prompt_style: str,
                  thinking: bool | None = None, **extra) -> None:
+    """``extra``: ``max_new_tokens`` (the evaluation budget), and how the model was made."""
     record = {"task": task, "prompt_template": prompt_template, "prompt_style": prompt_style,
               "thinking": thinking, **extra}
     write_text(Path(folder) / RECORD, json.dumps(record, indent=2) + "\n")
@@ -35,10 +36,19 @@ def read_record(model: str) -> dict:
     return record if isinstance(record, dict) else {}
 
 
-def recipe_record(recipe) -> dict:
-    """The record of a model trained by ``recipe``."""
+def prompt_record(recipe) -> dict:
+    """How a model of ``recipe`` reads its problems. On the chain task the recipe's ``eval`` section
+    is how the demo evaluates it, so its budget is recorded too (a family's budget does not apply to
+    the embedded models, whose config says qwen3)."""
     from .pipeline import prompt_template
 
-    return {"task": recipe.task, "prompt_template": prompt_template(recipe), "prompt_style": recipe.data.prompt_style,
-            "thinking": recipe.training.student_enable_thinking, "method": recipe.method, "base_model": recipe.student,
-            "teacher": recipe.teacher}
+    record = {"task": recipe.task, "prompt_template": prompt_template(recipe), "prompt_style": recipe.data.prompt_style,
+              "thinking": recipe.training.student_enable_thinking}
+    if recipe.task == "chain":
+        record["max_new_tokens"] = recipe.eval.max_new_tokens
+    return record
+
+
+def recipe_record(recipe) -> dict:
+    """The record of a model trained by ``recipe``: how it reads its problems, and how it was made."""
+    return {**prompt_record(recipe), "method": recipe.method, "base_model": recipe.student, "teacher": recipe.teacher}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -25,7 +26,7 @@ from .prompts import encode_message, has_thinking_switch, teacher_template_kwarg
 from .rewrite import Rewriter, RewriteSettings, TransformersRewriter
 from .rollout import GenerationSettings
 from .tasks import get_task
-from .tasks.problems import chain_problems, load_problems
+from .tasks.problems import DataError, chain_problems, load_problems
 
 log = logging.getLogger(__name__)
 
@@ -224,9 +225,14 @@ def check_prompt_lengths(recipe: Recipe, rows: list[dict], tokenizer, model_conf
     i = max(range(len(lengths)), key=lengths.__getitem__)
     if lengths[i] + t.max_completion_length > positions:
         raise ConfigError(
-            f"data.train row {i + 1}: its prompt is {lengths[i]:,} tokens, which with training.max_completion_length "
+            f"training problem {i + 1} of {len(rows)} ({_brief(rows[i]['problem'])}): its prompt is {lengths[i]:,} "
+            f"tokens, which with training.max_completion_length "
             f"{t.max_completion_length:,} passes the {positions:,} positions the student reads; shorten or leave out "
             f"that problem, or lower training.max_completion_length to at most {max(positions - lengths[i], 0):,}")
+
+
+def _brief(text: str, width: int = 40) -> str:
+    return repr(text if len(text) <= width else text[:width] + "...")
 
 
 def rewrite_settings(recipe: Recipe) -> RewriteSettings:
@@ -564,6 +570,17 @@ def _method_trainer(recipe: Recipe, common: dict, teacher, teacher_tokenizer, ru
     )
 
 
+@contextmanager
+def same_on_every_process():
+    """Errors of checks every process makes alike (same recipe, files, models): under a launcher the
+    main process reports them, once (see mpdistill.cli._fail)."""
+    try:
+        yield
+    except (ConfigError, DataError) as err:
+        err.shared_by_main_process = True
+        raise
+
+
 def train(recipe: Recipe, run_dir: str | Path, *, exclude_prompts: set[str] | None = None, resume: bool = False) -> Path:
     """Train ``recipe.method`` and save the student to ``run_dir/model``; returns that folder.
 
@@ -584,27 +601,29 @@ def train(recipe: Recipe, run_dir: str | Path, *, exclude_prompts: set[str] | No
     checkpoint = on_main_then_share(claim_folder)
     for warning in launch_warnings() if is_main_process() else []:
         log.warning(warning)
-    rows = training_problems(recipe, exclude=exclude_prompts)
-    if recipe.rewrite.require_gold and recipe.method in ("mpd", "rewrite_sft", "offpolicy_kd"):
-        missing = next((i for i, r in enumerate(rows) if r.get("answer") is None), None)
-        if missing is not None:
-            raise ConfigError(f"rewrite.require_gold is set but training row {missing + 1} has no answer "
-                              "(data.answer_field)")
-    check_batch_fits(recipe, len(rows), distributed_state().num_processes)
-    check_generation_backends(recipe)
-    for role in ("student", "teacher"):  # both folders before either loads
-        try:
-            model_path(getattr(recipe, role))
-        except ConfigError as err:
-            raise ConfigError(f"{role}: {err}") from None
-    training_arguments(recipe, run_dir)  # what transformers would refuse, before any weights load
+    with same_on_every_process():  # decided from the same recipe and files by every process: said once
+        rows = training_problems(recipe, exclude=exclude_prompts)
+        if recipe.rewrite.require_gold and recipe.method in ("mpd", "rewrite_sft", "offpolicy_kd"):
+            missing = next((i for i, r in enumerate(rows) if r.get("answer") is None), None)
+            if missing is not None:
+                raise ConfigError(f"rewrite.require_gold is set but training problem {missing + 1} of {len(rows)} has "
+                                  "no answer (data.answer_field)")
+        check_batch_fits(recipe, len(rows), distributed_state().num_processes)
+        check_generation_backends(recipe)
+        for role in ("student", "teacher"):  # both folders before either loads
+            try:
+                model_path(getattr(recipe, role))
+            except ConfigError as err:
+                raise ConfigError(f"{role}: {err}") from None
+        training_arguments(recipe, run_dir)  # what transformers would refuse, before any weights load
     trust = dict(allow_pickle=recipe.security.allow_pickle_checkpoints, trust_remote_code=recipe.security.trust_remote_code)
     student, tokenizer = load_model(recipe.student, **trust)
     # The teacher is never trained: with training.bf16 its weights are held in bf16 (half the memory).
     teacher, t_tok = load_model(recipe.teacher, dtype=torch.bfloat16 if recipe.training.bf16 else torch.float32, **trust)
-    check_compatible(recipe.student, tokenizer, student, recipe.teacher, t_tok, teacher)
-    check_thinking(recipe, tokenizer, t_tok)
-    check_prompt_lengths(recipe, rows, tokenizer, student.config)
+    with same_on_every_process():
+        check_compatible(recipe.student, tokenizer, student, recipe.teacher, t_tok, teacher)
+        check_thinking(recipe, tokenizer, t_tok)
+        check_prompt_lengths(recipe, rows, tokenizer, student.config)
     if is_main_process():
         warn_if_templates_differ(recipe, tokenizer, t_tok)
 
@@ -619,7 +638,8 @@ def train(recipe: Recipe, run_dir: str | Path, *, exclude_prompts: set[str] | No
         if not resume and is_main_process():
             (run_dir / "recipe.yaml").unlink(missing_ok=True)  # nothing ran: the folder is free again
         raise
-    if checkpoint is not None and checkpoint_step(checkpoint) >= recipe.training.steps:
+    sharded = getattr(trainer, "is_fsdp_enabled", False) or getattr(trainer, "is_deepspeed_enabled", False)
+    if checkpoint is not None and checkpoint_step(checkpoint) >= recipe.training.steps and not sharded:
         # Every step is in that checkpoint (the run stopped while saving the model): transformers'
         # loop would train one more step before it checks the count, so only its state is loaded.
         from transformers import TrainerState
@@ -631,8 +651,9 @@ def train(recipe: Recipe, run_dir: str | Path, *, exclude_prompts: set[str] | No
     if trainer.accelerator.is_main_process:
         write_jsonl(run_dir / "train_log.jsonl", trainer.state.log_history)
     if trainer.state.global_step == 0:  # never "saved" a student that no step changed
-        raise ConfigError(f"no training step ran (data: {len(rows)} problems); nothing was saved. The run's files "
-                          f"are in {run_dir}")
+        with same_on_every_process():
+            raise ConfigError(f"no training step ran (data: {len(rows)} problems); nothing was saved. The run's "
+                              f"files are in {run_dir}")
     monitor = next((c for c in trainer.callback_handler.callbacks if isinstance(c, MixMonitor)), None)
     if monitor is not None and monitor.halted:
         where = latest_checkpoint(run_dir / "trainer")

@@ -43,17 +43,19 @@ OTHER_MAX_NEW_TOKENS = 4096
 
 def max_new_tokens_default(model_type: str | None, thinking: bool, benchmarks: list[str],
                            generation_config=None) -> tuple[int, str]:
-    """The response budget for a model on these benchmarks, and where it came from: the model's own
-    ``generation_config`` when it sets one, else its family's, else OTHER_MAX_NEW_TOKENS."""
+    """The response budget for a model on these benchmarks, and where it came from: its family's
+    (model card), else the model's own ``generation_config`` when it sets one, else OTHER_MAX_NEW_TOKENS.
+    The family's comes first: a checkpoint's generation_config often carries a short budget meant
+    for chat (2,048), which would cut competition-math answers."""
+    family = model_type or ""
+    if (family, thinking) in FAMILY_MAX_NEW_TOKENS:
+        if family in COMPETITION_MAX_NEW_TOKENS and set(benchmarks) & set(COMPETITION_SETS):
+            return COMPETITION_MAX_NEW_TOKENS[family], f"{family} model card, competition math"
+        return FAMILY_MAX_NEW_TOKENS[family, thinking], f"{family} model card"
     own = getattr(generation_config, "max_new_tokens", None)
     if own:
         return int(own), "the model's generation_config"
-    family = model_type or ""
-    if (family, thinking) not in FAMILY_MAX_NEW_TOKENS:
-        return OTHER_MAX_NEW_TOKENS, "no family default"
-    if family in COMPETITION_MAX_NEW_TOKENS and set(benchmarks) & set(COMPETITION_SETS):
-        return COMPETITION_MAX_NEW_TOKENS[family], f"{family} model card, competition math"
-    return FAMILY_MAX_NEW_TOKENS[family, thinking], f"{family} model card"
+    return OTHER_MAX_NEW_TOKENS, "no family default"
 
 
 def sampling_defaults(model_type: str | None, thinking: bool, generation_config=None, *,

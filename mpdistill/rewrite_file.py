@@ -36,6 +36,7 @@ from typing import Callable
 
 from .durable import LogError, append_jsonl, cut_torn_tail, read_jsonl_log, write_text
 from .eval_runner import derive_seed
+from .output_paths import check_output_file
 from .prompts import teacher_template_kwargs
 from .rewrite import DEFAULT_REWRITE_PROMPT, Rewriter, RewriteSettings, Sample, encode_completion, plan_batch
 from .rollout import GenerationSettings
@@ -392,10 +393,9 @@ def rewrite_file(input_path: str | Path, out: str | Path, spec: RewriteFileSpec,
 
     console = console or Console()
     settings = spec.check()
-    rows = read_rows(input_path, require_gold=spec.require_gold)
     out = Path(out)
-    if out.exists() and not out.is_file():
-        raise RewriteFileError(f"--out {out}: not a file")
+    check_output_file(out, "--out")  # before the input is read or any model loads
+    rows = read_rows(input_path, require_gold=spec.require_gold)
     done, torn_at = read_done(out, rows)
     wanted = output_settings(spec, input_path, rows)
     write_settings = check_settings(out, wanted, has_records=bool(done))

@@ -113,3 +113,12 @@ def test_mpdistill_eval_reproduces_the_demo_sample_for_sample(demo_dir, tmp_path
     summary = json.loads((out / "summary.json").read_text())["benchmarks"]["chain"]
     results = json.loads((demo_dir / "results.json").read_text())["methods"]["mpd"]
     assert summary["accuracy"] == pytest.approx(results["accuracy"])
+
+
+def test_a_rerun_with_other_settings_is_refused_before_anything_changes(demo_dir):
+    before = (demo_dir / "results.json").read_text()
+    result = CliRunner().invoke(app, ["demo", "--quick", "--seed", "1", "--out", str(demo_dir)])
+    assert result.exit_code == 2, result.output
+    assert f"error: {demo_dir} holds a demo trained with other settings (seed: 0 -> 1)" in result.stderr
+    assert "use a new --out to keep both" in result.stderr
+    assert (demo_dir / "results.json").read_text() == before

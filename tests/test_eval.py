@@ -66,6 +66,41 @@ def test_sampling_defaults_per_family():
     assert greedy["temperature"] == 0.0 and "greedy" in source
 
 
+def test_the_models_generation_config_comes_first_for_sampling_and_the_family_first_for_the_budget():
+    from transformers import GenerationConfig
+
+    from mpdistill.prompts import max_new_tokens_default
+
+    own = GenerationConfig(do_sample=True, temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=256)
+    assert sampling_defaults("qwen3", True, own) == ({"temperature": 1.0, "top_p": 1.0, "top_k": 0},
+                                                     "the model's generation_config")
+    # Thinking switched off on purpose: the card's values for that mode (a config describes the default one).
+    assert sampling_defaults("qwen3", False, own, thinking_given=True)[0] == {"temperature": 0.7, "top_p": 0.8,
+                                                                               "top_k": 20}
+    assert sampling_defaults("qwen3", True, GenerationConfig(do_sample=False))[0]["temperature"] == 0.6
+    # A checkpoint's short chat budget must not cut a family's competition answers.
+    chat = GenerationConfig(do_sample=True, temperature=0.6, top_p=0.95, top_k=20, max_new_tokens=2048)
+    assert max_new_tokens_default("qwen3", True, ["aime24"], chat) == (38_912, "qwen3 model card, competition math")
+    assert max_new_tokens_default("llama", True, ["gsm8k"], chat) == (2048, "the model's generation_config")
+    assert max_new_tokens_default("llama", True, ["gsm8k"], None) == (4096, "no family default")
+
+
+def test_a_model_trained_without_thinking_is_evaluated_without_it(tiny_qwen3, problems_file, tmp_path):
+    """mpdistill.json records how the student was trained to read its problems; eval follows it."""
+    import shutil
+
+    from mpdistill.model_record import write_record
+
+    model = tmp_path / "student"
+    shutil.copytree(tiny_qwen3, model)
+    write_record(model, task="math", prompt_template="{problem}", prompt_style="chat", thinking=False)
+    spec = _spec(model, problems_file, max_new_tokens=2, limit=1)
+    run_eval(spec, tmp_path / "out")
+    config = json.loads((tmp_path / "out" / "eval_config.json").read_text())
+    assert (config["thinking"], config["prompt_template"], config["chat_template"]) == (False, "{problem}", True)
+    assert (config["temperature"], config["top_p"], config["top_k"]) == (0.7, 0.8, 20)
+
+
 def test_thinking_and_answer_tokens_are_counted_apart(qwen_tok):
     text = "<think>\nso 2+2 is 4\n</think>\n\nThe answer is $\\boxed{4}$."
     ids = qwen_tok(text, add_special_tokens=False)["input_ids"]

@@ -189,3 +189,17 @@ def test_two_processes_killed_mid_run_resume_to_the_uninterrupted_run(recipe, tm
     whole = {key(r): [r[f] for f in fields] for r in rollouts(tmp_path / "whole")}
     again = {key(r): [r[f] for f in fields] for r in rollouts(killed)}
     assert again == whole
+
+
+def test_a_mistake_under_torchrun_is_said_once(recipe, tmp_path):
+    """Every process makes the same checks; the main one reports what they all found, once."""
+    data = yaml.safe_load(recipe.read_text())
+    data["training"]["batch_size"] = 64  # 64 problems; one step of 2 processes takes 128
+    bad = tmp_path / "big.yaml"
+    bad.write_text(yaml.safe_dump(data, sort_keys=False))
+    proc = subprocess.run(launch_command("torchrun", bad, tmp_path / "run"), capture_output=True, text=True,
+                          timeout=600, env=ENV, cwd=ROOT)
+    assert proc.returncode != 0
+    errors = [line for line in (proc.stdout + proc.stderr).splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "one step takes 128 (training.batch_size 64 x" in errors[0], proc.stderr[-3000:]
+    assert not (tmp_path / "run").exists()

@@ -153,6 +153,18 @@ def test_resuming_from_the_last_checkpoint_trains_no_extra_step(tmp_path):
     assert json.loads((run / "train_log.jsonl").read_text().splitlines()[-1])["step"] == 2
 
 
+def test_a_run_folder_from_before_recipes_resolved_their_paths_still_resumes(tmp_path, monkeypatch):
+    """Older runs saved recipe.yaml with paths as given, relative to where they started: they are
+    read from the current folder there, not from the run folder."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "d.jsonl").write_text("".join(json.dumps({"problem": f"Q:{i}+1\n", "answer": "1"}) + "\n"
+                                              for i in range(8)))
+    (tmp_path / "r.yaml").write_text("task: chain\ndata: {train: d.jsonl}\ntraining: {steps: 2, batch_size: 4}\n")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "recipe.yaml").write_text((tmp_path / "r.yaml").read_text())  # as older runs wrote it
+    check_resumable(load_recipe(tmp_path / "r.yaml"), tmp_path / "run")  # no "changed" data.train
+
+
 def _run_dir(tmp_path: Path, **training) -> tuple[Path, object]:
     recipe = _recipe(**training)
     run = tmp_path / "run"

@@ -161,7 +161,7 @@ def test_require_gold_without_answers_is_refused_before_training(tiny_pair, tmp_
     recipe = _recipe(tiny_pair, "mpd", require_gold=True).model_copy(
         update={"data": recipe_from_dict({"task": "chain", "data": {"train": str(data), "answer_field": None}}).data}
     )
-    with pytest.raises(ConfigError, match="training row 1 has no answer"):
+    with pytest.raises(ConfigError, match="training problem 1 of 1 has no answer"):
         train(recipe, tmp_path / "run")
     assert not (tmp_path / "run").exists()
 

@@ -72,7 +72,8 @@ def test_eval_takes_the_task_prompt_and_sampling_from_the_model_folder(here):
     config = json.loads((here / "o" / "eval_config.json").read_text())
     assert (config["task"], config["prompt_template"], config["chat_template"]) == ("chain", "{problem}", False)
     assert (config["temperature"], config["top_p"], config["top_k"], config["max_new_tokens"]) == (1.0, 1.0, 0, 256)
-    assert config["sampling_source"] == config["max_new_tokens_source"] == "the model's generation_config"
+    assert config["sampling_source"] == "the model's generation_config"
+    assert config["max_new_tokens_source"] == "the model's mpdistill.json"
     summary = json.loads((here / "o" / "summary.json").read_text())["benchmarks"]["chain"]
     assert summary["accuracy"] > 0.5  # graded as chain answers; the math grader read none of them
     assert "warning" not in result.stderr.lower()  # no "no chat template" warning: the model is prompted as trained
@@ -95,7 +96,7 @@ def test_eval_warns_when_no_answer_can_be_read(here, tiny_pair):
     (["train", "r.yaml", "--out", "afile"], "--out afile: is a file"),
     (["train", "r.yaml", "--out", "afile/run"], "--out afile/run: {here}/afile is a file"),
     (["demo", "--quick", "--out", "afile"], "--out afile: is a file"),
-    (["rewrite", "--input", "t.jsonl", "--out", "."], "--out .: is a folder"),
+    (["rewrite", "--input", "t.jsonl", "--out", ".", "--teacher", "embedded:teacher"], "--out .: is a folder"),
     (["bench", "--json", "."], "--json .: is a folder"),
 ], ids=["eval", "train", "train-parent", "demo", "rewrite", "bench"])
 def test_an_output_path_that_cannot_be_written_is_refused_first(here, args, option):
@@ -150,7 +151,7 @@ def test_a_folder_that_cannot_be_written_is_refused(here):
 def test_a_prompt_longer_than_the_models_positions_names_the_problem(here):
     rows(here / "long.jsonl", ["Q:1+1", LONG])
     line = one_error(["eval", "--model", "embedded:student", "--benchmarks", "long.jsonl", "--out", "o"])
-    assert "long problem 1: its prompt is 603 tokens, but embedded:student reads at most 512 positions" in line
+    assert "long.jsonl:2: its prompt is 603 tokens, but embedded:student reads at most 512 positions" in line
     assert not (here / "o").exists()
 
 
@@ -165,7 +166,8 @@ def test_a_training_prompt_too_long_for_the_student_is_refused(here):
     rows(here / "d.jsonl", ["Q:1+1", LONG, "Q:2+2", "Q:3+3"])
     recipe(here / "r.yaml", "task: chain\ndata: {train: d.jsonl}\ntraining: {steps: 1, batch_size: 4}\n")
     line = one_error(["train", "r.yaml", "--out", "run"])
-    assert "data.train row 2: its prompt is 603 tokens, which with training.max_completion_length 256" in line
+    assert "training problem 2 of 4 ('Q:1+1+1+1+1+1+1+1+1+1+1+1+1+1+1+1+1+1+1+...'): its prompt is 603 tokens, " \
+        "which with training.max_completion_length 256 passes the 512 positions the student reads" in line
     assert not (here / "run" / "recipe.yaml").exists()
 
 
