@@ -230,7 +230,8 @@ class EvalSpec:
         record = {} if self.model == GOLD else read_record(self.model)
         given_task = self.task is not None
         if self.task is None:
-            self.task = record.get("task") if record.get("task") in TASKS else "math"
+            recorded = record.get("task")
+            self.task = recorded if isinstance(recorded, str) and recorded in TASKS else "math"
         elif self.task not in TASKS:
             raise EvalError(f"--task must be one of {', '.join(sorted(TASKS))}, got {self.task!r}")
         if self.benchmarks is None:
