@@ -33,25 +33,27 @@ def test_what_the_cpu_build_cannot_serve_is_one_line_before_loading(tmp_path):
     # The embedded student's heads are 24 wide: vLLM's CPU attention has no kernel for that size.
     colocate = embedded_recipe(tmp_path / "colocate.yaml", training={"vllm": {"mode": "colocate"}})
     proc = run_cli("train", colocate, "--out", tmp_path / "run", check=False)
-    text = " ".join(proc.stdout.split())
-    assert proc.returncode == 2 and proc.stdout.count("error:") == 1, proc.stdout + proc.stderr
+    text = " ".join(proc.stderr.split())  # errors and warnings: one line each, on stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert proc.returncode == 2 and len(errors) == 1, proc.stdout + proc.stderr
     assert "training.vllm: the student 'embedded:student' has attention heads of size 24, which vLLM's CPU " \
            "attention does not support (it supports 32, 64," in text
     assert not (tmp_path / "run").exists()
     # A dry run here plans for other machines: this machine's devices give a warning, not an error.
     proc = run_cli("train", colocate, "--dry-run", check=False)
     assert proc.returncode == 0 and "warning: training.vllm: the student 'embedded:student' has attention heads " \
-           "of size 24" in " ".join(proc.stdout.split()), proc.stdout + proc.stderr
+           "of size 24" in " ".join(proc.stderr.split()), proc.stdout + proc.stderr
     # Server mode: TRL's weight sync to the server is NCCL, between CUDA devices only.
     server = embedded_recipe(tmp_path / "server.yaml",
                              training={"vllm": {"mode": "server", "server_base_url": "http://127.0.0.1:9"}})
     proc = run_cli("train", server, "--out", tmp_path / "run", check=False)
     assert proc.returncode == 2 and "training.vllm.mode server: TRL sends the student's new weights to the vLLM " \
-           "server over NCCL, which needs a CUDA GPU" in " ".join(proc.stdout.split())
+           "server over NCCL, which needs a CUDA GPU" in " ".join(proc.stderr.split())
     # The embedded teacher (heads 32 wide) is served by the CPU build: a vLLM rewriter plans cleanly.
     rewriter = embedded_recipe(tmp_path / "rewriter.yaml", rewrite={"backend": "vllm"})
     proc = run_cli("train", rewriter, "--dry-run", check=False)
-    assert proc.returncode == 0 and "warning:" not in proc.stdout, proc.stdout + proc.stderr
+    warnings = [line for line in proc.stderr.splitlines() if line.startswith("warning:")]
+    assert proc.returncode == 0 and not warnings, proc.stdout + proc.stderr
     assert "rewrites: in-process vLLM engine: embedded:teacher" in proc.stdout
 
 
