@@ -129,7 +129,6 @@ class TrainingConfig(_Strict):
     # Absent: the student samples with transformers' generate. Set: on vLLM through TRL (see VLLMRolloutConfig).
     vllm: VLLMRolloutConfig | None = None
 
-
     @field_validator("lr_scheduler_type")
     @classmethod
     def _known_scheduler(cls, v: str) -> str:

@@ -17,6 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.text import Text
 
 from .config import Recipe, load_recipe
+from .console import stdout
 from .durable import replace_dir
 from .eval_runner import EvalError, TransformersBackend, Unit, run_units
 from .evaluate import build_results, format_table, paired_delta_ci, write_report
@@ -48,7 +49,7 @@ def run_demo(out: str | Path, *, quick: bool = False, seed: int | None = None, r
     """``rewrite_backend`` ("transformers" or "vllm") overrides the recipe's ``rewrite.backend``:
     with "vllm" the teacher writes MPD's and rewrite-SFT's rewrites on an in-process vLLM engine
     (its GPU build, or its CPU build on a laptop) while still scoring the loss with transformers."""
-    console = console or Console(markup=False, highlight=False, soft_wrap=True)
+    console = console or stdout
     out = Path(out)
     check_output_dir(out)
     path = Path(recipe_path) if recipe_path else RECIPE

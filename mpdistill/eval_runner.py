@@ -427,11 +427,11 @@ def fit_positions(prompts: dict, max_new_tokens: int, source: str, model_config,
     problem's place in its file, for the message).
 
     A prompt that alone fills them is an error naming it; a budget the user gave that the longest
-    prompt would push past them is an error; a default budget is cut to fit, and says so. Past its
-    positions a model writes garbage (rotary embeddings) or fails on an index (learned ones).
+    prompt would push past them is an error; a default budget is cut to fit, and says so.
     """
-    text_config = model_config.get_text_config() if hasattr(model_config, "get_text_config") else model_config
-    positions = getattr(text_config, "max_position_embeddings", None)
+    from .rollout.hf import max_positions
+
+    positions = max_positions(model_config)
     if not positions or not prompts:
         return max_new_tokens, source
     key, longest = max(prompts.items(), key=lambda kv: len(kv[1]))

@@ -36,14 +36,11 @@ def check_output_file(path: str | Path, option: str) -> None:
 
 
 def _existing_ancestor(path: Path, option: str, target: Path | None = None) -> Path:
-    """The nearest folder above ``path`` that exists; an existing file on the way is an error."""
-    target = target or path
-    for parent in (path, *path.absolute().parents):
-        if parent.exists():
-            if not parent.is_dir():
-                raise OutputPathError(f"{option} {target}: {parent} is a file, so no folder can be made there")
-            return parent
-    raise OutputPathError(f"{option} {target}: no existing folder above it")  # pragma: no cover (/ exists)
+    """The nearest folder above ``path`` that exists (the root does); an existing file on the way is an error."""
+    parent = next(p for p in (path, *path.absolute().parents) if p.exists())
+    if not parent.is_dir():
+        raise OutputPathError(f"{option} {target or path}: {parent} is a file, so no folder can be made there")
+    return parent
 
 
 def _check_writable(folder: Path, target: Path, option: str) -> None:

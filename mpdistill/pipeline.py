@@ -214,9 +214,10 @@ def check_batch_fits(recipe: Recipe, n_rows: int, processes: int) -> None:
 
 
 def check_prompt_lengths(recipe: Recipe, rows: list[dict], tokenizer, model_config) -> None:
-    """Every training prompt and its completion fit in the positions the student reads: past them a
-    model writes garbage (rotary embeddings) or fails on an index (learned ones)."""
-    positions = getattr(model_config.get_text_config(), "max_position_embeddings", None)
+    """Every training prompt and its completion fit in the positions the student reads."""
+    from .rollout.hf import max_positions
+
+    positions = max_positions(model_config)
     if not positions:
         return
     t, chat = recipe.training, recipe.data.prompt_style == "chat"
@@ -511,16 +512,16 @@ def training_arguments(recipe: Recipe, run_dir: Path):
 
 
 def build_trainer(recipe: Recipe, student, teacher, tokenizer, rows: list[dict], run_dir: Path, *,
-                  teacher_tokenizer=None):
+                  teacher_tokenizer=None, args=None):
     """The method's trainer. ``tokenizer`` is the student's (it renders the training prompts);
     ``teacher_tokenizer`` renders the local teacher's rewrite prompts (default: the student's,
-    which shares its vocabulary)."""
+    which shares its vocabulary); ``args``: the recipe's :func:`training_arguments`, when already built."""
     from datasets import Dataset
 
     teacher_tokenizer = teacher_tokenizer if teacher_tokenizer is not None else tokenizer
     check_thinking(recipe, tokenizer, teacher_tokenizer)
     t = recipe.training
-    args = training_arguments(recipe, run_dir)
+    args = args if args is not None else training_arguments(recipe, run_dir)
     common = dict(
         model=student,
         peft_config=peft_config(recipe),
@@ -615,7 +616,7 @@ def train(recipe: Recipe, run_dir: str | Path, *, exclude_prompts: set[str] | No
                 model_path(getattr(recipe, role))
             except ConfigError as err:
                 raise ConfigError(f"{role}: {err}") from None
-        training_arguments(recipe, run_dir)  # what transformers would refuse, before any weights load
+        args = training_arguments(recipe, run_dir)  # what transformers would refuse, before any weights load
     trust = dict(allow_pickle=recipe.security.allow_pickle_checkpoints, trust_remote_code=recipe.security.trust_remote_code)
     student, tokenizer = load_model(recipe.student, **trust)
     # The teacher is never trained: with training.bf16 its weights are held in bf16 (half the memory).
@@ -633,7 +634,7 @@ def train(recipe: Recipe, run_dir: str | Path, *, exclude_prompts: set[str] | No
 
     on_main_then_share(write_recipe)
     try:
-        trainer = build_trainer(recipe, student, teacher, tokenizer, rows, run_dir, teacher_tokenizer=t_tok)
+        trainer = build_trainer(recipe, student, teacher, tokenizer, rows, run_dir, teacher_tokenizer=t_tok, args=args)
     except BaseException:
         if not resume and is_main_process():
             (run_dir / "recipe.yaml").unlink(missing_ok=True)  # nothing ran: the folder is free again

@@ -387,11 +387,10 @@ def rewrite_file(input_path: str | Path, out: str | Path, spec: RewriteFileSpec,
     Every option, the input and the existing output are checked before a model is loaded or the
     rewrite server is contacted.
     """
-    from rich.console import Console
-
+    from .console import stdout
     from .tasks import get_task
 
-    console = console or Console()
+    console = console or stdout
     settings = spec.check()
     out = Path(out)
     check_output_file(out, "--out")  # before the input is read or any model loads

@@ -59,6 +59,12 @@ class _RowBudgets(StoppingCriteria):
 
 
 @torch.no_grad()
+def max_positions(config) -> int | None:
+    """The positions a model reads (``max_position_embeddings`` of its text config), if it says.
+    Past them a model writes garbage (rotary embeddings) or fails on an index (learned ones)."""
+    return getattr(config.get_text_config(), "max_position_embeddings", None)
+
+
 def generate_texts(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -93,10 +99,9 @@ def generate_texts(
     ]
     per_row = max_new_tokens is not None
     out: list[Generation | None] = [None] * len(ids)
-    positions = getattr(model.config.get_text_config(), "max_position_embeddings", None)
+    positions = max_positions(model.config)
     if positions and any(len(p) + b > positions for p, b in zip(ids, budgets)):
-        # Past its positions a model writes garbage (rotary embeddings) or fails on an index (learned
-        # ones): a row stops where they end, and a prompt that fills them is not run at all.
+        # A row stops where the positions end; a prompt that fills them is not run at all.
         budgets = [max(0, min(b, positions - len(p))) for p, b in zip(ids, budgets)]
         per_row = True
         for i, p in enumerate(ids):

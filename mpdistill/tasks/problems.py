@@ -85,11 +85,11 @@ def read_source(source: str, *, split: str = "train", config: str | None = None)
         raise DataError(f"{path}: is a folder; expected a .jsonl or .parquet file")
     from ..config import looks_local
 
-    if not path.exists() and looks_local(source, data_file=True):
-        raise DataError(f"{source}: no such file")
     if path.exists():
         raw = _read_rows(path)
         where = str(path)
+    elif looks_local(source, data_file=True):  # a path, never sent to the Hub as a dataset name
+        raise DataError(f"{source}: no such file")
     else:
         try:
             import datasets
