@@ -30,7 +30,7 @@ $(VLLM_VENV)/bin/mpdistill: pyproject.toml $(VLLM_LOCK)
 	$(VLLM_VENV)/bin/pip install -q --no-deps -e .
 	touch $@
 
-.PHONY: install demo test test-all test-multiprocess vllm-env test-vllm
+.PHONY: install demo test test-all test-wheel test-multiprocess vllm-env test-vllm
 install: $(BIN)/mpdistill
 
 demo: install
@@ -41,6 +41,27 @@ test: install
 
 test-all: install
 	$(BIN)/python -m pytest -q -m "slow or not slow"
+
+# The package as users get it: the wheel, installed in a fresh environment outside the repository
+# (torch first, as above), runs its commands from another folder: the recipes, accelerate configs,
+# embedded models and benchmarks must all come from the wheel. The sources are copied first, so
+# that no build/ left in the repository adds files the package data no longer names.
+test-wheel:
+	@set -eu; tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
+	mkdir "$$tmp/src"; cp -R pyproject.toml README.md LICENSE mpdistill "$$tmp/src/"; \
+	find "$$tmp/src" -name __pycache__ -prune -exec rm -rf {} +; \
+	$(PY) -m venv "$$tmp/venv"; \
+	"$$tmp/venv/bin/pip" install -q --upgrade pip; \
+	"$$tmp/venv/bin/pip" wheel -q --no-deps -w "$$tmp/dist" "$$tmp/src"; \
+	"$$tmp/venv/bin/pip" install -q torch==2.13.0; \
+	"$$tmp/venv/bin/pip" install -q -c $(LOCK) "$$tmp"/dist/mpdistill-*.whl; \
+	cd "$$tmp"; \
+	case "$$(venv/bin/mpdistill recipes path embedded)" in "$$tmp/venv/"*) ;; \
+	  *) echo "test-wheel: the recipe is not read from the installed wheel"; exit 1;; esac; \
+	venv/bin/mpdistill recipes; \
+	venv/bin/mpdistill train embedded --dry-run; \
+	venv/bin/mpdistill demo --quick --out "$$tmp/demo"; \
+	echo "test-wheel: the installed wheel ran its commands from $$tmp"
 
 # Two training processes on this machine: torchrun and accelerate launches of the README's commands.
 test-multiprocess: install

@@ -1,5 +1,5 @@
 """Two training processes on one CPU machine, launched as the README says: torchrun, and accelerate
-with configs/accelerate/cpu_2proc.yaml (``make test-multiprocess``; the default suite skips them).
+with the shipped accelerate/cpu_2proc config (``make test-multiprocess``; the default suite skips them).
 
 The data makes processes unequal: three rows in four are chains too long for the student to finish
 within its completion budget, so their traces have no answer and ask for no rewrite. At some step
@@ -24,6 +24,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from mpdistill.recipes import shipped_path
+
 pytestmark = pytest.mark.multiprocess
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,7 +45,7 @@ def launch_command(how: str, recipe: Path, out: Path, *extra: str) -> list[str]:
     if how == "torchrun":
         return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(PROCESSES),
                 "--master_port", str(_port()), *train]
-    config = ROOT / "configs" / "accelerate" / ("cpu_2proc.yaml" if how == "accelerate" else how)
+    config = shipped_path("accelerate/cpu_2proc") if how == "accelerate" else Path(how)
     return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config),
             "--main_process_port", str(_port()), *train]
 
@@ -69,7 +71,7 @@ def recipe(tmp_path_factory) -> Path:
             rows.append({"problem": "Q:" + terms[0] + "".join(rng.choice("+-") + t for t in terms[1:]) + "\n",
                          "answer": "0"})
     (root / "problems.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    data = yaml.safe_load((ROOT / "recipes" / "embedded.yaml").read_text())
+    data = yaml.safe_load(shipped_path("embedded").read_text())
     data["task"] = "chain"
     data["data"] = {"train": str(root / "problems.jsonl"), "n_train": len(rows)}
     data["training"].update(steps=STEPS, batch_size=BATCH, max_completion_length=120, logging_steps=1)
@@ -146,7 +148,7 @@ def test_accelerate_with_the_shipped_cpu_config_runs_two_processes(recipe, tmp_p
 def test_an_fsdp_launch_on_cpu_says_it_runs_as_ddp(recipe, tmp_path):
     """accelerate turns FSDP on for accelerator devices only: on a CPU the run is DDP, and says so."""
     config = tmp_path / "fsdp2.yaml"
-    data = yaml.safe_load((ROOT / "configs" / "accelerate" / "fsdp2_8gpu.yaml").read_text())
+    data = yaml.safe_load(shipped_path("accelerate/fsdp2_8gpu").read_text())
     data.update(num_processes=PROCESSES, mixed_precision="no")
     data["fsdp_config"]["fsdp_cpu_ram_efficient_loading"] = False
     config.write_text(yaml.safe_dump(data))

@@ -100,10 +100,12 @@ def vllm_server(model: Path, name: str, log: Path):
 
 
 def embedded_recipe(path: Path, **sections) -> Path:
-    """recipes/embedded.yaml with ``sections`` merged in (one level deep), written to ``path``."""
+    """The shipped embedded recipe with ``sections`` merged in (one level deep), written to ``path``."""
     import yaml
 
-    data = yaml.safe_load((ROOT / "recipes" / "embedded.yaml").read_text())
+    from mpdistill.recipes import shipped_path
+
+    data = yaml.safe_load(shipped_path("embedded").read_text())
     for key, value in sections.items():
         if isinstance(value, dict) and isinstance(data.get(key), dict):
             data[key] = {**data[key], **value}
