@@ -1,6 +1,6 @@
 """Compare two evaluation folders written by ``mpdistill eval``: a base run and a new run.
 
-Both runs are read from their ``samples.jsonl`` and ``summary.json``. Per benchmark, problems are
+Both runs are read from their folders (:mod:`mpdistill.eval_folder`). Per benchmark, problems are
 paired by ``id`` over the ids both runs answered, so the two sides are always scored on the same
 problems even when one run was interrupted or used a different problem limit. Each problem gets
 one score, the fraction of its samples that are correct, and one length, the mean token count of
@@ -16,7 +16,6 @@ scale, so nothing is averaged across benchmarks.
 from __future__ import annotations
 
 import json
-import logging
 import math
 import os
 import statistics
@@ -24,7 +23,8 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from .durable import atomic_write, write_text
-from .evaluate import AES_COEFFICIENTS, _nan_to_none, aes, paired_delta_ci, wilson_interval_mean
+from .eval_folder import EvalError, read_eval_folder
+from .evaluate import AES_COEFFICIENTS, aes, nan_to_none, paired_delta_ci, wilson_interval_mean
 
 __all__ = [
     "CompareError",
@@ -35,12 +35,6 @@ __all__ = [
     "plot_comparison",
     "write_comparison",
 ]
-
-log = logging.getLogger(__name__)
-
-SAMPLES_FILE = "samples.jsonl"
-SUMMARY_FILE = "summary.json"
-CONFIG_FILE = "eval_config.json"  # written by ``mpdistill eval`` before it samples
 
 # Top-level ``settings`` keys that may differ between two runs without making the comparison
 # unfair: what was evaluated (problems are paired by id, so benchmark lists and limits may
@@ -75,106 +69,12 @@ class CompareError(ValueError):
 
 
 def load_eval_dir(path: str | os.PathLike) -> dict:
-    """Read one evaluation folder: ``{"model", "settings", "samples", "warnings"}``.
-
-    ``model`` and ``settings`` come from ``summary.json``. ``mpdistill eval`` writes that file only
-    when it finishes, but records the same settings in ``eval_config.json`` before sampling, so a
-    folder of an interrupted run is read from that file instead, with a warning.
-
-    ``samples`` are the records of ``samples.jsonl`` in file order. An unparsable *last* line is
-    what an interrupted run leaves behind, so it is skipped with a warning; an unparsable line
-    anywhere else means the file is corrupt and raises :class:`CompareError` naming the file and
-    line. Lines are decoded one by one, so a torn multi-byte character on the last line is also only
-    a warning. A repeated (benchmark, id, sample) keeps its first record, as ``mpdistill eval`` does
-    when it resumes. Warnings are logged and listed in ``warnings``.
-    """
-    folder = Path(path)
-    if not folder.is_dir():
-        raise CompareError(f"evaluation folder not found: {folder}")
-    samples_path, summary_path, config_path = folder / SAMPLES_FILE, folder / SUMMARY_FILE, folder / CONFIG_FILE
-    if not samples_path.is_file():
-        raise CompareError(f"missing {SAMPLES_FILE} in evaluation folder {folder}: expected {samples_path}")
-    warnings: list[str] = []
-    if summary_path.is_file():
-        summary = _read_json_object(summary_path)
-        settings = summary.get("settings") or {}
-        if not isinstance(settings, dict):
-            raise CompareError(f"{summary_path}: 'settings' must be an object, got {type(settings).__name__}")
-        model = summary.get("model", settings.get("model"))
-    elif config_path.is_file():
-        settings = _read_json_object(config_path)
-        model = settings.get("model")
-        warnings.append(f"{folder}: no {SUMMARY_FILE} (unfinished run?); settings read from {CONFIG_FILE}")
-        log.warning(warnings[-1])
-    else:
-        raise CompareError(f"missing {SUMMARY_FILE} in evaluation folder {folder}: expected {summary_path}")
-
-    samples, sample_warnings = _read_samples(samples_path)
-    return {"model": model, "settings": settings, "samples": samples, "warnings": warnings + sample_warnings}
-
-
-def _read_json_object(path: Path) -> dict:
+    """One evaluation folder as :func:`mpdistill.eval_folder.read_eval_folder` reads it:
+    ``{"model", "settings", "samples", "warnings"}``; what cannot be read is a :class:`CompareError`."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise CompareError(f"{path} is not valid JSON: {err}") from err
-    if not isinstance(data, dict):
-        raise CompareError(f"{path} must hold a JSON object, got {type(data).__name__}")
-    return data
-
-
-def _read_samples(path: Path) -> tuple[list[dict], list[str]]:
-    from .eval_runner import EvalError, read_samples
-
-    try:
-        found, torn_at = read_samples(path)
+        return read_eval_folder(path)
     except EvalError as err:
         raise CompareError(str(err)) from None
-    warnings: list[str] = []
-    if torn_at is not None:
-        lineno = path.read_bytes()[:torn_at].count(b"\n") + 1
-        warnings.append(f"{path}: skipped the incomplete last line {lineno} (interrupted run?)")
-    samples: list[dict] = []
-    seen: dict[tuple, int] = {}
-    duplicates: list[int] = []
-    for lineno, record in found:
-        record = _check_sample(record, path, lineno)
-        key = (record["benchmark"], record["id"], record.get("sample"))
-        if record.get("sample") is not None and key in seen:
-            duplicates.append(lineno)
-            continue
-        seen[key] = lineno
-        samples.append(record)
-    if duplicates:
-        warnings.append(
-            f"{path}: {len(duplicates)} repeated (benchmark, id, sample) record(s) skipped, the first kept "
-            f"(first repeat on line {duplicates[0]})"
-        )
-        log.warning(warnings[-1])
-    if not samples:
-        raise CompareError(f"{path} holds no samples")
-    return samples, warnings
-
-
-def _check_sample(record: Any, path: Path, lineno: int) -> dict:
-    """The fields the comparison relies on, checked so that a bad record fails with its line."""
-    where = f"{path}, line {lineno}"
-    if not isinstance(record, dict):
-        raise CompareError(f"{where}: expected a JSON object, got {type(record).__name__}")
-    missing = [k for k in ("benchmark", "id", "correct") if k not in record]
-    if missing:
-        raise CompareError(f"{where}: missing field(s) {', '.join(missing)}")
-    if not isinstance(record["benchmark"], str):
-        raise CompareError(f"{where}: 'benchmark' must be a string, got {record['benchmark']!r}")
-    if not isinstance(record["id"], (str, int)) or isinstance(record["id"], bool):
-        raise CompareError(f"{where}: 'id' must be a string or an integer, got {record['id']!r}")
-    record["id"] = str(record["id"])
-    if not isinstance(record["correct"], bool):
-        raise CompareError(f"{where}: 'correct' must be true or false, got {record['correct']!r}")
-    tokens = record.get("tokens")
-    if tokens is not None and (isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 0):
-        raise CompareError(f"{where}: 'tokens' must be a non-negative integer or null, got {tokens!r}")
-    return record
 
 
 # ---------------------------------------------------------------------------------------------
@@ -292,7 +192,7 @@ def compare_runs(
     with the reason. ``warnings`` collects everything that makes the comparison less than like
     for like: differing settings (keys in ``ignore_settings`` excepted; not checked against the
     gold grader check, which samples nothing), problems left out by the pairing, varying samples
-    per problem, a torn last line, a run without ``summary.json``. Where a side has no token counts
+    per problem, a torn last line, an unfinished run (no summary). Where a side has no token counts
     (the ``--model gold`` grader check) the token fields and AES are None. NaN (e.g. AES with a
     base accuracy of 0, or the delta CI of a single problem) is kept as NaN here and written as
     JSON null by :func:`write_comparison`.
@@ -460,7 +360,7 @@ def write_comparison(out_dir: str | os.PathLike, result: dict) -> dict[str, Path
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": out / "compare.json", "markdown": out / "compare.md", "plot": out / "compare.png"}
-    json_text = json.dumps(_nan_to_none(result), indent=2, allow_nan=False, ensure_ascii=False) + "\n"
+    json_text = json.dumps(nan_to_none(result), indent=2, allow_nan=False, ensure_ascii=False) + "\n"
     write_text(paths["json"], json_text)
     write_text(paths["markdown"], _markdown(result))
     atomic_write(paths["plot"], lambda tmp: plot_comparison(result, tmp))

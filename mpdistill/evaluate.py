@@ -23,6 +23,7 @@ __all__ = [
     "build_results",
     "format_benchmark_table",
     "format_table",
+    "nan_to_none",
     "paired_delta_ci",
     "pass_at_k",
     "plot_tradeoff",
@@ -305,7 +306,7 @@ def write_report(out_dir: str | os.PathLike, results: dict) -> dict[str, Path]:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": out / "results.json", "markdown": out / "results.md", "plot": out / "tradeoff.png"}
-    json_text = json.dumps(_nan_to_none(results), indent=2, allow_nan=False) + "\n"
+    json_text = json.dumps(nan_to_none(results), indent=2, allow_nan=False) + "\n"
     write_text(paths["json"], json_text)
     write_text(paths["markdown"], _markdown(results))
     atomic_write(paths["plot"], lambda tmp: plot_tradeoff(results, tmp))
@@ -320,14 +321,14 @@ def _markdown(results: dict) -> str:
     )
 
 
-def _nan_to_none(value: Any) -> Any:
+def nan_to_none(value: Any) -> Any:
     """Replace NaN floats by None, recursively, since strict JSON has no NaN."""
     if isinstance(value, float) and math.isnan(value):
         return None
     if isinstance(value, dict):
-        return {k: _nan_to_none(v) for k, v in value.items()}
+        return {k: nan_to_none(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_nan_to_none(v) for v in value]
+        return [nan_to_none(v) for v in value]
     return value
 
 

@@ -11,7 +11,9 @@ from transformers import AutoTokenizer
 from typer.testing import CliRunner
 
 from mpdistill.cli import app
-from mpdistill.eval_runner import EvalError, EvalSpec, Unit, read_samples, run_eval, run_units
+from mpdistill.eval_folder import EvalError, read_samples
+from mpdistill.eval_runner import Unit, run_eval, run_units
+from mpdistill.eval_settings import EvalSpec
 from mpdistill.prompts import MATH_PROMPT, PromptEncoder, sampling_defaults, split_response
 from mpdistill.rollout.hf import Generation
 from mpdistill.tasks import get_task
@@ -322,7 +324,7 @@ def test_vllm_backend_maps_settings_and_accounting(monkeypatch):
 def test_budget_and_samples_default_by_model_family_and_set_size(tiny_qwen3, problems_file, tmp_path, monkeypatch):
     """Qwen3 thinks long: its model card's 32,768-token budget (38,912 on competition sets); a set of
     under 100 problems is sampled 8 times per problem. Sampling is stubbed: only the plan is checked."""
-    from mpdistill import eval_runner
+    from mpdistill import eval_report, eval_runner
     from mpdistill.rollout.hf import Generation
 
     budgets = []
@@ -344,7 +346,7 @@ def test_budget_and_samples_default_by_model_family_and_set_size(tiny_qwen3, pro
     assert s["n_samples"] == {"aime24": 8, "sums": 8}  # both sets have under 100 problems
     assert summary["benchmarks"]["aime24"]["samples_per_problem"] == 8
     # Every sample here was cut at the budget: the run says so, per benchmark.
-    lines = eval_runner.truncation_warnings(summary["benchmarks"], s["max_new_tokens"])
+    lines = eval_report.truncation_warnings(summary["benchmarks"], s["max_new_tokens"])
     assert len(lines) == 2 and lines[0].startswith("aime24: 100.0% of 16 samples were cut at 38912 new tokens")
     budgets.clear()
     spec = EvalSpec(model=str(tiny_qwen3), benchmarks=["gsm8k"], limit=2, batch_size=64)

@@ -2,8 +2,9 @@
 
 Model facts come from each model's config alone (an empty model is built on the ``meta`` device to
 count parameters), data rows are counted for local sources, and the devices are probed. Problems
-that would stop the run are collected as one line each in ``plan["errors"]``; what depends on the
-devices of the machine it will run on, when planned on one without a GPU, in ``plan["warnings"]``.
+that would stop the run are collected as one line each in ``["errors"]`` of :func:`describe_run`;
+what depends on the devices of the machine it will run on, when checked on one without a GPU, in
+``["warnings"]``.
 """
 
 from __future__ import annotations
@@ -12,7 +13,10 @@ import os
 from pathlib import Path
 
 from .config import Recipe
-from .pipeline import looks_local, resolve_model
+from .methods import get_method
+from .rewriters import get_backend
+from .models import resolve_model
+from .paths import looks_local
 
 NOT_OFFLINE = "not available offline; checked at load time"
 
@@ -88,7 +92,7 @@ def backend_problems(recipe: Recipe, *, gpus_here: bool) -> tuple[list[str], lis
 
     Servers are not contacted (they may not be up yet when a run is planned). On a machine without
     a GPU (a login node planning for GPU nodes), problems with this machine's devices are warnings;
-    where GPUs are visible, the plan is for them and every problem is an error."""
+    where GPUs are visible, the run is for them and every problem is an error."""
     from .pipeline import generation_problems
 
     errors, warnings = [], []
@@ -106,7 +110,7 @@ def probe_devices() -> dict:
     return {"cuda": n, "names": names, "bf16_supported": bool(n and torch.cuda.is_bf16_supported())}
 
 
-def plan(recipe: Recipe, out: str | Path | None = None) -> dict:
+def describe_run(recipe: Recipe, out: str | Path | None = None) -> dict:
     """The run ``recipe`` describes, resolved and checked without loading any weights."""
     errors: list[str] = []
     student, e = describe_model("student", recipe.student)
@@ -146,16 +150,10 @@ def plan(recipe: Recipe, out: str | Path | None = None) -> dict:
              "processes": processes, "effective": t.batch_size * t.gradient_accumulation_steps * processes}
 
     r = recipe.rewrite
-    if recipe.method not in ("mpd", "rewrite_sft"):
+    if not get_method(recipe.method).rewrites:
         rewrite = {"backend": None, "detail": f"not used by {recipe.method}"}
-    elif r.backend == "openai":
-        key = f", API key from ${r.api_key_env}" if r.api_key_env else ""
-        rewrite = {"backend": "openai", "detail": f"served: {r.model} at {r.base_url}{key}"}
-    elif r.backend == "vllm":
-        rewrite = {"backend": "vllm", "detail": f"in-process vLLM engine: {r.model or recipe.teacher} "
-                   f"(tensor parallel {r.tensor_parallel_size}, {r.gpu_memory_utilization:g} of GPU memory)"}
     else:
-        rewrite = {"backend": "transformers", "detail": f"local teacher ({recipe.teacher})"}
+        rewrite = {"backend": r.backend, "detail": get_backend(r.backend).describe(r, recipe.teacher)}
     rewrite.update(max_new_tokens=r.max_new_tokens, use_chat_template=r.use_chat_template)
     v = t.vllm
     if v is None:
@@ -175,7 +173,7 @@ def plan(recipe: Recipe, out: str | Path | None = None) -> dict:
         names = ["model/", "rollouts.jsonl", "train_log.jsonl", "recipe.yaml"] + (["adapter/"] if t.lora else [])
         outputs = {"run_dir": str(run), "files": names}
         from .checkpoints import existing_run
-        from .output_paths import check_output_dir
+        from .paths import check_output_dir
 
         try:
             check_output_dir(run)
@@ -225,8 +223,8 @@ def _model_line(role: str, m: dict) -> str:
     return f"{head}; {m['model_type']}, {_params(m['parameters'])} parameters (from config), vocab {m['vocab_size']}"
 
 
-def format_plan(p: dict) -> str:
-    """The plan as plain lines (the CLI prints them as they are)."""
+def format_run_description(p: dict) -> str:
+    """:func:`describe_run` as plain lines (the CLI prints them as they are)."""
     lines = [f"method: {p['method']} (task {p['task']}, seed {p['seed']})",
              _model_line("student", p["student"]), _model_line("teacher", p["teacher"])]
     vm = p["vocab_match"]
