@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import numbers
 import random
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from .grading import answers_match, extract_answer, normalize_gold
-from .tasks.problems import DataError, read_source
+from .tasks.math import answers_match, extract_answer
+from .tasks.problems import DataError, normalize_gold_answer, read_source
 
 __all__ = [
     "Benchmark",
@@ -70,7 +69,6 @@ _SHIPPED: dict[str, _Shipped] = {
     "amc23": _Shipped("problem", "answer", "id", None, 40),
 }
 
-_DIGITS = re.compile(r"[0-9]+")
 
 
 def known_benchmarks() -> list[str]:
@@ -91,39 +89,7 @@ def normalize_answer(benchmark: str, raw) -> str:
     Raises DataError for a value that is not a string or a number, or that is empty.
     """
     rule = benchmark if benchmark in _SHIPPED else "custom"
-    return _normalize(raw, rule, benchmark)
-
-
-def _normalize(raw, rule: str, label: str) -> str:
-    if isinstance(raw, bool) or not isinstance(raw, (str, numbers.Real)):
-        raise DataError(f"{label}: gold answer {raw!r} is not a string or a number")
-    if not isinstance(raw, (str, numbers.Integral)) and raw != raw:
-        raise DataError(f"{label}: gold answer is NaN")
-    if rule == "gsm8k":
-        answer = normalize_gold(str(raw))
-    elif rule in ("aime24", "aime25"):
-        answer = _number_text(raw)
-        if _DIGITS.fullmatch(answer):
-            answer = str(int(answer))
-    elif rule in ("math500", "amc23"):
-        answer = _number_text(raw)
-    else:
-        answer = _number_text(raw)
-        if "####" in answer:
-            answer = normalize_gold(answer)
-    if not answer:
-        raise DataError(f"{label}: gold answer {raw!r} is empty")
-    return answer
-
-
-def _number_text(raw) -> str:
-    """A string stripped; an integer-valued float as an integer; other numbers as Python writes them."""
-    if isinstance(raw, str):
-        return raw.strip()
-    if isinstance(raw, numbers.Integral):
-        return str(int(raw))
-    value = float(raw)
-    return str(int(value)) if value.is_integer() else repr(value)
+    return normalize_gold_answer(raw, rule, benchmark)
 
 
 def _raw_text(raw) -> str:
@@ -187,7 +153,7 @@ def load_custom_benchmark(
 
     def normalize(raw) -> str:
         # The custom rule, also for a set named like a shipped one.
-        return _normalize(raw, "custom", label)
+        return normalize_gold_answer(raw, "custom", label)
 
     return _build(
         name,

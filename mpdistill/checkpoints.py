@@ -27,7 +27,7 @@ from torch.utils.data import Sampler
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
 from .config import Recipe, load_recipe
-from .durable import LogError, fsync_dir, fsync_tree, read_jsonl_log, write_jsonl, write_text
+from .durable import LogError, changed_settings, fsync_dir, fsync_tree, read_jsonl_log, write_jsonl, write_text
 
 log = logging.getLogger(__name__)
 
@@ -220,8 +220,7 @@ def _flatten(d: dict, prefix: str = "") -> dict:
 def recipe_changes(saved: Recipe, given: Recipe, allowed=()) -> list[str]:
     """``key: old -> new`` for each setting ``given`` changes from ``saved``, but for keys in ``allowed``."""
     before, after = _flatten(saved.model_dump(mode="json")), _flatten(given.model_dump(mode="json"))
-    return [f"{k}: {before.get(k)!r} -> {after.get(k)!r}" for k in sorted(before.keys() | after.keys())
-            if before.get(k) != after.get(k) and k not in allowed]
+    return changed_settings(before, after, [k for k in sorted(before.keys() | after.keys()) if k not in allowed])
 
 
 def check_resumable(recipe: Recipe, run_dir: Path) -> None:

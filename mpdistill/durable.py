@@ -155,3 +155,18 @@ def cut_torn_tail(path: Path, torn_at: int | None) -> None:
             if f.read(1) != b"\n":  # a complete last record without its newline
                 f.write(b"\n")
                 os.fsync(f.fileno())
+
+
+def changed_settings(saved: dict, wanted: dict, keys=None, *, name=str, shown=None, same=None) -> list[str]:
+    """``name(key): old -> new`` for each of ``keys`` (default: every key of either) that a resumed
+    run would change from the settings its files were written with.
+
+    Train, eval and rewrite all refuse such a resume with these lines: continuing would mix records
+    of two settings in one file. ``shown(key, value)`` writes a value (default: ``repr``);
+    ``same(key, old, new)`` compares where plain equality does not fit.
+    """
+    keys = sorted(saved.keys() | wanted.keys()) if keys is None else keys
+    shown = shown or (lambda key, value: repr(value))
+    same = same or (lambda key, old, new: old == new)
+    return [f"{name(k)}: {shown(k, saved.get(k))} -> {shown(k, wanted.get(k))}"
+            for k in keys if not same(k, saved.get(k), wanted.get(k))]

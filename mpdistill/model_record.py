@@ -24,31 +24,11 @@ def write_record(folder: str | Path, *, task: str, prompt_template: str, prompt_
     write_text(Path(folder) / RECORD, json.dumps(record, indent=2) + "\n")
 
 
-def read_record(model: str) -> dict:
-    """The record of a model name or folder; {} for a Hub name or a folder without one."""
-    from .pipeline import resolve_model
-
-    path = Path(resolve_model(model)).expanduser() / RECORD
+def read_record(folder: str | Path) -> dict:
+    """The record of a model folder; {} for a Hub name or a folder without one."""
+    path = Path(folder).expanduser() / RECORD
     try:
         record = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
     return record if isinstance(record, dict) else {}
-
-
-def prompt_record(recipe) -> dict:
-    """How a model of ``recipe`` reads its problems. On the chain task the recipe's ``eval`` section
-    is how the demo evaluates it, so its budget is recorded too (a family's budget does not apply to
-    the embedded models, whose config says qwen3)."""
-    from .pipeline import prompt_template
-
-    record = {"task": recipe.task, "prompt_template": prompt_template(recipe), "prompt_style": recipe.data.prompt_style,
-              "thinking": recipe.training.student_enable_thinking}
-    if recipe.task == "chain":
-        record["max_new_tokens"] = recipe.eval.max_new_tokens
-    return record
-
-
-def recipe_record(recipe) -> dict:
-    """The record of a model trained by ``recipe``: how it reads its problems, and how it was made."""
-    return {**prompt_record(recipe), "method": recipe.method, "base_model": recipe.student, "teacher": recipe.teacher}

@@ -213,3 +213,41 @@ def split_response(text: str, token_ids: list[int], tokenizer: PreTrainedTokeniz
 def _single_token_id(tokenizer: PreTrainedTokenizerBase, token: str) -> int | None:
     ids = tokenizer(token, add_special_tokens=False)["input_ids"]
     return ids[0] if len(ids) == 1 else None
+
+
+# A general-purpose rewrite instruction for chat models (the embedded teacher has its own
+# layout, see ``tasks.chain.REWRITE_TEMPLATE``). It asks to keep the route and the answer,
+# which is what verification then checks.
+DEFAULT_REWRITE_PROMPT = (
+    "Below is a problem and a solution written by a student. Rewrite the solution so it is as "
+    "short as possible while keeping the same approach, the same order of steps and the same "
+    "final answer. Remove repetition, restatements of the problem, needless re-checking and "
+    "abandoned attempts. Keep every step that the answer depends on. End with the final answer "
+    "in \\boxed{{}} exactly as the student gave it.\n\n"
+    "Problem:\n{problem}\n\nStudent solution:\n{trace}\n\nShort solution:"
+)
+
+# The same instruction for students that think first (Qwen3 thinking mode): the rewrite keeps the
+# <think> ... </think> block and the final answer section after it, which verification checks.
+THINKING_REWRITE_PROMPT = (
+    "Below is a problem and a solution written by a student. The solution has two parts: the "
+    "thinking, between <think> and </think>, and the final answer section after </think>. Rewrite "
+    "it so it is as short as possible while keeping the same approach, the same order of steps and "
+    "the same final answer. Keep exactly one <think> ... </think> block at the start, followed by "
+    "the final answer section. Shorten mainly the thinking: remove repetition, restatements of the "
+    "problem, needless re-checking and abandoned attempts, but keep every step that the answer "
+    "depends on. The final answer section states the result briefly and ends with the final answer "
+    "in \\boxed{{}} exactly as the student gave it.\n\n"
+    "Problem:\n{problem}\n\nStudent solution:\n{trace}\n\nShort solution:"
+)
+
+# Named prompts a recipe can select by name in ``rewrite.prompt_template``.
+PROMPT_TEMPLATES = {"default": DEFAULT_REWRITE_PROMPT, "thinking": THINKING_REWRITE_PROMPT}
+
+
+def check_template(template: str) -> str:
+    """A rewrite prompt must show the teacher both the problem and the trace."""
+    for key in ("{problem}", "{trace}"):
+        if key not in template:
+            raise ValueError(f"must contain {key}")
+    return template

@@ -21,7 +21,7 @@ from mpdistill.benchmarks import (
     load_custom_benchmark,
     normalize_answer,
 )
-from mpdistill.grading import extract_answer, verify
+from mpdistill.tasks.math import extract_answer, verify
 from mpdistill.tasks.problems import DataError
 
 SHIPPED = {

@@ -48,7 +48,7 @@ def test_extract_takes_last_answer_only():
     assert chain.extract_answer("the answer is 4") is None
     task = get_task("chain")
     assert task.is_correct("7+3=0\nA:0", "0") and not task.is_correct("A:1", "0")
-    with pytest.raises(ValueError, match="known tasks"):
+    with pytest.raises(ValueError, match="unknown task .nope.; known: chain, math"):
         get_task("nope")
 
 
@@ -65,7 +65,7 @@ def test_route_kept_tells_the_two_routes_apart():
 
 
 def test_numbers_kept_is_the_math_route_proxy():
-    from mpdistill.grading import numbers_kept
+    from mpdistill.tasks.math import numbers_kept
 
     student = "First, 12 * 3 = 36 apples. Let me check: 36 / 3 = 12. Then 36 + 1,200 = 1,236. \\boxed{1236}"
     assert numbers_kept(student, "12 * 3 = 36; 36 + 1200 = 1236. \\boxed{1236}")

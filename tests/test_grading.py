@@ -1,4 +1,4 @@
-"""Answer extraction and equivalence tests for mpdistill.grading."""
+"""Answer extraction and equivalence tests for the math task (mpdistill.tasks.math)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from mpdistill.grading import extract_answer, normalize_gold, verify
+from mpdistill.tasks.math import extract_answer, normalize_gold, verify
 
 # --- extraction ----------------------------------------------------------------------------------
 

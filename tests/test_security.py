@@ -12,12 +12,13 @@ import pytest
 import torch
 
 from mpdistill.config import ConfigError, load_recipe
-from mpdistill.pipeline import load_model, load_tokenizer, train
+from mpdistill.models import load_model, load_tokenizer
+from mpdistill.pipeline import train
 from mpdistill.rewrite_file import RewriteFileError, RewriteFileSpec, rewrite_file
 
 KEY = "sk-test-4f9c2e1b7a0d-do-not-log"
 ENV = "MPDISTILL_TEST_REWRITER_KEY"
-EMBEDDED_RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "embedded.yaml"
+EMBEDDED_RECIPE = Path(__file__).resolve().parents[1] / "mpdistill" / "recipes" / "embedded.yaml"
 PACKAGE = Path(__file__).resolve().parents[1] / "mpdistill"
 
 

@@ -130,7 +130,7 @@ def test_mpd_rewrites_completions_from_trls_vllm_path(tiny_pair, tmp_path):
 
 
 def test_vllm_rewriter_sends_each_prompt_with_its_budget_and_seed(tiny_qwen3):
-    from mpdistill.pipeline import load_tokenizer
+    from mpdistill.models import load_tokenizer
     from mpdistill.rollout.hf import Generation
 
     tok = load_tokenizer(str(tiny_qwen3))

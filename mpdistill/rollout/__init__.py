@@ -1,5 +1,5 @@
 """Generation backends. ``generate_texts`` is the one entry point the pipeline uses."""
 
-from .hf import GenerationSettings, generate_texts
+from .hf import GenerationSettings, derive_seed, generate_texts
 
-__all__ = ["GenerationSettings", "generate_texts"]
+__all__ = ["GenerationSettings", "derive_seed", "generate_texts"]

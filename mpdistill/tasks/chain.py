@@ -43,6 +43,8 @@ PROMPT_PREFIX = "Q:"
 ANSWER_PREFIX = "A:"
 # The embedded teacher was trained on rewrites presented in exactly this layout.
 REWRITE_TEMPLATE = "{prompt}rewrite:\n{trace}\nshort:\n"
+# The same layout as a run's rewrite prompt (fields {problem} and {trace}; the problem is the prompt).
+REWRITE_PROMPT = REWRITE_TEMPLATE.replace("{prompt}", "{problem}")
 
 _ANSWER_RE = re.compile(r"A:(\d)")
 _EQUATION_RE = re.compile(r"\d[+-]\d=\d")

@@ -8,11 +8,14 @@ A problem row is ``{"prompt", "problem", "answer"}``: ``prompt`` is what the stu
 from __future__ import annotations
 
 import json
+import numbers
 import random
+import re
 from pathlib import Path
 from typing import Iterator
 
 from . import chain
+from .math import normalize_gold
 
 
 class DataError(ValueError):
@@ -35,6 +38,43 @@ def chain_problems(n: int, seed: int, split: str = "train", exclude: set[str] | 
         seen.add(p.prompt)
         rows.append({"prompt": p.prompt, "problem": p.prompt, "answer": p.answer})
     return rows
+
+
+_DIGITS = re.compile(r"[0-9]+")
+
+
+def normalize_gold_answer(raw, rule: str, label: str) -> str:
+    """A gold answer as graded, by ``rule``: a shipped benchmark's name, else the rule for any other
+    set (see :func:`mpdistill.benchmarks.normalize_answer`); ``label`` names the set in errors."""
+    if isinstance(raw, bool) or not isinstance(raw, (str, numbers.Real)):
+        raise DataError(f"{label}: gold answer {raw!r} is not a string or a number")
+    if not isinstance(raw, (str, numbers.Integral)) and raw != raw:
+        raise DataError(f"{label}: gold answer is NaN")
+    if rule == "gsm8k":
+        answer = normalize_gold(str(raw))
+    elif rule in ("aime24", "aime25"):
+        answer = _number_text(raw)
+        if _DIGITS.fullmatch(answer):
+            answer = str(int(answer))
+    elif rule in ("math500", "amc23"):
+        answer = _number_text(raw)
+    else:
+        answer = _number_text(raw)
+        if "####" in answer:
+            answer = normalize_gold(answer)
+    if not answer:
+        raise DataError(f"{label}: gold answer {raw!r} is empty")
+    return answer
+
+
+def _number_text(raw) -> str:
+    """A string stripped; an integer-valued float as an integer; other numbers as Python writes them."""
+    if isinstance(raw, str):
+        return raw.strip()
+    if isinstance(raw, numbers.Integral):
+        return str(int(raw))
+    value = float(raw)
+    return str(int(value)) if value.is_integer() else repr(value)
 
 
 def iter_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
@@ -83,7 +123,7 @@ def read_source(source: str, *, split: str = "train", config: str | None = None)
     path = Path(source).expanduser()
     if path.is_dir():
         raise DataError(f"{path}: is a folder; expected a .jsonl or .parquet file")
-    from ..config import looks_local
+    from ..paths import looks_local
 
     if path.exists():
         raw = _read_rows(path)
@@ -122,7 +162,6 @@ def load_problems(
     the rewrite prompt shows the teacher. Gold answers are normalised as evaluation's are
     (a GSM8K-style solution ``... #### 1,234`` becomes ``1234``).
     """
-    from ..benchmarks import normalize_answer
     from ..prompts import user_message
 
     raw, _ = read_source(source, split=split, config=config)
@@ -142,7 +181,7 @@ def load_problems(
             if a is None or (isinstance(a, str) and not a.strip()):
                 raise DataError(f"{at}: missing answer field {answer_field!r}")
             try:
-                a = normalize_answer("custom", a)
+                a = normalize_gold_answer(a, "custom", "custom")
             except DataError as err:
                 raise DataError(f"{at}: field {answer_field!r}: {str(err).split(': ', 1)[-1]}") from None
         message = user_message(prompt_template, q)

@@ -1,4 +1,5 @@
-"""Where a command will write: checked before any model loads, and by ``--dry-run``.
+"""Paths a command is given: which names are local paths (not Hugging Face Hub ids), and where a
+command will write, checked before any model loads and by ``--dry-run``.
 
 A folder that is a file, a parent that is a file, or a place the user cannot write is found by
 trying it (creating and removing an empty file), not by reading permission bits: those say
@@ -11,7 +12,18 @@ import os
 import tempfile
 from pathlib import Path
 
-from .config import ConfigError
+from .errors import ConfigError
+
+DATA_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
+
+
+def looks_local(name: str, *, data_file: bool = False) -> bool:
+    """Whether a model or dataset name is a local path rather than a Hugging Face Hub id: a Hub id is
+    "org/name" at most, so more slashes, a leading ``.``, ``/`` or ``~``, an existing path or (data)
+    a data file's suffix mean a local one."""
+    return name.startswith((".", "/", "~")) or name.count("/") > 1 or Path(name).expanduser().exists() \
+        or (data_file and name.lower().endswith(DATA_SUFFIXES))
+
 
 
 class OutputPathError(ConfigError):

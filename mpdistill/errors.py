@@ -1,0 +1,6 @@
+"""The error every check of settings raises: what cannot be run, said in one line that names the
+file, key, option or model to fix. The command line prints it as ``error: ...`` with exit code 2."""
+
+
+class ConfigError(ValueError):
+    """A recipe, option or model that cannot be used; the message names the file and the key."""
