@@ -41,7 +41,8 @@ def demo(
     out: Path = typer.Option(Path("mpd-demo"), "--out", help="Output folder (re-running with it resumes)."),
     quick: bool = typer.Option(False, "--quick", help="A small version of the demo (for tests)."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Override the recipe's seed."),
-    recipe: Optional[Path] = typer.Option(None, "--recipe", help="Recipe to use instead of recipes/embedded.yaml."),
+    recipe: Optional[str] = typer.Option(None, "--recipe", help="Recipe file, or a shipped recipe's name (default: "
+                                         "embedded; `mpdistill recipes` lists them)."),
     rewrite_backend: Optional[str] = typer.Option(
         None, "--rewrite-backend", help="Where the teacher writes its rewrites: transformers (the recipe's default) or "
         "vllm (an in-process vLLM engine; its CPU build works on a laptop, see docs/VLLM.md)."),
@@ -49,13 +50,14 @@ def demo(
     """Train MPD and every baseline on the embedded default and compare them on held-out problems."""
     from .config import ConfigError
     from .demo import run_demo
+    from .recipes import RecipeNotFound
     from .tasks.problems import DataError
 
     try:
         if rewrite_backend not in (None, "transformers", "vllm"):
             raise ConfigError(f"--rewrite-backend must be transformers or vllm, got {rewrite_backend!r}")
         run_demo(out, quick=quick, seed=seed, recipe_path=recipe, rewrite_backend=rewrite_backend, console=console)
-    except (ConfigError, DataError) as err:
+    except (ConfigError, DataError, RecipeNotFound) as err:
         _fail(str(err))
     except KeyboardInterrupt:
         _interrupted(f"finished trainings and evaluations are kept in {out}; run the same command again to go on "
@@ -64,7 +66,8 @@ def demo(
 
 @app.command("train")
 def train_cmd(
-    config: Optional[Path] = typer.Argument(None, help="Recipe YAML (see recipes/); with --resume, defaults to the run's own."),
+    config: Optional[str] = typer.Argument(None, help="Recipe file, or a shipped recipe's name (`mpdistill recipes` "
+                                           "lists them); with --resume, defaults to the run's own."),
     out: Optional[Path] = typer.Option(
         None, "--out", help="Run folder: model/, rollouts.jsonl, train_log.jsonl, recipe.yaml (required unless --dry-run)."
     ),
@@ -74,10 +77,14 @@ def train_cmd(
     resume: bool = typer.Option(
         False, "--resume", help="Continue the interrupted run in --out from its newest checkpoint (training.save_steps)."
     ),
+    overrides: list[str] = typer.Option(
+        [], "--set", metavar="KEY=VALUE", help="Override one recipe key for this run, e.g. --set training.learning_rate=1e-4 "
+        "(repeatable; the value is read as YAML). Any TrainingArguments field can be set under training. The run's "
+        "recipe.yaml records the result."),
 ) -> None:
     """Train one method from a recipe."""
     from .checkpoints import ResumeError
-    from .config import ConfigError, load_recipe
+    from .config import ConfigError, load_recipe, parse_overrides
     from .mix_monitor import MixFloorHalt
     from .nonfinite import NonFiniteHalt
     from .tasks.problems import DataError
@@ -88,15 +95,22 @@ def train_cmd(
         config = out / "recipe.yaml"
         if not config.exists():
             _fail(f"{out} has no recipe.yaml: it is not a run folder")
-    if dry_run:
-        from .console import error, warn
-        from .plan import format_plan, plan
+    else:
+        from .recipes import RecipeNotFound, recipe_file
 
         try:
-            p = plan(load_recipe(config), out)
+            config = recipe_file(config)
+        except RecipeNotFound as err:
+            _fail(str(err))
+    if dry_run:
+        from .console import error, warn
+        from .dry_run import describe_run, format_run_description
+
+        try:
+            p = describe_run(load_recipe(config, parse_overrides(overrides)), out)
         except (ConfigError, DataError) as err:
             _fail(str(err))
-        console.print(format_plan(p))
+        console.print(format_run_description(p))
         for line in p["warnings"]:
             warn(line)
         for line in p["errors"]:
@@ -111,7 +125,7 @@ def train_cmd(
     own = out is not None and config == out / "recipe.yaml"
     try:
         # A run's own recipe: older runs wrote relative paths as given, from where they were started.
-        recipe = load_recipe(config, paths_from=Path.cwd() if own else None)
+        recipe = load_recipe(config, parse_overrides(overrides), paths_from=Path.cwd() if own else None)
         model_dir = train(recipe, out, resume=resume)
     except (ConfigError, DataError, ResumeError, NonFiniteHalt, MixFloorHalt) as err:
         # Halts and failed checks of the folder or data are decided alike on every process.
@@ -192,7 +206,9 @@ def eval_cmd(
 ) -> None:
     """Accuracy and response tokens of a model on benchmarks: samples.jsonl, summary.json, summary.md."""
     from .config import ConfigError
-    from .eval_runner import EvalError, EvalSpec, run_eval
+    from .eval_folder import EvalError
+    from .eval_runner import run_eval
+    from .eval_settings import EvalSpec
     from .rollout.vllm import BackendUnavailable
     from .tasks.problems import DataError
 
@@ -230,7 +246,7 @@ def compare_cmd(
     from .compare import CompareError, compare_runs, format_comparison, write_comparison
     from .config import ConfigError
     from .console import warn
-    from .output_paths import check_output_dir
+    from .paths import check_output_dir
 
     try:
         if out is not None:
@@ -281,9 +297,11 @@ def bench_cmd(
     """MPD's training step against TRL's on-policy distillation step, phase by phase, in one process."""
     import json
 
-    from .bench import (QUICK, BenchSettings, bench_eval, bench_loss_memory, bench_memory, bench_rollouts, format_bench,
-                        format_eval, format_loss_memory, format_memory, format_rollouts, format_time_to_reduction,
-                        run_bench, time_to_reduction)
+    from .bench.generation import bench_eval, bench_rollouts, format_eval, format_rollouts
+    from .bench.memory import bench_loss_memory, bench_memory, format_loss_memory, format_memory
+    from .bench.reduction import format_time_to_reduction, time_to_reduction
+    from .bench.steps import format_bench, run_bench
+    from .bench.trainers import QUICK, BenchSettings
     from .config import ConfigError
 
     given = {"batch_size": batch_size, "completion_length": completion_length, "rewrite_tokens": rewrite_tokens,
@@ -297,7 +315,7 @@ def bench_cmd(
     settings = BenchSettings(student=student, teacher=teacher, tokenizer=tokenizer, seed=seed,
                              rewrite_budgets=rewrite_budgets, **chosen)
     if json_out is not None:  # before the bench runs, not after
-        from .output_paths import check_output_file
+        from .paths import check_output_file
 
         try:
             check_output_file(json_out, "--json")
@@ -306,7 +324,7 @@ def bench_cmd(
     if demo_dir is not None and not (demo_dir / "results.json").exists():
         _fail(f"--demo-dir {demo_dir}: no results.json there (run mpdistill demo first)")
     if rollout_throughput:  # before anything runs: vLLM and its device can serve the model
-        from .pipeline import resolve_model
+        from .models import resolve_model
         from .rollout.vllm import BackendUnavailable, check_engine
 
         try:
@@ -395,7 +413,7 @@ def rewrite_cmd(
     import json
 
     from .config import ConfigError
-    from .rewrite import DEFAULT_REWRITE_PROMPT
+    from .prompts import DEFAULT_REWRITE_PROMPT
     from .rewrite_file import RewriteFileError, RewriteFileSpec, format_summary, rewrite_file
 
     spec = RewriteFileSpec(
@@ -465,12 +483,78 @@ def bootstrap(
         )
 
 
+recipes_app = typer.Typer(rich_markup_mode=None, context_settings={"max_content_width": 120})
+app.add_typer(recipes_app, name="recipes")
+
+
+@recipes_app.callback(invoke_without_command=True)
+def recipes_cmd(ctx: typer.Context) -> None:
+    """The shipped recipes and accelerate configs: lists them; `path NAME` prints one's file, `copy NAME` writes a copy to edit."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from . import recipes as shipped
+
+    width = max(len(name) for name in shipped.names()) + 2
+    for title, names in (
+        ("recipes (mpdistill train NAME, mpdistill demo --recipe NAME):", shipped.recipe_names()),
+        ('accelerate configs (accelerate launch --config_file "$(mpdistill recipes path NAME)" ...):',
+         shipped.accelerate_names()),
+    ):
+        console.print(title)
+        for name in names:
+            console.print(f"  {name:<{width}}{shipped.description(name)}")
+    console.print(f"in {shipped.HERE}; to edit one: mpdistill recipes copy NAME [DEST]")
+
+
+@recipes_app.command("path")
+def recipes_path(name: str = typer.Argument(..., help="e.g. embedded or accelerate/single_gpu.")) -> None:
+    """Print a shipped file's path: accelerate launch --config_file "$(mpdistill recipes path accelerate/single_gpu)" ..."""
+    from .recipes import RecipeNotFound, shipped_path
+
+    try:
+        console.print(str(shipped_path(name)))
+    except RecipeNotFound as err:
+        _fail(str(err))
+
+
+@recipes_app.command("copy")
+def recipes_copy(
+    name: str = typer.Argument(..., help="e.g. embedded or accelerate/multinode."),
+    dest: Path = typer.Argument(Path("."), help="File, or existing folder, to write (default: the file's own name here)."),
+) -> None:
+    """Write an editable copy of a shipped recipe or accelerate config; an existing file is never overwritten."""
+    from .recipes import RecipeNotFound, shipped_path
+
+    try:
+        source = shipped_path(name)
+    except RecipeNotFound as err:
+        _fail(str(err))
+    target = dest / source.name if dest.is_dir() else dest
+    try:
+        with target.open("x", encoding="utf-8") as f:
+            f.write(source.read_text(encoding="utf-8"))
+    except FileExistsError:
+        _fail(f"{target} already exists; not overwriting it (give another DEST)")
+    except OSError as err:
+        _fail(f"cannot write {target}: {err.strerror or err}")
+    console.print(f"wrote {target}")
+
+
 def main() -> None:
     from .console import WarningLines
 
     handler = logging.StreamHandler()
     handler.setFormatter(WarningLines())
     logging.basicConfig(level=logging.WARNING, handlers=[handler])
+    from .plugins import PluginError, load_plugins
+
+    try:
+        load_plugins()  # tasks, rewriter backends and methods other packages add
+    except PluginError as err:
+        from .console import error
+
+        error(str(err))
+        sys.exit(2)
     app()
 
 

@@ -10,16 +10,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_serializer, model_validator
 
-from .rewrite import DEFAULT_REWRITE_PROMPT, PROMPT_TEMPLATES, check_template
-
-METHODS = ("mpd", "opd", "offpolicy_kd", "rewrite_sft")
-
-
-class ConfigError(ValueError):
-    """A recipe that cannot be run; the message names the file and the key."""
-
+from .errors import ConfigError
+from .paths import looks_local
+from .prompts import DEFAULT_REWRITE_PROMPT, PROMPT_TEMPLATES, check_template
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
@@ -128,6 +123,32 @@ class TrainingConfig(_Strict):
     lora: LoraConfig | None = None
     # Absent: the student samples with transformers' generate. Set: on vLLM through TRL (see VLLMRolloutConfig).
     vllm: VLLMRolloutConfig | None = None
+    # Every other field of transformers' TrainingArguments / TRL's DistillationConfig written under
+    # training: (report_to, optim, weight_decay, push_to_hub, ...), passed on as written. Filled from
+    # those keys; a recipe never names it.
+    trl_args: dict[str, Any] = Field(default_factory=dict, exclude=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _trl_fields(cls, data):
+        """Move TrainingArguments / DistillationConfig fields into ``trl_args``; any other unknown key
+        stays, for the strict model to name (``training.stpes: unknown key``)."""
+        if not isinstance(data, dict):
+            return data
+        fields = trl_fields()
+        data, passed = dict(data), dict(data.get("trl_args") or {})
+        for key in [k for k in data if isinstance(k, str) and k not in cls.model_fields and k in fields]:
+            if key in SET_ELSEWHERE:
+                raise ValueError(f"{key} is set by {SET_ELSEWHERE[key]}")
+            passed[key] = data.pop(key)
+        if passed:
+            data["trl_args"] = passed
+        return data
+
+    @model_serializer(mode="wrap")
+    def _flat(self, handler):
+        # A saved recipe writes those fields back where they were written: directly under training:.
+        return {**handler(self), **self.trl_args}
 
     @field_validator("lr_scheduler_type")
     @classmethod
@@ -141,6 +162,29 @@ class TrainingConfig(_Strict):
             why = "needs settings a recipe does not give; " if v in unusable else ""
             raise ValueError(f"{why}use one of transformers' schedulers: {', '.join(usable)}")
         return v
+
+
+# TrainingArguments / DistillationConfig fields a recipe sets in other words (training: may not name them).
+SET_ELSEWHERE = {
+    "output_dir": "mpdistill train --out (the trainer writes into OUT/trainer)",
+    "max_steps": "training.steps", "per_device_train_batch_size": "training.batch_size",
+    "seed": "the recipe's seed", "data_seed": "the recipe's seed",
+    "chat_template_kwargs": "training.student_enable_thinking",
+    "activation_checkpointing": "training.gradient_checkpointing",
+    "trust_remote_code": "security.trust_remote_code",
+    "use_vllm": "training.vllm", **{f"vllm_{k}": "training.vllm" for k in (
+        "mode", "server_base_url", "server_timeout", "gpu_memory_utilization", "tensor_parallel_size",
+        "max_model_length", "enable_sleep_mode")},
+}
+
+
+def trl_fields() -> set[str]:
+    """The field names of TRL's DistillationConfig (TrainingArguments' included)."""
+    from dataclasses import fields
+
+    from trl import DistillationConfig
+
+    return {f.name for f in fields(DistillationConfig)}
 
 
 class RewriteConfig(_Strict):
@@ -177,12 +221,13 @@ class RewriteConfig(_Strict):
     # ("openai", e.g. `vllm serve`), which may run another, larger model. The local teacher still
     # scores the divergence either way. The API key is read from the environment variable named
     # by api_key_env; keys never live in recipe files.
-    backend: Literal["transformers", "vllm", "openai"] = "transformers"
+    backend: str = "transformers"  # a registered backend (mpdistill/rewriters.py)
     base_url: str | None = None
     # openai: the served model's name. vllm: the rewriting model (default: the teacher) for an
     # in-process vLLM engine on the training GPU(s), with this share of their memory and this many GPUs.
     model: str | None = None
-    gpu_memory_utilization: float = Field(default=0.3, gt=0, le=1)
+    # None: the engine's own default share (a machine of its own, as for `mpdistill rewrite`).
+    gpu_memory_utilization: float | None = Field(default=0.3, gt=0, le=1)
     tensor_parallel_size: int = Field(default=1, gt=0)
     api_key_env: str | None = None
     # openai: fields added to every request body, for options of a particular server.
@@ -203,6 +248,13 @@ class RewriteConfig(_Strict):
                 "environment variable and name that variable in rewrite.api_key_env"
             )
         return data
+
+    @field_validator("backend")
+    @classmethod
+    def _known_backend(cls, v: str) -> str:
+        from .rewriters import BACKENDS
+
+        return BACKENDS.check(v)
 
     @model_validator(mode="after")
     def _served_needs_endpoint(self):
@@ -249,11 +301,11 @@ class SecurityConfig(_Strict):
 
 
 class Recipe(_Strict):
-    method: Literal["mpd", "opd", "offpolicy_kd", "rewrite_sft"] = "mpd"
+    method: str = "mpd"  # a registered method (mpdistill/methods.py): mpd, opd, offpolicy_kd, rewrite_sft
     seed: int = 0
     # How answers are read and compared, and the prompt a question becomes. Absent: chosen from the
     # data where that is unambiguous (embedded:chain -> chain; a dataset for real models -> math).
-    task: Literal["chain", "math"] | None = None
+    task: str | None = None  # a registered task (mpdistill/tasks)
     # "embedded:student" / "embedded:teacher" are the bundled tiny models; anything else is a
     # local path or a Hugging Face model name.
     student: str = "embedded:student"
@@ -264,11 +316,25 @@ class Recipe(_Strict):
     eval: EvalConfig = EvalConfig()
     security: SecurityConfig = SecurityConfig()
 
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, v: str) -> str:
+        from .methods import METHODS
+
+        return METHODS.check(v)
+
+    @field_validator("task")
+    @classmethod
+    def _known_task(cls, v: str | None) -> str | None:
+        from .tasks import TASKS
+
+        return v if v is None else TASKS.check(v)
+
     @model_validator(mode="after")
     def _two_engines_leave_room_to_train(self):
         v, r = self.training.vllm, self.rewrite
         if v is not None and v.mode == "colocate" and r.backend == "vllm":
-            share = v.gpu_memory_utilization + r.gpu_memory_utilization
+            share = v.gpu_memory_utilization + (r.gpu_memory_utilization or 0.9)
             if share > 0.8:
                 raise ValueError(
                     f"training.vllm.gpu_memory_utilization + rewrite.gpu_memory_utilization is {share:g}: two vLLM "
@@ -359,6 +425,22 @@ def _describe(err: ValidationError, source: str, max_lines: int = 20) -> str:
     return "\n".join(lines)
 
 
+def from_options(model: type[BaseModel], values: dict, error: type[Exception], options: dict | None = None):
+    """``values`` given on a command line, checked by the rules of the recipe section ``model``, so a
+    setting has one check whether it comes from a recipe or a flag. The first problem is raised as
+    ``error``, naming the flag (``--top-p: 1.5: Input should be less than or equal to 1``)."""
+    try:
+        return model.model_validate(values)
+    except ValidationError as err:
+        e = err.errors()[0]
+        key = str(e["loc"][0]) if e["loc"] else None
+        option = (options or {}).get(key) or ("--" + key.replace("_", "-") if key else "options")
+        message = e["msg"].removeprefix("Value error, ")
+        if message.startswith("must"):  # our own checks read as a sentence: "--prompt-template must contain {trace}"
+            raise error(f"{option} {message}") from None
+        raise error(f"{option}: {e['input']!r}: {message}") from None
+
+
 def recipe_from_dict(data: dict, source: str = "recipe") -> Recipe:
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a mapping at the top level, got {type(data).__name__}")
@@ -398,24 +480,14 @@ def load_recipe(path: str | Path, overrides: dict | None = None, *, paths_from: 
     if isinstance(data, dict):
         data = resolve_paths(data, path if paths_from is None else Path(paths_from) / path.name)
     if overrides and isinstance(data, dict):
-        data = _merge(data, overrides)
+        # Paths given on the command line are read from where it runs.
+        data = _merge(data, resolve_paths(overrides, Path.cwd() / "--set"))
     return recipe_from_dict(data, str(path))
 
 
 # Keys whose value may be a local path; a relative one is read from the recipe's folder, as a
 # path in any file is read from that file, not from wherever the command was started.
 PATH_KEYS = (("student",), ("teacher",), ("data", "train"), ("rewrite", "model"))
-DATA_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
-
-
-def looks_local(name: str, *, data_file: bool = False) -> bool:
-    """Whether a model or dataset name is a local path rather than a Hugging Face Hub id: a Hub id is
-    "org/name" at most, so more slashes, a leading ``.``, ``/`` or ``~``, an existing path or (data)
-    a data file's suffix mean a local one."""
-    return name.startswith((".", "/", "~")) or name.count("/") > 1 or Path(name).expanduser().exists() \
-        or (data_file and name.lower().endswith(DATA_SUFFIXES))
-
-
 def resolve_paths(data: dict, recipe_path: Path) -> dict:
     """The recipe with each relative local path in PATH_KEYS made absolute from the recipe's folder.
 
@@ -445,6 +517,28 @@ def resolve_paths(data: dict, recipe_path: Path) -> dict:
                               "where it does not exist (it does from the current folder); write it relative to the "
                               "recipe, or as an absolute path")
         holder[keys[-1]] = str(resolved)
+    return out
+
+
+def parse_overrides(items: list[str]) -> dict:
+    """``--set key.path=value`` items as a nested mapping; each value is read as YAML (``1e-4``, ``true``,
+    ``[a, b]``), so it has the type it would have in the file."""
+    out: dict = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        keys = key.strip().split(".")
+        if not sep or not all(keys):
+            raise ConfigError(f"--set {item!r}: write KEY=VALUE with a dotted key, e.g. training.learning_rate=1e-4")
+        try:
+            value = yaml.safe_load(text) if text.strip() else None
+        except yaml.YAMLError as err:
+            raise ConfigError(f"--set {item!r}: the value is not valid YAML ({str(err).splitlines()[0]})") from None
+        holder = out
+        for k in keys[:-1]:
+            holder = holder.setdefault(k, {})
+            if not isinstance(holder, dict):
+                raise ConfigError(f"--set {item!r}: {k} is given a value by another --set")
+        holder[keys[-1]] = value
     return out
 
 

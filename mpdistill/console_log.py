@@ -18,10 +18,6 @@ import time
 from tqdm.auto import tqdm
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
-# Methods whose samples are rewritten by the teacher (their lines show acceptance and compression).
-REWRITING = ("mpd", "rewrite_sft")
-
-
 def _value(logs: dict, key: str) -> float | None:
     v = logs.get(key)
     return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
@@ -89,7 +85,7 @@ class ConsoleLog(ProgressCallback):
         loss = _value(logs, "loss")
         if loss is not None:
             parts.append(f"loss {loss:.3g}")
-        if self.method in REWRITING:
+        if "mpd/acceptance_rate" in logs:  # a method that rewrites: acceptance and compression
             rate = _value(logs, "mpd/acceptance_rate")
             if counts is not None:
                 accepted, total = counts
@@ -103,8 +99,8 @@ class ConsoleLog(ProgressCallback):
                 if (v := _value(logs, key)) is not None:
                     parts.append(f"{label} {v:.1f} tok")
         else:
-            # Off-policy KD trains on the teacher's samples; OPD on the student's.
-            label = "teacher" if self.method == "offpolicy_kd" else "student"
+            # Off-policy KD trains on the teacher's (vetted) samples; OPD on the student's.
+            label = "teacher" if "kd/kept_rate" in logs else "student"
             if (v := _value(logs, "completions/mean_length")) is not None:
                 parts.append(f"{label} {v:.1f} tok")
             if (v := _value(logs, "completions/clipped_ratio")):

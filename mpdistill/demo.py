@@ -1,9 +1,10 @@
 """``mpdistill demo``: MPD and every baseline on the embedded default, measured side by side.
 
 One process, one seed: the embedded student (base) is trained by each method with the same
-recipe (``recipes/embedded.yaml``, only ``method`` changes), then base, the four trained
-students and the teacher answer the same held-out problems with the same sampling settings.
-Finished stages are kept, so a re-run with the same ``--out`` resumes where it stopped.
+recipe (the shipped ``embedded``: ``mpdistill/recipes/embedded.yaml``; only ``method`` changes),
+then base, the four trained students and the teacher answer the same held-out problems with the
+same sampling settings. Finished stages are kept, so a re-run with the same ``--out`` resumes
+where it stopped.
 """
 
 from __future__ import annotations
@@ -19,18 +20,21 @@ from rich.text import Text
 from .config import Recipe, load_recipe
 from .console import stdout
 from .durable import replace_dir
-from .eval_runner import EvalError, TransformersBackend, Unit, run_units
+from .eval_folder import EvalError
+from .eval_runner import TransformersBackend, Unit, run_units
 from .evaluate import build_results, format_table, paired_delta_ci, write_report
-from .model_record import prompt_record, write_record
-from .output_paths import check_output_dir
-from .pipeline import check_generation_backends, load_model, train
+from .model_record import write_record
+from .paths import check_output_dir
+from .models import load_model
+from .pipeline import check_generation_backends, prompt_record, train
+from .recipes import recipe_file, shipped_path
 from .rollout import GenerationSettings
 from .tasks import get_task
 from .tasks.problems import chain_problems
 
 METHODS = ("mpd", "opd", "offpolicy_kd", "rewrite_sft")
 EVAL_ORDER = ("base", *METHODS, "teacher")
-RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "embedded.yaml"
+RECIPE = shipped_path("embedded")
 
 # --quick: the same pipeline on a budget small enough for a test (< 2 minutes on 2 cores).
 QUICK = {"training": {"steps": 3, "batch_size": 8, "logging_steps": 1}, "data": {"n_train": 64}}
@@ -52,7 +56,7 @@ def run_demo(out: str | Path, *, quick: bool = False, seed: int | None = None, r
     console = console or stdout
     out = Path(out)
     check_output_dir(out)
-    path = Path(recipe_path) if recipe_path else RECIPE
+    path = recipe_file(recipe_path) if recipe_path else RECIPE  # a file, or a shipped recipe's name
     overrides = dict(QUICK) if quick else {}
     if seed is not None:
         overrides["seed"] = seed

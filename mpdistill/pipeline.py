@@ -12,172 +12,50 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from .checkpoints import ROLLOUTS, checkpoint_step, existing_run, latest_checkpoint, prepare_resume
-from .config import ConfigError, Recipe, dump_recipe, looks_local
+from .config import ConfigError, Recipe, dump_recipe
+from .models import check_compatible, load_model, model_path, resolve_model
 from .durable import replace_dir, write_jsonl, write_text
 from .mix_monitor import MixFloorHalt, MixMonitor
-from .model_record import recipe_record, write_record
+from .model_record import write_record
 from .nonfinite import NonFiniteGuard, NonFiniteHalt
-from .output_paths import check_output_dir
+from .paths import check_output_dir
 from .processes import distributed_state, is_main_process, launch_warnings, on_main_then_share
-from .prompts import encode_message, has_thinking_switch, teacher_template_kwargs
-from .rewrite import Rewriter, RewriteSettings, TransformersRewriter
-from .rollout import GenerationSettings
+from .prompts import encode_message, has_thinking_switch
+from .methods import get_method
+from .mpd_config import REWRITE_PREFIX, MPDConfig, rewrite_settings_from
+from .rewrite import RewriteSettings
+from .rewriters import get_backend
 from .tasks import get_task
 from .tasks.problems import DataError, chain_problems, load_problems
 
 log = logging.getLogger(__name__)
 
-EMBEDDED_PREFIX = "embedded:"
 # Training prompts are drawn with a seed offset from the evaluation problems', and the demo
 # excludes every evaluation prompt from them.
 TRAIN_SEED_OFFSET = 1_000
 
 
-def resolve_model(name: str) -> str:
-    """A local path for ``name``: the embedded models, an existing folder, or a Hub name as is."""
-    if name.startswith(EMBEDDED_PREFIX):
-        from .embedded import embedded_dir
-
-        which = name[len(EMBEDDED_PREFIX) :]
-        if which not in ("student", "teacher"):
-            raise ConfigError(f"unknown embedded model {name!r}; use embedded:student or embedded:teacher")
-        return str(embedded_dir() / which)
-    return name
-
-
-def model_path(name: str) -> str:
-    """:func:`resolve_model`, refusing a local folder that does not exist (before anything loads)."""
-    path = resolve_model(name)
-    if looks_local(path) and not Path(path).expanduser().is_dir():
-        raise ConfigError(f"model {name!r}: no such folder {path}")
-    return path
-
-
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
-OPT_IN = {
-    "allow_pickle": "security.allow_pickle_checkpoints: true in the recipe (mpdistill eval / rewrite: --allow-pickle-checkpoints)",
-    "trust_remote_code": "security.trust_remote_code: true in the recipe (mpdistill eval / rewrite: --trust-remote-code)",
-}
-
-
-def load_tokenizer(name: str, *, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
-    """A model's tokenizer alone (left padding, as for generation)."""
-    path = model_path(name)
-    folder = Path(path).expanduser()
-    local = looks_local(path) and folder.is_dir()
-    try:
-        tok = AutoTokenizer.from_pretrained(path, padding_side="left", trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as err:
-        if local and not _tokenizer_files(folder):
-            raise ConfigError(_no_tokenizer_files(name)) from None
-        raise ConfigError(_load_error(name, path, err, "the tokenizer of")) from None
-    problem = _unreal_tokenizer(tok, folder if local else None)
-    if problem:
-        if local and not _tokenizer_files(folder):
-            raise ConfigError(_no_tokenizer_files(name))
-        where = f"copy the tokenizer files of the model it was trained from into {path}" if local \
-            else "use a model published with its tokenizer"
-        raise ConfigError(f"the tokenizer of {name!r} {problem}: its tokenizer files are incomplete or belong to "
-                          f"another model; {where}")
-    return tok
-
-
-# Files a tokenizer is read from (transformers' vocab_files_names, sentencepiece and tiktoken models).
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "vocab.txt",
-                   "merges.txt", "*.model", "*.tiktoken", "tekken.json", "bpe.codes")
-
-
-def _tokenizer_files(folder: Path) -> list[str]:
-    return sorted({p.name for pattern in TOKENIZER_FILES for p in folder.glob(pattern) if p.is_file()})
-
-
-def _no_tokenizer_files(name: str) -> str:
-    return (f"model {name!r}: its folder has no tokenizer files ({', '.join(TOKENIZER_FILES[:6])}, ...): save the "
-            "tokenizer with the model (tokenizer.save_pretrained(folder)) or copy it from the base model")
-
-
-def _unreal_tokenizer(tok, folder: Path | None) -> str | None:
-    """Why ``tok`` cannot be a model's real tokenizer, or None. Without tokenizer files transformers 5
-    builds one from the model type alone (Qwen, GPT-2: 1 token that encodes any text to nothing;
-    Gemma: 5 tokens) instead of failing."""
-    import json
-
-    try:
-        if not tok("The answer is 42.", add_special_tokens=False)["input_ids"]:
-            return f"turns text into no tokens (it has {len(tok)} in all)"
-    except Exception:  # a tokenizer that cannot encode the probe is judged by its size alone
-        pass
-    config = folder / "config.json" if folder is not None else None
-    if config is None or not config.is_file():
-        return None
-    try:
-        data = json.loads(config.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None  # loading the model reports a broken config
-    vocab = data.get("vocab_size")
-    if vocab is None and isinstance(data.get("text_config"), dict):
-        vocab = data["text_config"].get("vocab_size")
-    # Real vocabularies are padded by a few percent at most; a tokenizer under half the size is not the model's.
-    if isinstance(vocab, int) and not isinstance(vocab, bool) and 2 * len(tok) < vocab:
-        return f"has {len(tok)} tokens but the model's config.json has vocab_size {vocab}"
-    return None
-
-
-def load_model(
-    name: str, *, dtype: torch.dtype = torch.float32, allow_pickle: bool = False, trust_remote_code: bool = False
-) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Model and tokenizer. Only ``safetensors`` weights and no code shipped with the model, unless opted in:
-    pickled weights and a model's own Python both run code from the checkpoint when loaded."""
-    path = model_path(name)
-    tok = load_tokenizer(name, trust_remote_code=trust_remote_code)
-    try:
-        model = AutoModelForCausalLM.from_pretrained(
-            path, dtype=dtype, use_safetensors=None if allow_pickle else True, trust_remote_code=trust_remote_code
-        )
-    except (OSError, ValueError) as err:
-        raise ConfigError(_load_error(name, path, err, "model", allow_pickle=allow_pickle)) from None
-    return model, tok
-
-
-def _load_error(name: str, path: str, err: Exception, what: str, *, allow_pickle: bool = True) -> str:
-    folder = Path(path).expanduser()
-    if not allow_pickle and folder.is_dir() and not any(folder.glob("*.safetensors")):
-        pickled = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES)
-        if pickled:
-            return (
-                f"model {name!r} has only pickled weights ({', '.join(pickled)}): loading pickle can run code from "
-                f"the file, so it is refused. Convert the checkpoint to safetensors, or opt in with {OPT_IN['allow_pickle']}"
-            )
-    if "trust_remote_code" in str(err):
-        return (
-            f"{what} {name!r} needs its own Python code from the checkpoint (trust_remote_code), which is off by "
-            f"default. Read that code first; then opt in with {OPT_IN['trust_remote_code']}"
-        )
-    return f"cannot load {what} {name!r}: {err}"
-
-
-def check_compatible(student_name: str, s_tok, s_model, teacher_name: str, t_tok, t_model) -> None:
-    """Token-level divergence needs one vocabulary: same tokenizer pieces and same logit width."""
-    s_vocab, t_vocab = s_tok.get_vocab(), t_tok.get_vocab()
-    if s_vocab != t_vocab:
-        only_s = len(set(s_vocab) - set(t_vocab))
-        only_t = len(set(t_vocab) - set(s_vocab))
-        raise ConfigError(
-            f"teacher {teacher_name!r} does not share the vocabulary of student {student_name!r} "
-            f"({len(s_vocab)} vs {len(t_vocab)} tokens; {only_s} only in the student's, {only_t} only in the "
-            "teacher's). MPD compares next-token distributions, so both must use the same tokenizer."
-        )
-    sv, tv = s_model.config.get_text_config().vocab_size, t_model.config.get_text_config().vocab_size
-    if sv != tv:
-        raise ConfigError(f"student {student_name!r} has vocab_size {sv} but teacher {teacher_name!r} has {tv}")
-
-
-def prompt_template(recipe: Recipe) -> str:
-    """The user message a question becomes in this run: ``data.prompt_template``, else the task's."""
+def prompt_template(recipe) -> str:
+    """The user message a question becomes in a run of ``recipe``: ``data.prompt_template``, else the task's."""
     return recipe.data.prompt_template or get_task(recipe.task).prompt_template
+
+
+def prompt_record(recipe) -> dict:
+    """How a model of ``recipe`` reads its problems. On the chain task the recipe's ``eval`` section
+    is how the demo evaluates it, so its budget is recorded too (a family's budget does not apply to
+    the embedded models, whose config says qwen3)."""
+    record = {"task": recipe.task, "prompt_template": prompt_template(recipe), "prompt_style": recipe.data.prompt_style,
+              "thinking": recipe.training.student_enable_thinking}
+    if recipe.task == "chain":
+        record["max_new_tokens"] = recipe.eval.max_new_tokens
+    return record
+
+
+def recipe_record(recipe) -> dict:
+    """The record of a model trained by ``recipe``: how it reads its problems, and how it was made."""
+    return {**prompt_record(recipe), "method": recipe.method, "base_model": recipe.student, "teacher": recipe.teacher}
 
 
 def training_problems(recipe: Recipe, exclude: set[str] | None = None) -> list[dict]:
@@ -237,79 +115,8 @@ def _brief(text: str, width: int = 40) -> str:
 
 
 def rewrite_settings(recipe: Recipe) -> RewriteSettings:
-    r = recipe.rewrite
-    return RewriteSettings(
-        prompt_template=r.prompt_template,
-        max_ratio=r.max_ratio,
-        require_gold=r.require_gold,
-        on_reject=r.on_reject,
-        on_policy_fraction=r.on_policy_fraction,
-        use_chat_template=r.use_chat_template,
-        teacher_thinks=r.teacher_enable_thinking is True,
-        generation=GenerationSettings(
-            max_new_tokens=r.max_new_tokens,
-            temperature=r.temperature,
-            top_p=r.top_p,
-            top_k=r.top_k,
-            batch_size=r.batch_size,
-        ),
-    )
-
-
-def teacher_kwargs(recipe: Recipe, tokenizer) -> dict | None:
-    """The teacher's chat-template switches for this recipe (see :func:`prompts.teacher_template_kwargs`)."""
-    r = recipe.rewrite
-    return teacher_template_kwargs(chat=r.use_chat_template, thinking=r.teacher_enable_thinking, tokenizer=tokenizer,
-                                   send_to_server=r.send_chat_template_kwargs)
-
-
-def served_rewriter(recipe: Recipe):
-    """The ``rewrite.backend: openai`` rewriter of this recipe."""
-    from .served_rewriter import OpenAIRewriter
-
-    r = recipe.rewrite
-    return OpenAIRewriter(
-        r.base_url,
-        r.model,
-        api_key_env=r.api_key_env,
-        chat=r.use_chat_template,
-        temperature=r.temperature,
-        top_p=r.top_p,
-        top_k=r.top_k or None,
-        max_tokens=r.max_new_tokens,
-        max_concurrency=r.max_concurrency,
-        timeout_s=r.timeout_s,
-        max_retries=r.max_retries,
-        deadline_s=r.deadline_s,
-        seed=recipe.seed,
-        chat_template_kwargs=teacher_kwargs(recipe, None),
-        extra_body=r.extra_body,
-    )
-
-
-def make_rewriter(recipe: Recipe, settings: RewriteSettings, teacher, tokenizer) -> Rewriter:
-    """The local teacher as rewriter, an in-process vLLM engine, or the served one for ``rewrite.backend: openai``.
-
-    Either way the local ``teacher`` is the model whose logits the student is trained against;
-    ``tokenizer`` is the teacher's (its chat template renders the rewrite prompts).
-    """
-    r = recipe.rewrite
-    if r.backend == "openai":
-        return served_rewriter(recipe)
-    if r.backend == "vllm":
-        from .rewrite import VLLMRewriter
-        from .rollout.vllm import VLLMGenerator
-
-        name = r.model or recipe.teacher
-        generator = VLLMGenerator(
-            model_path(name), seed=recipe.seed, tensor_parallel_size=r.tensor_parallel_size,
-            gpu_memory_utilization=r.gpu_memory_utilization, dtype="bfloat16" if recipe.training.bf16 else "auto",
-        )
-        rewriter_tokenizer = tokenizer if name == recipe.teacher else load_tokenizer(name)
-        return VLLMRewriter(generator, rewriter_tokenizer, settings.generation, use_chat_template=settings.use_chat_template,
-                            seed=recipe.seed, chat_template_kwargs=teacher_kwargs(recipe, rewriter_tokenizer))
-    return TransformersRewriter(teacher, tokenizer, settings.generation, use_chat_template=settings.use_chat_template,
-                                seed=recipe.seed, chat_template_kwargs=teacher_kwargs(recipe, tokenizer))
+    """How this recipe's rewrites are prompted for, sampled, accepted and mixed."""
+    return rewrite_settings_from(recipe.rewrite)
 
 
 def generation_problems(recipe: Recipe, *, servers: bool = True) -> list[Exception]:
@@ -318,10 +125,10 @@ def generation_problems(recipe: Recipe, *, servers: bool = True) -> list[Excepti
     ``servers``, a served rewriter and a vLLM rollout server answer (and the key variable is set).
     Each problem is an exception whose message is one line saying what to fix; a
     :class:`~mpdistill.rollout.vllm.BackendUnavailable` says whether it is about this machine's devices."""
-    from .rollout.vllm import BackendUnavailable, check_engine, check_server
+    from .rollout.vllm import BackendUnavailable, check_engine
 
     r, v = recipe.rewrite, recipe.training.vllm
-    rewrites = recipe.method in ("mpd", "rewrite_sft")
+    rewrites = get_method(recipe.method).rewrites
     checks = []
     if v is not None and v.mode == "colocate":
         checks.append(lambda: check_engine(
@@ -331,20 +138,9 @@ def generation_problems(recipe: Recipe, *, servers: bool = True) -> list[Excepti
             without="remove training.vllm to sample the student with transformers"))
     if v is not None and v.mode == "server":
         checks.append(lambda: _rollout_server(v, servers))
-    if rewrites and r.backend == "vllm":
-        name = r.model or recipe.teacher
-        checks.append(lambda: check_engine(
-            "rewrite.backend vllm", r.tensor_parallel_size, tp_key="rewrite.tensor_parallel_size",
-            models={f"the rewriting model {name!r}": resolve_model(name)},
-            without="set rewrite.backend: transformers to rewrite with the local teacher"))
-    if servers and rewrites and r.backend == "openai":
-        from .served_rewriter import check_endpoint
-
-        def check_served() -> None:  # answers, serves the model, and accepts a request of the run's shape
-            check_endpoint(r.base_url, min(r.timeout_s, 30.0), model=r.model, api_key_env=r.api_key_env)
-            served_rewriter(recipe).preflight()
-
-        checks.append(check_served)
+    backend = get_backend(r.backend)
+    if rewrites and backend.check is not None:
+        checks.append(lambda: backend.check(r, recipe.teacher, servers))
     problems = []
     for check in checks:
         try:
@@ -409,7 +205,7 @@ def check_thinking(recipe: Recipe, tokenizer, teacher_tokenizer=None) -> None:
     ``training.student_enable_thinking``, the local teacher's for ``rewrite.teacher_enable_thinking``
     (a served teacher's template is the server's, not checked here)."""
     keys = [("training.student_enable_thinking", recipe.training.student_enable_thinking, tokenizer)]
-    if recipe.method in ("mpd", "rewrite_sft") and recipe.rewrite.backend != "openai":
+    if get_method(recipe.method).rewrites and get_backend(recipe.rewrite.backend).local_template:
         keys.append(("rewrite.teacher_enable_thinking", recipe.rewrite.teacher_enable_thinking,
                      teacher_tokenizer if teacher_tokenizer is not None else tokenizer))
     for key, value, tok in keys:
@@ -467,46 +263,51 @@ def checkpointing_arg(enabled: bool) -> dict:
     return {"activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing": enabled}
 
 
-def training_arguments(recipe: Recipe, run_dir: Path):
-    """TRL's ``DistillationConfig`` for the recipe. Whatever transformers or TRL refuse in it is a
-    ConfigError naming the setting, raised before any folder is written (``train`` and ``--dry-run``
-    both build it first)."""
-    from trl import DistillationConfig
-
+def training_arguments(recipe: Recipe, run_dir: Path) -> MPDConfig:
+    """The recipe as the trainers' :class:`MPDConfig`: TRL's ``DistillationConfig`` fields from
+    ``training:`` (a few under shorter names, and any other field as written), MPD's ``rewrite_*``
+    fields from ``rewrite:``. Whatever transformers or TRL refuse in it is a ConfigError naming the
+    setting, raised before any folder is written (``train`` and ``--dry-run`` both build it first)."""
     t = recipe.training
+    settings = dict(
+        output_dir=str(run_dir / "trainer"),
+        max_steps=t.steps,
+        per_device_train_batch_size=t.batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        learning_rate=t.learning_rate,
+        lr_scheduler_type=t.lr_scheduler_type,
+        warmup_steps=t.warmup_steps,
+        beta=t.beta,
+        temperature=t.temperature,
+        top_p=t.top_p,
+        top_k=t.top_k,
+        max_completion_length=t.max_completion_length,
+        logging_steps=t.logging_steps,
+        **checkpointing_arg(t.gradient_checkpointing),
+        bf16=t.bf16,
+        max_grad_norm=t.max_grad_norm,
+        seed=recipe.seed,
+        data_seed=recipe.seed,
+        report_to="none",
+        save_strategy="steps" if t.save_steps else "no",
+        save_steps=t.save_steps or 500,
+        save_total_limit=t.save_total_limit,
+        use_cpu=not torch.cuda.is_available(),
+        dataloader_num_workers=0,
+        disable_tqdm=False,
+        chat_template_kwargs=(
+            None if t.student_enable_thinking is None else {"enable_thinking": t.student_enable_thinking}
+        ),
+        trust_remote_code=recipe.security.trust_remote_code,
+        **vllm_rollout_args(t.vllm),
+        task=recipe.task,
+        max_nonfinite_steps=t.max_nonfinite_steps,
+        rollouts_file=str(run_dir / ROLLOUTS),
+        **{REWRITE_PREFIX + key: value for key, value in recipe.rewrite.model_dump().items()},
+    )
+    settings.update(t.trl_args)  # every other TrainingArguments / DistillationConfig field, as the recipe sets it
     try:
-        return DistillationConfig(
-            output_dir=str(run_dir / "trainer"),
-            max_steps=t.steps,
-            per_device_train_batch_size=t.batch_size,
-            gradient_accumulation_steps=t.gradient_accumulation_steps,
-            learning_rate=t.learning_rate,
-            lr_scheduler_type=t.lr_scheduler_type,
-            warmup_steps=t.warmup_steps,
-            beta=t.beta,
-            temperature=t.temperature,
-            top_p=t.top_p,
-            top_k=t.top_k,
-            max_completion_length=t.max_completion_length,
-            logging_steps=t.logging_steps,
-            **checkpointing_arg(t.gradient_checkpointing),
-            bf16=t.bf16,
-            max_grad_norm=t.max_grad_norm,
-            seed=recipe.seed,
-            data_seed=recipe.seed,
-            report_to="none",
-            save_strategy="steps" if t.save_steps else "no",
-            save_steps=t.save_steps or 500,
-            save_total_limit=t.save_total_limit,
-            use_cpu=not torch.cuda.is_available(),
-            dataloader_num_workers=0,
-            disable_tqdm=False,
-            chat_template_kwargs=(
-                None if t.student_enable_thinking is None else {"enable_thinking": t.student_enable_thinking}
-            ),
-            trust_remote_code=recipe.security.trust_remote_code,
-            **vllm_rollout_args(t.vllm),
-        )
+        return MPDConfig(**settings)
     except ValueError as err:
         raise ConfigError(f"training: transformers refuses these settings: {err}") from None
 
@@ -520,55 +321,20 @@ def build_trainer(recipe: Recipe, student, teacher, tokenizer, rows: list[dict],
 
     teacher_tokenizer = teacher_tokenizer if teacher_tokenizer is not None else tokenizer
     check_thinking(recipe, tokenizer, teacher_tokenizer)
-    t = recipe.training
-    args = args if args is not None else training_arguments(recipe, run_dir)
-    common = dict(
+    trainer = get_method(recipe.method).trainer_class()(
         model=student,
-        peft_config=peft_config(recipe),
         teacher_model=teacher,
-        args=args,
+        args=args if args is not None else training_arguments(recipe, run_dir),
         train_dataset=Dataset.from_list(rows),
         processing_class=tokenizer,
+        teacher_processing_class=teacher_tokenizer,
+        peft_config=peft_config(recipe),
     )
-    trainer = _method_trainer(recipe, common, teacher, teacher_tokenizer, run_dir)
-    metrics = getattr(trainer, "_metrics", None)
-    trainer.add_callback(NonFiniteGuard(t.max_nonfinite_steps, metrics=metrics))
-    if hasattr(trainer, "mix_history"):
-        r = recipe.rewrite
-        trainer.add_callback(MixMonitor(trainer, window=r.monitor_window, task=recipe.task,
-                                        min_parsed_fraction=r.min_parsed_fraction,
-                                        min_acceptance_rate=r.min_acceptance_rate))
     from .console_log import use_console_log
 
     # One short line per logging step instead of the whole metrics dict (all of it stays in train_log.jsonl).
     use_console_log(trainer, recipe.method)
     return trainer
-
-
-def _method_trainer(recipe: Recipe, common: dict, teacher, teacher_tokenizer, run_dir: Path):
-    from .trainer import MPDTrainer, OffPolicyKDTrainer, OPDTrainer, RewriteSFTTrainer
-
-    if recipe.method == "opd":
-        return OPDTrainer(**common)
-    t = recipe.training
-    rollouts = run_dir / ROLLOUTS
-    if recipe.method == "offpolicy_kd":
-        r = recipe.rewrite
-        # The teacher samples as it does for MPD's rewrites, and its samples pass the same answer filter.
-        gen = GenerationSettings(max_new_tokens=t.max_completion_length, temperature=r.temperature, top_p=r.top_p,
-                                 top_k=r.top_k, batch_size=r.batch_size)
-        return OffPolicyKDTrainer(**common, teacher_generation=gen, task=get_task(recipe.task),
-                                  require_gold=r.require_gold, rollouts_path=rollouts)
-    settings = rewrite_settings(recipe)
-    rewriter = make_rewriter(recipe, settings, teacher, teacher_tokenizer)
-    cls = MPDTrainer if recipe.method == "mpd" else RewriteSFTTrainer
-    return cls(
-        **common,
-        rewriter=rewriter,
-        rewrite_settings=settings,
-        task=get_task(recipe.task),
-        rollouts_path=rollouts,
-    )
 
 
 @contextmanager
@@ -604,7 +370,7 @@ def train(recipe: Recipe, run_dir: str | Path, *, exclude_prompts: set[str] | No
         log.warning(warning)
     with same_on_every_process():  # decided from the same recipe and files by every process: said once
         rows = training_problems(recipe, exclude=exclude_prompts)
-        if recipe.rewrite.require_gold and recipe.method in ("mpd", "rewrite_sft", "offpolicy_kd"):
+        if recipe.rewrite.require_gold and get_method(recipe.method).teacher_text:
             missing = next((i for i, r in enumerate(rows) if r.get("answer") is None), None)
             if missing is not None:
                 raise ConfigError(f"rewrite.require_gold is set but training problem {missing + 1} of {len(rows)} has "

@@ -5,7 +5,7 @@ mixing rule decides what the student is trained on.
 * :class:`Rewriter` — anything that turns rewrite prompts into text; :class:`TransformersRewriter`
   is the local ``transformers`` teacher (batched, length-sorted, KV cache).
 * :func:`verify` — accept or reject one rewrite, with a reason.
-* :func:`plan_batch` — rewrite a batch, verify it and apply the mixing rule.
+* :func:`rewrite_batch` — rewrite a batch, verify it and apply the mixing rule.
 """
 
 from __future__ import annotations
@@ -18,38 +18,9 @@ from typing import Callable, Literal, Protocol, Sequence
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from .prompts import THINK_CLOSE, THINK_OPEN, encode_message
+from .prompts import DEFAULT_REWRITE_PROMPT, THINK_CLOSE, THINK_OPEN, encode_message
 from .rollout import GenerationSettings, generate_texts
 from .tasks import Task
-
-# A general-purpose rewrite instruction for chat models (the embedded teacher has its own
-# layout, see ``tasks.chain.REWRITE_TEMPLATE``). It asks to keep the route and the answer,
-# which is what verification then checks.
-DEFAULT_REWRITE_PROMPT = (
-    "Below is a problem and a solution written by a student. Rewrite the solution so it is as "
-    "short as possible while keeping the same approach, the same order of steps and the same "
-    "final answer. Remove repetition, restatements of the problem, needless re-checking and "
-    "abandoned attempts. Keep every step that the answer depends on. End with the final answer "
-    "in \\boxed{{}} exactly as the student gave it.\n\n"
-    "Problem:\n{problem}\n\nStudent solution:\n{trace}\n\nShort solution:"
-)
-
-# The same instruction for students that think first (Qwen3 thinking mode): the rewrite keeps the
-# <think> ... </think> block and the final answer section after it, which verification checks.
-THINKING_REWRITE_PROMPT = (
-    "Below is a problem and a solution written by a student. The solution has two parts: the "
-    "thinking, between <think> and </think>, and the final answer section after </think>. Rewrite "
-    "it so it is as short as possible while keeping the same approach, the same order of steps and "
-    "the same final answer. Keep exactly one <think> ... </think> block at the start, followed by "
-    "the final answer section. Shorten mainly the thinking: remove repetition, restatements of the "
-    "problem, needless re-checking and abandoned attempts, but keep every step that the answer "
-    "depends on. The final answer section states the result briefly and ends with the final answer "
-    "in \\boxed{{}} exactly as the student gave it.\n\n"
-    "Problem:\n{problem}\n\nStudent solution:\n{trace}\n\nShort solution:"
-)
-
-# Named prompts a recipe can select by name in ``rewrite.prompt_template``.
-PROMPT_TEMPLATES = {"default": DEFAULT_REWRITE_PROMPT, "thinking": THINKING_REWRITE_PROMPT}
 
 REASONS = (
     "accepted",
@@ -66,17 +37,10 @@ REASONS = (
 )
 
 
-def check_template(template: str) -> str:
-    """A rewrite prompt must show the teacher both the problem and the trace."""
-    for key in ("{problem}", "{trace}"):
-        if key not in template:
-            raise ValueError(f"must contain {key}")
-    return template
-
-
 @dataclass
 class RewriteSettings:
-    """How rewrites are produced, accepted and mixed.
+    """How rewrites are produced, accepted and mixed: built from a run's checked settings
+    (``MPDConfig.rewrite_settings()``, or a recipe's ``rewrite:`` section), which hold the rules.
 
     ``max_ratio``: a rewrite is accepted only if its token count is at most this fraction of the
     student trace's. ``on_reject``: train on the student's own trace (``"student"``, plain
@@ -95,15 +59,6 @@ class RewriteSettings:
     use_chat_template: bool = True
     generation: GenerationSettings = field(default_factory=lambda: GenerationSettings(max_new_tokens=512))
     teacher_thinks: bool = False
-
-    def __post_init__(self) -> None:
-        check_template(self.prompt_template)
-        if not 0 < self.max_ratio <= 1:
-            raise ValueError(f"rewrite.max_ratio must be in (0, 1], got {self.max_ratio}")
-        if not 0 <= self.on_policy_fraction <= 1:
-            raise ValueError(f"rewrite.on_policy_fraction must be in [0, 1], got {self.on_policy_fraction}")
-        if self.on_reject not in ("student", "drop"):
-            raise ValueError(f"rewrite.on_reject must be 'student' or 'drop', got {self.on_reject!r}")
 
     def render(self, problem: str, trace: str) -> str:
         # Not str.format: a trace full of braces (LaTeX, code) must pass through untouched.
@@ -338,7 +293,7 @@ def length_budget(student_tokens: int, settings: RewriteSettings) -> int:
     return max(0, min(fits + 1, settings.generation.max_new_tokens))
 
 
-def plan_batch(
+def rewrite_batch(
     samples: list[Sample],
     rewriter: Rewriter,
     settings: RewriteSettings,

@@ -1,7 +1,7 @@
 """Rewrite a file of traces offline: ``mpdistill rewrite``.
 
 Each input line is ``{"problem", "trace"[, "answer"]}``. Every trace goes through the same steps
-as during MPD training (:func:`mpdistill.rewrite.plan_batch` with no on-policy fraction): the
+as during MPD training (:func:`mpdistill.rewrite.rewrite_batch` with no on-policy fraction): the
 prompt of :meth:`RewriteSettings.render`, the per-rewrite :func:`length_budget`, and
 :func:`verify` with its reasons. One output line per input row::
 
@@ -34,17 +34,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from .durable import LogError, append_jsonl, cut_torn_tail, read_jsonl_log, write_text
-from .eval_runner import derive_seed
-from .output_paths import check_output_file
-from .prompts import teacher_template_kwargs
-from .rewrite import DEFAULT_REWRITE_PROMPT, Rewriter, RewriteSettings, Sample, encode_completion, plan_batch
-from .rollout import GenerationSettings
+from .durable import LogError, append_jsonl, changed_settings, cut_torn_tail, read_jsonl_log, write_text
+from .paths import check_output_file
+from .config import ConfigError, RewriteConfig, from_options
+from .mpd_config import rewrite_settings_from
+from .prompts import DEFAULT_REWRITE_PROMPT
+from .rewrite import Rewriter, RewriteSettings, Sample, encode_completion, rewrite_batch
+from .rollout import derive_seed
 from .tasks.problems import DataError, iter_jsonl
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("transformers", "vllm", "openai")
 # The settings that decide what is written, by the option that sets them: a resumed run must use the
 # same ones. Batch size, concurrency, retries, timeouts, the API key and the GPU count may change.
 OUTPUT_SETTINGS = {
@@ -93,9 +93,11 @@ class RewriteFileSpec:
 
     def check(self) -> RewriteSettings:
         """The rewrite settings these options make, or a :class:`RewriteFileError` naming the option."""
+        from .rewriters import BACKENDS
+
         if self.backend not in BACKENDS:
-            raise RewriteFileError(f"--backend must be one of {', '.join(BACKENDS)}; got {self.backend!r}")
-        if self.backend in ("transformers", "vllm") and not self.teacher:
+            raise RewriteFileError(f"--backend must be one of {BACKENDS.known()}; got {self.backend!r}")
+        if BACKENDS[self.backend].local_template and not self.teacher:
             raise RewriteFileError(f"--teacher is required with --backend {self.backend}")
         if self.backend == "openai":
             for option, value in (("--base-url", self.base_url), ("--model", self.model)):
@@ -109,42 +111,28 @@ class RewriteFileSpec:
         from .tasks import TASKS
 
         if self.task not in TASKS:
-            raise RewriteFileError(f"--task must be one of {', '.join(sorted(TASKS))}; got {self.task!r}")
-        for option, value, ok in (
-            ("--batch-size", self.batch_size, self.batch_size >= 1),
-            ("--max-new-tokens", self.max_new_tokens, self.max_new_tokens >= 1),
-            ("--temperature", self.temperature, self.temperature >= 0),
-            ("--top-p", self.top_p, 0 < self.top_p <= 1),
-            ("--top-k", self.top_k, self.top_k >= 0),
-            ("--max-concurrency", self.max_concurrency, self.max_concurrency >= 1),
-            ("--max-retries", self.max_retries, self.max_retries >= 0),
-            ("--timeout", self.timeout_s, self.timeout_s > 0),
-        ):
-            if not ok:
-                raise RewriteFileError(f"{option}: {value} is out of range")
+            raise RewriteFileError(f"--task must be one of {TASKS.known()}; got {self.task!r}")
         if self.teacher_thinking is not None and not self.chat_template:
             raise RewriteFileError("--teacher-thinking/--no-teacher-thinking needs --chat-template")
-        try:
-            return RewriteSettings(
-                prompt_template=self.prompt_template,
-                max_ratio=self.max_ratio,
-                require_gold=self.require_gold,
-                on_policy_fraction=0.0,
-                use_chat_template=self.chat_template,
-                teacher_thinks=self.teacher_thinking is True,
-                generation=GenerationSettings(
-                    max_new_tokens=self.max_new_tokens,
-                    temperature=self.temperature,
-                    top_p=self.top_p,
-                    top_k=self.top_k,
-                    batch_size=self.batch_size,
-                ),
-            )
-        except ValueError as err:
-            message = str(err)
-            if message.startswith("must contain"):
-                raise RewriteFileError(f"--prompt-template {message}") from None
-            raise RewriteFileError(message.replace("rewrite.max_ratio", "--max-ratio")) from None
+        return rewrite_settings_from(self.rewrite_config())
+
+    def rewrite_config(self) -> RewriteConfig:
+        """These options as a recipe's ``rewrite:`` section, validated by it (errors name the option)."""
+        values = dict(
+            backend=self.backend, base_url=self.base_url, api_key_env=self.api_key_env,
+            model=self.model if self.backend == "openai" else None,  # a local backend writes with --teacher
+            prompt_template=self.prompt_template, use_chat_template=self.chat_template, max_ratio=self.max_ratio,
+            max_new_tokens=self.max_new_tokens, temperature=self.temperature, top_p=self.top_p, top_k=self.top_k,
+            batch_size=self.batch_size, require_gold=self.require_gold, max_concurrency=self.max_concurrency,
+            timeout_s=self.timeout_s, max_retries=self.max_retries, tensor_parallel_size=self.tensor_parallel_size,
+            teacher_enable_thinking=self.teacher_thinking, send_chat_template_kwargs=self.send_chat_template_kwargs,
+            gpu_memory_utilization=None,  # the engine's default share: a rewrite job has the machine to itself
+        )
+        return from_options(RewriteConfig, values, RewriteFileError, OPTIONS)
+
+
+# The option that sets each rewrite setting (where its name is not the setting's).
+OPTIONS = {"use_chat_template": "--chat-template", "timeout_s": "--timeout", "teacher_enable_thinking": "--teacher-thinking"}
 
 
 # -- input and output files ------------------------------------------------------------------
@@ -260,17 +248,10 @@ def check_settings(out: Path, wanted: dict, has_records: bool) -> bool:
     except (OSError, ValueError):
         raise RewriteFileError(f"{path}: not a settings file of mpdistill rewrite; use a new --out "
                                f"(or delete {out} and {path} to start over)") from None
-    changed = []
-    for key, option in OUTPUT_SETTINGS.items():
-        if key not in old:  # a setting added after that file was written cannot be compared
-            continue
-        before, now = old[key], wanted[key]
-        if key == "input":
-            same = isinstance(before, dict) and before.get("sha256") == now["sha256"]
-        else:
-            same = before == now
-        if not same:
-            changed.append(f"{option}: {_shown(key, before)} -> {_shown(key, now)}")
+    # A setting added after that file was written cannot be compared; the input by its rows' digest.
+    changed = changed_settings(old, wanted, [k for k in OUTPUT_SETTINGS if k in old], name=OUTPUT_SETTINGS.get,
+                               shown=_shown, same=lambda key, before, now: before == now if key != "input" else
+                               isinstance(before, dict) and before.get("sha256") == now["sha256"])
     if changed:
         raise RewriteFileError(
             f"{out} was written with other settings ({'; '.join(changed)}), and resuming would mix its records "
@@ -310,7 +291,7 @@ def rewrite_chunk(
                gold=rows[i]["answer"])
         for i in indexes
     ]
-    plan_batch(samples, rewriter, settings, task, encode, random.Random(0))  # no on-policy draw: rng unused
+    rewrite_batch(samples, rewriter, settings, task, encode, random.Random(0))  # no on-policy draw: rng unused
     records = []
     for i, s in zip(indexes, samples, strict=True):
         assert s.verdict is not None
@@ -432,62 +413,32 @@ def rewrite_file(input_path: str | Path, out: str | Path, spec: RewriteFileSpec,
 
 def _backend(spec: RewriteFileSpec, settings: RewriteSettings):
     """``(rewriter for a chunk seed, token encoder, backend statistics or None)``; loads what is needed."""
-    if spec.backend == "openai":
-        from .served_rewriter import OpenAIRewriter, check_endpoint
+    from .models import load_model, load_tokenizer
+    from .rewriters import Teacher, get_backend
+    from .rollout.vllm import BackendUnavailable
 
-        from .config import ConfigError
-
-        try:
-            check_endpoint(spec.base_url, min(spec.timeout_s, 30.0), model=spec.model, api_key_env=spec.api_key_env)
-            served = OpenAIRewriter(
-                spec.base_url, spec.model, api_key_env=spec.api_key_env, chat=spec.chat_template,
-                temperature=spec.temperature, top_p=spec.top_p, top_k=spec.top_k or None,
-                max_tokens=spec.max_new_tokens, max_concurrency=spec.max_concurrency, timeout_s=spec.timeout_s,
-                max_retries=spec.max_retries, seed=spec.seed,
-                chat_template_kwargs=teacher_template_kwargs(chat=spec.chat_template, thinking=spec.teacher_thinking,
-                                                             tokenizer=None,
-                                                             send_to_server=spec.send_chat_template_kwargs),
-            )
-            served.preflight("--base-url")
-        except ConfigError as err:  # the messages name recipe keys; here they are options
-            message = str(err)
-            for key, option in (("rewrite.base_url", "--base-url"), ("rewrite.api_key_env", "--api-key-env"),
-                                ("rewrite.model", "--model"),
-                                ("rewrite.send_chat_template_kwargs: false", "--no-send-chat-template-kwargs"),
-                                ("rewrite.top_k: 0", "--top-k 0")):
-                message = message.replace(key, option)
-            raise RewriteFileError(message) from None
-        from .pipeline import load_tokenizer
-
-        encode = functools.partial(encode_completion, load_tokenizer(spec.tokenizer or spec.teacher, trust_remote_code=spec.trust_remote_code))
-        return (lambda seed: served), encode, served.stats
-
-    from .pipeline import load_model, load_tokenizer, model_path
-    from .rewrite import TransformersRewriter, VLLMRewriter
-
-    def options(tokenizer) -> dict:
-        kwargs = teacher_template_kwargs(chat=settings.use_chat_template, thinking=spec.teacher_thinking,
-                                         tokenizer=tokenizer)
-        return dict(use_chat_template=settings.use_chat_template, chat_template_kwargs=kwargs)
-
-    if spec.backend == "vllm":
-        from .rollout.vllm import BackendUnavailable, VLLMGenerator, check_engine
-
-        try:
-            check_engine("--backend vllm", spec.tensor_parallel_size, tp_key="--tensor-parallel-size",
-                         models={f"--teacher {spec.teacher!r}": model_path(spec.teacher)})
-        except BackendUnavailable as err:
-            raise RewriteFileError(str(err)) from None
-        tokenizer = load_tokenizer(spec.teacher, trust_remote_code=spec.trust_remote_code)
-        generator = VLLMGenerator(model_path(spec.teacher), seed=spec.seed, tensor_parallel_size=spec.tensor_parallel_size)
-
-        def make(seed: int) -> Rewriter:
-            return VLLMRewriter(generator, tokenizer, settings.generation, seed=seed, **options(tokenizer))
-    else:
-        teacher, tokenizer = load_model(spec.teacher, allow_pickle=spec.allow_pickle_checkpoints,
-                                        trust_remote_code=spec.trust_remote_code)
-
-        def make(seed: int) -> Rewriter:
-            return TransformersRewriter(teacher, tokenizer, settings.generation, seed=seed, **options(tokenizer))
-
-    return make, functools.partial(encode_completion, tokenizer), None
+    config = spec.rewrite_config()
+    backend = get_backend(spec.backend)
+    try:
+        if backend.check is not None:
+            backend.check(config, spec.teacher, True)
+    except (ConfigError, BackendUnavailable) as err:  # the messages name recipe keys; here they are options
+        message = str(err)
+        for key, option in (("rewrite.base_url", "--base-url"), ("rewrite.api_key_env", "--api-key-env"),
+                            ("rewrite.model", "--model"), ("rewrite.backend vllm", "--backend vllm"),
+                            ("rewrite.tensor_parallel_size", "--tensor-parallel-size"),
+                            ("rewrite.send_chat_template_kwargs: false", "--no-send-chat-template-kwargs"),
+                            ("rewrite.top_k: 0", "--top-k 0"),
+                            ("set rewrite.backend: transformers", "use --backend transformers")):
+            message = message.replace(key, option)
+        raise RewriteFileError(message) from None
+    teacher = Teacher(name=spec.teacher, trust_remote_code=spec.trust_remote_code)
+    if backend.uses_teacher_weights:
+        teacher.model, teacher.tokenizer = load_model(spec.teacher, allow_pickle=spec.allow_pickle_checkpoints,
+                                                      trust_remote_code=spec.trust_remote_code)
+    else:  # renders a local engine's prompts, or counts a served model's tokens
+        counter = spec.teacher if backend.local_template else (spec.tokenizer or spec.teacher)
+        teacher.tokenizer = load_tokenizer(counter, trust_remote_code=spec.trust_remote_code)
+    make = backend.make(config, teacher, spec.seed)
+    stats = getattr(make(spec.seed), "stats", None)  # a served client's request counts
+    return make, functools.partial(encode_completion, teacher.tokenizer), stats

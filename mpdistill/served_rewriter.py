@@ -23,7 +23,7 @@ import urllib.error
 import urllib.request
 from typing import Sequence
 
-from .config import ConfigError
+from .errors import ConfigError
 from .rewrite import RewriteOutput
 
 # Request fields set from the recipe's own keys (``rewrite.extra_body`` may add others, not these).

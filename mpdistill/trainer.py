@@ -35,10 +35,13 @@ from trl import DistillationTrainer
 
 from .checkpoints import ResumableTraining
 from .durable import append_jsonl
+from .mix_monitor import MixMonitor
+from .mpd_config import MPDConfig
+from .nonfinite import NonFiniteGuard
 from .processes import count_on_every_process
-from .rewrite import REASONS, Rewriter, RewriteSettings, Sample, answer_section, encode_completion, plan_batch
+from .rewrite import REASONS, Rewriter, RewriteSettings, Sample, answer_section, encode_completion, rewrite_batch
+from .rewriters import Teacher, build_rewriter
 from .rollout import GenerationSettings, generate_texts
-from .tasks import Task
 
 
 def problem_text(prompt: Any) -> str:
@@ -69,40 +72,80 @@ class _RolloutLogMixin:
         self._inputs = inputs
 
 
-class OPDTrainer(ResumableTraining, DistillationTrainer):
+class _Trainer(ResumableTraining, DistillationTrainer):
+    """What every method's trainer shares: TRL's constructor with model names (the embedded models'
+    included), an :class:`MPDConfig`, resumable checkpoints and the NaN/inf guard.
+
+    ``teacher_processing_class`` renders the teacher's own prompts (its rewrites, its samples);
+    default: the teacher's tokenizer when the teacher is given by name, else ``processing_class``.
+    """
+
+    def __init__(self, model, teacher_model=None, args: MPDConfig | None = None, train_dataset=None,
+                 eval_dataset=None, processing_class=None, *, teacher_processing_class=None, **kwargs) -> None:
+        from .models import load_tokenizer, resolve_model
+
+        if args is None:  # as TRL names its default output folder: after the model
+            name = model if isinstance(model, str) else getattr(model.config, "_name_or_path", "") or "model"
+            args = MPDConfig(f"{Path(name).name}-{self._name}")
+        elif not isinstance(args, MPDConfig):
+            raise TypeError(f"{type(self).__name__} takes an mpdistill.MPDConfig (TRL's DistillationConfig plus MPD's "
+                            f"settings), got {type(args).__name__}")
+        model = resolve_model(model) if isinstance(model, str) else model
+        if isinstance(teacher_model, str):
+            teacher_model = resolve_model(teacher_model)
+            if teacher_processing_class is None:
+                teacher_processing_class = load_tokenizer(teacher_model, trust_remote_code=args.trust_remote_code)
+        super().__init__(model, teacher_model, args, train_dataset, eval_dataset, processing_class, **kwargs)
+        self.teacher_tokenizer = teacher_processing_class or self._tokenizer
+        self.task = args.get_task()
+        self.add_callback(NonFiniteGuard(args.max_nonfinite_steps, metrics=self._metrics))
+
+    def local_teacher(self):
+        """The teacher's own module (not the training wrapper around it), for generation."""
+        return self.accelerator.unwrap_model(self.teacher_model)
+
+
+class OPDTrainer(_Trainer):
     """On-policy distillation: TRL's trainer as is, with resumable checkpoints."""
 
     _name = "OPD"
 
 
-class MPDTrainer(ResumableTraining, _RolloutLogMixin, DistillationTrainer):
-    """Mixed-Policy Distillation: KL to the teacher on the teacher's rewrite of the student's sample."""
+class MPDTrainer(_RolloutLogMixin, _Trainer):
+    """Mixed-Policy Distillation: KL to the teacher on the teacher's rewrite of the student's sample.
+
+    ``rewriter``: where rewrites come from; default: the backend ``args.rewrite_backend`` names
+    (the local teacher unless set; see :mod:`mpdistill.rewriters`).
+    """
 
     _tag_names = ["trl", "distillation", "mpd"]
     _name = "MPD"
 
-    def __init__(
-        self,
-        *args,
-        rewriter: Rewriter,
-        rewrite_settings: RewriteSettings,
-        task: Task,
-        rollouts_path: str | Path | None = None,
-        **kwargs,
-    ) -> None:
+    def __init__(self, *args, rewriter: Rewriter | None = None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         if self.tools:
             raise ValueError("MPD does not support tool calling: a rewrite cannot replay tool results")
+        self.rewrite_settings = self._rewrite_settings()
+        if rewriter is None:
+            teacher = self.local_teacher()
+            rewriter = build_rewriter(self.args.rewrite_config(), Teacher(
+                name=getattr(teacher, "name_or_path", "teacher"), tokenizer=self.teacher_tokenizer, model=teacher,
+                bf16=bool(self.args.bf16), trust_remote_code=self.args.trust_remote_code), seed=self.args.seed)
         self.rewriter = rewriter
-        self.rewrite_settings = rewrite_settings
-        self.task = task
-        self.rollouts_path = Path(rollouts_path) if rollouts_path else None
+        self.rollouts_path = Path(p) if (p := self.args.rollouts_path()) else None
         if self.accelerator.num_processes > 1 and hasattr(rewriter, "sync_batches"):
             rewriter.sync_batches = count_on_every_process  # the local teacher's generate calls, in step
         self._mix_rng = random.Random(self.args.seed + self.accelerator.process_index)
         self._inputs: list[dict] = []
         # One entry per training batch, summed over processes: what the mix monitor watches.
         self.mix_history: list[dict] = []
+        a = self.args
+        self.add_callback(MixMonitor(self, window=a.rewrite_monitor_window, task=a.task,
+                                     min_parsed_fraction=a.rewrite_min_parsed_fraction,
+                                     min_acceptance_rate=a.rewrite_min_acceptance_rate))
+
+    def _rewrite_settings(self) -> RewriteSettings:
+        return self.args.rewrite_settings()
 
     def fallback_description(self) -> str:
         """What a sample without an accepted rewrite trains on, in words (for the mix monitor)."""
@@ -139,7 +182,7 @@ class MPDTrainer(ResumableTraining, _RolloutLogMixin, DistillationTrainer):
         encode = functools.partial(encode_completion, self._tokenizer)
         before = self._rewriter_counts()
         calls_before = getattr(self.rewriter, "generate_calls", None)
-        plan_batch(samples, self.rewriter, self.rewrite_settings, self.task, encode, self._mix_rng)
+        rewrite_batch(samples, self.rewriter, self.rewrite_settings, self.task, encode, self._mix_rng)
         self._log_rewriter_counts(before, mode)
         if calls_before is not None and self.accelerator.num_processes > 1:
             # The local teacher's generate calls this batch, fewest and most over processes: they must
@@ -227,11 +270,9 @@ class RewriteSFTTrainer(MPDTrainer):
 
     _name = "Rewrite-SFT"
 
-    def __init__(self, *args, rewrite_settings: RewriteSettings, **kwargs) -> None:
-        if rewrite_settings.on_reject != "drop" or rewrite_settings.on_policy_fraction:
-            # Cross-entropy on the student's own samples would be self-training, not this baseline.
-            rewrite_settings = replace(rewrite_settings, on_reject="drop", on_policy_fraction=0.0)
-        super().__init__(*args, rewrite_settings=rewrite_settings, **kwargs)
+    def _rewrite_settings(self) -> RewriteSettings:
+        # Cross-entropy on the student's own samples would be self-training, not this baseline.
+        return replace(self.args.rewrite_settings(), on_reject="drop", on_policy_fraction=0.0)
 
     def _compute_loss(self, unwrapped_student, inputs, num_items_in_batch):
         input_ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], dim=1)
@@ -268,7 +309,7 @@ def chunked_token_nll(
     return total
 
 
-class OffPolicyKDTrainer(ResumableTraining, _RolloutLogMixin, DistillationTrainer):
+class OffPolicyKDTrainer(_RolloutLogMixin, _Trainer):
     """Baseline: the same divergence on the teacher's own samples for each prompt.
 
     The teacher samples as it does when it rewrites (the recipe's rewrite sampling) and its samples
@@ -279,13 +320,16 @@ class OffPolicyKDTrainer(ResumableTraining, _RolloutLogMixin, DistillationTraine
 
     _name = "Off-policy KD"
 
-    def __init__(self, *args, teacher_generation: GenerationSettings, task: Task, require_gold: bool = False,
-                 rollouts_path=None, **kwargs) -> None:
+    def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.teacher_generation = teacher_generation
-        self.task, self.require_gold = task, require_gold
-        self.rollouts_path = Path(rollouts_path) if rollouts_path else None
-        self._seed_rng = random.Random(self.args.seed + self.accelerator.process_index)
+        a = self.args
+        # The teacher samples as it does for MPD's rewrites, up to the student's completion length.
+        self.teacher_generation = GenerationSettings(max_new_tokens=a.max_completion_length,
+                                                     temperature=a.rewrite_temperature, top_p=a.rewrite_top_p,
+                                                     top_k=a.rewrite_top_k, batch_size=a.rewrite_batch_size)
+        self.require_gold = a.rewrite_require_gold
+        self.rollouts_path = Path(p) if (p := a.rollouts_path()) else None
+        self._seed_rng = random.Random(a.seed + self.accelerator.process_index)
         self._inputs: list[dict] = []
 
     def random_streams(self) -> dict[str, random.Random]:
@@ -308,9 +352,8 @@ class OffPolicyKDTrainer(ResumableTraining, _RolloutLogMixin, DistillationTraine
 
     def _generate(self, prompts):
         prompt_ids, _, _ = self._tokenize_prompts(prompts)
-        teacher = self.accelerator.unwrap_model(self.teacher_model)
         gens = generate_texts(
-            teacher, self._tokenizer, [list(p) for p in prompt_ids], self.teacher_generation,
+            self.local_teacher(), self._tokenizer, [list(p) for p in prompt_ids], self.teacher_generation,
             seed=self._seed_rng.randrange(2**31),
         )
         # Each sample ends with the token the teacher stopped on, as a completion the teacher wrote.

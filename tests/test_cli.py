@@ -33,12 +33,13 @@ def recipe_text(student: str = "embedded:student", teacher: str = "embedded:teac
 def test_help_lists_the_commands():
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0
-    for command in ("demo", "train", "bootstrap"):
+    for command in ("demo", "train", "bootstrap", "recipes"):
         assert command in result.output
     assert "Mixed-Policy Distillation" in result.output
 
 
-@pytest.mark.parametrize("command, option", [("train", "--out"), ("demo", "--recipe"), ("bootstrap", "--only")])
+@pytest.mark.parametrize("command, option", [("train", "--out"), ("demo", "--recipe"), ("bootstrap", "--only"),
+                                             ("recipes", "copy")])
 def test_each_command_has_help(command, option):
     result = runner.invoke(app, [command, "--help"])
     assert result.exit_code == 0

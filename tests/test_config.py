@@ -6,9 +6,9 @@ import pytest
 import yaml
 
 from mpdistill.config import ConfigError, Recipe, dump_recipe, load_recipe, recipe_from_dict
-from mpdistill.rewrite import DEFAULT_REWRITE_PROMPT
+from mpdistill.prompts import DEFAULT_REWRITE_PROMPT
 
-EMBEDDED = Path(__file__).resolve().parents[1] / "recipes" / "embedded.yaml"
+EMBEDDED = Path(__file__).resolve().parents[1] / "mpdistill" / "recipes" / "embedded.yaml"
 
 
 def config_error(path) -> str:

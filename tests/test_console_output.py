@@ -20,7 +20,7 @@ from mpdistill.config import load_recipe, recipe_from_dict
 from mpdistill.console_log import ConsoleLog
 from mpdistill.pipeline import build_trainer, load_model, train, training_problems
 
-EMBEDDED_RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "embedded.yaml"
+EMBEDDED_RECIPE = Path(__file__).resolve().parents[1] / "mpdistill" / "recipes" / "embedded.yaml"
 STEPS = 2
 # The embedded student and teacher (real rewrites, so acceptance and compression are there), made small.
 OVERRIDES = {"data": {"n_train": 8},

@@ -79,7 +79,7 @@ def _math_recipe(qwen3_pair, **extra):
 
 
 def test_training_the_rewrite_prompt_and_evaluation_see_the_same_problem_text(qwen3_pair):
-    from mpdistill.eval_runner import EvalSpec
+    from mpdistill.eval_settings import EvalSpec
     from mpdistill.pipeline import rewrite_settings, training_problems
     from mpdistill.prompts import PromptEncoder
 

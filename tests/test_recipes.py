@@ -1,4 +1,5 @@
-"""Recipes, launch configs and LoRA: `train --dry-run` plans every shipped recipe offline, without weights."""
+"""Recipes, launch configs and LoRA: `train --dry-run` plans every shipped recipe offline, without weights;
+shipped recipes are named on the command line and `mpdistill recipes` lists, locates and copies them."""
 
 import json
 from pathlib import Path
@@ -6,11 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from mpdistill import recipes as shipped
 from mpdistill.config import recipe_from_dict
 from mpdistill.pipeline import build_trainer, load_model, train, training_problems
 from mpdistill.tasks import chain
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _lora_recipe(tiny_pair, **training):
@@ -61,22 +61,22 @@ def test_lora_step_trains_only_the_adapter_and_the_run_saves_a_loadable_student(
 
 from typer.testing import CliRunner  # noqa: E402
 
-from mpdistill import plan as plan_mod  # noqa: E402
+from mpdistill import dry_run as dry_run_mod  # noqa: E402
 from mpdistill.cli import app  # noqa: E402
 
 runner = CliRunner()
-RECIPES = sorted((ROOT / "recipes").glob("*.yaml"))
+RECIPES = shipped.recipe_names()
 
 
 @pytest.fixture
 def bf16_gpu(monkeypatch):
     """Plan as if on a bf16-capable GPU, so recipes that ask for bf16 are judged on everything else."""
-    monkeypatch.setattr(plan_mod, "probe_devices", lambda: {"cuda": 1, "names": ["test GPU"], "bf16_supported": True})
+    monkeypatch.setattr(dry_run_mod, "probe_devices", lambda: {"cuda": 1, "names": ["test GPU"], "bf16_supported": True})
 
 
 @pytest.fixture
 def no_gpu(monkeypatch):
-    monkeypatch.setattr(plan_mod, "probe_devices", lambda: {"cuda": 0, "names": [], "bf16_supported": False})
+    monkeypatch.setattr(dry_run_mod, "probe_devices", lambda: {"cuda": 0, "names": [], "bf16_supported": False})
 
 
 def dry_run(path, *extra, code=0):
@@ -90,12 +90,14 @@ def errors(output: str) -> list[str]:
 
 
 def test_every_shipped_recipe_exists():
-    assert {p.name for p in RECIPES} >= {"embedded.yaml", "qwen3-1.7b_from_qwen3-8b.yaml"}
+    assert set(RECIPES) >= {"embedded", "qwen3-1.7b_from_qwen3-8b"}
+    assert all(shipped.shipped_path(name).is_file() for name in RECIPES)
 
 
-@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.name)
-def test_every_shipped_recipe_plans_offline_without_errors(recipe, bf16_gpu, monkeypatch):
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_every_shipped_recipe_plans_offline_without_errors(recipe, bf16_gpu, monkeypatch, tmp_path):
     monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.chdir(tmp_path)  # by name, from anywhere
     output = dry_run(recipe)
     assert not errors(output)
     for field in ("method:", "student:", "teacher:", "data:", "devices:", "batch:", "steps:", "rewrites:", "lora:",
@@ -107,8 +109,8 @@ def test_qwen3_recipe_says_what_cannot_be_checked_offline(bf16_gpu, monkeypatch)
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     from mpdistill.config import load_recipe
 
-    p = plan_mod.plan(load_recipe(ROOT / "recipes/qwen3-1.7b_from_qwen3-8b.yaml"))
-    assert p["student"]["note"] == p["teacher"]["note"] == plan_mod.NOT_OFFLINE
+    p = dry_run_mod.describe_run(load_recipe(shipped.shipped_path("qwen3-1.7b_from_qwen3-8b")))
+    assert p["student"]["note"] == p["teacher"]["note"] == dry_run_mod.NOT_OFFLINE
     assert p["student"]["parameters"] is None and p["vocab_match"] is None
     assert p["data"]["rows"] is None and p["data"]["note"] == "not counted offline"
     assert p["batch"]["effective"] == 16 and p["max_completion_length"] == 4096 and p["devices"]["bf16_requested"]
@@ -116,7 +118,7 @@ def test_qwen3_recipe_says_what_cannot_be_checked_offline(bf16_gpu, monkeypatch)
 
 
 def test_embedded_recipe_counts_rows_and_parameters(tmp_path):
-    output = dry_run(ROOT / "recipes/embedded.yaml", "--out", str(tmp_path / "run"))
+    output = dry_run("embedded", "--out", str(tmp_path / "run"))
     assert "2048 rows" in output and "vocab sizes: match" in output and "335,952 parameters" in output
     assert f"outputs: {tmp_path / 'run'}/ -> model/" in output
 
@@ -150,7 +152,7 @@ def test_tiny_qwen3_plan_shows_parameters_and_matching_vocab(tiny_qwen3, tmp_pat
     assert "lora: r 8, alpha 32" in output
     from mpdistill.config import load_recipe
 
-    p = plan_mod.plan(load_recipe(path))
+    p = dry_run_mod.describe_run(load_recipe(path))
     assert p["student"]["parameters"] == expected and p["vocab_match"] is True and p["errors"] == []
 
 
@@ -179,7 +181,7 @@ def test_bf16_planned_on_a_machine_without_a_gpu_is_a_warning(tiny_qwen3, tmp_pa
 
 
 def test_bf16_on_a_gpu_without_it_exits_2(tiny_qwen3, tmp_path, monkeypatch):
-    monkeypatch.setattr(plan_mod, "probe_devices", lambda: {"cuda": 1, "names": ["old GPU"], "bf16_supported": False})
+    monkeypatch.setattr(dry_run_mod, "probe_devices", lambda: {"cuda": 1, "names": ["old GPU"], "bf16_supported": False})
     path = _qwen3_recipe(tmp_path, tiny_qwen3, tiny_qwen3, bf16=True)
     assert errors(dry_run(path, code=2)) == [
         "error: training.bf16: bf16 is requested but the visible GPU does not support it; set training.bf16: false "
@@ -188,13 +190,13 @@ def test_bf16_on_a_gpu_without_it_exits_2(tiny_qwen3, tmp_path, monkeypatch):
 
 def test_the_qwen3_recipe_dry_runs_with_exit_0_on_a_cpu_machine(no_gpu, monkeypatch):
     monkeypatch.delenv("WORLD_SIZE", raising=False)
-    output = dry_run(ROOT / "recipes/qwen3-1.7b_from_qwen3-8b.yaml", code=0)
+    output = dry_run("qwen3-1.7b_from_qwen3-8b", code=0)
     assert errors(output) == [] and "warning: training.bf16" in output
 
 
 def test_dry_run_refuses_an_out_folder_that_holds_a_run(tmp_path):
     (tmp_path / "run" / "model").mkdir(parents=True)
-    lines = errors(dry_run(ROOT / "recipes/embedded.yaml", "--out", str(tmp_path / "run"), code=2))
+    lines = errors(dry_run("embedded", "--out", str(tmp_path / "run"), code=2))
     assert len(lines) == 1 and "already holds a run (model)" in lines[0]
 
 
@@ -217,7 +219,7 @@ def test_served_rewriter_is_shown(tmp_path, no_gpu):
 
 
 def test_train_without_out_or_dry_run_exits_2(tmp_path):
-    result = runner.invoke(app, ["train", str(ROOT / "recipes/embedded.yaml")])
+    result = runner.invoke(app, ["train", "embedded"])
     assert result.exit_code == 2 and "--out is required" in result.output
 
 
@@ -230,7 +232,7 @@ def test_lora_on_the_output_head_is_refused():
 
 # --- accelerate launch configs -----------------------------------------------------------------
 
-CONFIGS = sorted((ROOT / "configs/accelerate").glob("*.yaml"))
+CONFIGS = [shipped.shipped_path(name) for name in shipped.accelerate_names()]
 
 
 def test_the_five_launch_configs_are_shipped():
@@ -284,3 +286,84 @@ def test_bf16_recipes_load_the_frozen_teacher_in_bf16_and_the_student_in_fp32(ti
         train(recipe, tmp_path / "run")
     safe = {"allow_pickle": False, "trust_remote_code": False}  # the recipe's security defaults reach the loader
     assert loaded == [(recipe.student, torch.float32, safe), (recipe.teacher, torch.bfloat16, safe)]
+
+
+# --- shipped recipes by name: `mpdistill recipes` ------------------------------------------------
+
+
+def test_a_recipe_argument_is_a_file_when_it_is_one_else_a_shipped_name(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert shipped.recipe_file("embedded") == shipped.HERE / "embedded.yaml"
+    (tmp_path / "embedded").mkdir()  # a folder (say, an --out) does not hide the shipped recipe
+    assert shipped.recipe_file("embedded") == shipped.HERE / "embedded.yaml"
+    assert shipped.recipe_file("missing.yaml") == Path("missing.yaml")  # a file name: load_recipe says it is missing
+    assert shipped.recipe_file("r.YML") == Path("r.YML")
+    (tmp_path / "qwen3-1.7b_from_qwen3-8b").write_text("method: opd\n")
+    assert shipped.recipe_file("qwen3-1.7b_from_qwen3-8b") == Path("qwen3-1.7b_from_qwen3-8b")  # an existing file
+    with pytest.raises(shipped.RecipeNotFound, match="shipped recipes: embedded, qwen3-1.7b_from_qwen3-8b"):
+        shipped.recipe_file("accelerate/single_gpu")  # a launch config is no recipe
+
+
+@pytest.mark.parametrize("args", [["train", "embeded", "--dry-run"], ["demo", "--quick", "--recipe", "embeded"]])
+def test_an_unknown_recipe_name_is_one_error_listing_the_shipped_ones(args, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, args + ["--out", "out"], env={"COLUMNS": "400"})
+    assert result.exit_code == 2, result.output
+    assert errors(result.output) == [
+        "error: 'embeded' is neither a recipe file nor a shipped recipe; shipped recipes: embedded, "
+        "qwen3-1.7b_from_qwen3-8b (`mpdistill recipes` lists them)"]
+    assert not (tmp_path / "out").exists()
+
+
+def test_recipes_lists_every_shipped_file_with_its_first_comment_line():
+    result = runner.invoke(app, ["recipes"], env={"COLUMNS": "400"})
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    for name in shipped.names():
+        assert any(line.split() and line.split()[0] == name for line in lines), name
+    assert "  embedded                  The demo's MPD recipe" in lines
+    assert "  accelerate/single_gpu     One GPU" in lines
+    assert "  accelerate/multinode      Two machines x 8 GPUs (16 processes), DeepSpeed ZeRO-3" in lines
+
+
+def test_recipes_path_prints_the_file_for_accelerate_launch():
+    result = runner.invoke(app, ["recipes", "path", "accelerate/single_gpu"], env={"COLUMNS": "400"})
+    assert result.exit_code == 0, result.output
+    assert result.output == f"{shipped.HERE / 'accelerate' / 'single_gpu.yaml'}\n"
+    result = runner.invoke(app, ["recipes", "path", "single_gpu"], env={"COLUMNS": "400"})
+    assert result.exit_code == 2 and "error: no shipped recipe or accelerate config is named 'single_gpu'; shipped: " \
+        "embedded, qwen3-1.7b_from_qwen3-8b, accelerate/cpu_2proc" in result.output
+
+
+def test_recipes_copy_writes_an_editable_copy_that_runs_from_anywhere(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["recipes", "copy", "embedded"], env={"COLUMNS": "400"})
+    assert result.exit_code == 0 and result.output == "wrote embedded.yaml\n", result.output
+    assert (tmp_path / "embedded.yaml").read_text() == shipped.shipped_path("embedded").read_text()
+    assert "2048 rows" in dry_run("embedded.yaml")  # the copy, not the shipped file: `embedded:` names still resolve
+    (tmp_path / "configs").mkdir()
+    assert runner.invoke(app, ["recipes", "copy", "accelerate/multinode", "configs"]).exit_code == 0
+    assert (tmp_path / "configs" / "multinode.yaml").read_text() == shipped.shipped_path("accelerate/multinode").read_text()
+    assert runner.invoke(app, ["recipes", "copy", "embedded", "mine.yaml"]).exit_code == 0
+    assert (tmp_path / "mine.yaml").exists()
+
+
+@pytest.mark.parametrize("dest", [[], ["mine.yaml"], ["."]])
+def test_recipes_copy_never_overwrites_a_file(dest, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    target = tmp_path / (dest[0] if dest and dest[0] != "." else "embedded.yaml")
+    target.write_text("method: opd  # my edits\n")
+    result = runner.invoke(app, ["recipes", "copy", "embedded", *dest], env={"COLUMNS": "400"})
+    assert result.exit_code == 2, result.output
+    shown = "embedded.yaml" if not dest or dest == ["."] else dest[0]
+    assert errors(result.output) == [f"error: {shown} already exists; not overwriting it (give another DEST)"]
+    assert target.read_text() == "method: opd  # my edits\n"
+
+
+def test_recipes_copy_of_an_unknown_name_or_into_a_missing_folder_exits_2(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["recipes", "copy", "embeded"], env={"COLUMNS": "400"})
+    assert result.exit_code == 2 and "error: no shipped recipe or accelerate config is named 'embeded'" in result.output
+    result = runner.invoke(app, ["recipes", "copy", "embedded", "no/such/dir/r.yaml"], env={"COLUMNS": "400"})
+    assert result.exit_code == 2 and "error: cannot write no/such/dir/r.yaml: No such file or directory" in result.output
+    assert list(tmp_path.iterdir()) == []

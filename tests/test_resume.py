@@ -30,7 +30,7 @@ MPDISTILL = str(Path(sys.executable).with_name("mpdistill"))
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
 # The demo's recipe (embedded student and teacher: real rewrites, so the rewriter's random stream
 # is exercised) made small: 16 problems in batches of 4, so six steps cross an epoch boundary at step 4.
-EMBEDDED_RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "embedded.yaml"
+EMBEDDED_RECIPE = Path(__file__).resolve().parents[1] / "mpdistill" / "recipes" / "embedded.yaml"
 RECIPE = {
     "data": {"n_train": 16},
     "training": {"steps": 6, "batch_size": 4, "logging_steps": 1, "save_steps": 2},

@@ -2,7 +2,7 @@ import random
 
 import pytest
 
-from mpdistill.rewrite import RewriteOutput, RewriteSettings, Sample, length_budget, plan_batch, verify
+from mpdistill.rewrite import RewriteOutput, RewriteSettings, Sample, length_budget, rewrite_batch, verify
 from mpdistill.tasks import get_task
 
 TASK = get_task("chain")
@@ -51,20 +51,20 @@ def _encode(text, end_id=None):
     return list(range(len(text) // 2))
 
 
-def test_plan_batch_mixing_rule_and_fallbacks():
+def test_rewrite_batch_mixing_rule_and_fallbacks():
     rw = ListRewriter(["7+3=0\nA:0", "7+3=1\nA:1"])
-    samples = plan_batch(_samples(2), rw, RewriteSettings(prompt_template="{problem}|{trace}"), TASK, _encode, random.Random(0))
+    samples = rewrite_batch(_samples(2), rw, RewriteSettings(prompt_template="{problem}|{trace}"), TASK, _encode, random.Random(0))
     assert [s.trained_on for s in samples] == ["rewrite", "student"]
     assert rw.calls[0][0] == "Q:7+3\n|" + VERBOSE
     drop = RewriteSettings(prompt_template="{problem}{trace}", on_reject="drop")
-    samples = plan_batch(_samples(1), ListRewriter(["A:5"]), drop, TASK, _encode, random.Random(0))
+    samples = rewrite_batch(_samples(1), ListRewriter(["A:5"]), drop, TASK, _encode, random.Random(0))
     assert samples[0].trained_on == "dropped" and samples[0].verdict.reason == "answer_changed"
 
 
 def test_on_policy_fraction_skips_the_rewriter():
     rw = ListRewriter([])
     settings = RewriteSettings(prompt_template="{problem}{trace}", on_policy_fraction=1.0)
-    samples = plan_batch(_samples(3), rw, settings, TASK, _encode, random.Random(0))
+    samples = rewrite_batch(_samples(3), rw, settings, TASK, _encode, random.Random(0))
     # Asked for nothing (an empty call keeps several processes' generate calls in step).
     assert rw.calls == [[]] and all(s.trained_on == "student" and s.verdict.reason == "on_policy" for s in samples)
 
@@ -75,9 +75,11 @@ def test_render_keeps_braces_in_traces():
 
 
 @pytest.mark.parametrize("kwargs", [{"prompt_template": "no fields"}, {"max_ratio": 0}, {"on_reject": "maybe"}])
-def test_settings_validation(kwargs):
-    with pytest.raises(ValueError):
-        RewriteSettings(**kwargs)
+def test_settings_validation(kwargs, tmp_path):
+    from mpdistill import MPDConfig
+
+    with pytest.raises(ValueError, match=f"rewrite_{next(iter(kwargs))}"):
+        MPDConfig(str(tmp_path), **{f"rewrite_{k}": v for k, v in kwargs.items()})
 
 
 def test_each_rewrite_gets_the_longest_budget_that_could_still_be_accepted():
@@ -89,7 +91,7 @@ def test_each_rewrite_gets_the_longest_budget_that_could_still_be_accepted():
     assert length_budget(1, settings) == 0
     assert length_budget(10_000, settings) == settings.generation.max_new_tokens
     rw = ListRewriter(["7+3=", "A:0"], truncated=True)
-    samples = plan_batch(_samples(2), rw, settings, TASK, _encode, random.Random(0))
+    samples = rewrite_batch(_samples(2), rw, settings, TASK, _encode, random.Random(0))
     assert rw.budgets == [[20, 20]]
     # Cut off at the ratio's budget: too long, whatever its text says.
     assert [s.verdict.reason for s in samples] == ["not_shorter", "not_shorter"]
@@ -100,7 +102,7 @@ def test_rewrites_are_not_generated_when_the_mixing_rule_cannot_use_them():
     samples = _samples(3)
     samples[1].student_text = "no final answer"
     samples[2].student_text = samples[2].student_text.replace("A:0", "A:4")  # wrong, with gold checked
-    plan_batch(samples, rw, RewriteSettings(prompt_template="{problem}{trace}", require_gold=True), TASK, _encode,
+    rewrite_batch(samples, rw, RewriteSettings(prompt_template="{problem}{trace}", require_gold=True), TASK, _encode,
                random.Random(0))
     assert len(rw.calls[0]) == 1
     assert [s.verdict.reason for s in samples] == ["accepted", "student_unparsed", "wrong_answer"]
@@ -127,7 +129,7 @@ def test_a_rewrite_ends_with_the_token_the_students_trace_stopped_on():
     samples = _samples(2)
     samples[0].end_id = end_of_turn
     encode = lambda text, end_id=None: encode_completion(tok, text, end_id)  # noqa: E731
-    plan_batch(samples, ListRewriter(["7+3=0\nA:0", "7+3=0\nA:0"]),
+    rewrite_batch(samples, ListRewriter(["7+3=0\nA:0", "7+3=0\nA:0"]),
                RewriteSettings(prompt_template="{problem}{trace}"), TASK, encode, random.Random(0))
     assert [s.rewrite_ids[-1] for s in samples] == [end_of_turn, tok.eos_token_id]
     assert samples[0].rewrite_ids[:-1] == tok("7+3=0\nA:0", add_special_tokens=False)["input_ids"]

@@ -11,7 +11,7 @@ import pytest
 from transformers import AutoTokenizer
 from typer.testing import CliRunner
 
-from mpdistill import pipeline
+from mpdistill import models
 from mpdistill import rewrite as rewrite_mod
 from mpdistill.cli import app
 from mpdistill.embedded import embedded_dir
@@ -162,7 +162,7 @@ def test_resume_regenerates_only_what_is_missing(here, monkeypatch):
 
     # Nothing left to do: no model is loaded at all.
     calls.clear()
-    monkeypatch.setattr(pipeline, "load_model", lambda *a, **k: pytest.fail("model loaded"))
+    monkeypatch.setattr(models, "load_model", lambda *a, **k: pytest.fail("model loaded"))
     done = run_local("whole.jsonl")
     assert done["resumed"] == 8 and calls == []
     assert (here / "whole.jsonl").read_bytes() == reference
@@ -316,7 +316,7 @@ def test_api_key_variable_must_be_set(here, serve, monkeypatch):
 @pytest.fixture
 def no_model(monkeypatch):
     """Every input error is found before any model is loaded."""
-    monkeypatch.setattr(pipeline, "load_model", lambda *a, **k: pytest.fail("model loaded"))
+    monkeypatch.setattr(models, "load_model", lambda *a, **k: pytest.fail("model loaded"))
 
 
 def fails(args: list[str]) -> str:
@@ -376,8 +376,9 @@ def test_bad_options(here, no_model):
     assert "--base-url is required" in fails(["--out", "o.jsonl", "--backend", "openai", "--tokenizer", "x"])
     assert "--prompt-template must contain {trace}" in fails(
         ["--out", "o.jsonl", "--teacher", "t", "--prompt-template", "{problem}"])
-    assert "--max-ratio must be in (0, 1]" in fails(["--out", "o.jsonl", "--teacher", "t", "--max-ratio", "1.5"])
-    assert "--batch-size: 0 is out of range" in fails(["--out", "o.jsonl", "--teacher", "t", "--batch-size", "0"])
+    assert "--max-ratio: 1.5: Input should be less than or equal to 1" in fails(
+        ["--out", "o.jsonl", "--teacher", "t", "--max-ratio", "1.5"])
+    assert "--batch-size: 0: Input should be greater than 0" in fails(["--out", "o.jsonl", "--teacher", "t", "--batch-size", "0"])
     assert "--task must be one of chain, math" in fails(["--out", "o.jsonl", "--teacher", "t", "--task", "code"])
     assert "no such file" in " ".join(runner.invoke(app, ["rewrite", "--input", "nope.jsonl", "--out", "o.jsonl",
                                                           "--teacher", "t"]).output.split())
@@ -393,7 +394,7 @@ def test_resume_with_other_settings_is_refused(here, monkeypatch):
     assert saved["max_ratio"] == 0.9 and saved["teacher"] == "embedded:teacher" and saved["input"]["rows"] == 4
     (here / "out.jsonl").write_bytes(b"".join((here / "out.jsonl").read_bytes().splitlines(keepends=True)[:1]))
     partial = (here / "out.jsonl").read_bytes()
-    monkeypatch.setattr(pipeline, "load_model", lambda *a, **k: pytest.fail("model loaded"))
+    monkeypatch.setattr(models, "load_model", lambda *a, **k: pytest.fail("model loaded"))
 
     def refused(*extra: str) -> str:
         result = runner.invoke(app, ["rewrite", "--input", "in.jsonl", "--out", "out.jsonl", "--batch-size", "2",

@@ -624,6 +624,6 @@ def test_a_server_that_refuses_the_runs_request_shape_is_one_line_before_loading
     # Told not to send the switch, the same server is asked without it.
     quiet = run.recipe.model_copy(update={"rewrite": run.recipe.rewrite.model_copy(
         update={"send_chat_template_kwargs": False})})
-    from mpdistill.pipeline import served_rewriter
+    from mpdistill.rewriters import served_rewriter
 
-    assert "chat_template_kwargs" not in served_rewriter(quiet)._body("x", 5)
+    assert "chat_template_kwargs" not in served_rewriter(quiet.rewrite, quiet.seed)._body("x", 5)

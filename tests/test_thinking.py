@@ -8,13 +8,13 @@ from test_qwen3_path import qwen3_pair  # noqa: F401  (fixture)
 
 from mpdistill.config import ConfigError, recipe_from_dict
 from mpdistill.pipeline import build_trainer, check_thinking, load_model, training_problems
+from mpdistill.prompts import THINKING_REWRITE_PROMPT
 from mpdistill.rewrite import (
     REASONS,
-    THINKING_REWRITE_PROMPT,
     RewriteOutput,
     RewriteSettings,
     Sample,
-    plan_batch,
+    rewrite_batch,
     verify,
 )
 from mpdistill.tasks import get_task
@@ -71,7 +71,7 @@ def test_student_whose_thinking_never_closes_has_no_answer():
     assert _verify(SHORT, student=student).reason == "structure"  # the rewrite closes what the student did not
     rw = _Rewriter([SHORT])
     samples = [Sample("Q", student, list(range(60)))]
-    plan_batch(samples, rw, RewriteSettings(prompt_template=THINKING_REWRITE_PROMPT), MATH, _encode, random.Random(0))
+    rewrite_batch(samples, rw, RewriteSettings(prompt_template=THINKING_REWRITE_PROMPT), MATH, _encode, random.Random(0))
     assert rw.calls == [[]] and samples[0].verdict.reason == "student_unparsed"  # asked for nothing
 
 
@@ -95,13 +95,13 @@ def test_a_thinking_teachers_own_block_is_removed_before_verification():
     rw = _Rewriter([thought + SHORT, thought + "The answer is \\boxed{10}."])
     samples = [Sample("What is 7+3?", STUDENT, list(range(60))) for _ in range(2)]
     settings = RewriteSettings(prompt_template=THINKING_REWRITE_PROMPT, teacher_thinks=True)
-    plan_batch(samples, rw, settings, MATH, _encode, random.Random(0))
+    rewrite_batch(samples, rw, settings, MATH, _encode, random.Random(0))
     assert [s.verdict.reason for s in samples] == ["accepted", "structure"]
     assert samples[0].rewrite_text == SHORT and "restates" not in samples[1].rewrite_text
     # Its thinking is not cut by the rewrite's length budget: the whole max_new_tokens is its to use.
     assert rw.budgets == [[settings.generation.max_new_tokens] * 2]
     rw = _Rewriter([SHORT, SHORT])
-    plan_batch([Sample("What is 7+3?", STUDENT, list(range(60))) for _ in range(2)], rw,
+    rewrite_batch([Sample("What is 7+3?", STUDENT, list(range(60))) for _ in range(2)], rw,
                RewriteSettings(prompt_template=THINKING_REWRITE_PROMPT), MATH, _encode, random.Random(0))
     assert rw.budgets == [[54, 54]]  # not thinking: stopped once too long to be accepted (0.9 x 60)
 
@@ -120,10 +120,10 @@ def _encode(text, end_id=None):
     return list(range(len(text) // 8))
 
 
-def test_plan_batch_trains_on_a_rewrite_that_keeps_the_structure():
+def test_rewrite_batch_trains_on_a_rewrite_that_keeps_the_structure():
     rw = _Rewriter([SHORT, "The answer is \\boxed{10}."])
     samples = [Sample("What is 7+3?", STUDENT, list(range(60))) for _ in range(2)]
-    plan_batch(samples, rw, RewriteSettings(prompt_template=THINKING_REWRITE_PROMPT), MATH, _encode, random.Random(0))
+    rewrite_batch(samples, rw, RewriteSettings(prompt_template=THINKING_REWRITE_PROMPT), MATH, _encode, random.Random(0))
     assert [s.verdict.reason for s in samples] == ["accepted", "structure"]
     assert [s.trained_on for s in samples] == ["rewrite", "student"]
     assert "<think>" in rw.calls[0][0] and "What is 7+3?" in rw.calls[0][0]

@@ -1,0 +1,119 @@
+"""``MPDConfig``: TRL's ``DistillationConfig`` with MPD's own settings, for every method's trainer.
+
+Every ``TrainingArguments`` / ``DistillationConfig`` field keeps its name and meaning. MPD adds:
+
+* ``task``: how answers are read and compared and the prompt a problem becomes (:mod:`mpdistill.tasks`);
+* ``rewrite_<key>`` for every key of a recipe's ``rewrite:`` section (:class:`mpdistill.config.RewriteConfig`
+  documents each one): the rewrite prompt, acceptance and mixing rule, the teacher's sampling and
+  where rewrites come from (``rewrite_backend``: the local teacher, an in-process vLLM engine or a
+  served model). ``rewrite_prompt_template`` and ``rewrite_use_chat_template`` default to the task's;
+* ``max_nonfinite_steps`` and ``rollouts_file``.
+
+The ``rewrite_*`` fields are made from ``RewriteConfig`` and validated by it, so a recipe's
+``rewrite.max_ratio`` and ``MPDConfig(rewrite_max_ratio=...)`` are one setting with one check.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+from pydantic import ValidationError
+from trl import DistillationConfig
+
+from .config import RewriteConfig
+from .prompts import PROMPT_TEMPLATES
+from .rewrite import RewriteSettings
+from .rollout import GenerationSettings
+from .tasks import TASKS, Task, get_task
+
+REWRITE_PREFIX = "rewrite_"
+
+
+def _rewrite_field(name: str, info) -> tuple[str, Any, dataclasses.Field]:
+    default = info.get_default(call_default_factory=False)
+    if info.default_factory is not None:
+        spec = dataclasses.field(default_factory=info.default_factory)
+    else:
+        spec = dataclasses.field(default=default)
+    spec.metadata = {"help": f"The recipe's rewrite.{name} (see mpdistill.config.RewriteConfig)."}
+    return REWRITE_PREFIX + name, info.annotation, spec
+
+
+# The rewrite_* fields, appended after DistillationConfig's so its positional output_dir stays first.
+_WithRewriteFields = dataclasses.make_dataclass(
+    "_WithRewriteFields",
+    [_rewrite_field(name, info) for name, info in RewriteConfig.model_fields.items()],
+    bases=(DistillationConfig,),
+)
+
+
+@dataclasses.dataclass
+class MPDConfig(_WithRewriteFields):
+    """TRL's ``DistillationConfig`` plus MPD's settings (see the module docstring)."""
+
+    task: str = dataclasses.field(default="math", metadata={"help": "A registered task: chain or math (mpdistill.tasks)."})
+    # None: the task's rewrite prompt and its choice of chat template (chain: its own layout, plain text).
+    rewrite_prompt_template: str | None = None
+    rewrite_use_chat_template: bool | None = None
+    max_nonfinite_steps: int = dataclasses.field(
+        default=3, metadata={"help": "A step with a NaN/inf loss or gradient is skipped; more in a row stop the run."})
+    rollouts_file: str | None = dataclasses.field(
+        default=None, metadata={"help": "One JSON line per sample (default: OUTPUT_DIR/rollouts.jsonl; '' for none)."})
+
+    def __post_init__(self) -> None:
+        if self.bf16 is None and not self.fp16:
+            # TRL turns bf16 on when unset, which transformers then refuses on a machine without a GPU.
+            import torch
+
+            self.bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        super().__post_init__()
+        if self.task not in TASKS:
+            raise ValueError(f"task: unknown task {self.task!r}; known: {TASKS.known()}")
+        if self.max_nonfinite_steps < 0:
+            raise ValueError(f"max_nonfinite_steps must be >= 0, got {self.max_nonfinite_steps}")
+        self.rewrite_config()  # one check for every rewrite_* field, RewriteConfig's
+
+    def rewrite_config(self) -> RewriteConfig:
+        """The ``rewrite_*`` fields as a recipe's validated ``rewrite:`` section (task defaults filled in)."""
+        task = get_task(self.task)
+        values = {f.name[len(REWRITE_PREFIX):]: getattr(self, f.name)
+                  for f in dataclasses.fields(self) if f.name.startswith(REWRITE_PREFIX)}
+        if values["prompt_template"] is None:
+            values["prompt_template"] = task.rewrite_prompt or PROMPT_TEMPLATES["default"]
+        if values["use_chat_template"] is None:
+            values["use_chat_template"] = task.rewrite_chat
+        try:
+            return RewriteConfig.model_validate(values)
+        except ValidationError as err:
+            problems = "; ".join(f"{REWRITE_PREFIX}{'.'.join(map(str, e['loc']))}: {e['msg'].removeprefix('Value error, ')}"
+                                 if e["loc"] else e["msg"].removeprefix("Value error, ") for e in err.errors())
+            raise ValueError(problems) from None
+
+    def get_task(self) -> Task:
+        return get_task(self.task)
+
+    def rewrite_settings(self) -> RewriteSettings:
+        """How rewrites are prompted for, sampled, accepted and mixed in this run."""
+        return rewrite_settings_from(self.rewrite_config())
+
+    def rollouts_path(self) -> str | None:
+        if self.rollouts_file == "":
+            return None
+        return self.rollouts_file or os.path.join(self.output_dir, "rollouts.jsonl")
+
+
+def rewrite_settings_from(r: RewriteConfig) -> RewriteSettings:
+    """A recipe's ``rewrite:`` section as the settings :func:`mpdistill.rewrite.rewrite_batch` reads."""
+    return RewriteSettings(
+        prompt_template=r.prompt_template,  # a built-in name is already its text
+        max_ratio=r.max_ratio,
+        require_gold=r.require_gold,
+        on_reject=r.on_reject,
+        on_policy_fraction=r.on_policy_fraction,
+        use_chat_template=r.use_chat_template,
+        teacher_thinks=r.teacher_enable_thinking is True,
+        generation=GenerationSettings(max_new_tokens=r.max_new_tokens, temperature=r.temperature, top_p=r.top_p,
+                                      top_k=r.top_k, batch_size=r.batch_size),
+    )

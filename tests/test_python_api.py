@@ -1,0 +1,82 @@
+"""The README's Python example, run as written (the embedded models, 10 MPD steps on the CPU), and
+the contract of ``MPDConfig`` / ``MPDTrainer`` a TRL user relies on."""
+
+import dataclasses
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mpdistill import MPDConfig
+from mpdistill.config import RewriteConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def readme_python() -> str:
+    blocks = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(encoding="utf-8"), re.S)
+    assert len(blocks) == 1, "the README has one Python example"
+    return blocks[0]
+
+
+def test_the_readme_example_runs_as_written(tmp_path):
+    script = tmp_path / "example.py"
+    script.write_text(readme_python(), encoding="utf-8")
+    result = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = tmp_path / "runs" / "api-mpd"
+    assert (run / "model.safetensors").is_file() and (run / "tokenizer.json").is_file()
+    rows = [json.loads(line) for line in (run / "rollouts.jsonl").read_text().splitlines()]
+    assert len(rows) == 10 * 16
+    # The embedded teacher rewrote: most samples train on an accepted, shorter rewrite.
+    accepted = [r for r in rows if r["accepted"]]
+    assert len(accepted) > len(rows) / 2
+    assert all(r["rewrite_tokens"] < r["student_tokens"] for r in accepted)
+
+
+def test_every_rewrite_setting_is_a_config_field():
+    names = {f.name for f in dataclasses.fields(MPDConfig)}
+    assert {f"rewrite_{key}" for key in RewriteConfig.model_fields} <= names
+    assert {"task", "max_nonfinite_steps", "rollouts_file", "output_dir", "beta", "report_to"} <= names
+
+
+def test_rewrite_settings_are_checked_once_by_the_recipes_rules(tmp_path):
+    with pytest.raises(ValueError, match="rewrite_max_ratio: Input should be less than or equal to 1"):
+        MPDConfig(str(tmp_path), rewrite_max_ratio=1.5)
+    with pytest.raises(ValueError, match="rewrite.base_url is required"):
+        MPDConfig(str(tmp_path), rewrite_backend="openai")
+    with pytest.raises(ValueError, match="unknown rewriter backend"):
+        MPDConfig(str(tmp_path), rewrite_backend="carrier-pigeon")
+
+
+def test_the_task_fills_in_the_rewrite_prompt(tmp_path):
+    from mpdistill.prompts import DEFAULT_REWRITE_PROMPT
+    from mpdistill.tasks import chain
+
+    chain_settings = MPDConfig(str(tmp_path), task="chain").rewrite_settings()
+    assert chain_settings.prompt_template == chain.REWRITE_PROMPT and not chain_settings.use_chat_template
+    math_settings = MPDConfig(str(tmp_path)).rewrite_settings()
+    assert math_settings.prompt_template == DEFAULT_REWRITE_PROMPT and math_settings.use_chat_template
+    named = MPDConfig(str(tmp_path), rewrite_prompt_template="thinking").rewrite_settings()
+    assert named.prompt_template.startswith("Below is a problem") and "<think>" in named.prompt_template
+
+
+def test_hf_argument_parser_reads_the_config():
+    from transformers import HfArgumentParser
+
+    (args,) = HfArgumentParser(MPDConfig).parse_args_into_dataclasses(
+        ["--output_dir", "out", "--task", "chain", "--rewrite_max_ratio", "0.5", "--report_to", "none"])
+    assert args.task == "chain" and args.rewrite_max_ratio == 0.5 and args.rollouts_path() == "out/rollouts.jsonl"
+
+
+def test_a_plain_distillation_config_is_refused_with_what_to_use(tiny_pair, tmp_path):
+    from trl import DistillationConfig
+
+    from mpdistill import MPDTrainer
+
+    with pytest.raises(TypeError, match="takes an mpdistill.MPDConfig"):
+        MPDTrainer(model=str(tiny_pair / "student"), teacher_model=str(tiny_pair / "teacher"),
+                   args=DistillationConfig(str(tmp_path), use_cpu=True, bf16=False))
