@@ -1,4 +1,4 @@
-"""Command line: ``mpdistill demo | train | eval | compare | bench | rewrite | bootstrap``."""
+"""Command line: ``mpdistill demo | train | eval | compare | bench | rewrite | recipes | bootstrap``."""
 
 from __future__ import annotations
 
@@ -228,7 +228,9 @@ def eval_cmd(
     except KeyboardInterrupt:
         import shlex
 
-        samples = out / "samples.jsonl"
+        from .eval_folder import samples_file
+
+        samples = samples_file(out)
         done = sum(1 for _ in samples.open(encoding="utf-8", errors="replace")) if samples.exists() else 0
         command = shlex.join(["mpdistill", *sys.argv[1:]]) if sys.argv[1:2] == ["eval"] else "the same command"
         _interrupted(f"{done} graded samples are saved in {samples}; run {command} again to continue "

@@ -16,6 +16,7 @@ from .errors import ConfigError
 from .paths import looks_local
 from .prompts import DEFAULT_REWRITE_PROMPT, PROMPT_TEMPLATES, check_template
 
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 

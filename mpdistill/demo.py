@@ -24,8 +24,8 @@ from .eval_folder import EvalError
 from .eval_runner import TransformersBackend, Unit, run_units
 from .evaluate import build_results, format_table, paired_delta_ci, write_report
 from .model_record import write_record
-from .paths import check_output_dir
 from .models import load_model
+from .paths import check_output_dir
 from .pipeline import check_generation_backends, prompt_record, train
 from .recipes import recipe_file, shipped_path
 from .rollout import GenerationSettings

@@ -15,16 +15,16 @@ import torch
 
 from .checkpoints import ROLLOUTS, checkpoint_step, existing_run, latest_checkpoint, prepare_resume
 from .config import ConfigError, Recipe, dump_recipe
-from .models import check_compatible, load_model, model_path, resolve_model
 from .durable import replace_dir, write_jsonl, write_text
+from .methods import get_method
 from .mix_monitor import MixFloorHalt, MixMonitor
 from .model_record import write_record
+from .models import check_compatible, load_model, model_path, resolve_model
+from .mpd_config import REWRITE_PREFIX, MPDConfig, rewrite_settings_from
 from .nonfinite import NonFiniteGuard, NonFiniteHalt
 from .paths import check_output_dir
 from .processes import distributed_state, is_main_process, launch_warnings, on_main_then_share
 from .prompts import encode_message, has_thinking_switch
-from .methods import get_method
-from .mpd_config import REWRITE_PREFIX, MPDConfig, rewrite_settings_from
 from .rewrite import RewriteSettings
 from .rewriters import get_backend
 from .tasks import get_task
@@ -37,12 +37,12 @@ log = logging.getLogger(__name__)
 TRAIN_SEED_OFFSET = 1_000
 
 
-def prompt_template(recipe) -> str:
+def prompt_template(recipe: Recipe) -> str:
     """The user message a question becomes in a run of ``recipe``: ``data.prompt_template``, else the task's."""
     return recipe.data.prompt_template or get_task(recipe.task).prompt_template
 
 
-def prompt_record(recipe) -> dict:
+def prompt_record(recipe: Recipe) -> dict:
     """How a model of ``recipe`` reads its problems. On the chain task the recipe's ``eval`` section
     is how the demo evaluates it, so its budget is recorded too (a family's budget does not apply to
     the embedded models, whose config says qwen3)."""
@@ -53,7 +53,7 @@ def prompt_record(recipe) -> dict:
     return record
 
 
-def recipe_record(recipe) -> dict:
+def recipe_record(recipe: Recipe) -> dict:
     """The record of a model trained by ``recipe``: how it reads its problems, and how it was made."""
     return {**prompt_record(recipe), "method": recipe.method, "base_model": recipe.student, "teacher": recipe.teacher}
 

@@ -34,10 +34,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from .durable import LogError, append_jsonl, changed_settings, cut_torn_tail, read_jsonl_log, write_text
-from .paths import check_output_file
 from .config import ConfigError, RewriteConfig, from_options
+from .durable import LogError, append_jsonl, changed_settings, cut_torn_tail, read_jsonl_log, write_text
 from .mpd_config import rewrite_settings_from
+from .paths import check_output_file
 from .prompts import DEFAULT_REWRITE_PROMPT
 from .rewrite import Rewriter, RewriteSettings, Sample, encode_completion, rewrite_batch
 from .rollout import derive_seed
