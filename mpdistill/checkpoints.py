@@ -204,6 +204,10 @@ RESUMABLE_CHANGES = {
     "rewrite.timeout_s", "rewrite.max_retries", "rewrite.deadline_s",
     # When to warn or stop: a run resumed after a floor stopped it may lower the floor.
     "rewrite.monitor_window", "rewrite.min_parsed_fraction", "rewrite.min_acceptance_rate",
+    # Where logs and models are reported and pushed (TrainingArguments fields written under training:).
+    *(f"training.{key}" for key in ("report_to", "run_name", "logging_dir", "logging_first_step", "disable_tqdm",
+                                    "dataloader_num_workers", "push_to_hub", "hub_model_id", "hub_strategy",
+                                    "hub_private_repo", "hub_token")),
 }
 
 

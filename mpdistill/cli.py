@@ -19,7 +19,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=N
                   help="Mixed-Policy Distillation for reasoning compression.")
 
 
-# Both run code from the checkpoint when a model loads: off unless asked for (see pipeline.load_model).
+# Both run code from the checkpoint when a model loads: off unless asked for (see models.load_model).
 ALLOW_PICKLE = typer.Option(False, "--allow-pickle-checkpoints",
                             help="Also load .bin/.pt weights (pickle can run code); default safetensors only.")
 TRUST_REMOTE_CODE = typer.Option(False, "--trust-remote-code", help="Run Python code shipped with the model; read it first.")
@@ -386,9 +386,10 @@ def rewrite_cmd(
     api_key_env: Optional[str] = typer.Option(None, "--api-key-env", help="Name of the environment variable holding the API key."),
     task: str = typer.Option("math", "--task", help="How answers are read and compared: math or chain."),
     prompt_template: Optional[str] = typer.Option(None, "--prompt-template",
-                                                  help="Rewrite prompt with {problem} and {trace}; default: the training one."),
-    chat_template: bool = typer.Option(True, "--chat-template/--no-chat-template",
-                                       help="Send the prompt as a chat message (chat template / chat completions)."),
+                                                  help="Rewrite prompt with {problem} and {trace}; default: the task's, as in training."),
+    chat_template: Optional[bool] = typer.Option(None, "--chat-template/--no-chat-template",
+                                                 help="Send the prompt as a chat message (chat template / chat "
+                                                 "completions); default: the task's (math: yes, chain: no)."),
     max_ratio: float = typer.Option(0.9, "--max-ratio", help="Accept a rewrite of at most this fraction of the trace's tokens."),
     max_new_tokens: int = typer.Option(512, "--max-new-tokens", help="Cap on each rewrite's length."),
     temperature: float = typer.Option(0.6, "--temperature"),
@@ -415,12 +416,11 @@ def rewrite_cmd(
     import json
 
     from .config import ConfigError
-    from .prompts import DEFAULT_REWRITE_PROMPT
     from .rewrite_file import RewriteFileError, RewriteFileSpec, format_summary, rewrite_file
 
     spec = RewriteFileSpec(
         backend=backend, teacher=teacher, tokenizer=tokenizer, base_url=base_url, model=model, api_key_env=api_key_env,
-        task=task, prompt_template=prompt_template or DEFAULT_REWRITE_PROMPT, chat_template=chat_template,
+        task=task, prompt_template=prompt_template, chat_template=chat_template,
         max_ratio=max_ratio, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
         batch_size=batch_size, seed=seed, require_gold=require_gold, max_concurrency=max_concurrency,
         max_retries=max_retries, timeout_s=timeout, tensor_parallel_size=tensor_parallel_size,

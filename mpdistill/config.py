@@ -136,8 +136,10 @@ class TrainingConfig(_Strict):
         stays, for the strict model to name (``training.stpes: unknown key``)."""
         if not isinstance(data, dict):
             return data
+        if "trl_args" in data:
+            raise ValueError("trl_args is not a recipe key: write TrainingArguments fields directly under training:")
         fields = trl_fields()
-        data, passed = dict(data), dict(data.get("trl_args") or {})
+        data, passed = dict(data), {}
         for key in [k for k in data if isinstance(k, str) and k not in cls.model_fields and k in fields]:
             if key in SET_ELSEWHERE:
                 raise ValueError(f"{key} is set by {SET_ELSEWHERE[key]}")
@@ -173,6 +175,9 @@ SET_ELSEWHERE = {
     "chat_template_kwargs": "training.student_enable_thinking",
     "activation_checkpointing": "training.gradient_checkpointing",
     "trust_remote_code": "security.trust_remote_code",
+    # mpdistill loads both models itself (models.py: its safetensors-only policy, the embedded names).
+    **{key: "student and teacher (mpdistill loads both models itself)" for key in (
+        "model_init_kwargs", "teacher_model_init_kwargs", "teacher_model_name_or_path", "teacher_model_revision")},
     "use_vllm": "training.vllm", **{f"vllm_{k}": "training.vllm" for k in (
         "mode", "server_base_url", "server_timeout", "gpu_memory_utilization", "tensor_parallel_size",
         "max_model_length", "enable_sleep_mode")},
@@ -190,13 +195,14 @@ def trl_fields() -> set[str]:
 
 class RewriteConfig(_Strict):
     # The rewrite instruction, or the name of a built-in one: "default" or "thinking" (for students
-    # that think in a <think> block; keeps the block and the answer section after it).
-    prompt_template: str = DEFAULT_REWRITE_PROMPT
+    # that think in a <think> block; keeps the block and the answer section after it). Absent: the
+    # task's (chain: the layout the embedded teacher was trained on; math: "default").
+    prompt_template: str | None = None
     max_ratio: float = Field(default=0.9, gt=0, le=1)
     require_gold: bool = False
     on_reject: Literal["student", "drop"] = "student"
     on_policy_fraction: float = Field(default=0.0, ge=0, le=1)
-    use_chat_template: bool = True
+    use_chat_template: bool | None = None  # absent: the task's (chain: no; math: yes)
     # Whether the teacher thinks before it writes a rewrite (the chat template's enable_thinking).
     # Absent: it writes the rewrite directly wherever that can be switched: a local teacher whose
     # template has the switch, and a served chat model (sent chat_template_kwargs, which vLLM and
@@ -238,7 +244,18 @@ class RewriteConfig(_Strict):
     max_retries: int = Field(default=3, ge=0)
     deadline_s: float = Field(default=600.0, gt=0)
 
-    _template = field_validator("prompt_template")(lambda cls, v: check_template(PROMPT_TEMPLATES.get(v, v)))
+    _template = field_validator("prompt_template")(
+        lambda cls, v: v if v is None else check_template(PROMPT_TEMPLATES.get(v, v)))
+
+    def with_task_defaults(self, task: str) -> "RewriteConfig":
+        """This section with what it leaves out taken from ``task`` (its rewrite prompt, its chat choice)."""
+        from .tasks import get_task
+
+        t = get_task(task)
+        return self.model_copy(update={
+            "prompt_template": self.prompt_template or t.rewrite_prompt or DEFAULT_REWRITE_PROMPT,
+            "use_chat_template": t.rewrite_chat if self.use_chat_template is None else self.use_chat_template,
+        })
 
     @model_validator(mode="before")
     @classmethod
@@ -277,7 +294,7 @@ class RewriteConfig(_Strict):
 
     @model_validator(mode="after")
     def _thinking_needs_chat(self):
-        if self.teacher_enable_thinking is not None and not self.use_chat_template:
+        if self.teacher_enable_thinking is not None and self.use_chat_template is False:
             raise ValueError("rewrite.teacher_enable_thinking needs rewrite.use_chat_template: true")
         if self.teacher_enable_thinking is not None and self.backend == "openai" and not self.send_chat_template_kwargs:
             raise ValueError("rewrite.teacher_enable_thinking is sent to a served teacher as chat_template_kwargs, "
@@ -382,6 +399,15 @@ class Recipe(_Strict):
         return data
 
     @model_validator(mode="after")
+    def _rewrite_defaults_from_the_task(self):
+        # Filled in here, so the saved recipe.yaml, --dry-run and the trainers all see the values used.
+        if self.rewrite.prompt_template is None or self.rewrite.use_chat_template is None:
+            filled = self.rewrite.with_task_defaults(self.task)
+            RewriteConfig.model_validate(filled.model_dump())  # the rules across settings, on the filled values
+            object.__setattr__(self, "rewrite", filled)
+        return self
+
+    @model_validator(mode="after")
     def _student_thinking_needs_chat_prompts(self):
         if self.training.student_enable_thinking is not None and self.data.prompt_style != "chat":
             raise ValueError("training.student_enable_thinking needs chat prompts (data.prompt_style: chat)")
@@ -434,9 +460,11 @@ def from_options(model: type[BaseModel], values: dict, error: type[Exception], o
         return model.model_validate(values)
     except ValidationError as err:
         e = err.errors()[0]
-        key = str(e["loc"][0]) if e["loc"] else None
-        option = (options or {}).get(key) or ("--" + key.replace("_", "-") if key else "options")
         message = e["msg"].removeprefix("Value error, ")
+        if not e["loc"]:  # a rule across settings: its own words name them
+            raise error(message) from None
+        key = str(e["loc"][0])
+        option = (options or {}).get(key) or "--" + key.replace("_", "-")
         if message.startswith("must"):  # our own checks read as a sentence: "--prompt-template must contain {trace}"
             raise error(f"{option} {message}") from None
         raise error(f"{option}: {e['input']!r}: {message}") from None
@@ -548,6 +576,8 @@ def _merge(base: dict, extra: dict) -> dict:
     for k, v in extra.items():
         if isinstance(v, dict) and isinstance(out.get(k), dict):
             out[k] = _merge(out[k], v)
+        elif isinstance(v, dict) and out.get(k) is None:
+            out[k] = v  # a section the file leaves null (training.lora: null) is switched on
         elif isinstance(v, dict) and k in out:
             continue  # the file's own non-mapping value stays, so validation names that key
         else:

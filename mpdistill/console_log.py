@@ -30,9 +30,9 @@ class ConsoleLog(ProgressCallback):
     line says how many samples the acceptance rate is out of.
     """
 
-    def __init__(self, method: str, *, bar: bool = True, mix_history: list[dict] | None = None) -> None:
+    def __init__(self, *, bar: bool = True, mix_history: list[dict] | None = None) -> None:
         super().__init__()
-        self.method, self.bar, self.mix_history = method, bar, mix_history
+        self.bar, self.mix_history = bar, mix_history
         self._last_step, self._last_time = 0, time.monotonic()
         self._first_step = 0
 
@@ -126,7 +126,7 @@ class ConsoleLog(ProgressCallback):
         return "  ".join(parts)
 
 
-def use_console_log(trainer, method: str) -> ConsoleLog | None:
+def use_console_log(trainer) -> ConsoleLog | None:
     """Put :class:`ConsoleLog` where transformers registered its log printer: the progress bar
     (kept, with short lines) or, with ``disable_tqdm``, the bare printer. A notebook's progress
     table is left as it is (None)."""
@@ -134,6 +134,6 @@ def use_console_log(trainer, method: str) -> ConsoleLog | None:
     printer = trainer.pop_callback(PrinterCallback)
     if progress is None and printer is None:
         return None
-    console = ConsoleLog(method, bar=progress is not None, mix_history=getattr(trainer, "mix_history", None))
+    console = ConsoleLog(bar=progress is not None, mix_history=getattr(trainer, "mix_history", None))
     trainer.add_callback(console)
     return console

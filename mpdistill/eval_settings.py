@@ -49,7 +49,7 @@ class EvalSpec:
     tensor_parallel_size: int = 1
     gpu_memory_utilization: float | None = None  # vllm: the engine's share of GPU memory (CPU build: of RAM)
     budget_source: str = "given"  # where max_new_tokens came from, when set before run_eval
-    allow_pickle_checkpoints: bool = False  # see pipeline.load_model: safetensors only unless set
+    allow_pickle_checkpoints: bool = False  # see models.load_model: safetensors only unless set
     trust_remote_code: bool = False
 
     def check(self) -> None:
@@ -67,6 +67,9 @@ class EvalSpec:
         elif self.task not in TASKS:
             raise EvalError(f"--task must be one of {TASKS.known()}, got {self.task!r}")
         if self.benchmarks is None:
+            if self.task not in DEFAULT_BENCHMARKS:
+                raise EvalError(f"the {self.task} task has no default benchmarks: name them with --benchmarks "
+                                "(files or Hugging Face datasets)")
             self.benchmarks = list(DEFAULT_BENCHMARKS[self.task])
         for name in self.benchmarks:
             other = next((t for t, sets in DEFAULT_BENCHMARKS.items() if name in sets and t != self.task), None)
@@ -74,7 +77,8 @@ class EvalSpec:
                 why = ("as given" if given_task else "as its training recorded" if record.get("task") == self.task
                        else "the default for a model without an mpdistill.json")
                 raise EvalError(f"{name} is a {other} benchmark, but the task is {self.task} ({why}): its answers "
-                                f"would be read the wrong way; use --benchmarks {','.join(DEFAULT_BENCHMARKS[self.task])}"
+                                f"would be read the wrong way; use "
+                                f"--benchmarks {','.join(DEFAULT_BENCHMARKS.get(self.task, ['FILES']))}"
                                 f", or --task {other} to grade the model as a {other} model")
         if not self.prompt_template:  # as the model was trained: training, rewrite and evaluation see one text
             recorded = record.get("prompt_template") if record.get("task") == self.task else None

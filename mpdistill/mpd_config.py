@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from typing import Any
 
 from pydantic import ValidationError
 from trl import DistillationConfig
 
 from .config import RewriteConfig
-from .prompts import PROMPT_TEMPLATES
 from .rewrite import RewriteSettings
 from .rollout import GenerationSettings
 from .tasks import TASKS, Task, get_task
@@ -54,9 +54,6 @@ class MPDConfig(_WithRewriteFields):
     """TRL's ``DistillationConfig`` plus MPD's settings (see the module docstring)."""
 
     task: str = dataclasses.field(default="math", metadata={"help": "A registered task: chain or math (mpdistill.tasks)."})
-    # None: the task's rewrite prompt and its choice of chat template (chain: its own layout, plain text).
-    rewrite_prompt_template: str | None = None
-    rewrite_use_chat_template: bool | None = None
     max_nonfinite_steps: int = dataclasses.field(
         default=3, metadata={"help": "A step with a NaN/inf loss or gradient is skipped; more in a row stop the run."})
     rollouts_file: str | None = dataclasses.field(
@@ -77,18 +74,16 @@ class MPDConfig(_WithRewriteFields):
 
     def rewrite_config(self) -> RewriteConfig:
         """The ``rewrite_*`` fields as a recipe's validated ``rewrite:`` section (task defaults filled in)."""
-        task = get_task(self.task)
         values = {f.name[len(REWRITE_PREFIX):]: getattr(self, f.name)
                   for f in dataclasses.fields(self) if f.name.startswith(REWRITE_PREFIX)}
-        if values["prompt_template"] is None:
-            values["prompt_template"] = task.rewrite_prompt or PROMPT_TEMPLATES["default"]
-        if values["use_chat_template"] is None:
-            values["use_chat_template"] = task.rewrite_chat
         try:
-            return RewriteConfig.model_validate(values)
+            config = RewriteConfig.model_validate(values).with_task_defaults(self.task)
+            return RewriteConfig.model_validate(config.model_dump())  # the rules across settings, filled in
         except ValidationError as err:
+            # A rule across settings names them as recipe keys (rewrite.base_url): here they are fields.
             problems = "; ".join(f"{REWRITE_PREFIX}{'.'.join(map(str, e['loc']))}: {e['msg'].removeprefix('Value error, ')}"
-                                 if e["loc"] else e["msg"].removeprefix("Value error, ") for e in err.errors())
+                                 if e["loc"] else re.sub(r"\brewrite\.(\w+)", REWRITE_PREFIX + r"\1",
+                                                         e["msg"].removeprefix("Value error, ")) for e in err.errors())
             raise ValueError(problems) from None
 
     def get_task(self) -> Task:

@@ -308,7 +308,7 @@ def training_arguments(recipe: Recipe, run_dir: Path) -> MPDConfig:
     settings.update(t.trl_args)  # every other TrainingArguments / DistillationConfig field, as the recipe sets it
     try:
         return MPDConfig(**settings)
-    except ValueError as err:
+    except (ValueError, TypeError) as err:
         raise ConfigError(f"training: transformers refuses these settings: {err}") from None
 
 
@@ -333,7 +333,7 @@ def build_trainer(recipe: Recipe, student, teacher, tokenizer, rows: list[dict],
     from .console_log import use_console_log
 
     # One short line per logging step instead of the whole metrics dict (all of it stays in train_log.jsonl).
-    use_console_log(trainer, recipe.method)
+    use_console_log(trainer)
     return trainer
 
 
@@ -414,7 +414,10 @@ def train(recipe: Recipe, run_dir: str | Path, *, exclude_prompts: set[str] | No
         trainer._load_from_checkpoint(str(checkpoint))
         trainer.state = TrainerState.load_from_json(str(checkpoint / "trainer_state.json"))
     else:
-        trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+        try:
+            trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+        except (NonFiniteHalt, MixFloorHalt):
+            pass  # said below, with where the run can resume from, once its log is written
     if trainer.accelerator.is_main_process:
         write_jsonl(run_dir / "train_log.jsonl", trainer.state.log_history)
     if trainer.state.global_step == 0:  # never "saved" a student that no step changed
@@ -427,8 +430,8 @@ def train(recipe: Recipe, run_dir: str | Path, *, exclude_prompts: set[str] | No
         raise MixFloorHalt(monitor.halted + (
             f". The last checkpoint is {where}: fix the cause (or lower the floor in {run_dir / 'recipe.yaml'}) and "
             f"continue with `mpdistill train --resume --out {run_dir}`" if where else ""))
-    guard = next(c for c in trainer.callback_handler.callbacks if isinstance(c, NonFiniteGuard))
-    if guard.halted_at is not None:
+    guard = next((c for c in trainer.callback_handler.callbacks if isinstance(c, NonFiniteGuard)), None)
+    if guard is not None and guard.halted_at is not None:
         raise NonFiniteHalt(
             f"training stopped at step {trainer.state.global_step}: more than {guard.limit} steps in a row had a "
             f"NaN/inf loss or gradient (skipped steps: {guard.skipped[-guard.limit - 1:]}). The last good weights are "

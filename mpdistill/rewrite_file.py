@@ -38,7 +38,6 @@ from .config import ConfigError, RewriteConfig, from_options
 from .durable import LogError, append_jsonl, changed_settings, cut_torn_tail, read_jsonl_log, write_text
 from .mpd_config import rewrite_settings_from
 from .paths import check_output_file
-from .prompts import DEFAULT_REWRITE_PROMPT
 from .rewrite import Rewriter, RewriteSettings, Sample, encode_completion, rewrite_batch
 from .rollout import derive_seed
 from .tasks.problems import DataError, iter_jsonl
@@ -71,8 +70,8 @@ class RewriteFileSpec:
     model: str | None = None
     api_key_env: str | None = None
     task: str = "math"
-    prompt_template: str = DEFAULT_REWRITE_PROMPT
-    chat_template: bool = True
+    prompt_template: str | None = None  # None: the task's (and whether it goes through the chat template)
+    chat_template: bool | None = None
     max_ratio: float = 0.9
     max_new_tokens: int = 512
     temperature: float = 0.6
@@ -88,7 +87,7 @@ class RewriteFileSpec:
     # Whether the teacher thinks before writing (None: off wherever it can be switched, as in training).
     teacher_thinking: bool | None = None
     send_chat_template_kwargs: bool = True  # openai + chat: send the switch (vLLM, SGLang read it)
-    allow_pickle_checkpoints: bool = False  # see pipeline.load_model: safetensors only unless set
+    allow_pickle_checkpoints: bool = False  # see models.load_model: safetensors only unless set
     trust_remote_code: bool = False
 
     def check(self) -> RewriteSettings:
@@ -103,18 +102,21 @@ class RewriteFileSpec:
             for option, value in (("--base-url", self.base_url), ("--model", self.model)):
                 if not value:
                     raise RewriteFileError(f"{option} is required with --backend openai")
-            if not self.tokenizer and not self.teacher:
-                raise RewriteFileError(
-                    "--backend openai needs a tokenizer to count trace and rewrite tokens: "
-                    "give --tokenizer DIR (or --teacher MODEL, whose tokenizer is then used)"
-                )
+        if not BACKENDS[self.backend].local_template and not self.tokenizer and not self.teacher:
+            raise RewriteFileError(
+                f"--backend {self.backend} needs a tokenizer to count trace and rewrite tokens: "
+                "give --tokenizer DIR (or --teacher MODEL, whose tokenizer is then used)"
+            )
         from .tasks import TASKS
 
         if self.task not in TASKS:
             raise RewriteFileError(f"--task must be one of {TASKS.known()}; got {self.task!r}")
-        if self.teacher_thinking is not None and not self.chat_template:
+        if self.teacher_thinking is not None and self.chat_template is False:
             raise RewriteFileError("--teacher-thinking/--no-teacher-thinking needs --chat-template")
-        return rewrite_settings_from(self.rewrite_config())
+        config = self.rewrite_config()
+        # What the task filled in is what the output's settings record.
+        self.prompt_template, self.chat_template = config.prompt_template, config.use_chat_template
+        return rewrite_settings_from(config)
 
     def rewrite_config(self) -> RewriteConfig:
         """These options as a recipe's ``rewrite:`` section, validated by it (errors name the option)."""
@@ -128,7 +130,8 @@ class RewriteFileSpec:
             teacher_enable_thinking=self.teacher_thinking, send_chat_template_kwargs=self.send_chat_template_kwargs,
             gpu_memory_utilization=None,  # the engine's default share: a rewrite job has the machine to itself
         )
-        return from_options(RewriteConfig, values, RewriteFileError, OPTIONS)
+        config = from_options(RewriteConfig, values, RewriteFileError, OPTIONS).with_task_defaults(self.task)
+        return from_options(RewriteConfig, config.model_dump(), RewriteFileError, OPTIONS)
 
 
 # The option that sets each rewrite setting (where its name is not the setting's).

@@ -23,8 +23,9 @@ from .prompts import teacher_template_kwargs
 from .rewrite import Rewriter
 from .rollout import GenerationSettings
 
-# A run's rewrite settings: a recipe's rewrite: section (mpdistill.config.RewriteConfig), read by field name.
-RewriteConfig = Any
+# A run's rewrite settings: a recipe's rewrite: section (mpdistill.config.RewriteConfig), read by field
+# name; not imported, so that the settings module may look backends up here.
+RewriteSection = Any
 
 
 @dataclass
@@ -50,9 +51,9 @@ class RewriterBackend:
     """
 
     name: str
-    make: Callable[[RewriteConfig, Teacher, int], Callable[[int], Rewriter]]
-    describe: Callable[[RewriteConfig, str], str]
-    check: Callable[[RewriteConfig, str, bool], None] | None = None
+    make: Callable[[RewriteSection, Teacher, int], Callable[[int], Rewriter]]
+    describe: Callable[[RewriteSection, str], str]
+    check: Callable[[RewriteSection, str, bool], None] | None = None
     # The local teacher's chat template renders the prompts (its thinking switch applies).
     local_template: bool = True
     # Writes with the loaded teacher's weights (``Teacher.model`` must be given).
@@ -70,17 +71,17 @@ def get_backend(name: str) -> RewriterBackend:
     return BACKENDS.lookup(name)
 
 
-def build_rewriter(config: RewriteConfig, teacher: Teacher, seed: int) -> Rewriter:
+def build_rewriter(config: RewriteSection, teacher: Teacher, seed: int) -> Rewriter:
     """The rewriter a training run uses: the backend's, seeded with the run's seed."""
     return get_backend(config.backend).make(config, teacher, seed)(seed)
 
 
-def generation(config: RewriteConfig) -> GenerationSettings:
+def generation(config: RewriteSection) -> GenerationSettings:
     return GenerationSettings(max_new_tokens=config.max_new_tokens, temperature=config.temperature,
                               top_p=config.top_p, top_k=config.top_k, batch_size=config.batch_size)
 
 
-def template_kwargs(config: RewriteConfig, tokenizer) -> dict | None:
+def template_kwargs(config: RewriteSection, tokenizer) -> dict | None:
     """The teacher's chat-template switches (see :func:`mpdistill.prompts.teacher_template_kwargs`)."""
     return teacher_template_kwargs(chat=config.use_chat_template, thinking=config.teacher_enable_thinking,
                                    tokenizer=tokenizer, send_to_server=config.send_chat_template_kwargs)
@@ -96,7 +97,7 @@ def _teacher_tokenizer(teacher: Teacher, name: str | None = None):
 
 # --- transformers: the local teacher -------------------------------------------------------------
 
-def _make_local(config: RewriteConfig, teacher: Teacher, seed: int):
+def _make_local(config: RewriteSection, teacher: Teacher, seed: int):
     from .rewrite import TransformersRewriter
 
     if teacher.model is None:
@@ -113,7 +114,7 @@ register_backend(RewriterBackend(
 
 # --- vllm: an in-process engine ------------------------------------------------------------------
 
-def _make_vllm(config: RewriteConfig, teacher: Teacher, seed: int):
+def _make_vllm(config: RewriteSection, teacher: Teacher, seed: int):
     from .models import model_path
     from .rewrite import VLLMRewriter
     from .rollout.vllm import VLLMGenerator
@@ -127,7 +128,7 @@ def _make_vllm(config: RewriteConfig, teacher: Teacher, seed: int):
     return lambda s: VLLMRewriter(engine, tokenizer, generation(config), seed=s, **options)
 
 
-def _check_vllm(config: RewriteConfig, teacher_name: str, contact: bool) -> None:
+def _check_vllm(config: RewriteSection, teacher_name: str, contact: bool) -> None:
     from .models import resolve_model
     from .rollout.vllm import check_engine
 
@@ -145,7 +146,7 @@ register_backend(RewriterBackend(
 
 # --- openai: a served model ----------------------------------------------------------------------
 
-def served_rewriter(config: RewriteConfig, seed: int):
+def served_rewriter(config: RewriteSection, seed: int):
     from .served_rewriter import OpenAIRewriter
 
     return OpenAIRewriter(
@@ -157,12 +158,12 @@ def served_rewriter(config: RewriteConfig, seed: int):
     )
 
 
-def _make_served(config: RewriteConfig, teacher: Teacher, seed: int):
+def _make_served(config: RewriteSection, teacher: Teacher, seed: int):
     served = served_rewriter(config, seed)  # one client: its request counts cover the whole run
     return lambda s: served
 
 
-def _check_served(config: RewriteConfig, teacher_name: str, contact: bool) -> None:
+def _check_served(config: RewriteSection, teacher_name: str, contact: bool) -> None:
     if not contact:
         return
     from .served_rewriter import check_endpoint
@@ -172,7 +173,7 @@ def _check_served(config: RewriteConfig, teacher_name: str, contact: bool) -> No
     served_rewriter(config, 0).preflight()
 
 
-def _describe_served(config: RewriteConfig, teacher: str) -> str:
+def _describe_served(config: RewriteSection, teacher: str) -> str:
     key = f", API key from ${config.api_key_env}" if config.api_key_env else ""
     return f"served: {config.model} at {config.base_url}{key}"
 

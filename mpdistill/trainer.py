@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import functools
 import random
+import re
 from collections import Counter
 from dataclasses import replace
 from pathlib import Path
@@ -33,11 +34,12 @@ import torch
 from accelerate.utils import gather_object
 from trl import DistillationTrainer
 
-from .checkpoints import ResumableTraining
+from .checkpoints import ResumableTraining, checkpoint_step, rewind_rollout_log
 from .durable import append_jsonl
-from .mix_monitor import MixMonitor
+from .mix_monitor import MixFloorHalt, MixMonitor
+from .model_record import write_record
 from .mpd_config import MPDConfig
-from .nonfinite import NonFiniteGuard
+from .nonfinite import NonFiniteGuard, NonFiniteHalt
 from .processes import count_on_every_process
 from .rewrite import REASONS, Rewriter, RewriteSettings, Sample, answer_section, encode_completion, rewrite_batch
 from .rewriters import Teacher, build_rewriter
@@ -82,27 +84,67 @@ class _Trainer(ResumableTraining, DistillationTrainer):
 
     def __init__(self, model, teacher_model=None, args: MPDConfig | None = None, train_dataset=None,
                  eval_dataset=None, processing_class=None, *, teacher_processing_class=None, **kwargs) -> None:
-        from .models import load_tokenizer, resolve_model
+        from .models import check_compatible, load_tokenizer, resolve_model
 
         if args is None:  # as TRL names its default output folder: after the model
             name = model if isinstance(model, str) else getattr(model.config, "_name_or_path", "") or "model"
-            args = MPDConfig(f"{Path(name).name}-{self._name}")
+            args = MPDConfig(re.sub(r"[^\w.-]+", "-", f"{Path(name).name}-{self._name}"))
         elif not isinstance(args, MPDConfig):
             raise TypeError(f"{type(self).__name__} takes an mpdistill.MPDConfig (TRL's DistillationConfig plus MPD's "
                             f"settings), got {type(args).__name__}")
-        model = resolve_model(model) if isinstance(model, str) else model
+        if isinstance(model, str):  # loaded by TRL, under mpdistill's loading policy
+            model = resolve_model(model)
+            # Safetensors only, as models.load_model: pickled weights run code when loaded (use_safetensors=None
+            # in model_init_kwargs, or a model loaded by hand, to opt in).
+            args.model_init_kwargs = {"use_safetensors": True, **(args.model_init_kwargs or {})}
+            if processing_class is None:  # checked: a folder without its tokenizer files is refused
+                processing_class = load_tokenizer(model, trust_remote_code=args.trust_remote_code)
         if isinstance(teacher_model, str):
             teacher_model = resolve_model(teacher_model)
+            args.teacher_model_init_kwargs = {"use_safetensors": True, **(args.teacher_model_init_kwargs or {})}
             if teacher_processing_class is None:
                 teacher_processing_class = load_tokenizer(teacher_model, trust_remote_code=args.trust_remote_code)
         super().__init__(model, teacher_model, args, train_dataset, eval_dataset, processing_class, **kwargs)
         self.teacher_tokenizer = teacher_processing_class or self._tokenizer
+        if self.teacher_model is not None:  # one vocabulary, piece by piece (TRL compares only the sizes)
+            check_compatible("the student", self._tokenizer, self.model, "the teacher", self.teacher_tokenizer,
+                             self.local_teacher())
         self.task = args.get_task()
         self.add_callback(NonFiniteGuard(args.max_nonfinite_steps, metrics=self._metrics))
 
     def local_teacher(self):
         """The teacher's own module (not the training wrapper around it), for generation."""
         return self.accelerator.unwrap_model(self.teacher_model)
+
+    def train(self, resume_from_checkpoint=None, **kwargs):
+        """TRL's ``train``; a resumed run's rollout log keeps only the steps its checkpoint holds, and a
+        run the NaN/inf guard or the mix monitor stopped raises instead of returning as if it finished."""
+        rollouts = getattr(self, "rollouts_path", None)
+        if resume_from_checkpoint and rollouts is not None and self.accelerator.is_main_process:
+            from transformers.trainer_utils import get_last_checkpoint
+
+            found = get_last_checkpoint(self.args.output_dir) if resume_from_checkpoint is True else resume_from_checkpoint
+            if found:
+                rewind_rollout_log(rollouts, checkpoint_step(Path(found)))
+        output = super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+        for callback in self.callback_handler.callbacks:
+            if isinstance(callback, NonFiniteGuard) and callback.halted_at is not None:
+                raise NonFiniteHalt(f"training stopped at step {self.state.global_step}: more than {callback.limit} "
+                                    "steps in a row had a NaN/inf loss or gradient")
+            if isinstance(callback, MixMonitor) and callback.halted:
+                raise MixFloorHalt(callback.halted)
+        return output
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """TRL's ``save_model``, with the folder's ``mpdistill.json`` (task, prompt) that ``mpdistill eval`` reads."""
+        super().save_model(output_dir, _internal_call)
+        if not _internal_call and self.accelerator.is_main_process:
+            prompt = next(iter(self.train_dataset or []), {}).get("prompt", "")  # plain text, or a conversation
+            kwargs = self.args.chat_template_kwargs or {}
+            write_record(output_dir or self.args.output_dir, task=self.args.task,
+                         prompt_template=self.task.prompt_template,
+                         prompt_style="plain" if isinstance(prompt, str) else "chat",
+                         thinking=kwargs.get("enable_thinking"))
 
 
 class OPDTrainer(_Trainer):

@@ -161,5 +161,5 @@ def test_off_policy_kd_lines_name_the_teachers_samples():
 
     logs = {"loss": 0.25, "completions/mean_length": 41.5, "completions/clipped_ratio": 0.0,
             "kd/kept_rate": 0.75, "learning_rate": 3e-4, "entropy": 0.3, "epoch": 1.0}
-    line = ConsoleLog("offpolicy_kd", bar=False).format_line(State(), logs, 2.0)
+    line = ConsoleLog(bar=False).format_line(State(), logs, 2.0)
     assert line == "step 5/10  loss 0.25  teacher 41.5 tok  kept 75%  lr 3.0e-04  2.0 s/step"

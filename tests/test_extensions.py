@@ -145,3 +145,12 @@ def test_the_command_loads_extensions_other_packages_declare(tmp_path, tiny_pair
     assert broken.returncode == 2
     assert broken.stderr.strip() == ("error: plugin 'echo' (toy_plugin, from toy-plugin) failed to load: "
                                      "ImportError: needs units>=2")
+
+
+def test_eval_of_a_task_without_default_benchmarks_asks_for_them(registries, tmp_path):
+    from mpdistill.eval_folder import EvalError
+    from mpdistill.eval_settings import EvalSpec
+
+    register_task("units", lambda: Task(name="units", extract_answer=lambda t: None, answers_match=lambda a, b: a == b))
+    with pytest.raises(EvalError, match="the units task has no default benchmarks: name them with --benchmarks"):
+        EvalSpec(model="embedded:student", task="units").check()

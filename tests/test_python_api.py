@@ -1,7 +1,6 @@
 """The README's Python example, run as written (the embedded models, 10 MPD steps on the CPU), and
 the contract of ``MPDConfig`` / ``MPDTrainer`` a TRL user relies on."""
 
-import dataclasses
 import json
 import re
 import subprocess
@@ -11,7 +10,6 @@ from pathlib import Path
 import pytest
 
 from mpdistill import MPDConfig
-from mpdistill.config import RewriteConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -29,6 +27,8 @@ def test_the_readme_example_runs_as_written(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     run = tmp_path / "runs" / "api-mpd"
     assert (run / "model.safetensors").is_file() and (run / "tokenizer.json").is_file()
+    # mpdistill eval reads how the saved model is prompted and graded from its folder.
+    assert json.loads((run / "mpdistill.json").read_text())["task"] == "chain"
     rows = [json.loads(line) for line in (run / "rollouts.jsonl").read_text().splitlines()]
     assert len(rows) == 10 * 16
     # The embedded teacher rewrote: most samples train on an accepted, shorter rewrite.
@@ -37,16 +37,29 @@ def test_the_readme_example_runs_as_written(tmp_path):
     assert all(r["rewrite_tokens"] < r["student_tokens"] for r in accepted)
 
 
-def test_every_rewrite_setting_is_a_config_field():
-    names = {f.name for f in dataclasses.fields(MPDConfig)}
-    assert {f"rewrite_{key}" for key in RewriteConfig.model_fields} <= names
-    assert {"task", "max_nonfinite_steps", "rollouts_file", "output_dir", "beta", "report_to"} <= names
+def test_a_recipe_and_the_config_fill_in_the_same_task_defaults(tmp_path):
+    """The chain task's rewrite layout (plain text) whether the run comes from a recipe, MPDConfig or
+    mpdistill rewrite; the math task's default instruction through the chat template."""
+    from mpdistill.config import recipe_from_dict
+    from mpdistill.pipeline import training_arguments
+    from mpdistill.rewrite_file import RewriteFileSpec
+
+    for task, data in (("chain", {}), ("math", {"data": {"train": "x.jsonl"}, "student": "s", "teacher": "t"})):
+        recipe = recipe_from_dict({"task": task, **data})
+        from_recipe = training_arguments(recipe, tmp_path).rewrite_settings()
+        from_config = MPDConfig(str(tmp_path), task=task).rewrite_settings()
+        spec = RewriteFileSpec(teacher="t", task=task)
+        from_options = spec.check()
+        for settings in (from_recipe, from_options):
+            assert (settings.prompt_template, settings.use_chat_template) == \
+                   (from_config.prompt_template, from_config.use_chat_template), task
+    assert not MPDConfig(str(tmp_path), task="chain").rewrite_settings().use_chat_template
 
 
 def test_rewrite_settings_are_checked_once_by_the_recipes_rules(tmp_path):
     with pytest.raises(ValueError, match="rewrite_max_ratio: Input should be less than or equal to 1"):
         MPDConfig(str(tmp_path), rewrite_max_ratio=1.5)
-    with pytest.raises(ValueError, match="rewrite.base_url is required"):
+    with pytest.raises(ValueError, match="rewrite_base_url is required when rewrite_backend is 'openai'"):
         MPDConfig(str(tmp_path), rewrite_backend="openai")
     with pytest.raises(ValueError, match="unknown rewriter backend"):
         MPDConfig(str(tmp_path), rewrite_backend="carrier-pigeon")

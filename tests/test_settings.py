@@ -2,7 +2,6 @@
 written under training:, and `mpdistill train --set KEY=VALUE` overrides a key for one run and is
 recorded in that run's recipe.yaml."""
 
-import dataclasses
 import subprocess
 import sys
 from pathlib import Path
@@ -94,16 +93,36 @@ def test_set_mistakes_are_one_line_naming_the_key(tmp_path, tiny_pair):
         assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], (item, lines)
 
 
-def test_the_recipe_and_the_config_name_the_same_rewrite_settings():
-    from mpdistill import MPDConfig
-    from mpdistill.config import RewriteConfig
+def test_trl_args_is_not_a_recipe_key():
+    from mpdistill.config import ConfigError
 
-    fields = {f.name: f for f in dataclasses.fields(MPDConfig)}
-    for key, info in RewriteConfig.model_fields.items():
-        if key in ("prompt_template", "use_chat_template"):  # the task's own, when unset
-            assert fields[f"rewrite_{key}"].default is None
-            continue
-        default = info.get_default(call_default_factory=True)
-        field = fields[f"rewrite_{key}"]
-        value = field.default_factory() if field.default_factory is not dataclasses.MISSING else field.default
-        assert value == default, key
+    for value in ({"max_steps": 3}, {"nonsense": 1}, 3):
+        try:
+            recipe_from_dict({"training": {"trl_args": value}})
+        except ConfigError as err:
+            assert "trl_args is not a recipe key" in str(err)
+        else:
+            raise AssertionError(f"trl_args {value!r} was accepted")
+
+
+def test_set_switches_on_a_section_the_file_leaves_null(tmp_path, tiny_pair):
+    path = _write(tmp_path, tiny_pair, lora=None, vllm=None)
+    recipe = load_recipe(path, {"training": {"lora": {"r": 8}}})
+    assert recipe.training.lora is not None and recipe.training.lora.r == 8
+
+
+def test_dry_run_refuses_what_train_refuses(tmp_path, tiny_pair):
+    path = _write(tmp_path, tiny_pair, optim="not_an_optimizer")
+    for args in (["--dry-run"], ["--out", str(tmp_path / "run")]):
+        result = subprocess.run([sys.executable, "-m", "mpdistill.cli", "train", str(path), *args],
+                                capture_output=True, text=True)
+        assert result.returncode == 2 and "not_an_optimizer" in result.stderr, (args, result.stderr)
+    assert not (tmp_path / "run").exists()
+
+
+def test_operational_fields_may_change_on_resume():
+    from mpdistill.checkpoints import RESUMABLE_CHANGES, recipe_changes
+
+    saved = recipe_from_dict({"training": {"report_to": "none"}})
+    given = recipe_from_dict({"training": {"report_to": "tensorboard", "weight_decay": 0.1}})
+    assert recipe_changes(saved, given, RESUMABLE_CHANGES) == ["training.weight_decay: None -> 0.1"]

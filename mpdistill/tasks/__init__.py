@@ -58,9 +58,8 @@ def chain_task() -> Task:
 
 
 def math_task() -> Task:
+    from ..prompts import DEFAULT_REWRITE_PROMPT, MATH_PROMPT
     from .math import answers_match, extract_answer, numbers_kept
-    from ..prompts import MATH_PROMPT
-    from ..prompts import DEFAULT_REWRITE_PROMPT
 
     return Task(name="math", extract_answer=extract_answer, answers_match=answers_match,
                 prompt_template=MATH_PROMPT, route_kept=numbers_kept, rewrite_prompt=DEFAULT_REWRITE_PROMPT)
