@@ -136,10 +136,13 @@ class TrainingConfig(_Strict):
         stays, for the strict model to name (``training.stpes: unknown key``)."""
         if not isinstance(data, dict):
             return data
-        if "trl_args" in data:
+        data = dict(data)
+        held = data.pop("trl_args", None) or {}  # a model revalidated on assignment hands its own back
+        if not isinstance(held, dict):
             raise ValueError("trl_args is not a recipe key: write TrainingArguments fields directly under training:")
+        data = {**held, **data}  # checked below as if written under training: directly
         fields = trl_fields()
-        data, passed = dict(data), {}
+        passed = {}
         for key in [k for k in data if isinstance(k, str) and k not in cls.model_fields and k in fields]:
             if key in SET_ELSEWHERE:
                 raise ValueError(f"{key} is set by {SET_ELSEWHERE[key]}")

@@ -138,12 +138,8 @@ def describe_run(recipe: Recipe, out: str | Path | None = None) -> dict:
                             "GPUs that support it (or training.bf16: false)")
 
     from .config import ConfigError
-    from .pipeline import check_batch_fits, training_arguments
+    from .pipeline import check_batch_fits
 
-    try:  # what transformers or TRL would refuse in the trainers' config, as train checks it first
-        training_arguments(recipe, Path(out) if out is not None else Path("run"))
-    except ConfigError as err:
-        errors.append(str(err))
     processes = int(os.environ.get("WORLD_SIZE", "1") or 1)
     if data["rows"] is not None:
         try:

@@ -267,7 +267,8 @@ def training_arguments(recipe: Recipe, run_dir: Path) -> MPDConfig:
     """The recipe as the trainers' :class:`MPDConfig`: TRL's ``DistillationConfig`` fields from
     ``training:`` (a few under shorter names, and any other field as written), MPD's ``rewrite_*``
     fields from ``rewrite:``. Whatever transformers or TRL refuse in it is a ConfigError naming the
-    setting, raised before any folder is written (``train`` and ``--dry-run`` both build it first)."""
+    setting, raised by ``train`` before any weights load or folder is written. (``--dry-run`` does not
+    build it: transformers sets up the launch it runs under, and a dry run plans for another machine.)"""
     t = recipe.training
     settings = dict(
         output_dir=str(run_dir / "trainer"),

@@ -7,8 +7,12 @@ import yaml
 
 from mpdistill.config import ConfigError, Recipe, dump_recipe, load_recipe, recipe_from_dict
 from mpdistill.prompts import DEFAULT_REWRITE_PROMPT
+from mpdistill.tasks import chain
 
 EMBEDDED = Path(__file__).resolve().parents[1] / "mpdistill" / "recipes" / "embedded.yaml"
+
+# A math recipe with its defaults: the task's multi-line rewrite instruction, sent as a chat message.
+MATH = recipe_from_dict({"task": "math", "data": {"train": "openai/gsm8k", "config": "main"}, "student": "s", "teacher": "t"})
 
 
 def config_error(path) -> str:
@@ -107,7 +111,9 @@ def test_rewrite_template_must_keep_the_problem():
 def test_rewrite_template_with_both_fields_is_accepted():
     recipe = recipe_from_dict({"rewrite": {"prompt_template": "P {problem} T {trace}"}})
     assert recipe.rewrite.prompt_template == "P {problem} T {trace}"
-    assert Recipe().rewrite.prompt_template == DEFAULT_REWRITE_PROMPT
+    # Absent: the task's (the embedded chain task's layout; the math task's instruction).
+    assert Recipe().rewrite.prompt_template == chain.REWRITE_PROMPT and Recipe().rewrite.use_chat_template is False
+    assert MATH.rewrite.prompt_template == DEFAULT_REWRITE_PROMPT and MATH.rewrite.use_chat_template is True
 
 
 def test_assignment_is_validated_too():
@@ -160,8 +166,8 @@ def test_dump_recipe_round_trips(tmp_path):
 
 def test_dump_of_defaults_round_trips_including_the_default_template(tmp_path):
     # The default rewrite template is multi-line: YAML must keep it byte for byte.
-    again = load_recipe(write(tmp_path, dump_recipe(Recipe())))
-    assert again == Recipe()
+    again = load_recipe(write(tmp_path, dump_recipe(MATH)))
+    assert again == MATH
     assert again.rewrite.prompt_template == DEFAULT_REWRITE_PROMPT
 
 

@@ -222,8 +222,8 @@ def serve():
 
 def served_args(server, out: str = "out.jsonl", tokenizer: bool = True) -> list[str]:
     args = ["rewrite", "--input", "in.jsonl", "--out", out, "--backend", "openai", "--base-url", server.url,
-            "--model", "rewriter", "--task", "chain", "--prompt-template", TEMPLATE, "--max-retries", "0",
-            "--batch-size", "4"]
+            "--model", "rewriter", "--task", "chain", "--prompt-template", TEMPLATE, "--chat-template",
+            "--max-retries", "0", "--batch-size", "4"]
     return args + (["--tokenizer", str(embedded_dir() / "teacher")] if tokenizer else [])
 
 

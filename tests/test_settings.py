@@ -96,13 +96,19 @@ def test_set_mistakes_are_one_line_naming_the_key(tmp_path, tiny_pair):
 def test_trl_args_is_not_a_recipe_key():
     from mpdistill.config import ConfigError
 
-    for value in ({"max_steps": 3}, {"nonsense": 1}, 3):
+    # Its contents are checked as if written under training: directly.
+    for value, message in (({"max_steps": 3}, "max_steps is set by training.steps"),
+                           ({"nonsense": 1}, "training.nonsense: unknown key"), (3, "trl_args is not a recipe key")):
         try:
             recipe_from_dict({"training": {"trl_args": value}})
         except ConfigError as err:
-            assert "trl_args is not a recipe key" in str(err)
+            assert message in str(err), (value, str(err))
         else:
             raise AssertionError(f"trl_args {value!r} was accepted")
+    # A recipe changed in place is checked again, its TrainingArguments fields kept.
+    recipe = recipe_from_dict({"training": {"weight_decay": 0.1}})
+    recipe.training.steps = 7
+    assert recipe.training.trl_args == {"weight_decay": 0.1}
 
 
 def test_set_switches_on_a_section_the_file_leaves_null(tmp_path, tiny_pair):
@@ -111,12 +117,11 @@ def test_set_switches_on_a_section_the_file_leaves_null(tmp_path, tiny_pair):
     assert recipe.training.lora is not None and recipe.training.lora.r == 8
 
 
-def test_dry_run_refuses_what_train_refuses(tmp_path, tiny_pair):
+def test_a_value_transformers_refuses_stops_train_before_anything_is_written(tmp_path, tiny_pair):
     path = _write(tmp_path, tiny_pair, optim="not_an_optimizer")
-    for args in (["--dry-run"], ["--out", str(tmp_path / "run")]):
-        result = subprocess.run([sys.executable, "-m", "mpdistill.cli", "train", str(path), *args],
-                                capture_output=True, text=True)
-        assert result.returncode == 2 and "not_an_optimizer" in result.stderr, (args, result.stderr)
+    result = subprocess.run([sys.executable, "-m", "mpdistill.cli", "train", str(path), "--out", str(tmp_path / "run")],
+                            capture_output=True, text=True)
+    assert result.returncode == 2 and "not_an_optimizer" in result.stderr, result.stderr
     assert not (tmp_path / "run").exists()
 
 

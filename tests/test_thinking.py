@@ -156,7 +156,7 @@ def test_recipe_validation(data, message):
 def test_switch_without_template_support_is_refused_before_training(key):
     data = {"data": {"prompt_style": "chat"}}
     data.update({"training": {"student_enable_thinking": True}} if key == "student"
-                else {"rewrite": {"teacher_enable_thinking": False}})
+                else {"rewrite": {"teacher_enable_thinking": False, "use_chat_template": True}})
     recipe = recipe_from_dict(data)
     for tok in (SimpleNamespace(chat_template=None), SimpleNamespace(chat_template="{{ messages }}")):
         with pytest.raises(ConfigError, match=f"{key}_enable_thinking is set but the tokenizer's chat template"):
