@@ -196,6 +196,18 @@ def trl_fields() -> set[str]:
     return {f.name for f in fields(DistillationConfig)}
 
 
+def with_task_defaults(section: dict, task: str) -> dict:
+    """A ``rewrite:`` section's values with what it leaves out taken from ``task``: its rewrite prompt
+    and whether that goes through the chat template. Filled in before the section is checked, so a
+    recipe, ``MPDConfig`` and ``mpdistill rewrite`` check (and record) the values they use, once."""
+    from .tasks import get_task
+
+    t = get_task(task)
+    chat = section.get("use_chat_template")
+    return {**section, "prompt_template": section.get("prompt_template") or t.rewrite_prompt or DEFAULT_REWRITE_PROMPT,
+            "use_chat_template": t.rewrite_chat if chat is None else chat}
+
+
 class RewriteConfig(_Strict):
     # The rewrite instruction, or the name of a built-in one: "default" or "thinking" (for students
     # that think in a <think> block; keeps the block and the answer section after it). Absent: the
@@ -249,16 +261,6 @@ class RewriteConfig(_Strict):
 
     _template = field_validator("prompt_template")(
         lambda cls, v: v if v is None else check_template(PROMPT_TEMPLATES.get(v, v)))
-
-    def with_task_defaults(self, task: str) -> "RewriteConfig":
-        """This section with what it leaves out taken from ``task`` (its rewrite prompt, its chat choice)."""
-        from .tasks import get_task
-
-        t = get_task(task)
-        return self.model_copy(update={
-            "prompt_template": self.prompt_template or t.rewrite_prompt or DEFAULT_REWRITE_PROMPT,
-            "use_chat_template": t.rewrite_chat if self.use_chat_template is None else self.use_chat_template,
-        })
 
     @model_validator(mode="before")
     @classmethod
@@ -365,7 +367,21 @@ class Recipe(_Strict):
 
     @model_validator(mode="before")
     @classmethod
-    def _choose_task(cls, data):
+    def _task_and_its_rewrite_defaults(cls, data):
+        data = cls._choose_task(data)
+        if not isinstance(data, dict) or not isinstance(data.get("task"), str):
+            return data  # the fields' own checks name what is wrong
+        from .tasks import TASKS
+
+        section = data.get("rewrite", {})
+        if isinstance(section, BaseModel):  # Recipe(rewrite=RewriteConfig(...)) from Python
+            section = section.model_dump()
+        if data["task"] in TASKS and isinstance(section, dict):
+            data = {**data, "rewrite": with_task_defaults(section, data["task"])}
+        return data
+
+    @staticmethod
+    def _choose_task(data):
         """Fill in ``task`` from the data, or refuse where the choice is not clear: a run whose
         answers are read the wrong way trains on no rewrite at all (MPD silently becomes OPD)."""
         if not isinstance(data, dict):
@@ -400,15 +416,6 @@ class Recipe(_Strict):
                 task = "math"
             data = {**data, "task": task}
         return data
-
-    @model_validator(mode="after")
-    def _rewrite_defaults_from_the_task(self):
-        # Filled in here, so the saved recipe.yaml, --dry-run and the trainers all see the values used.
-        if self.rewrite.prompt_template is None or self.rewrite.use_chat_template is None:
-            filled = self.rewrite.with_task_defaults(self.task)
-            RewriteConfig.model_validate(filled.model_dump())  # the rules across settings, on the filled values
-            object.__setattr__(self, "rewrite", filled)
-        return self
 
     @model_validator(mode="after")
     def _student_thinking_needs_chat_prompts(self):

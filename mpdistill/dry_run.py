@@ -14,9 +14,9 @@ from pathlib import Path
 
 from .config import Recipe
 from .methods import get_method
-from .rewriters import get_backend
 from .models import resolve_model
 from .paths import looks_local
+from .rewriters import get_backend
 
 NOT_OFFLINE = "not available offline; checked at load time"
 

@@ -23,22 +23,17 @@ from typing import Any
 from pydantic import ValidationError
 from trl import DistillationConfig
 
-from .config import RewriteConfig
-from .rewrite import RewriteSettings
-from .rollout import GenerationSettings
+from .config import RewriteConfig, with_task_defaults
+from .rewrite import RewriteSettings, rewrite_settings_from
 from .tasks import TASKS, Task, get_task
 
 REWRITE_PREFIX = "rewrite_"
 
 
 def _rewrite_field(name: str, info) -> tuple[str, Any, dataclasses.Field]:
-    default = info.get_default(call_default_factory=False)
-    if info.default_factory is not None:
-        spec = dataclasses.field(default_factory=info.default_factory)
-    else:
-        spec = dataclasses.field(default=default)
-    spec.metadata = {"help": f"The recipe's rewrite.{name} (see mpdistill.config.RewriteConfig)."}
-    return REWRITE_PREFIX + name, info.annotation, spec
+    default = {"default_factory": info.default_factory} if info.default_factory else {"default": info.default}
+    help_text = f"The recipe's rewrite.{name} (see mpdistill.config.RewriteConfig)."
+    return REWRITE_PREFIX + name, info.annotation, dataclasses.field(**default, metadata={"help": help_text})
 
 
 # The rewrite_* fields, appended after DistillationConfig's so its positional output_dir stays first.
@@ -77,8 +72,7 @@ class MPDConfig(_WithRewriteFields):
         values = {f.name[len(REWRITE_PREFIX):]: getattr(self, f.name)
                   for f in dataclasses.fields(self) if f.name.startswith(REWRITE_PREFIX)}
         try:
-            config = RewriteConfig.model_validate(values).with_task_defaults(self.task)
-            return RewriteConfig.model_validate(config.model_dump())  # the rules across settings, filled in
+            return RewriteConfig.model_validate(with_task_defaults(values, self.task))
         except ValidationError as err:
             # A rule across settings names them as recipe keys (rewrite.base_url): here they are fields.
             problems = "; ".join(f"{REWRITE_PREFIX}{'.'.join(map(str, e['loc']))}: {e['msg'].removeprefix('Value error, ')}"
@@ -97,18 +91,3 @@ class MPDConfig(_WithRewriteFields):
         if self.rollouts_file == "":
             return None
         return self.rollouts_file or os.path.join(self.output_dir, "rollouts.jsonl")
-
-
-def rewrite_settings_from(r: RewriteConfig) -> RewriteSettings:
-    """A recipe's ``rewrite:`` section as the settings :func:`mpdistill.rewrite.rewrite_batch` reads."""
-    return RewriteSettings(
-        prompt_template=r.prompt_template,  # a built-in name is already its text
-        max_ratio=r.max_ratio,
-        require_gold=r.require_gold,
-        on_reject=r.on_reject,
-        on_policy_fraction=r.on_policy_fraction,
-        use_chat_template=r.use_chat_template,
-        teacher_thinks=r.teacher_enable_thinking is True,
-        generation=GenerationSettings(max_new_tokens=r.max_new_tokens, temperature=r.temperature, top_p=r.top_p,
-                                      top_k=r.top_k, batch_size=r.batch_size),
-    )

@@ -20,12 +20,11 @@ from .methods import get_method
 from .mix_monitor import MixFloorHalt, MixMonitor
 from .model_record import write_record
 from .models import check_compatible, load_model, model_path, resolve_model
-from .mpd_config import REWRITE_PREFIX, MPDConfig, rewrite_settings_from
+from .mpd_config import REWRITE_PREFIX, MPDConfig
 from .nonfinite import NonFiniteGuard, NonFiniteHalt
 from .paths import check_output_dir
 from .processes import distributed_state, is_main_process, launch_warnings, on_main_then_share
 from .prompts import encode_message, has_thinking_switch
-from .rewrite import RewriteSettings
 from .rewriters import get_backend
 from .tasks import get_task
 from .tasks.problems import DataError, chain_problems, load_problems
@@ -112,11 +111,6 @@ def check_prompt_lengths(recipe: Recipe, rows: list[dict], tokenizer, model_conf
 
 def _brief(text: str, width: int = 40) -> str:
     return repr(text if len(text) <= width else text[:width] + "...")
-
-
-def rewrite_settings(recipe: Recipe) -> RewriteSettings:
-    """How this recipe's rewrites are prompted for, sampled, accepted and mixed."""
-    return rewrite_settings_from(recipe.rewrite)
 
 
 def generation_problems(recipe: Recipe, *, servers: bool = True) -> list[Exception]:

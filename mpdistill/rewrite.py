@@ -69,6 +69,23 @@ class RewriteSettings:
 _FIELD_RE = re.compile(r"\{problem\}|\{trace\}|\{\{|\}\}")
 
 
+def rewrite_settings_from(r) -> RewriteSettings:
+    """A run's checked ``rewrite:`` section (:class:`mpdistill.config.RewriteConfig`, read by field name)
+    as the settings :func:`rewrite_batch` reads."""
+    return RewriteSettings(
+        prompt_template=r.prompt_template,  # a built-in name is already its text
+        max_ratio=r.max_ratio,
+        require_gold=r.require_gold,
+        on_reject=r.on_reject,
+        on_policy_fraction=r.on_policy_fraction,
+        use_chat_template=r.use_chat_template,
+        teacher_thinks=r.teacher_enable_thinking is True,
+        generation=GenerationSettings(max_new_tokens=r.max_new_tokens, temperature=r.temperature, top_p=r.top_p,
+                                      top_k=r.top_k, batch_size=r.batch_size),
+    )
+
+
+
 @dataclass
 class RewriteOutput:
     text: str

@@ -34,11 +34,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from .config import ConfigError, RewriteConfig, from_options
+from .config import ConfigError, RewriteConfig, from_options, with_task_defaults
 from .durable import LogError, append_jsonl, changed_settings, cut_torn_tail, read_jsonl_log, write_text
-from .mpd_config import rewrite_settings_from
 from .paths import check_output_file
-from .rewrite import Rewriter, RewriteSettings, Sample, encode_completion, rewrite_batch
+from .rewrite import Rewriter, RewriteSettings, Sample, encode_completion, rewrite_batch, rewrite_settings_from
 from .rollout import derive_seed
 from .tasks.problems import DataError, iter_jsonl
 
@@ -90,8 +89,8 @@ class RewriteFileSpec:
     allow_pickle_checkpoints: bool = False  # see models.load_model: safetensors only unless set
     trust_remote_code: bool = False
 
-    def check(self) -> RewriteSettings:
-        """The rewrite settings these options make, or a :class:`RewriteFileError` naming the option."""
+    def check(self) -> RewriteConfig:
+        """These options as a checked ``rewrite:`` section, or a :class:`RewriteFileError` naming the option."""
         from .rewriters import BACKENDS
 
         if self.backend not in BACKENDS:
@@ -116,7 +115,7 @@ class RewriteFileSpec:
         config = self.rewrite_config()
         # What the task filled in is what the output's settings record.
         self.prompt_template, self.chat_template = config.prompt_template, config.use_chat_template
-        return rewrite_settings_from(config)
+        return config
 
     def rewrite_config(self) -> RewriteConfig:
         """These options as a recipe's ``rewrite:`` section, validated by it (errors name the option)."""
@@ -130,8 +129,7 @@ class RewriteFileSpec:
             teacher_enable_thinking=self.teacher_thinking, send_chat_template_kwargs=self.send_chat_template_kwargs,
             gpu_memory_utilization=None,  # the engine's default share: a rewrite job has the machine to itself
         )
-        config = from_options(RewriteConfig, values, RewriteFileError, OPTIONS).with_task_defaults(self.task)
-        return from_options(RewriteConfig, config.model_dump(), RewriteFileError, OPTIONS)
+        return from_options(RewriteConfig, with_task_defaults(values, self.task), RewriteFileError, OPTIONS)
 
 
 # The option that sets each rewrite setting (where its name is not the setting's).
@@ -375,7 +373,8 @@ def rewrite_file(input_path: str | Path, out: str | Path, spec: RewriteFileSpec,
     from .tasks import get_task
 
     console = console or stdout
-    settings = spec.check()
+    config = spec.check()
+    settings = rewrite_settings_from(config)
     out = Path(out)
     check_output_file(out, "--out")  # before the input is read or any model loads
     rows = read_rows(input_path, require_gold=spec.require_gold)
@@ -389,7 +388,7 @@ def rewrite_file(input_path: str | Path, out: str | Path, spec: RewriteFileSpec,
 
     stats = None
     if todo:
-        make, encode, stats = _backend(spec, settings)
+        make, encode, stats = _backend(spec, config)
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
         if write_settings:  # beside the records, before the first of them
@@ -414,13 +413,12 @@ def rewrite_file(input_path: str | Path, out: str | Path, spec: RewriteFileSpec,
     return summary
 
 
-def _backend(spec: RewriteFileSpec, settings: RewriteSettings):
+def _backend(spec: RewriteFileSpec, config: RewriteConfig):
     """``(rewriter for a chunk seed, token encoder, backend statistics or None)``; loads what is needed."""
     from .models import load_model, load_tokenizer
     from .rewriters import Teacher, get_backend
     from .rollout.vllm import BackendUnavailable
 
-    config = spec.rewrite_config()
     backend = get_backend(spec.backend)
     try:
         if backend.check is not None:

@@ -20,8 +20,7 @@ from typing import Any, Callable
 from .errors import ConfigError
 from .registry import Registry
 from .prompts import teacher_template_kwargs
-from .rewrite import Rewriter
-from .rollout import GenerationSettings
+from .rewrite import Rewriter, rewrite_settings_from
 
 # A run's rewrite settings: a recipe's rewrite: section (mpdistill.config.RewriteConfig), read by field
 # name; not imported, so that the settings module may look backends up here.
@@ -76,11 +75,6 @@ def build_rewriter(config: RewriteSection, teacher: Teacher, seed: int) -> Rewri
     return get_backend(config.backend).make(config, teacher, seed)(seed)
 
 
-def generation(config: RewriteSection) -> GenerationSettings:
-    return GenerationSettings(max_new_tokens=config.max_new_tokens, temperature=config.temperature,
-                              top_p=config.top_p, top_k=config.top_k, batch_size=config.batch_size)
-
-
 def template_kwargs(config: RewriteSection, tokenizer) -> dict | None:
     """The teacher's chat-template switches (see :func:`mpdistill.prompts.teacher_template_kwargs`)."""
     return teacher_template_kwargs(chat=config.use_chat_template, thinking=config.teacher_enable_thinking,
@@ -104,7 +98,7 @@ def _make_local(config: RewriteSection, teacher: Teacher, seed: int):
         raise ConfigError("the transformers rewriter writes with the loaded teacher, and none was given")
     tokenizer = _teacher_tokenizer(teacher)
     options = dict(use_chat_template=config.use_chat_template, chat_template_kwargs=template_kwargs(config, tokenizer))
-    return lambda s: TransformersRewriter(teacher.model, tokenizer, generation(config), seed=s, **options)
+    return lambda s: TransformersRewriter(teacher.model, tokenizer, rewrite_settings_from(config).generation, seed=s, **options)
 
 
 register_backend(RewriterBackend(
@@ -125,7 +119,7 @@ def _make_vllm(config: RewriteSection, teacher: Teacher, seed: int):
                            dtype="bfloat16" if teacher.bf16 else "auto")
     tokenizer = _teacher_tokenizer(teacher, name)
     options = dict(use_chat_template=config.use_chat_template, chat_template_kwargs=template_kwargs(config, tokenizer))
-    return lambda s: VLLMRewriter(engine, tokenizer, generation(config), seed=s, **options)
+    return lambda s: VLLMRewriter(engine, tokenizer, rewrite_settings_from(config).generation, seed=s, **options)
 
 
 def _check_vllm(config: RewriteSection, teacher_name: str, contact: bool) -> None:

@@ -43,7 +43,7 @@ from .nonfinite import NonFiniteGuard, NonFiniteHalt
 from .processes import count_on_every_process
 from .rewrite import REASONS, Rewriter, RewriteSettings, Sample, answer_section, encode_completion, rewrite_batch
 from .rewriters import Teacher, build_rewriter
-from .rollout import GenerationSettings, generate_texts
+from .rollout import generate_texts
 
 
 def problem_text(prompt: Any) -> str:
@@ -59,7 +59,10 @@ def problem_text(prompt: Any) -> str:
 class _RolloutLogMixin:
     """Appends one JSON line per sample to ``rollouts_path``, on the main process only."""
 
-    rollouts_path: Path | None
+    @property
+    def rollouts_path(self) -> Path | None:
+        path = self.args.rollouts_path()
+        return Path(path) if path else None
 
     def _write_rollouts(self, records: list[dict]) -> None:
         rank = self.accelerator.process_index
@@ -174,7 +177,6 @@ class MPDTrainer(_RolloutLogMixin, _Trainer):
                 name=getattr(teacher, "name_or_path", "teacher"), tokenizer=self.teacher_tokenizer, model=teacher,
                 bf16=bool(self.args.bf16), trust_remote_code=self.args.trust_remote_code), seed=self.args.seed)
         self.rewriter = rewriter
-        self.rollouts_path = Path(p) if (p := self.args.rollouts_path()) else None
         if self.accelerator.num_processes > 1 and hasattr(rewriter, "sync_batches"):
             rewriter.sync_batches = count_on_every_process  # the local teacher's generate calls, in step
         self._mix_rng = random.Random(self.args.seed + self.accelerator.process_index)
@@ -366,11 +368,8 @@ class OffPolicyKDTrainer(_RolloutLogMixin, _Trainer):
         super().__init__(*args, **kwargs)
         a = self.args
         # The teacher samples as it does for MPD's rewrites, up to the student's completion length.
-        self.teacher_generation = GenerationSettings(max_new_tokens=a.max_completion_length,
-                                                     temperature=a.rewrite_temperature, top_p=a.rewrite_top_p,
-                                                     top_k=a.rewrite_top_k, batch_size=a.rewrite_batch_size)
+        self.teacher_generation = replace(a.rewrite_settings().generation, max_new_tokens=a.max_completion_length)
         self.require_gold = a.rewrite_require_gold
-        self.rollouts_path = Path(p) if (p := a.rollouts_path()) else None
         self._seed_rng = random.Random(a.seed + self.accelerator.process_index)
         self._inputs: list[dict] = []
 

@@ -42,6 +42,7 @@ def test_a_recipe_and_the_config_fill_in_the_same_task_defaults(tmp_path):
     mpdistill rewrite; the math task's default instruction through the chat template."""
     from mpdistill.config import recipe_from_dict
     from mpdistill.pipeline import training_arguments
+    from mpdistill.rewrite import rewrite_settings_from
     from mpdistill.rewrite_file import RewriteFileSpec
 
     for task, data in (("chain", {}), ("math", {"data": {"train": "x.jsonl"}, "student": "s", "teacher": "t"})):
@@ -49,7 +50,7 @@ def test_a_recipe_and_the_config_fill_in_the_same_task_defaults(tmp_path):
         from_recipe = training_arguments(recipe, tmp_path).rewrite_settings()
         from_config = MPDConfig(str(tmp_path), task=task).rewrite_settings()
         spec = RewriteFileSpec(teacher="t", task=task)
-        from_options = spec.check()
+        from_options = rewrite_settings_from(spec.check())
         for settings in (from_recipe, from_options):
             assert (settings.prompt_template, settings.use_chat_template) == \
                    (from_config.prompt_template, from_config.use_chat_template), task

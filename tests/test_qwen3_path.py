@@ -80,7 +80,8 @@ def _math_recipe(qwen3_pair, **extra):
 
 def test_training_the_rewrite_prompt_and_evaluation_see_the_same_problem_text(qwen3_pair):
     from mpdistill.eval_settings import EvalSpec
-    from mpdistill.pipeline import rewrite_settings, training_problems
+    from mpdistill.pipeline import training_problems
+    from mpdistill.rewrite import rewrite_settings_from
     from mpdistill.prompts import PromptEncoder
 
     recipe = _math_recipe(qwen3_pair)
@@ -91,7 +92,7 @@ def test_training_the_rewrite_prompt_and_evaluation_see_the_same_problem_text(qw
     spec.check()
     tok = AutoTokenizer.from_pretrained(qwen3_pair / "student")
     evaluated = PromptEncoder(tok, template=spec.prompt_template).text("What is 0+0?")
-    rewrite_prompt = rewrite_settings(recipe).render(row["problem"], "some trace")
+    rewrite_prompt = rewrite_settings_from(recipe.rewrite).render(row["problem"], "some trace")
     expected = "What is 0+0?\nPlease reason step by step, and put your final answer within \\boxed{}."
     assert trained == evaluated == row["problem"] == expected
     assert f"Problem:\n{expected}\n\nStudent solution:\nsome trace" in rewrite_prompt
