@@ -17,11 +17,11 @@ from .checkpoints import ROLLOUTS, checkpoint_step, existing_run, latest_checkpo
 from .config import ConfigError, Recipe, dump_recipe
 from .durable import replace_dir, write_jsonl, write_text
 from .methods import get_method
-from .mix_monitor import MixFloorHalt, MixMonitor
+from .mix_monitor import MixFloorHalt
 from .model_record import write_record
 from .models import check_compatible, load_model, model_path, resolve_model
 from .mpd_config import REWRITE_PREFIX, MPDConfig
-from .nonfinite import NonFiniteGuard, NonFiniteHalt
+from .nonfinite import NonFiniteHalt
 from .paths import check_output_dir
 from .processes import distributed_state, is_main_process, launch_warnings, on_main_then_share
 from .prompts import encode_message, has_thinking_switch
@@ -411,28 +411,19 @@ def train(recipe: Recipe, run_dir: str | Path, *, exclude_prompts: set[str] | No
     else:
         try:
             trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-        except (NonFiniteHalt, MixFloorHalt):
-            pass  # said below, with where the run can resume from, once its log is written
-    if trainer.accelerator.is_main_process:
-        write_jsonl(run_dir / "train_log.jsonl", trainer.state.log_history)
+        except (NonFiniteHalt, MixFloorHalt) as halt:
+            # The trainer says why it stopped; the run's folder says where it can go on from.
+            write_train_log(trainer, run_dir)
+            where = latest_checkpoint(run_dir / "trainer")
+            fix = ("fix the cause (or lower the floor in the run's recipe.yaml)" if isinstance(halt, MixFloorHalt)
+                   else "the weights there are the last good ones")
+            raise type(halt)(f"{halt}. The last checkpoint is {where}: {fix}; continue with "
+                             f"`mpdistill train --resume --out {run_dir}`" if where else str(halt)) from None
+    write_train_log(trainer, run_dir)
     if trainer.state.global_step == 0:  # never "saved" a student that no step changed
         with same_on_every_process():
             raise ConfigError(f"no training step ran (data: {len(rows)} problems); nothing was saved. The run's "
                               f"files are in {run_dir}")
-    monitor = next((c for c in trainer.callback_handler.callbacks if isinstance(c, MixMonitor)), None)
-    if monitor is not None and monitor.halted:
-        where = latest_checkpoint(run_dir / "trainer")
-        raise MixFloorHalt(monitor.halted + (
-            f". The last checkpoint is {where}: fix the cause (or lower the floor in {run_dir / 'recipe.yaml'}) and "
-            f"continue with `mpdistill train --resume --out {run_dir}`" if where else ""))
-    guard = next((c for c in trainer.callback_handler.callbacks if isinstance(c, NonFiniteGuard)), None)
-    if guard is not None and guard.halted_at is not None:
-        raise NonFiniteHalt(
-            f"training stopped at step {trainer.state.global_step}: more than {guard.limit} steps in a row had a "
-            f"NaN/inf loss or gradient (skipped steps: {guard.skipped[-guard.limit - 1:]}). The last good weights are "
-            f"checkpointed in {latest_checkpoint(run_dir / 'trainer')}; lower training.learning_rate or check the data, "
-            f"then start again, or resume with `mpdistill train --resume --out {run_dir}`"
-        )
     model_dir = run_dir / "model"
     record = recipe_record(recipe)  # mpdistill eval reads the task and prompt from it
     if recipe.training.lora is None:
@@ -447,6 +438,11 @@ def train(recipe: Recipe, run_dir: str | Path, *, exclude_prompts: set[str] | No
             replace_dir(staged, model_dir)
         trainer.accelerator.wait_for_everyone()
     return model_dir
+
+
+def write_train_log(trainer, run_dir: Path) -> None:
+    if trainer.accelerator.is_main_process:
+        write_jsonl(run_dir / "train_log.jsonl", trainer.state.log_history)
 
 
 def _save_final(trainer, target: Path, record: dict) -> None:

@@ -131,11 +131,13 @@ class _Trainer(ResumableTraining, DistillationTrainer):
                 rewind_rollout_log(rollouts, checkpoint_step(Path(found)))
         output = super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
         for callback in self.callback_handler.callbacks:
-            if isinstance(callback, NonFiniteGuard) and callback.halted_at is not None:
-                raise NonFiniteHalt(f"training stopped at step {self.state.global_step}: more than {callback.limit} "
-                                    "steps in a row had a NaN/inf loss or gradient")
             if isinstance(callback, MixMonitor) and callback.halted:
                 raise MixFloorHalt(callback.halted)
+            if isinstance(callback, NonFiniteGuard) and callback.halted_at is not None:
+                raise NonFiniteHalt(
+                    f"training stopped at step {self.state.global_step}: more than {callback.limit} steps in a row "
+                    f"had a NaN/inf loss or gradient (skipped steps: {callback.skipped[-callback.limit - 1:]}); lower "
+                    "the learning rate or check the data")
         return output
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
