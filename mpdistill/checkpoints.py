@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 
 STAGING = ".partial"
 ROLLOUTS = "rollouts.jsonl"
+TRAIN_LOG = "train_log.jsonl"
 RNG_FILE = "mpdistill_rng_{rank}.json"
 
 
@@ -41,7 +42,7 @@ class ResumeError(ValueError):
 
 
 # What a run writes into its folder; any of them means a run was started there.
-RUN_FILES = (ROLLOUTS, "model", "adapter", "trainer", "recipe.yaml")
+RUN_FILES = (ROLLOUTS, TRAIN_LOG, "model", "adapter", "trainer", "recipe.yaml")
 
 
 def existing_run(run_dir: Path) -> str | None:

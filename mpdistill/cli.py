@@ -85,6 +85,7 @@ def train_cmd(
     """Train one method from a recipe."""
     from .checkpoints import ResumeError
     from .config import ConfigError, load_recipe, parse_overrides
+    from .errors import HubError
     from .mix_monitor import MixFloorHalt
     from .nonfinite import NonFiniteHalt
     from .tasks.problems import DataError
@@ -127,7 +128,7 @@ def train_cmd(
         # A run's own recipe: older runs wrote relative paths as given, from where they were started.
         recipe = load_recipe(config, parse_overrides(overrides), paths_from=Path.cwd() if own else None)
         model_dir = train(recipe, out, resume=resume)
-    except (ConfigError, DataError, ResumeError, NonFiniteHalt, MixFloorHalt) as err:
+    except (ConfigError, DataError, ResumeError, NonFiniteHalt, MixFloorHalt, HubError) as err:
         # Halts and failed checks of the folder or data are decided alike on every process.
         _fail(str(err), shared=getattr(err, "shared_by_main_process", False)
               or isinstance(err, (NonFiniteHalt, MixFloorHalt)))

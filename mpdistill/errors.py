@@ -4,3 +4,8 @@ file, key, option or model to fix. The command line prints it as ``error: ...`` 
 
 class ConfigError(ValueError):
     """A recipe, option or model that cannot be used; the message names the file and the key."""
+
+
+class HubError(RuntimeError):
+    """The Hugging Face Hub could not be reached or refused a push; the message says what was kept
+    locally and how to push it again."""

@@ -7,7 +7,7 @@ Every ``TrainingArguments`` / ``DistillationConfig`` field keeps its name and me
   documents each one): the rewrite prompt, acceptance and mixing rule, the teacher's sampling and
   where rewrites come from (``rewrite_backend``: the local teacher, an in-process vLLM engine or a
   served model). ``rewrite_prompt_template`` and ``rewrite_use_chat_template`` default to the task's;
-* ``max_nonfinite_steps`` and ``rollouts_file``.
+* ``max_nonfinite_steps``, ``rollouts_file`` and ``train_log_file``.
 
 The ``rewrite_*`` fields are made from ``RewriteConfig`` and validated by it, so a recipe's
 ``rewrite.max_ratio`` and ``MPDConfig(rewrite_max_ratio=...)`` are one setting with one check.
@@ -53,6 +53,9 @@ class MPDConfig(_WithRewriteFields):
         default=3, metadata={"help": "A step with a NaN/inf loss or gradient is skipped; more in a row stop the run."})
     rollouts_file: str | None = dataclasses.field(
         default=None, metadata={"help": "One JSON line per sample (default: OUTPUT_DIR/rollouts.jsonl; '' for none)."})
+    train_log_file: str | None = dataclasses.field(
+        default=None, metadata={"help": "One JSON line per logging step, written as it is logged (default: "
+                                        "OUTPUT_DIR/train_log.jsonl; '' for none)."})
 
     def __post_init__(self) -> None:
         if self.bf16 is None and not self.fp16:
@@ -88,6 +91,14 @@ class MPDConfig(_WithRewriteFields):
         return rewrite_settings_from(self.rewrite_config())
 
     def rollouts_path(self) -> str | None:
-        if self.rollouts_file == "":
-            return None
-        return self.rollouts_file or os.path.join(self.output_dir, "rollouts.jsonl")
+        return _file_or_default(self.rollouts_file, self.output_dir, "rollouts.jsonl")
+
+    def train_log_path(self) -> str | None:
+        return _file_or_default(self.train_log_file, self.output_dir, "train_log.jsonl")
+
+
+def _file_or_default(path: str | None, output_dir: str, name: str) -> str | None:
+    """A file setting: None means ``output_dir/name``, '' means no file."""
+    if path == "":
+        return None
+    return path or os.path.join(output_dir, name)

@@ -13,11 +13,13 @@ from pathlib import Path
 
 import torch
 
-from .checkpoints import ROLLOUTS, checkpoint_step, existing_run, latest_checkpoint, prepare_resume
+from .checkpoints import ROLLOUTS, TRAIN_LOG, checkpoint_step, existing_run, latest_checkpoint, prepare_resume
 from .config import ConfigError, Recipe, dump_recipe
 from .durable import replace_dir, write_jsonl, write_text
 from .methods import get_method
 from .mix_monitor import MixFloorHalt
+from .errors import HubError
+from .model_card import write_card
 from .model_record import write_record
 from .models import check_compatible, load_model, model_path, resolve_model
 from .mpd_config import REWRITE_PREFIX, MPDConfig
@@ -298,6 +300,7 @@ def training_arguments(recipe: Recipe, run_dir: Path) -> MPDConfig:
         task=recipe.task,
         max_nonfinite_steps=t.max_nonfinite_steps,
         rollouts_file=str(run_dir / ROLLOUTS),
+        train_log_file=str(run_dir / TRAIN_LOG),
         **{REWRITE_PREFIX + key: value for key, value in recipe.rewrite.model_dump().items()},
     )
     settings.update(t.trl_args)  # every other TrainingArguments / DistillationConfig field, as the recipe sets it
@@ -325,6 +328,9 @@ def build_trainer(recipe: Recipe, student, teacher, tokenizer, rows: list[dict],
         teacher_processing_class=teacher_tokenizer,
         peft_config=peft_config(recipe),
     )
+    # The card names the models and data as the recipe does (the loaded models know only their folders).
+    facts = trainer.card_facts
+    facts.student, facts.teacher, facts.dataset = recipe.student, recipe.teacher, recipe.data.train
     from .console_log import use_console_log
 
     # One short line per logging step instead of the whole metrics dict (all of it stays in train_log.jsonl).
@@ -408,18 +414,19 @@ def train(recipe: Recipe, run_dir: str | Path, *, exclude_prompts: set[str] | No
 
         trainer._load_from_checkpoint(str(checkpoint))
         trainer.state = TrainerState.load_from_json(str(checkpoint / "trainer_state.json"))
+        if trainer.accelerator.is_main_process:  # the log as that checkpoint has it (nothing trains to write it)
+            write_jsonl(run_dir / TRAIN_LOG, trainer.state.log_history)
     else:
         try:
             trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
         except (NonFiniteHalt, MixFloorHalt) as halt:
-            # The trainer says why it stopped; the run's folder says where it can go on from.
-            write_train_log(trainer, run_dir)
+            # The trainer says why it stopped (train_log.jsonl has every step it logged); the run's
+            # folder says where it can go on from.
             where = latest_checkpoint(run_dir / "trainer")
             fix = ("fix the cause (or lower the floor in the run's recipe.yaml)" if isinstance(halt, MixFloorHalt)
                    else "the weights there are the last good ones")
             raise type(halt)(f"{halt}. The last checkpoint is {where}: {fix}; continue with "
                              f"`mpdistill train --resume --out {run_dir}`" if where else str(halt)) from None
-    write_train_log(trainer, run_dir)
     if trainer.state.global_step == 0:  # never "saved" a student that no step changed
         with same_on_every_process():
             raise ConfigError(f"no training step ran (data: {len(rows)} problems); nothing was saved. The run's "
@@ -435,21 +442,33 @@ def train(recipe: Recipe, run_dir: str | Path, *, exclude_prompts: set[str] | No
             staged = run_dir / ".model.partial"
             save_merged(recipe.student, run_dir / "adapter", staged, tokenizer, **trust)
             write_record(staged, **record)
+            write_card(staged, trainer.model_card(merged=True))
             replace_dir(staged, model_dir)
         trainer.accelerator.wait_for_everyone()
+    if trainer.args.push_to_hub:
+        push_to_hub(trainer, model_dir)
     return model_dir
 
 
-def write_train_log(trainer, run_dir: Path) -> None:
-    if trainer.accelerator.is_main_process:
-        write_jsonl(run_dir / "train_log.jsonl", trainer.state.log_history)
+def push_to_hub(trainer, model_dir: Path) -> None:
+    """transformers' ``push_to_hub``: the final weights (the adapter, for LoRA), their card and
+    ``mpdistill.json`` go to ``hub_model_id`` from the trainer's output folder. Only once the model is
+    saved locally, so a failed push loses nothing."""
+    try:
+        trainer.push_to_hub(commit_message="End of training")
+    except Exception as err:  # noqa: BLE001 (HTTP, network and repository errors alike)
+        raise HubError(f"the model is saved in {model_dir}, but pushing it to {trainer.hub_model_id} failed "
+                       f"({type(err).__name__}: {err}); push it again with `hf upload {trainer.hub_model_id} "
+                       f"{model_dir}`") from None
 
 
 def _save_final(trainer, target: Path, record: dict) -> None:
-    """``trainer.save_model`` into a staging folder renamed into place, so ``target`` is whole or absent."""
+    """``trainer.save_model`` into a staging folder renamed into place, so ``target`` is whole or absent.
+    (As an internal save: a ``push_to_hub`` run pushes once the model is in place, see :func:`push_to_hub`.)"""
     staged = target.with_name(f".{target.name}.partial")
-    trainer.save_model(str(staged))
+    trainer.save_model(str(staged), _internal_call=True)
     if trainer.accelerator.is_main_process:
         write_record(staged, **record)
+        write_card(staged, trainer.model_card())
         replace_dir(staged, target)
     trainer.accelerator.wait_for_everyone()

@@ -36,7 +36,9 @@ from trl import DistillationTrainer
 
 from .checkpoints import ResumableTraining, checkpoint_step, rewind_rollout_log
 from .durable import append_jsonl
+from .errors import HubError
 from .mix_monitor import MixFloorHalt, MixMonitor
+from .model_card import CardFacts, render_card, write_card
 from .model_record import write_record
 from .mpd_config import MPDConfig
 from .nonfinite import NonFiniteGuard, NonFiniteHalt
@@ -44,6 +46,7 @@ from .processes import count_on_every_process
 from .rewrite import REASONS, Rewriter, RewriteSettings, Sample, answer_section, encode_completion, rewrite_batch
 from .rewriters import Teacher, build_rewriter
 from .rollout import generate_texts
+from .train_log import TrainLogFile
 
 
 def problem_text(prompt: Any) -> str:
@@ -89,6 +92,10 @@ class _Trainer(ResumableTraining, DistillationTrainer):
                  eval_dataset=None, processing_class=None, *, teacher_processing_class=None, **kwargs) -> None:
         from .models import check_compatible, load_tokenizer, resolve_model
 
+        # The names as the user gave them, for the model card (a loaded model knows only its folder).
+        self.card_facts = CardFacts(student=model if isinstance(model, str) else _loaded_name(model),
+                                    teacher=teacher_model if isinstance(teacher_model, str) else _loaded_name(teacher_model),
+                                    problems=len(train_dataset) if hasattr(train_dataset, "__len__") else None)
         if args is None:  # as TRL names its default output folder: after the model
             name = model if isinstance(model, str) else getattr(model.config, "_name_or_path", "") or "model"
             args = MPDConfig(re.sub(r"[^\w.-]+", "-", f"{Path(name).name}-{self._name}"))
@@ -114,6 +121,8 @@ class _Trainer(ResumableTraining, DistillationTrainer):
                              self.local_teacher())
         self.task = args.get_task()
         self.add_callback(NonFiniteGuard(args.max_nonfinite_steps, metrics=self._metrics))
+        if path := args.train_log_path():
+            self.add_callback(TrainLogFile(path))
 
     def local_teacher(self):
         """The teacher's own module (not the training wrapper around it), for generation."""
@@ -141,15 +150,52 @@ class _Trainer(ResumableTraining, DistillationTrainer):
         return output
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
-        """TRL's ``save_model``, with the folder's ``mpdistill.json`` (task, prompt) that ``mpdistill eval`` reads."""
+        """TRL's ``save_model``, with the folder's ``mpdistill.json`` (task, prompt) that ``mpdistill eval``
+        reads and its model card (``README.md``)."""
         super().save_model(output_dir, _internal_call)
         if not _internal_call and self.accelerator.is_main_process:
-            prompt = next(iter(self.train_dataset or []), {}).get("prompt", "")  # plain text, or a conversation
-            kwargs = self.args.chat_template_kwargs or {}
-            write_record(output_dir or self.args.output_dir, task=self.args.task,
-                         prompt_template=self.task.prompt_template,
-                         prompt_style="plain" if isinstance(prompt, str) else "chat",
-                         thinking=kwargs.get("enable_thinking"))
+            self._describe_folder(output_dir or self.args.output_dir)
+
+    def _describe_folder(self, folder: str) -> None:
+        """``mpdistill.json`` and the model card beside saved weights."""
+        prompt = next(iter(self.train_dataset or []), {}).get("prompt", "")  # plain text, or a conversation
+        kwargs = self.args.chat_template_kwargs or {}
+        write_record(folder, task=self.args.task, prompt_template=self.task.prompt_template,
+                     prompt_style="plain" if isinstance(prompt, str) else "chat", thinking=kwargs.get("enable_thinking"))
+        write_card(folder, self.model_card())
+
+    def model_card(self, evaluation: str | None = None, *, merged: bool = False) -> str:
+        """This run's model card: the models, the method and its settings, the data, the steps trained
+        (``merged``: for the student with its LoRA adapter folded in)."""
+        lora = ("merged" if merged else "adapter") if hasattr(self.model, "peft_config") else None
+        return render_card(method=self._name, rewrites=getattr(self, "rewriter", None) is not None,
+                           facts=self.card_facts, args=self.args, steps=self.state.global_step,
+                           processes=self.accelerator.num_processes, lora=lora, evaluation=evaluation)
+
+    def create_model_card(self, model_name: str | None = None, dataset_name: str | None = None,
+                          tags: str | list[str] | None = None) -> None:
+        """Where TRL writes its card (beside each checkpoint, and before ``push_to_hub`` uploads the
+        output folder), mpdistill's card and ``mpdistill.json``: a pushed model says how it was made
+        and ``mpdistill eval`` reads it as it reads a local one."""
+        if self.is_world_process_zero():
+            if dataset_name and not self.card_facts.dataset:
+                self.card_facts.dataset = dataset_name
+            self._describe_folder(self.args.output_dir)
+
+    def init_hf_repo(self, token: str | None = None) -> None:
+        """transformers creates the Hub repository when a ``push_to_hub`` run starts: a failure says so
+        in one line, before any step trains."""
+        try:
+            super().init_hf_repo(token=token)
+        except Exception as err:  # noqa: BLE001 (huggingface_hub raises HTTP, URI and network errors)
+            raise HubError(f"push_to_hub: cannot create the Hub repository {self.args.hub_model_id or ''} "
+                           f"({type(err).__name__}: {err}); check hub_model_id, HF_TOKEN and the network, or turn "
+                           "push_to_hub off") from None
+
+
+def _loaded_name(model) -> str | None:
+    config = getattr(model, "config", None)
+    return getattr(config, "_name_or_path", None) or None
 
 
 class OPDTrainer(_Trainer):
@@ -262,10 +308,14 @@ class MPDTrainer(_RolloutLogMixin, _Trainer):
         for key in before:
             self._metrics[mode][f"mpd/rewriter/{key}"].append(float(sum(d[key] for d in deltas)))
 
-    @staticmethod
-    def _record(prompt, s: Sample) -> dict:
+    def _record(self, prompt, s: Sample) -> dict:
+        # The student's own answer, graded where the problem has one: accuracy on the training samples.
+        answer = self.task.extract_answer(s.student_text)
         return {
             "prompt": prompt,
+            "gold": s.gold,
+            "student_answer": answer,
+            "student_correct": None if s.gold is None else answer is not None and self.task.answers_match(answer, s.gold),
             "student": s.student_text,
             "rewrite": s.rewrite_text,
             "accepted": bool(s.verdict and s.verdict.accepted),
@@ -413,10 +463,10 @@ class OffPolicyKDTrainer(_RolloutLogMixin, _Trainer):
         m["kd/kept_rate"].append(sum(r == "accepted" for r in vetted) / len(vetted))
         self._write_rollouts(
             [
-                {"prompt": p, "student": None, "rewrite": None, "teacher": g.text, "accepted": r == "accepted",
+                {"prompt": p, "gold": gold, "student": None, "rewrite": None, "teacher": g.text, "accepted": r == "accepted",
                  "reason": r, "student_tokens": None, "rewrite_tokens": None, "teacher_tokens": len(ids),
                  "trained_on": "teacher" if r == "accepted" else "dropped", "route_kept": None}
-                for p, g, ids, r in zip(prompts, gens, completion_ids, reasons)
+                for p, g, ids, r, gold in zip(prompts, gens, completion_ids, reasons, golds)
             ]
         )
         return prompt_ids, completion_ids, keep, None, None

@@ -11,7 +11,7 @@ from mpdistill.rewrite import RewriteOutput
 from mpdistill.tasks import chain
 
 FIELDS = {"step", "index", "prompt", "student", "rewrite", "accepted", "reason", "student_tokens", "rewrite_tokens",
-          "trained_on", "process", "route_kept"}
+          "trained_on", "process", "route_kept", "gold", "student_answer", "student_correct"}
 
 
 def _recipe(tiny_pair, method, **rewrite):
@@ -84,6 +84,9 @@ def test_mpd_trains_on_accepted_rewrites_and_logs_every_sample(tiny_pair, tmp_pa
     assert all(set(r) == FIELDS for r in rows)
     assert all(r["accepted"] and r["reason"] == "accepted" and r["trained_on"] == "rewrite" for r in rows)
     assert all(r["rewrite"] == "A:3" and r["rewrite_tokens"] < r["student_tokens"] for r in rows)
+    # The student's own answer, graded against the problem's: accuracy on the training samples.
+    assert all(r["student_answer"] == "3" and r["student_correct"] == (r["gold"] == "3") for r in rows)
+    assert any(r["student_correct"] for r in rows) and not all(r["student_correct"] for r in rows)
     assert sorted((r["step"], r["index"]) for r in rows) == [(s, i) for s in (0, 1) for i in range(4)]
     assert any(not torch.equal(a, b) for a, b in zip(before, trainer.model.parameters()))
     logged = [h for h in trainer.state.log_history if "mpd/acceptance_rate" in h]

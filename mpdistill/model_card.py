@@ -1,0 +1,154 @@
+"""The model card (``README.md``) of a saved student: what it is, how it was made, how it scores.
+
+Every trainer writes one beside the weights (``save_model``) and wherever TRL asks for a card (its
+checkpoints, ``push_to_hub``), so a model pushed to the Hub says what it was distilled from and
+with which settings. The front matter is the Hub's own metadata (``huggingface_hub.ModelCardData``).
+An evaluation table is added later, by whoever evaluates the model (:func:`set_card_evaluation`):
+the demo does for each of its models.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .durable import write_text
+from .paths import looks_local
+
+CARD = "README.md"
+EMBEDDED_PREFIX = "embedded:"
+EVALUATION_HEADING = "## Evaluation"
+
+CITATION = """\
+@article{yang2026mpd,
+  title   = {Reasoning Compression with Mixed-Policy Distillation},
+  author  = {Yang and others},
+  journal = {arXiv preprint arXiv:2605.08776},
+  year    = {2026}
+}"""
+
+
+@dataclass
+class CardFacts:
+    """What the trainer cannot read from its own config: the models and data as the user named them
+    (a loaded model only knows the folder it came from, which may be a path on one machine)."""
+
+    student: str | None = None
+    teacher: str | None = None
+    dataset: str | None = None
+    problems: int | None = None
+    extra_tags: list[str] = field(default_factory=list)
+
+
+def is_hub_id(name: str | None) -> bool:
+    return bool(name) and not name.startswith(EMBEDDED_PREFIX) and not looks_local(name)
+
+
+def base_license(student: str | None) -> str | None:
+    """The student's license where it can be known offline: the embedded models are the project's
+    (Apache-2.0); a local folder's own card may say. None: unknown here (the base model's applies)."""
+    if not student:
+        return None
+    if student.startswith(EMBEDDED_PREFIX):
+        return "apache-2.0"
+    card = Path(student).expanduser() / CARD
+    if looks_local(student) and card.is_file():
+        match = re.search(r"^license:\s*(\S+)\s*$", _front_matter(card.read_text(encoding="utf-8")), re.M)
+        return match.group(1) if match else None
+    return None
+
+
+def _front_matter(text: str) -> str:
+    match = re.match(r"---\n(.*?)\n---\n", text, re.S)
+    return match.group(1) if match else ""
+
+
+def _shown(name: str | None) -> str:
+    if not name:
+        return "unknown"
+    if is_hub_id(name):
+        return f"[{name}](https://huggingface.co/{name})"
+    # A local folder or file by its name only: the card may be published, the machine's paths are not.
+    return f"`{name if name.startswith(EMBEDDED_PREFIX) else Path(name).name}`"
+
+
+def _settings_table(rows: list[tuple[str, object]]) -> str:
+    lines = ["| setting | value |", "|---|---|"]
+    lines += [f"| `{key}` | {value} |" for key, value in rows if value is not None]
+    return "\n".join(lines)
+
+
+def render_card(*, method: str, rewrites: bool, facts: CardFacts, args, steps: int, processes: int = 1,
+                lora: str | None = None, evaluation: str | None = None) -> str:
+    """The card's text. ``args``: the run's :class:`~mpdistill.mpd_config.MPDConfig`; ``steps``: the
+    optimizer steps trained; ``rewrites``: whether the method trains on a teacher's rewrites; ``lora``:
+    None (full fine-tuning), "adapter" (the folder holds LoRA adapters) or "merged" (folded in)."""
+    from huggingface_hub import ModelCardData
+
+    license_id = base_license(facts.student)
+    metadata = ModelCardData(
+        base_model=facts.student if is_hub_id(facts.student) else None,
+        license=license_id,
+        library_name="peft" if lora == "adapter" else "transformers",
+        pipeline_tag="text-generation",
+        datasets=[facts.dataset] if is_hub_id(facts.dataset) else None,
+        tags=["mpdistill", "distillation", method.lower(), *facts.extra_tags],
+    )
+    batch = args.per_device_train_batch_size * args.gradient_accumulation_steps * processes
+    training = [("method", method), ("optimizer steps", steps), ("samples per step", batch),
+                ("learning_rate", f"{args.learning_rate:g}"), ("lr_scheduler_type", _value(args.lr_scheduler_type)),
+                ("beta (0 = forward KL, 1 = reverse KL)", args.beta),
+                ("student sampling temperature", args.temperature), ("max_completion_length", args.max_completion_length),
+                ("seed", args.seed),
+                ("LoRA", {"adapter": "yes: this folder holds the adapter", "merged": "yes, merged into these weights"}.get(lora))]
+    sections = [
+        f"---\n{metadata.to_yaml()}\n---",
+        f"# {method}-distilled student of {_shown(facts.student)}",
+        f"This model is {_shown(facts.student)} after {steps} optimizer steps of **{method}** with "
+        f"{_shown(facts.teacher)} as the teacher, trained with "
+        "[mpdistill](https://pypi.org/project/mpdistill/)."
+        + (" The student samples a solution, the teacher rewrites it concisely, a rewrite that keeps "
+           "the answer is accepted, and the student is trained by token-level KL against the teacher on "
+           "that shorter trajectory." if rewrites else ""),
+        "## Training\n\n" + _settings_table(training),
+    ]
+    if rewrites:
+        rewrite = args.rewrite_config()
+        sections.append("### Rewrites\n\n" + _settings_table([
+            ("backend", rewrite.backend), ("max_ratio", rewrite.max_ratio), ("require_gold", rewrite.require_gold),
+            ("on_reject", rewrite.on_reject), ("on_policy_fraction", rewrite.on_policy_fraction),
+            ("teacher temperature", rewrite.temperature), ("max_new_tokens", rewrite.max_new_tokens)]))
+    data = f"{facts.problems} training problems" if facts.problems else "the training problems"
+    sections.append(f"## Data\n\n{data} of the `{args.task}` task"
+                    + (f", from {_shown(facts.dataset)}" if facts.dataset else "") + ".")
+    sections.append(f"{EVALUATION_HEADING}\n\n" + (evaluation or "Not evaluated yet: `mpdistill eval MODEL_DIR`."))
+    sections.append("## License\n\n" + (
+        f"`{license_id}`, the base model's license." if license_id else
+        f"The base model's license applies: see {_shown(facts.student)}."))
+    sections.append(f"## Citation\n\n```bibtex\n{CITATION}\n```")
+    return "\n\n".join(sections) + "\n"
+
+
+def _value(v):
+    return getattr(v, "value", v)
+
+
+def write_card(folder: str | Path, text: str) -> None:
+    write_text(Path(folder) / CARD, text)
+
+
+def set_card_evaluation(folder: str | Path, evaluation: str) -> bool:
+    """Put ``evaluation`` (markdown) in the card's evaluation section; False if the folder has no card."""
+    path = Path(folder) / CARD
+    if not path.is_file():
+        return False
+    text = path.read_text(encoding="utf-8")
+    start = text.find(EVALUATION_HEADING + "\n")
+    if start < 0:
+        return False
+    body_start = start + len(EVALUATION_HEADING) + 1
+    end = text.find("\n## ", body_start)
+    end = len(text) if end < 0 else end + 1
+    write_text(path, f"{text[:body_start]}\n{evaluation.strip()}\n\n{text[end:]}")
+    return True

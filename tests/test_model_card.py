@@ -1,0 +1,63 @@
+"""Every saved student carries a model card: the models, method, settings, data, steps, license, citation."""
+
+import pytest
+from huggingface_hub import ModelCard
+
+from mpdistill.config import recipe_from_dict
+from mpdistill.model_card import CardFacts, render_card, set_card_evaluation, write_card
+from mpdistill.mpd_config import MPDConfig
+from mpdistill.pipeline import train
+from mpdistill.tasks import chain
+
+
+def _recipe(tiny_pair, method="mpd", **training):
+    return recipe_from_dict({
+        "method": method,
+        "student": str(tiny_pair / "student"),
+        "teacher": str(tiny_pair / "teacher"),
+        "data": {"n_train": 16},
+        "training": {"steps": 2, "batch_size": 4, "max_completion_length": 16, "logging_steps": 1,
+                     "learning_rate": 2e-4, **training},
+        "rewrite": {"prompt_template": chain.REWRITE_TEMPLATE.replace("{prompt}", "{problem}"),
+                    "use_chat_template": False, "max_new_tokens": 16, "max_ratio": 0.7},
+    })
+
+
+@pytest.mark.parametrize("method", ["mpd", "opd"])
+def test_a_trained_model_folder_has_a_card_saying_how_it_was_made(tiny_pair, tmp_path, method):
+    model_dir = train(_recipe(tiny_pair, method), tmp_path / "run")
+    card = ModelCard.load(model_dir / "README.md")
+    assert card.data.library_name == "transformers" and card.data.pipeline_tag == "text-generation"
+    assert {"mpdistill", "distillation", method} <= set(card.data.tags)
+    text = card.text
+    assert f"# {method.upper()}-distilled student of `student`" in text
+    assert "after 2 optimizer steps" in text and "`teacher` as the teacher" in text
+    assert "| `learning_rate` | 0.0002 |" in text and "| `samples per step` | 4 |" in text
+    assert "16 training problems of the `chain` task, from `embedded:chain`" in text
+    assert ("### Rewrites" in text and "| `max_ratio` | 0.7 |" in text) == (method == "mpd")
+    assert "Not evaluated yet" in text and "arXiv:2605.08776" in text
+    assert str(tmp_path) not in card.content and str(tiny_pair) not in card.content  # no machine paths
+
+
+def test_hub_names_link_to_the_hub_and_the_embedded_default_is_apache():
+    args = MPDConfig("out", task="math", max_steps=5, report_to="none")
+    card = render_card(method="MPD", rewrites=True, args=args, steps=5,
+                       facts=CardFacts(student="Qwen/Qwen3-1.7B", teacher="Qwen/Qwen3-8B", dataset="openai/gsm8k"))
+    parsed = ModelCard(card)
+    assert parsed.data.base_model == "Qwen/Qwen3-1.7B" and parsed.data.datasets == ["openai/gsm8k"]
+    assert parsed.data.license is None and "The base model's license applies" in card
+    assert "[Qwen/Qwen3-8B](https://huggingface.co/Qwen/Qwen3-8B) as the teacher" in card
+    embedded = ModelCard(render_card(method="MPD", rewrites=True, args=args, steps=5,
+                                     facts=CardFacts(student="embedded:student", teacher="embedded:teacher")))
+    assert embedded.data.license == "apache-2.0" and embedded.data.base_model is None
+
+
+def test_an_evaluation_replaces_only_its_own_section(tmp_path):
+    args = MPDConfig("out", task="chain", max_steps=5, report_to="none")
+    write_card(tmp_path, render_card(method="OPD", rewrites=False, args=args, steps=5, facts=CardFacts()))
+    assert set_card_evaluation(tmp_path, "| model | accuracy |\n|---|---|\n| x | 90% |")
+    assert set_card_evaluation(tmp_path, "| model | accuracy |\n|---|---|\n| y | 91% |")  # again: replaced, not added
+    text = (tmp_path / "README.md").read_text()
+    assert "| y | 91% |" in text and "| x | 90% |" not in text and "Not evaluated yet" not in text
+    assert text.count("## Evaluation") == 1 and text.index("## Evaluation") < text.index("## License")
+    assert not set_card_evaluation(tmp_path / "nowhere", "x")

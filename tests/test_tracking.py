@@ -1,0 +1,57 @@
+"""Metrics reach the trainer's trackers (report_to) and train_log.jsonl at every logging step."""
+
+import json
+
+from mpdistill.config import recipe_from_dict
+from mpdistill.pipeline import build_trainer, load_model, train, training_problems
+from mpdistill.tasks import chain
+
+
+def _recipe(tiny_pair, **training):
+    return recipe_from_dict({
+        "method": "mpd",
+        "student": str(tiny_pair / "student"),
+        "teacher": str(tiny_pair / "teacher"),
+        "data": {"n_train": 16},
+        "training": {"steps": 3, "batch_size": 4, "max_completion_length": 16, "logging_steps": 1, **training},
+        "rewrite": {"prompt_template": chain.REWRITE_TEMPLATE.replace("{prompt}", "{problem}"),
+                    "use_chat_template": False, "max_new_tokens": 16},
+    })
+
+
+def test_tensorboard_gets_every_mpd_metric_at_each_logging_step(tiny_pair, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = tmp_path / "run"
+    train(_recipe(tiny_pair, report_to=["tensorboard"]), run)
+    event_files = list((run / "trainer").rglob("events.out.tfevents.*"))
+    assert len(event_files) == 1, event_files
+    events = EventAccumulator(str(event_files[0].parent))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert [e.step for e in events.Scalars("train/mpd/acceptance_rate")] == [1, 2, 3]
+    logged = json.loads((run / "train_log.jsonl").read_text().splitlines()[0])
+    mpd_keys = {k for k in logged if k.startswith("mpd/")}
+    assert {"mpd/acceptance_rate", "mpd/student_tokens", "mpd/trained_tokens"} <= mpd_keys
+    assert {f"train/{k}" for k in mpd_keys} <= tags, sorted({f"train/{k}" for k in mpd_keys} - tags)
+    assert "train/loss" in tags  # TRL's and transformers' own beside MPD's
+
+
+def test_train_log_holds_each_step_as_soon_as_it_is_logged(tiny_pair, tmp_path):
+    from transformers import TrainerCallback
+
+    recipe = _recipe(tiny_pair)
+    student, tok = load_model(recipe.student)
+    teacher, _ = load_model(recipe.teacher)
+    trainer = build_trainer(recipe, student, teacher, tok, training_problems(recipe), tmp_path)
+    path = tmp_path / "train_log.jsonl"
+    seen = []
+
+    class ReadsTheFile(TrainerCallback):  # runs after the trainer's own callbacks: what a live viewer reads
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            seen.append([json.loads(line)["step"] for line in path.read_text().splitlines()])
+
+    trainer.add_callback(ReadsTheFile())
+    trainer.train()
+    assert seen[:3] == [[1], [1, 2], [1, 2, 3]]
+    assert [json.loads(line) for line in path.read_text().splitlines()] == trainer.state.log_history
