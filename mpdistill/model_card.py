@@ -79,10 +79,10 @@ def _settings_table(rows: list[tuple[str, object]]) -> str:
     return "\n".join(lines)
 
 
-def render_card(*, method: str, rewrites: bool, facts: CardFacts, args, steps: int, processes: int = 1,
+def render_card(*, method: str, summary: str = "", rewrites: bool, facts: CardFacts, args, steps: int, processes: int = 1,
                 lora: str | None = None, evaluation: str | None = None) -> str:
     """The card's text. ``args``: the run's :class:`~mpdistill.mpd_config.MPDConfig`; ``steps``: the
-    optimizer steps trained; ``rewrites``: whether the method trains on a teacher's rewrites; ``lora``:
+    optimizer steps trained; ``summary``: what the method does, in a sentence; ``rewrites``: whether the method trains on a teacher's rewrites; ``lora``:
     None (full fine-tuning), "adapter" (the folder holds LoRA adapters) or "merged" (folded in)."""
     from huggingface_hub import ModelCardData
 
@@ -93,7 +93,7 @@ def render_card(*, method: str, rewrites: bool, facts: CardFacts, args, steps: i
         library_name="peft" if lora == "adapter" else "transformers",
         pipeline_tag="text-generation",
         datasets=[facts.dataset] if is_hub_id(facts.dataset) else None,
-        tags=["mpdistill", "distillation", method.lower(), *facts.extra_tags],
+        tags=["mpdistill", "distillation", re.sub(r"\W+", "-", method.lower()), *facts.extra_tags],
     )
     batch = args.per_device_train_batch_size * args.gradient_accumulation_steps * processes
     training = [("method", method), ("optimizer steps", steps), ("samples per step", batch),
@@ -106,11 +106,7 @@ def render_card(*, method: str, rewrites: bool, facts: CardFacts, args, steps: i
         f"---\n{metadata.to_yaml()}\n---",
         f"# {method}-distilled student of {_shown(facts.student)}",
         f"This model is {_shown(facts.student)} after {steps} optimizer steps of **{method}** with "
-        f"{_shown(facts.teacher)} as the teacher, trained with "
-        "[mpdistill](https://pypi.org/project/mpdistill/)."
-        + (" The student samples a solution, the teacher rewrites it concisely, a rewrite that keeps "
-           "the answer is accepted, and the student is trained by token-level KL against the teacher on "
-           "that shorter trajectory." if rewrites else ""),
+        f"{_shown(facts.teacher)} as the teacher, trained with mpdistill. {summary}".rstrip(),
         "## Training\n\n" + _settings_table(training),
     ]
     if rewrites:

@@ -168,7 +168,8 @@ class _Trainer(ResumableTraining, DistillationTrainer):
         """This run's model card: the models, the method and its settings, the data, the steps trained
         (``merged``: for the student with its LoRA adapter folded in)."""
         lora = ("merged" if merged else "adapter") if hasattr(self.model, "peft_config") else None
-        return render_card(method=self._name, rewrites=getattr(self, "rewriter", None) is not None,
+        return render_card(method=self._name, summary=getattr(self, "_card_summary", ""),
+                           rewrites=getattr(self, "rewriter", None) is not None,
                            facts=self.card_facts, args=self.args, steps=self.state.global_step,
                            processes=self.accelerator.num_processes, lora=lora, evaluation=evaluation)
 
@@ -202,6 +203,8 @@ class OPDTrainer(_Trainer):
     """On-policy distillation: TRL's trainer as is, with resumable checkpoints."""
 
     _name = "OPD"
+    _card_summary = ("The student samples a solution and is trained by token-level KL against the teacher on "
+                     "its own sample (on-policy distillation).")
 
 
 class MPDTrainer(_RolloutLogMixin, _Trainer):
@@ -213,6 +216,9 @@ class MPDTrainer(_RolloutLogMixin, _Trainer):
 
     _tag_names = ["trl", "distillation", "mpd"]
     _name = "MPD"
+    _card_summary = ("The student samples a solution, the teacher rewrites it concisely, a rewrite that keeps the "
+                     "answer is accepted, and the student is trained by token-level KL against the teacher on that "
+                     "shorter trajectory (Mixed-Policy Distillation).")
 
     def __init__(self, *args, rewriter: Rewriter | None = None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -365,6 +371,8 @@ class RewriteSFTTrainer(MPDTrainer):
     """Baseline: cross-entropy on accepted rewrites only, no teacher logits in the loss."""
 
     _name = "Rewrite-SFT"
+    _card_summary = ("The student samples a solution, the teacher rewrites it concisely, and the student is trained "
+                     "by cross-entropy on the accepted rewrites alone.")
 
     def _rewrite_settings(self) -> RewriteSettings:
         # Cross-entropy on the student's own samples would be self-training, not this baseline.
@@ -415,6 +423,8 @@ class OffPolicyKDTrainer(_RolloutLogMixin, _Trainer):
     """
 
     _name = "Off-policy KD"
+    _card_summary = ("The teacher samples solutions, those with the right answer are kept, and the student is "
+                     "trained by token-level KL against the teacher on them (off-policy distillation).")
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
