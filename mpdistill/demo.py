@@ -19,10 +19,12 @@ from rich.text import Text
 
 from .config import Recipe, load_recipe
 from .console import stdout
-from .durable import replace_dir
+from .curves import plot_training_curves
+from .durable import atomic_write, replace_dir
 from .eval_folder import EvalError
 from .eval_runner import TransformersBackend, Unit, run_units
 from .evaluate import build_results, format_table, paired_delta_ci, write_report
+from .model_card import set_card_evaluation
 from .model_record import write_record
 from .models import load_model
 from .paths import check_output_dir
@@ -121,10 +123,15 @@ def run_demo(out: str | Path, *, quick: bool = False, seed: int | None = None, r
     results["comparisons"] = compare_to_baselines(results, records)
     results["wall_seconds"] = round(time.time() - started, 1)
     write_report(out, results)
+    runs = {m: out / "runs" / m for m in METHODS if (out / "runs" / m / "train_log.jsonl").exists()}
+    atomic_write(out / "curves.png", lambda tmp: plot_training_curves(
+        runs, tmp, title=f"Training, seed {recipe.seed}, {recipe.training.steps} steps of {recipe.training.batch_size}"))
+    for method in METHODS:  # each trained student's card gets its row of the table, beside the base's
+        set_card_evaluation(models_dir / method, card_evaluation(results, method, settings))
     console.print(format_table(results))
     for line in results["comparisons"]["lines"]:
         console.print(line)
-    console.print(f"wrote {out / 'results.json'}, results.md, tradeoff.png in {results['wall_seconds']:.0f}s")
+    console.print(f"wrote {out / 'results.json'}, results.md, tradeoff.png, curves.png in {results['wall_seconds']:.0f}s")
     return results
 
 
@@ -139,6 +146,16 @@ def _evaluate(model, tok, problems: list[dict], task, settings: GenerationSettin
     except EvalError:  # samples of other problems or settings: this model's evaluation starts over
         path.unlink()
         return run_units(units, backend, task, tok, path, seed=seed, batch_size=settings.batch_size, progress=progress)
+
+
+def card_evaluation(results: dict, method: str, settings: GenerationSettings) -> str:
+    """A model card's evaluation section: the method's row and the base's, with the decoding used."""
+    rows = {name: m for name, m in results["methods"].items() if name in ("base", method)}
+    table = format_table({**results, "methods": rows}).split("\n\n")[0]
+    decoding = ("greedy decoding" if settings.temperature <= 0 else
+                f"sampling at temperature {settings.temperature:g}, top_p {settings.top_p:g}, top_k {settings.top_k}")
+    return (f"`mpdistill demo`, seed {results['seed']}: n = {results['n_eval']} held-out chain problems, one answer "
+            f"each by {decoding}, at most {settings.max_new_tokens} new tokens.\n\n{table}")
 
 
 def compare_to_baselines(results: dict, records: dict[str, list[dict]]) -> dict:

@@ -37,6 +37,21 @@ def test_results_cover_every_method_with_sample_size_and_interval(demo_dir):
     assert (demo_dir / "tradeoff.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_demo_draws_training_curves_and_fills_each_models_card(demo_dir):
+    from huggingface_hub import ModelCard
+
+    assert (demo_dir / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    results = json.loads((demo_dir / "results.json").read_text())
+    for method in ("mpd", "opd", "offpolicy_kd", "rewrite_sft"):
+        card = ModelCard.load(demo_dir / "models" / method / "README.md")
+        assert card.data.license == "apache-2.0" and "mpdistill" in card.data.tags
+        evaluation = card.text.split("## Evaluation", 1)[1].split("\n## ", 1)[0]
+        accuracy = f"{100 * results['methods'][method]['accuracy']:.1f}"
+        assert f"| {method} | {QUICK_EVAL_N} | {accuracy} [" in evaluation and "| base |" in evaluation
+        assert "sampling at temperature 1" in evaluation and f"n = {QUICK_EVAL_N}" in evaluation
+        assert str(demo_dir) not in card.content  # no path of the machine in a card that may be published
+
+
 def test_eval_files_are_graded_from_the_responses(demo_dir):
     from mpdistill.tasks import chain
 
