@@ -30,7 +30,7 @@ $(VLLM_VENV)/bin/mpdistill: pyproject.toml $(VLLM_LOCK)
 	$(VLLM_VENV)/bin/pip install -q --no-deps -e .
 	touch $@
 
-.PHONY: install demo test test-all test-wheel test-multiprocess vllm-env test-vllm
+.PHONY: install demo test test-all test-wheel test-multiprocess vllm-env test-vllm test-browser
 install: $(BIN)/mpdistill
 
 demo: install
@@ -62,6 +62,12 @@ test-wheel:
 	venv/bin/mpdistill train embedded --dry-run; \
 	venv/bin/mpdistill demo --quick --out "$$tmp/demo"; \
 	echo "test-wheel: the installed wheel ran its commands from $$tmp"
+
+# mpdistill view's page in headless Chromium (Debian's chromium; installed here if missing, as CI runs as
+# root). Screenshots go to test-output/browser/.
+test-browser: install
+	command -v chromium >/dev/null || { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium; }
+	$(BIN)/python -m pytest -q -m browser
 
 # Two training processes on this machine: torchrun and accelerate launches of the README's commands.
 test-multiprocess: install

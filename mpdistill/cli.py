@@ -1,4 +1,4 @@
-"""Command line: ``mpdistill demo | train | eval | compare | bench | rewrite | recipes | bootstrap``."""
+"""Command line: ``mpdistill demo | train | eval | compare | view | bench | rewrite | recipes | bootstrap``."""
 
 from __future__ import annotations
 
@@ -263,6 +263,29 @@ def compare_cmd(
     if out is not None:
         paths = write_comparison(out, result)
         console.print(f"wrote {', '.join(str(p) for p in paths.values())}")
+
+
+@app.command("view")
+def view_cmd(
+    paths: list[Path] = typer.Argument(..., help="Training run folders, evaluation folders (mpdistill eval) or samples "
+                                       ".jsonl files; each evaluation after the first is compared with it, problem "
+                                       "by problem."),
+    out: Optional[Path] = typer.Option(None, "--out", help="HTML file to write (default: view.html in the first folder)."),
+    max_texts: int = typer.Option(2000, "--max-texts", help="Samples whose texts go on the page, per run or evaluation "
+                                  "(every sample's metadata always does)."),
+) -> None:
+    """One self-contained HTML page of runs and evaluations: curves, every sample with its diff, and comparisons."""
+    from .errors import ConfigError  # not from .config, which loads transformers
+    from .paths import check_output_file
+    from .view import ViewError, default_output, write_view
+
+    try:
+        target = out if out is not None else default_output(paths)
+        check_output_file(target, "--out")
+        written = write_view(paths, target, max_texts=max_texts)
+    except (ViewError, ConfigError) as err:
+        _fail(str(err))
+    console.print(f"wrote {written}", markup=False)
 
 
 @app.command("bench")

@@ -120,7 +120,7 @@ def read_eval_folder(path: str | os.PathLike) -> dict:
     else:
         raise EvalError(f"missing {SUMMARY_FILE} in evaluation folder {folder}: expected {summary_path}")
 
-    samples, sample_warnings = _read_sample_records(samples_path)
+    samples, sample_warnings = read_sample_records(samples_path)
     return {"model": model, "settings": settings, "samples": samples, "warnings": warnings + sample_warnings}
 
 
@@ -134,7 +134,9 @@ def _read_json_object(path: Path) -> dict:
     return data
 
 
-def _read_sample_records(path: Path) -> tuple[list[dict], list[str]]:
+def read_sample_records(path: Path) -> tuple[list[dict], list[str]]:
+    """The checked records of a samples file (``samples.jsonl``, or one file of the same lines) and
+    the warnings about it; see :func:`read_eval_folder`."""
     found, torn_at = read_samples(path)
     warnings: list[str] = []
     if torn_at is not None:

@@ -1,6 +1,7 @@
 """The wheel carries everything the commands read at run time: the shipped recipes and accelerate
-configs, the embedded models and the benchmarks, and the license (``make test-wheel`` installs it
-in a fresh environment and runs the demo from outside the repository)."""
+configs, the embedded models and the benchmarks, the page template of ``mpdistill view``, and the
+license (``make test-wheel`` installs it in a fresh environment and runs the demo from outside the
+repository)."""
 
 import re
 import shutil
@@ -55,6 +56,14 @@ def test_the_wheel_holds_the_embedded_models_and_benchmarks(built):
     for benchmark in ("gsm8k", "math500", "aime24", "aime25", "amc23"):
         assert f"mpdistill/assets/benchmarks/{benchmark}/test.jsonl" in assets
     assert assets <= names, sorted(assets - names)
+
+
+def test_the_wheel_holds_the_view_page_template(built):
+    from mpdistill.view.page import ASSETS
+
+    names, _, _ = built
+    assert {"page.html", "page.css", "page.js"} <= set(ASSETS)
+    assert {f"mpdistill/view/{name}" for name in ASSETS} <= names
 
 
 def test_the_wheel_holds_only_the_package_and_its_license(built):
