@@ -55,3 +55,50 @@ def test_train_log_holds_each_step_as_soon_as_it_is_logged(tiny_pair, tmp_path):
     trainer.train()
     assert seen[:3] == [[1], [1, 2], [1, 2, 3]]
     assert [json.loads(line) for line in path.read_text().splitlines()] == trainer.state.log_history
+
+
+def _wandb_records(path):
+    """The records of an offline W&B run file (``run-ID.wandb``): a LevelDB-style log of 32 KiB blocks
+    after a 7-byte header, each record one or more chunks (full, or first/middle/last) behind a
+    7-byte chunk header (checksum, little-endian length, kind), holding wandb's own protobuf Record."""
+    from wandb.proto import wandb_internal_pb2
+
+    data = path.read_bytes()
+    assert data[:4] == b":W&B", "not a W&B run file"
+    pos, block, pending = 7, 32768, b""
+    while pos + 7 <= len(data):
+        if block - pos % block < 7:  # a block's tail too short for a chunk header is padding
+            pos += block - pos % block
+            continue
+        length, kind = int.from_bytes(data[pos + 4:pos + 6], "little"), data[pos + 6]
+        pending += data[pos + 7:pos + 7 + length]
+        pos += 7 + length
+        if kind in (1, 4):  # full, or last
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(pending)
+            yield record
+            pending = b""
+
+
+def test_weights_and_biases_offline_gets_every_mpd_metric_at_each_logging_step(tiny_pair, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")  # no network: the run is written locally, to sync later
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    run = tmp_path / "run"
+    import wandb
+
+    try:
+        train(_recipe(tiny_pair, report_to=["wandb"], run_name="mpd-offline"), run)
+    finally:
+        wandb.finish()  # transformers leaves the run open: a process ending closes it, a test does it here
+    files = list(tmp_path.glob("wandb/offline-run-*/run-*.wandb"))
+    assert len(files) == 1, files
+    history = []
+    for record in _wandb_records(files[0]):
+        if record.WhichOneof("record_type") == "history":
+            history.append({item.key or "/".join(item.nested_key): json.loads(item.value_json)
+                            for item in record.history.item})
+    logged = [h for h in history if "train/mpd/acceptance_rate" in h]
+    assert [h["train/global_step"] for h in logged] == [1, 2, 3]
+    mpd_keys = {k for k in json.loads((run / "train_log.jsonl").read_text().splitlines()[0]) if k.startswith("mpd/")}
+    assert all({f"train/{k}" for k in mpd_keys} <= set(h) for h in logged)
