@@ -33,6 +33,7 @@ from .recipes import recipe_file, shipped_path
 from .rollout import GenerationSettings
 from .tasks import get_task
 from .tasks.problems import chain_problems
+from .view import write_view
 
 METHODS = ("mpd", "opd", "offpolicy_kd", "rewrite_sft")
 EVAL_ORDER = ("base", *METHODS, "teacher")
@@ -41,6 +42,8 @@ RECIPE = shipped_path("embedded")
 # --quick: the same pipeline on a budget small enough for a test (< 2 minutes on 2 cores).
 QUICK = {"training": {"steps": 3, "batch_size": 8, "logging_steps": 1}, "data": {"n_train": 64}}
 QUICK_EVAL_N = 64
+# Rollouts whose texts go on the demo's view.html (every rollout's verdict and lengths always do).
+VIEW_TEXTS = 4000
 
 
 def _eval_settings(recipe: Recipe) -> GenerationSettings:
@@ -128,10 +131,14 @@ def run_demo(out: str | Path, *, quick: bool = False, seed: int | None = None, r
         runs, tmp, title=f"Training, seed {recipe.seed}, {recipe.training.steps} steps of {recipe.training.batch_size}"))
     for method in METHODS:  # each trained student's card gets its row of the table, beside the base's
         set_card_evaluation(models_dir / method, card_evaluation(results, method, settings))
+    # MPD's run (curves, every rollout with its rewrite) and its answers against the base's, in one page.
+    viewed = [p for p in (out / "runs" / "mpd", out / "eval" / "base.jsonl", out / "eval" / "mpd.jsonl") if p.exists()]
+    write_view(viewed, out / "view.html", max_texts=VIEW_TEXTS)
     console.print(format_table(results))
     for line in results["comparisons"]["lines"]:
         console.print(line)
-    console.print(f"wrote {out / 'results.json'}, results.md, tradeoff.png, curves.png in {results['wall_seconds']:.0f}s")
+    console.print(f"wrote {out / 'results.json'}, results.md, tradeoff.png, curves.png, view.html in "
+                  f"{results['wall_seconds']:.0f}s")
     return results
 
 

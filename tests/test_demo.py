@@ -52,6 +52,15 @@ def test_demo_draws_training_curves_and_fills_each_models_card(demo_dir):
         assert str(demo_dir) not in card.content  # no path of the machine in a card that may be published
 
 
+def test_demo_writes_a_view_of_the_mpd_run_and_its_answers_against_the_base(demo_dir):
+    page = (demo_dir / "view.html").read_text()
+    data = json.loads(page.split('<script type="application/json" id="page-data">', 1)[1].split("</script>", 1)[0])
+    assert [s["kind"] for s in data["sections"]] == ["run", "eval", "eval", "comparison"]
+    rollouts = (demo_dir / "runs" / "mpd" / "rollouts.jsonl").read_text().splitlines()
+    assert data["sections"][0]["rollouts"]["n"] == len(rollouts) == len(data["sections"][0]["rollouts"]["texts"])
+    assert "http://" not in page.replace("http://www.w3.org", "") and "https://" not in page  # nothing fetched
+
+
 def test_eval_files_are_graded_from_the_responses(demo_dir):
     from mpdistill.tasks import chain
 
