@@ -66,7 +66,8 @@ test-wheel:
 # mpdistill view's page in headless Chromium (Debian's chromium; installed here if missing, as CI runs as
 # root). Screenshots go to test-output/browser/.
 test-browser: install
-	command -v chromium >/dev/null || { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium; }
+	command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] || { echo "test-browser: needs Debian's chromium (sudo apt-get install -y chromium)"; exit 1; }; \
+	  apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium; }
 	$(BIN)/python -m pytest -q -m browser
 
 # Two training processes on this machine: torchrun and accelerate launches of the README's commands.

@@ -28,12 +28,11 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
 from .config import Recipe, load_recipe
 from .durable import LogError, changed_settings, fsync_dir, fsync_tree, read_jsonl_log, write_jsonl, write_text
+from .paths import ROLLOUTS, TRAIN_LOG
 
 log = logging.getLogger(__name__)
 
 STAGING = ".partial"
-ROLLOUTS = "rollouts.jsonl"
-TRAIN_LOG = "train_log.jsonl"
 RNG_FILE = "mpdistill_rng_{rank}.json"
 
 

@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 from .durable import read_jsonl_log
+from .paths import TRAIN_LOG
 
 # Per-step series: (metric key, what it is). The first present in a run's log is drawn.
 STUDENT_LENGTH = ("mpd/student_tokens", "completions/mean_length")
@@ -18,7 +19,7 @@ KEPT = (("mpd/acceptance_rate", "rewrites accepted"), ("kd/kept_rate", "teacher 
 
 def read_log(run_dir: str | os.PathLike) -> list[dict]:
     """The per-step entries of a run's ``train_log.jsonl`` (not the end-of-training summary)."""
-    records, _ = read_jsonl_log(Path(run_dir) / "train_log.jsonl")
+    records, _ = read_jsonl_log(Path(run_dir) / TRAIN_LOG)
     return [r for _, r in records if "step" in r and "train_runtime" not in r]
 
 
@@ -28,9 +29,9 @@ def series(log: list[dict], key: str) -> tuple[list[int], list[float]]:
 
 
 def plot_training_curves(runs: dict[str, str | os.PathLike], path: str | os.PathLike, *, title: str = "") -> None:
-    """Two panels, one line per run: tokens per step (solid: the student's samples; dashed: what
-    the loss trained on, where it differs) and the share of rewrites accepted or teacher samples
-    kept. Off-policy KD's lengths are the teacher's samples: the student samples nothing there."""
+    """Two panels, one line per run: tokens per step (solid: the student's samples; dashed, for the
+    methods that train on rewrites: what the loss ran on) and the share of rewrites accepted or
+    teacher samples kept. Off-policy KD's lengths are the teacher's samples: its student samples nothing."""
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 

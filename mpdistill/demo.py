@@ -27,7 +27,7 @@ from .evaluate import build_results, format_table, paired_delta_ci, write_report
 from .model_card import set_card_evaluation
 from .model_record import write_record
 from .models import load_model
-from .paths import check_output_dir
+from .paths import TRAIN_LOG, check_output_dir
 from .pipeline import check_generation_backends, prompt_record, train
 from .recipes import recipe_file, shipped_path
 from .rollout import GenerationSettings
@@ -126,7 +126,7 @@ def run_demo(out: str | Path, *, quick: bool = False, seed: int | None = None, r
     results["comparisons"] = compare_to_baselines(results, records)
     results["wall_seconds"] = round(time.time() - started, 1)
     write_report(out, results)
-    runs = {m: out / "runs" / m for m in METHODS if (out / "runs" / m / "train_log.jsonl").exists()}
+    runs = {m: out / "runs" / m for m in METHODS if (out / "runs" / m / TRAIN_LOG).exists()}
     atomic_write(out / "curves.png", lambda tmp: plot_training_curves(
         runs, tmp, title=f"Training, seed {recipe.seed}, {recipe.training.steps} steps of {recipe.training.batch_size}"))
     for method in METHODS:  # each trained student's card gets its row of the table, beside the base's

@@ -15,7 +15,7 @@ from pathlib import Path
 from .config import Recipe
 from .methods import get_method
 from .models import resolve_model
-from .paths import looks_local
+from .paths import ROLLOUTS, TRAIN_LOG, looks_local
 from .rewriters import get_backend
 
 NOT_OFFLINE = "not available offline; checked at load time"
@@ -170,7 +170,7 @@ def describe_run(recipe: Recipe, out: str | Path | None = None) -> dict:
     outputs = None
     if out is not None:
         run = Path(out)
-        names = ["model/", "rollouts.jsonl", "train_log.jsonl", "recipe.yaml"] + (["adapter/"] if t.lora else [])
+        names = ["model/", ROLLOUTS, TRAIN_LOG, "recipe.yaml"] + (["adapter/"] if t.lora else [])
         outputs = {"run_dir": str(run), "files": names}
         from .checkpoints import existing_run
         from .paths import check_output_dir

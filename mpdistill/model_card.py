@@ -14,10 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .durable import write_text
-from .paths import looks_local
+from .paths import EMBEDDED_PREFIX, looks_local
 
 CARD = "README.md"
-EMBEDDED_PREFIX = "embedded:"
 EVALUATION_HEADING = "## Evaluation"
 
 CITATION = """\
@@ -38,7 +37,7 @@ class CardFacts:
     teacher: str | None = None
     dataset: str | None = None
     problems: int | None = None
-    extra_tags: list[str] = field(default_factory=list)
+    extra_tags: list[str] = field(default_factory=list)  # Hub tags transformers passes in (create_model_card)
 
 
 def is_hub_id(name: str | None) -> bool:
@@ -80,10 +79,13 @@ def _settings_table(rows: list[tuple[str, object]]) -> str:
 
 
 def render_card(*, method: str, summary: str = "", rewrites: bool, facts: CardFacts, args, steps: int, processes: int = 1,
-                lora: str | None = None, evaluation: str | None = None) -> str:
+                lora: str | None = None, evaluation: str | None = None, kl_loss: bool = True,
+                student_samples: bool = True) -> str:
     """The card's text. ``args``: the run's :class:`~mpdistill.mpd_config.MPDConfig`; ``steps``: the
     optimizer steps trained; ``summary``: what the method does, in a sentence; ``rewrites``: whether the method trains on a teacher's rewrites; ``lora``:
-    None (full fine-tuning), "adapter" (the folder holds LoRA adapters) or "merged" (folded in)."""
+    None (full fine-tuning), "adapter" (the folder holds LoRA adapters) or "merged" (folded in);
+    ``kl_loss`` / ``student_samples``: whether ``beta`` and the student's sampling settings apply (not
+    to Rewrite-SFT's cross-entropy, not to off-policy KD, where only the teacher samples)."""
     from huggingface_hub import ModelCardData
 
     license_id = base_license(facts.student)
@@ -93,13 +95,14 @@ def render_card(*, method: str, summary: str = "", rewrites: bool, facts: CardFa
         library_name="peft" if lora == "adapter" else "transformers",
         pipeline_tag="text-generation",
         datasets=[facts.dataset] if is_hub_id(facts.dataset) else None,
-        tags=["mpdistill", "distillation", re.sub(r"\W+", "-", method.lower()), *facts.extra_tags],
+        tags=list(dict.fromkeys(["mpdistill", "distillation", re.sub(r"\W+", "-", method.lower()), *facts.extra_tags])),
     )
     batch = args.per_device_train_batch_size * args.gradient_accumulation_steps * processes
     training = [("method", method), ("optimizer steps", steps), ("samples per step", batch),
                 ("learning_rate", f"{args.learning_rate:g}"), ("lr_scheduler_type", _value(args.lr_scheduler_type)),
-                ("beta (0 = forward KL, 1 = reverse KL)", args.beta),
-                ("student sampling temperature", args.temperature), ("max_completion_length", args.max_completion_length),
+                ("beta (0 = forward KL, 1 = reverse KL)", args.beta if kl_loss else None),
+                ("student sampling temperature", args.temperature if student_samples else None),
+                ("max_completion_length", args.max_completion_length),
                 ("seed", args.seed),
                 ("LoRA", {"adapter": "yes: this folder holds the adapter", "merged": "yes, merged into these weights"}.get(lora))]
     sections = [
@@ -109,6 +112,10 @@ def render_card(*, method: str, summary: str = "", rewrites: bool, facts: CardFa
         f"{_shown(facts.teacher)} as the teacher, trained with mpdistill. {summary}".rstrip(),
         "## Training\n\n" + _settings_table(training),
     ]
+    if not student_samples:  # off-policy KD: the teacher's samples are what the student learns from
+        rewrite = args.rewrite_config()
+        sections.append("### Teacher samples\n\n" + _settings_table([
+            ("teacher temperature", rewrite.temperature), ("require_gold", rewrite.require_gold)]))
     if rewrites:
         rewrite = args.rewrite_config()
         sections.append("### Rewrites\n\n" + _settings_table([

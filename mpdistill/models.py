@@ -15,9 +15,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from .errors import ConfigError
-from .paths import looks_local
-
-EMBEDDED_PREFIX = "embedded:"
+from .paths import EMBEDDED_PREFIX, looks_local
 
 
 def resolve_model(name: str) -> str:

@@ -24,6 +24,7 @@ from pydantic import ValidationError
 from trl import DistillationConfig
 
 from .config import RewriteConfig, with_task_defaults
+from .paths import ROLLOUTS, TRAIN_LOG
 from .rewrite import RewriteSettings, rewrite_settings_from
 from .tasks import TASKS, Task, get_task
 
@@ -91,10 +92,10 @@ class MPDConfig(_WithRewriteFields):
         return rewrite_settings_from(self.rewrite_config())
 
     def rollouts_path(self) -> str | None:
-        return _file_or_default(self.rollouts_file, self.output_dir, "rollouts.jsonl")
+        return _file_or_default(self.rollouts_file, self.output_dir, ROLLOUTS)
 
     def train_log_path(self) -> str | None:
-        return _file_or_default(self.train_log_file, self.output_dir, "train_log.jsonl")
+        return _file_or_default(self.train_log_file, self.output_dir, TRAIN_LOG)
 
 
 def _file_or_default(path: str | None, output_dir: str, name: str) -> str | None:

@@ -58,6 +58,9 @@ class NonFiniteGuard(TrainerCallback):
         if self.in_a_row > self.limit:
             self.halted_at = state.global_step
             control.should_training_stop = True
+            # In the training log too (train_log.jsonl, mpdistill view): why the run stopped.
+            state.log_history.append({"step": state.global_step, "mpd/halt": (
+                f"more than {self.limit} steps in a row had a NaN/inf loss or gradient")})
         return control
 
     def on_step_end(self, args, state, control, **kwargs):

@@ -15,6 +15,10 @@ from pathlib import Path
 from .errors import ConfigError
 
 DATA_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
+EMBEDDED_PREFIX = "embedded:"  # the shipped models and problems: embedded:student, embedded:teacher, embedded:chain
+# What a training run writes beside its model (mpdistill train --out, MPDConfig's output_dir).
+ROLLOUTS = "rollouts.jsonl"
+TRAIN_LOG = "train_log.jsonl"
 
 
 def looks_local(name: str, *, data_file: bool = False) -> bool:

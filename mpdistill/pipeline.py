@@ -446,20 +446,25 @@ def train(recipe: Recipe, run_dir: str | Path, *, exclude_prompts: set[str] | No
             replace_dir(staged, model_dir)
         trainer.accelerator.wait_for_everyone()
     if trainer.args.push_to_hub:
-        push_to_hub(trainer, model_dir)
+        push_to_hub(trainer, run_dir / "adapter" if recipe.training.lora is not None else model_dir)
     return model_dir
 
 
-def push_to_hub(trainer, model_dir: Path) -> None:
-    """transformers' ``push_to_hub``: the final weights (the adapter, for LoRA), their card and
-    ``mpdistill.json`` go to ``hub_model_id`` from the trainer's output folder. Only once the model is
-    saved locally, so a failed push loses nothing."""
+def push_to_hub(trainer, folder: Path) -> None:
+    """The saved student (the adapter, with LoRA), its card and ``mpdistill.json``, to the repository
+    the trainer created at its start (``hub_model_id``, ``hub_token``, ``hub_revision``). Only once the
+    model is saved locally, so a failed push loses nothing; the run's logs stay local."""
+    if not trainer.accelerator.is_main_process:
+        return
+    from huggingface_hub import upload_folder
+
     try:
-        trainer.push_to_hub(commit_message="End of training")
+        upload_folder(repo_id=trainer.hub_model_id, folder_path=str(folder), commit_message="End of training",
+                      token=trainer.args.hub_token, revision=trainer.args.hub_revision)
     except Exception as err:  # noqa: BLE001 (HTTP, network and repository errors alike)
-        raise HubError(f"the model is saved in {model_dir}, but pushing it to {trainer.hub_model_id} failed "
+        raise HubError(f"the model is saved in {folder}, but pushing it to {trainer.hub_model_id} failed "
                        f"({type(err).__name__}: {err}); push it again with `hf upload {trainer.hub_model_id} "
-                       f"{model_dir}`") from None
+                       f"{folder}`") from None
 
 
 def _save_final(trainer, target: Path, record: dict) -> None:

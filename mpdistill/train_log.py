@@ -4,11 +4,13 @@ transformers keeps every logged dict in ``trainer.state.log_history`` and saves 
 checkpoint. :class:`TrainLogFile` appends each entry to a file (flushed to disk) the moment it is
 logged, so a live run can be watched (``mpdistill view``, ``tail -f``) and a killed run keeps its
 curve up to its last logging step. A resumed run starts the file again from the history its
-checkpoint holds, so the steps that are trained again are not there twice.
+checkpoint holds, so the steps that are trained again are not there twice. A NaN or infinite value
+(the loss of a step the NaN guard skipped) is written as ``null``, so every line is valid JSON.
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from transformers import TrainerCallback
@@ -24,7 +26,7 @@ class TrainLogFile(TrainerCallback):
     def on_train_begin(self, args, state, control, **kwargs):
         if state.is_world_process_zero:
             # Fresh: empty. Resumed: the checkpoint's history, which ends at the step training goes on from.
-            write_jsonl(self.path, state.log_history)
+            write_jsonl(self.path, map(_json_safe, state.log_history))
         self._written = len(state.log_history)
 
     # Entries come from transformers' log() (on_log follows) and from callbacks that add their own
@@ -40,5 +42,9 @@ class TrainLogFile(TrainerCallback):
 
     def _append_new(self, state) -> None:
         if state.is_world_process_zero:
-            append_jsonl(self.path, state.log_history[self._written:])
+            append_jsonl(self.path, map(_json_safe, state.log_history[self._written:]))
         self._written = len(state.log_history)
+
+
+def _json_safe(entry: dict) -> dict:
+    return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in entry.items()}

@@ -23,6 +23,7 @@ multiplies into the loss mask and the token count that normalises the loss.
 from __future__ import annotations
 
 import functools
+import logging
 import random
 import re
 from collections import Counter
@@ -47,6 +48,8 @@ from .rewrite import REASONS, Rewriter, RewriteSettings, Sample, answer_section,
 from .rewriters import Teacher, build_rewriter
 from .rollout import generate_texts
 from .train_log import TrainLogFile
+
+log = logging.getLogger(__name__)
 
 
 def problem_text(prompt: Any) -> str:
@@ -88,6 +91,9 @@ class _Trainer(ResumableTraining, DistillationTrainer):
     default: the teacher's tokenizer when the teacher is given by name, else ``processing_class``.
     """
 
+    _kl_loss = True  # trained by KL to the teacher (Rewrite-SFT: cross-entropy)
+    _student_samples = True  # the student samples what it trains on (off-policy KD: the teacher does)
+
     def __init__(self, model, teacher_model=None, args: MPDConfig | None = None, train_dataset=None,
                  eval_dataset=None, processing_class=None, *, teacher_processing_class=None, **kwargs) -> None:
         from .models import check_compatible, load_tokenizer, resolve_model
@@ -123,6 +129,8 @@ class _Trainer(ResumableTraining, DistillationTrainer):
         self.add_callback(NonFiniteGuard(args.max_nonfinite_steps, metrics=self._metrics))
         if path := args.train_log_path():
             self.add_callback(TrainLogFile(path))
+        if args.push_to_hub:
+            _warn_logs_would_be_pushed(args)
 
     def local_teacher(self):
         """The teacher's own module (not the training wrapper around it), for generation."""
@@ -169,18 +177,21 @@ class _Trainer(ResumableTraining, DistillationTrainer):
         (``merged``: for the student with its LoRA adapter folded in)."""
         lora = ("merged" if merged else "adapter") if hasattr(self.model, "peft_config") else None
         return render_card(method=self._name, summary=getattr(self, "_card_summary", ""),
-                           rewrites=getattr(self, "rewriter", None) is not None,
+                           rewrites=getattr(self, "rewriter", None) is not None, kl_loss=self._kl_loss,
+                           student_samples=self._student_samples,
                            facts=self.card_facts, args=self.args, steps=self.state.global_step,
                            processes=self.accelerator.num_processes, lora=lora, evaluation=evaluation)
 
     def create_model_card(self, model_name: str | None = None, dataset_name: str | None = None,
                           tags: str | list[str] | None = None) -> None:
-        """Where TRL writes its card (beside each checkpoint, and before ``push_to_hub`` uploads the
-        output folder), mpdistill's card and ``mpdistill.json``: a pushed model says how it was made
-        and ``mpdistill eval`` reads it as it reads a local one."""
+        """mpdistill's card and ``mpdistill.json`` in the output folder, where TRL writes its card (at
+        each checkpoint save, and before ``push_to_hub`` uploads that folder): a pushed model says how
+        it was made. ``tags``: the Hub tags transformers adds (the trainer's and the model's)."""
         if self.is_world_process_zero():
-            if dataset_name and not self.card_facts.dataset:
-                self.card_facts.dataset = dataset_name
+            facts = self.card_facts
+            if dataset_name and not facts.dataset:
+                facts.dataset = dataset_name
+            facts.extra_tags = list(dict.fromkeys([*facts.extra_tags, *([tags] if isinstance(tags, str) else tags or [])]))
             self._describe_folder(self.args.output_dir)
 
     def init_hf_repo(self, token: str | None = None) -> None:
@@ -192,6 +203,16 @@ class _Trainer(ResumableTraining, DistillationTrainer):
             raise HubError(f"push_to_hub: cannot create the Hub repository {self.args.hub_model_id or ''} "
                            f"({type(err).__name__}: {err}); check hub_model_id, HF_TOKEN and the network, or turn "
                            "push_to_hub off") from None
+
+
+def _warn_logs_would_be_pushed(args: MPDConfig) -> None:
+    """transformers' push_to_hub uploads the whole output folder: logs kept there go with the model."""
+    inside = [p for p in (args.rollouts_path(), args.train_log_path())
+              if p and Path(args.output_dir).resolve() in Path(p).resolve().parents]
+    if inside:
+        log.warning("push_to_hub uploads %s, which holds %s (training prompts and model outputs): set rollouts_file "
+                    "and train_log_file outside it to keep them off the Hub", args.output_dir,
+                    " and ".join(Path(p).name for p in inside))
 
 
 def _loaded_name(model) -> str | None:
@@ -315,8 +336,9 @@ class MPDTrainer(_RolloutLogMixin, _Trainer):
             self._metrics[mode][f"mpd/rewriter/{key}"].append(float(sum(d[key] for d in deltas)))
 
     def _record(self, prompt, s: Sample) -> dict:
-        # The student's own answer, graded where the problem has one: accuracy on the training samples.
-        answer = self.task.extract_answer(s.student_text)
+        # The student's own answer, read where verification reads it (after its thinking), and graded
+        # where the problem has one: accuracy on the training samples.
+        answer = self.task.extract_answer(answer_section(s.student_text))
         return {
             "prompt": prompt,
             "gold": s.gold,
@@ -371,6 +393,7 @@ class RewriteSFTTrainer(MPDTrainer):
     """Baseline: cross-entropy on accepted rewrites only, no teacher logits in the loss."""
 
     _name = "Rewrite-SFT"
+    _kl_loss = False
     _card_summary = ("The student samples a solution, the teacher rewrites it concisely, and the student is trained "
                      "by cross-entropy on the accepted rewrites alone.")
 
@@ -423,6 +446,7 @@ class OffPolicyKDTrainer(_RolloutLogMixin, _Trainer):
     """
 
     _name = "Off-policy KD"
+    _student_samples = False
     _card_summary = ("The teacher samples solutions, those with the right answer are kept, and the student is "
                      "trained by token-level KL against the teacher on them (off-policy distillation).")
 

@@ -61,3 +61,34 @@ def test_an_evaluation_replaces_only_its_own_section(tmp_path):
     assert "| y | 91% |" in text and "| x | 90% |" not in text and "Not evaluated yet" not in text
     assert text.count("## Evaluation") == 1 and text.index("## Evaluation") < text.index("## License")
     assert not set_card_evaluation(tmp_path / "nowhere", "x")
+
+
+def test_settings_that_do_not_apply_to_a_method_are_left_out():
+    args = MPDConfig("out", task="chain", max_steps=5, report_to="none", beta=0.3, temperature=0.7)
+    sft = render_card(method="Rewrite-SFT", rewrites=True, args=args, steps=5, facts=CardFacts(), kl_loss=False)
+    assert "beta" not in sft and "| `student sampling temperature` | 0.7 |" in sft and "### Rewrites" in sft
+    kd = render_card(method="Off-policy KD", rewrites=False, args=args, steps=5, facts=CardFacts(), student_samples=False)
+    assert "| `beta (0 = forward KL, 1 = reverse KL)` | 0.3 |" in kd and "student sampling temperature" not in kd
+    assert "### Teacher samples" in kd and "### Rewrites" not in kd
+    adapter = ModelCard(render_card(method="MPD", rewrites=True, args=args, steps=5, facts=CardFacts(), lora="adapter"))
+    merged = ModelCard(render_card(method="MPD", rewrites=True, args=args, steps=5, facts=CardFacts(), lora="merged"))
+    assert (adapter.data.library_name, merged.data.library_name) == ("peft", "transformers")
+    assert "this folder holds the adapter" in adapter.text and "merged into these weights" in merged.text
+
+
+def test_the_students_answer_is_read_after_its_thinking_as_verification_reads_it():
+    from types import SimpleNamespace
+
+    from mpdistill.rewrite import Sample, Verdict
+    from mpdistill.tasks import get_task
+    from mpdistill.trainer import MPDTrainer
+
+    trainer = SimpleNamespace(task=get_task("math"))
+    unfinished = Sample(problem="2+2", student_text="<think>so maybe \\boxed{4}, let me check", student_ids=[1, 2],
+                        gold="4", verdict=Verdict(False, "student_unparsed"))
+    record = MPDTrainer._record(trainer, "p", unfinished)
+    assert (record["student_answer"], record["student_correct"]) == (None, False)
+    answered = Sample(problem="2+2", student_text="<think>2+2=5?</think>\nSo \\boxed{4}", student_ids=[1], gold="4")
+    assert MPDTrainer._record(trainer, "p", answered)["student_correct"] is True
+    no_gold = Sample(problem="2+2", student_text="\\boxed{4}", student_ids=[1])
+    assert MPDTrainer._record(trainer, "p", no_gold)["student_correct"] is None

@@ -92,9 +92,14 @@ def test_push_to_hub_uploads_the_trained_weights_with_their_card(tmp_path, hub, 
     assert {"README.md", "mpdistill.json", "config.json", "model.safetensors", "tokenizer.json"} <= set(files)
     pushed, saved = load_safetensors(files["model.safetensors"]), load_file(tmp_path / "run" / "model" / "model.safetensors")
     assert pushed.keys() == saved.keys() and all((pushed[k] == saved[k]).all() for k in saved)
+    # The folder as saved: its card, and the record mpdistill eval reads (task, prompt, budget).
+    local = tmp_path / "run" / "model"
+    assert files["README.md"] == (local / "README.md").read_bytes()
+    assert files["mpdistill.json"] == (local / "mpdistill.json").read_bytes()
     card = files["README.md"].decode()
     assert "after 2 optimizer steps of **MPD**" in card and str(tmp_path) not in card
     assert json.loads(files["mpdistill.json"])["task"] == "chain"
+    assert not {"rollouts.jsonl", "train_log.jsonl", "recipe.yaml"} & set(files)  # the run's logs stay local
 
 
 def test_a_repository_that_cannot_be_created_stops_the_run_before_training(tmp_path, hub, tiny_pair):

@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from mpdistill.config import recipe_from_dict
 from mpdistill.pipeline import build_trainer, load_model, train, training_problems
 from mpdistill.tasks import chain
@@ -102,3 +104,18 @@ def test_weights_and_biases_offline_gets_every_mpd_metric_at_each_logging_step(t
     assert [h["train/global_step"] for h in logged] == [1, 2, 3]
     mpd_keys = {k for k in json.loads((run / "train_log.jsonl").read_text().splitlines()[0]) if k.startswith("mpd/")}
     assert all({f"train/{k}" for k in mpd_keys} <= set(h) for h in logged)
+
+
+def test_a_non_finite_value_is_written_as_null_so_every_line_is_json(tmp_path):
+    from types import SimpleNamespace
+
+    from mpdistill.train_log import TrainLogFile
+
+    path = tmp_path / "train_log.jsonl"
+    state = SimpleNamespace(is_world_process_zero=True, log_history=[])
+    callback = TrainLogFile(path)
+    callback.on_train_begin(None, state, None)
+    state.log_history.append({"loss": float("nan"), "grad_norm": float("inf"), "step": 1})
+    callback.on_log(None, state, None)
+    assert [json.loads(line, parse_constant=pytest.fail) for line in path.read_text().splitlines()] == [
+        {"loss": None, "grad_norm": None, "step": 1}]

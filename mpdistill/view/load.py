@@ -19,18 +19,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..durable import LogError, read_jsonl_log
-from ..eval_folder import EvalError, read_eval_folder, read_sample_records
+from ..eval_folder import SAMPLES_FILE, EvalError, read_eval_folder, read_sample_records
 from ..model_record import RECORD
+from ..paths import ROLLOUTS, TRAIN_LOG
 
 log = logging.getLogger(__name__)
 
-# The files `mpdistill train` writes in a run folder.
+# Any of these files (all written by `mpdistill train`) marks a training run folder.
 RECIPE = "recipe.yaml"
-TRAIN_LOG = "train_log.jsonl"
-ROLLOUTS = "rollouts.jsonl"
 MODEL_RECORD = f"model/{RECORD}"
-RUN_FILES = (RECIPE, TRAIN_LOG, ROLLOUTS, MODEL_RECORD)
-EVAL_SAMPLES = "samples.jsonl"
+RUN_MARKERS = (RECIPE, TRAIN_LOG, ROLLOUTS, MODEL_RECORD)
 
 # Integer columns code a missing value as -1, so they fit typed arrays on the page.
 MISSING = -1
@@ -91,14 +89,16 @@ def read_path(path: Path) -> Run | Evaluation:
     """A run folder or an evaluation, whichever ``path`` is."""
     if not path.exists():
         raise ViewError(f"{path}: no such file or folder")
+    if path.is_file() and path.name in (ROLLOUTS, TRAIN_LOG):
+        raise ViewError(f"{path}: a training run's log; give the run's folder ({path.parent})")
     if path.is_file() and path.suffix == ".jsonl":
         return read_evaluation(path)
-    if path.is_dir() and (path / EVAL_SAMPLES).is_file():
+    if path.is_dir() and (path / SAMPLES_FILE).is_file():
         return read_evaluation(path)
-    if path.is_dir() and any((path / name).is_file() for name in RUN_FILES):
+    if path.is_dir() and any((path / name).is_file() for name in RUN_MARKERS):
         return read_run(path)
-    raise ViewError(f"{path}: neither a training run folder (holding {', '.join(RUN_FILES[:-1])} or {RUN_FILES[-1]}) "
-                    f"nor an evaluation (a folder holding {EVAL_SAMPLES}, or a samples .jsonl file)")
+    raise ViewError(f"{path}: neither a training run folder (holding {', '.join(RUN_MARKERS[:-1])} or {RUN_MARKERS[-1]}) "
+                    f"nor an evaluation (a folder holding {SAMPLES_FILE}, or a samples .jsonl file)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -160,7 +160,8 @@ def _read_recipe(path: Path) -> dict:
         for part in key.split("."):
             value = value.get(part) if isinstance(value, dict) else None
         if value is not None and not isinstance(value, (dict, list)):
-            shown[key] = value
+            # YAML reads some scalars as dates and the like, which JSON cannot hold: shown as written.
+            shown[key] = value if isinstance(value, (str, int, float, bool)) else str(value)
     return shown
 
 

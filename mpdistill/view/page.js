@@ -723,7 +723,7 @@ function rolloutBrowser(r) {
     correct: graded
       ? selectControl("student answer", [["all", "all"], ["1", "right"], ["0", "wrong"], ["-1", "not graded"]], apply)
       : null,
-    withText: capped ? checkboxControl("only samples with texts on the page", r.texts.length > 0, apply) : null,
+    withText: capped ? checkboxControl("only samples with texts on the page", false, apply) : null,
     search: searchControl("search", "prompt, trace or rewrite", apply),
     order: selectControl("order", [["oldest", "oldest first"], ["newest", "newest first"]], apply),
   };
@@ -892,7 +892,7 @@ function evalBrowser(section, c, onBenchmark) {
     benchmark: selectControl("benchmark", [["-1", `all (${fmtInt(section.n)})`],
       ...section.benchmark_names.map((name, k) => [String(k), `${name} (${fmtInt(counts[k])})`])], apply),
     correct: selectControl("answer", [["all", "all"], ["1", "right"], ["0", "wrong"]], apply),
-    withText: capped ? checkboxControl("only samples with texts on the page", section.texts.length > 0, apply) : null,
+    withText: capped ? checkboxControl("only samples with texts on the page", false, apply) : null,
     search: searchControl("search", "problem id or response", apply),
   };
   const lowered = new Map();

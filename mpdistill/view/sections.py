@@ -24,17 +24,26 @@ def run_section(run: Run, label: str, max_texts: int) -> dict:
         "path": str(run.path),
         "recipe": run.recipe,
         "status": run_status(run),
-        "warnings": run.warnings,
+        # The run's own warnings and why it stopped (the mix monitor, the NaN guard), then the viewer's.
+        "warnings": [f"step {e['step']}: {e[key]}" for e in run.log for key in RUN_MESSAGES if isinstance(e.get(key), str)]
+        + run.warnings,
         "log": _log_columns(run.log) if run.log else None,
         "rollouts": _rollouts(run, max_texts) if run.rollouts is not None and len(run.rollouts) else None,
     }
 
 
+# Messages a run writes into train_log.jsonl: a warning (mpd/warning) and why it stopped early (mpd/halt).
+RUN_MESSAGES = ("mpd/warning", "mpd/halt")
+
+
 def run_status(run: Run) -> str:
     planned = run.recipe.get("training.steps")
     last = run.log[-1]["step"] if run.log else None
+    halt = next((e for e in reversed(run.log) if isinstance(e.get("mpd/halt"), str)), None)
     if run.finished:
         return "finished: the student is saved in model/"
+    if halt is not None:
+        return f"stopped at step {halt['step']}: {halt['mpd/halt']}"
     if run.log_summary is not None:
         return "training finished (no model/ in this folder)"
     if last is None:

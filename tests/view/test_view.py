@@ -325,3 +325,31 @@ def test_view_command_errors_are_one_line_with_exit_code_2(tmp_path, monkeypatch
     write_run(tmp_path / "run")
     result = runner.invoke(app, args)
     assert result.exit_code == 2 and result.output.strip() == message
+
+
+def test_a_halted_run_says_why_it_stopped_and_shows_its_warnings(tmp_path):
+    folder = write_run(tmp_path / "run", finished=False)
+    log = (folder / "train_log.jsonl").read_text().splitlines()
+    summary = log.pop()  # transformers logs its summary after a halt too
+    log += [json.dumps({"step": 3, "mpd/warning": "MPD is mostly falling back here"}),
+            json.dumps({"step": 4, "mpd/halt": "training stopped at step 4: rewrite.min_acceptance_rate is 0.2"}),
+            summary]
+    (folder / "train_log.jsonl").write_text("\n".join(log) + "\n")
+    section = run_section(read_path(folder), "run", 100)
+    assert section["status"] == "stopped at step 4: training stopped at step 4: rewrite.min_acceptance_rate is 0.2"
+    assert section["warnings"][:2] == ["step 3: MPD is mostly falling back here",
+                                       "step 4: training stopped at step 4: rewrite.min_acceptance_rate is 0.2"]
+
+
+def test_a_runs_own_log_file_is_refused_naming_its_folder(tmp_path):
+    folder = write_run(tmp_path / "run")
+    for name in ("rollouts.jsonl", "train_log.jsonl"):
+        with pytest.raises(ViewError, match=rf"{name}: a training run's log; give the run's folder \({re.escape(str(folder))}\)"):
+            read_path(folder / name)
+
+
+def test_recipe_values_yaml_reads_as_dates_are_shown_as_written(tmp_path):
+    folder = write_run(tmp_path / "run")
+    (folder / "recipe.yaml").write_text("method: mpd\nstudent: 2026-01-02\n")
+    data = page_data(build_page([folder], max_texts=10))
+    assert data["sections"][0]["recipe"]["student"] == "2026-01-02"
