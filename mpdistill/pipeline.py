@@ -15,10 +15,10 @@ import torch
 
 from .checkpoints import ROLLOUTS, TRAIN_LOG, checkpoint_step, existing_run, latest_checkpoint, prepare_resume
 from .config import ConfigError, Recipe, dump_recipe
-from .durable import replace_dir, write_jsonl, write_text
+from .durable import replace_dir, write_text
+from .errors import HubError
 from .methods import get_method
 from .mix_monitor import MixFloorHalt
-from .errors import HubError
 from .model_card import write_card
 from .model_record import write_record
 from .models import check_compatible, load_model, model_path, resolve_model
@@ -30,6 +30,7 @@ from .prompts import encode_message, has_thinking_switch
 from .rewriters import get_backend
 from .tasks import get_task
 from .tasks.problems import DataError, chain_problems, load_problems
+from .train_log import write_train_log
 
 log = logging.getLogger(__name__)
 
@@ -415,7 +416,7 @@ def train(recipe: Recipe, run_dir: str | Path, *, exclude_prompts: set[str] | No
         trainer._load_from_checkpoint(str(checkpoint))
         trainer.state = TrainerState.load_from_json(str(checkpoint / "trainer_state.json"))
         if trainer.accelerator.is_main_process:  # the log as that checkpoint has it (nothing trains to write it)
-            write_jsonl(run_dir / TRAIN_LOG, trainer.state.log_history)
+            write_train_log(run_dir / TRAIN_LOG, trainer.state.log_history)
     else:
         try:
             trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)

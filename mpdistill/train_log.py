@@ -26,7 +26,7 @@ class TrainLogFile(TrainerCallback):
     def on_train_begin(self, args, state, control, **kwargs):
         if state.is_world_process_zero:
             # Fresh: empty. Resumed: the checkpoint's history, which ends at the step training goes on from.
-            write_jsonl(self.path, map(_json_safe, state.log_history))
+            write_train_log(self.path, state.log_history)
         self._written = len(state.log_history)
 
     # Entries come from transformers' log() (on_log follows) and from callbacks that add their own
@@ -44,6 +44,11 @@ class TrainLogFile(TrainerCallback):
         if state.is_world_process_zero:
             append_jsonl(self.path, map(_json_safe, state.log_history[self._written:]))
         self._written = len(state.log_history)
+
+
+def write_train_log(path: Path, history: list[dict]) -> None:
+    """The whole file from a trainer's ``log_history`` (replacing what was there)."""
+    write_jsonl(path, map(_json_safe, history))
 
 
 def _json_safe(entry: dict) -> dict:

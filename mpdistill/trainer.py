@@ -447,8 +447,9 @@ class OffPolicyKDTrainer(_RolloutLogMixin, _Trainer):
 
     _name = "Off-policy KD"
     _student_samples = False
-    _card_summary = ("The teacher samples solutions, those with the right answer are kept, and the student is "
-                     "trained by token-level KL against the teacher on them (off-policy distillation).")
+    _card_summary = ("The teacher samples solutions; those cut off or without a readable answer (or, with "
+                     "require_gold, a wrong one) are dropped, and the student is trained by token-level KL against "
+                     "the teacher on the rest (off-policy distillation).")
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
