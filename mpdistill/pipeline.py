@@ -463,8 +463,9 @@ def push_to_hub(trainer, folder: Path) -> None:
         upload_folder(repo_id=trainer.hub_model_id, folder_path=str(folder), commit_message="End of training",
                       token=trainer.args.hub_token, revision=trainer.args.hub_revision)
     except Exception as err:  # noqa: BLE001 (HTTP, network and repository errors alike)
+        said = " ".join(str(err).split())  # huggingface_hub's messages span lines: one line here
         raise HubError(f"the model is saved in {folder}, but pushing it to {trainer.hub_model_id} failed "
-                       f"({type(err).__name__}: {err}); push it again with `hf upload {trainer.hub_model_id} "
+                       f"({type(err).__name__}: {said}); push it again with `hf upload {trainer.hub_model_id} "
                        f"{folder}`") from None
 
 

@@ -120,7 +120,14 @@ class _Trainer(ResumableTraining, DistillationTrainer):
             args.teacher_model_init_kwargs = {"use_safetensors": True, **(args.teacher_model_init_kwargs or {})}
             if teacher_processing_class is None:
                 teacher_processing_class = load_tokenizer(teacher_model, trust_remote_code=args.trust_remote_code)
+        self._hub_error: str | None = None  # set by init_hf_repo (on the main process, where transformers runs it)
         super().__init__(model, teacher_model, args, train_dataset, eval_dataset, processing_class, **kwargs)
+        if args.push_to_hub:  # every process stops alike, or the others would wait at their first collective
+            errors = [e for e in gather_object([self._hub_error]) if e]
+            if errors:
+                error = HubError(errors[0])
+                error.shared_by_main_process = True
+                raise error
         self.teacher_tokenizer = teacher_processing_class or self._tokenizer
         if self.teacher_model is not None:  # one vocabulary, piece by piece (TRL compares only the sizes)
             check_compatible("the student", self._tokenizer, self.model, "the teacher", self.teacher_tokenizer,
@@ -195,14 +202,15 @@ class _Trainer(ResumableTraining, DistillationTrainer):
             self._describe_folder(self.args.output_dir)
 
     def init_hf_repo(self, token: str | None = None) -> None:
-        """transformers creates the Hub repository when a ``push_to_hub`` run starts: a failure says so
-        in one line, before any step trains."""
+        """transformers creates the Hub repository when a ``push_to_hub`` run starts (on the main process):
+        a failure stops every process after the constructor, in one line, before any step trains."""
         try:
             super().init_hf_repo(token=token)
         except Exception as err:  # noqa: BLE001 (huggingface_hub raises HTTP, URI and network errors)
-            raise HubError(f"push_to_hub: cannot create the Hub repository {self.args.hub_model_id or ''} "
-                           f"({type(err).__name__}: {err}); check hub_model_id, HF_TOKEN and the network, or turn "
-                           "push_to_hub off") from None
+            said = " ".join(str(err).split())  # huggingface_hub's messages span lines: one line here
+            self._hub_error = (f"push_to_hub: cannot create the Hub repository {self.args.hub_model_id or ''} "
+                               f"({type(err).__name__}: {said}); check hub_model_id, HF_TOKEN and the network, or "
+                               "turn push_to_hub off")
 
 
 def _warn_logs_would_be_pushed(args: MPDConfig) -> None:

@@ -205,3 +205,29 @@ def test_a_mistake_under_torchrun_is_said_once(recipe, tmp_path):
     errors = [line for line in (proc.stdout + proc.stderr).splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "one step takes 128 (training.batch_size 64 x" in errors[0], proc.stderr[-3000:]
     assert not (tmp_path / "run").exists()
+
+
+def test_a_hub_repository_that_cannot_be_created_stops_both_processes_with_one_line(recipe, tmp_path):
+    """transformers creates the repository on the main process only; the other must stop too (not wait
+    at its first collective) and the error is said once."""
+    from stand_in_hub import REPO, StandInHub, hub_env, start_hub
+
+    data = yaml.safe_load(recipe.read_text())
+    data["training"].update(push_to_hub=True, hub_model_id=REPO)
+    pushing = tmp_path / "push.yaml"
+    pushing.write_text(yaml.safe_dump(data, sort_keys=False))
+    hub = start_hub()
+    StandInHub.refuse = "/api/repos/create"
+    try:
+        proc = subprocess.run(launch_command("torchrun", pushing, tmp_path / "run"), capture_output=True, text=True,
+                              timeout=300, env={**ENV, **hub_env(hub)}, cwd=ROOT)
+    finally:
+        hub.shutdown()
+    assert proc.returncode != 0
+    errors = [line for line in (proc.stdout + proc.stderr).splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and f"push_to_hub: cannot create the Hub repository {REPO}" in errors[0], proc.stderr[-3000:]
+    assert "403" in errors[0]
+    # The other process stopped on the shared error, not by crashing on the main one's closed connection
+    # (torchrun still reports a failed worker in its own words, as for any error).
+    assert "[rank1]: Traceback" not in proc.stderr and "Connection closed by peer" not in proc.stderr, proc.stderr[-3000:]
+    assert not (tmp_path / "run" / "rollouts.jsonl").exists()

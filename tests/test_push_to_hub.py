@@ -1,72 +1,21 @@
 """push_to_hub through the trainer's own machinery, against a loopback HTTP server standing in for the
-Hugging Face Hub (the API calls huggingface_hub makes to create a repository and commit files)."""
+Hugging Face Hub (tests/stand_in_hub.py)."""
 
-import base64
 import json
 import os
 import subprocess
 import sys
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import yaml
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import load_file
-
-REPO = "me/mpd-chain"
-
-
-class StandInHub(BaseHTTPRequestHandler):
-    """Answers repository creation, pre-upload and commit as the Hub does; records committed files.
-    ``refuse``: the path fragment answered with 403 (a token without write access)."""
-
-    refuse: str | None = None
-    commits: list[dict] = []
-
-    def _reply(self, status: int, payload: dict) -> None:
-        data = json.dumps(payload).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def do_POST(self):
-        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        if self.refuse and self.refuse in self.path:
-            return self._reply(403, {"error": "You don't have the rights to create a model under this namespace"})
-        if self.path == "/api/repos/create":
-            request = json.loads(body)
-            return self._reply(200, {"url": f"http://{self.headers['Host']}/{request['organization']}/{request['name']}"})
-        if "/preupload/" in self.path:
-            files = json.loads(body)["files"]
-            return self._reply(200, {"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False}
-                                               for f in files]})
-        if self.path.startswith(f"/api/models/{REPO}/commit/"):
-            lines = [json.loads(line) for line in body.decode().splitlines()]
-            self.commits.append({line["value"]["path"]: base64.b64decode(line["value"]["content"])
-                                 for line in lines if line["key"] == "file"})
-            return self._reply(200, {"commitUrl": f"http://{self.headers['Host']}/{REPO}/commit/1",
-                                     "commitOid": "0" * 40, "pullRequestUrl": None})
-        return self._reply(200, {})  # YAML validation of the card
-
-    def do_GET(self):
-        self._reply(200, {})
-
-    def do_HEAD(self):  # telemetry
-        self.send_response(200)
-        self.end_headers()
-
-    def log_message(self, *args):
-        pass
+from stand_in_hub import REPO, StandInHub, hub_env, start_hub
 
 
 @pytest.fixture
 def hub():
-    StandInHub.refuse, StandInHub.commits = None, []
-    server = ThreadingHTTPServer(("127.0.0.1", 0), StandInHub)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    server = start_hub()
     yield server
     server.shutdown()
 
@@ -78,8 +27,7 @@ def _train(tmp_path, hub, tiny_pair):
                            "push_to_hub": True, "hub_model_id": REPO},
               "rewrite": {"max_new_tokens": 12}}
     (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe))
-    env = {**os.environ, "HF_HUB_OFFLINE": "0", "HF_ENDPOINT": f"http://127.0.0.1:{hub.server_port}",
-           "HF_TOKEN": "hf_stand_in", "HF_HUB_DISABLE_TELEMETRY": "1", "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, **hub_env(hub), "OMP_NUM_THREADS": "1"}
     return subprocess.run([sys.executable, "-m", "mpdistill.cli", "train", "recipe.yaml", "--out", "run"],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
 
@@ -106,7 +54,9 @@ def test_a_repository_that_cannot_be_created_stops_the_run_before_training(tmp_p
     StandInHub.refuse = "/api/repos/create"
     result = _train(tmp_path, hub, tiny_pair)
     assert result.returncode == 2
-    assert f"error: push_to_hub: cannot create the Hub repository {REPO}" in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith(f"error: push_to_hub: cannot create the Hub repository {REPO}")
+    assert "403" in errors[0] and errors[0].endswith("or turn push_to_hub off")  # the Hub's reason, on the one line
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "run" / "rollouts.jsonl").exists() and not (tmp_path / "run" / "recipe.yaml").exists()
 
@@ -115,6 +65,7 @@ def test_a_failed_push_keeps_the_saved_model_and_says_how_to_push_again(tmp_path
     StandInHub.refuse = "/commit/"
     result = _train(tmp_path, hub, tiny_pair)
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert f"the model is saved in run/model, but pushing it to {REPO} failed" in result.stderr
-    assert f"`hf upload {REPO} run/model`" in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith(f"error: the model is saved in run/model, but pushing it to {REPO} failed")
+    assert errors[0].endswith(f"`hf upload {REPO} run/model`")
     assert (tmp_path / "run" / "model" / "model.safetensors").exists()
