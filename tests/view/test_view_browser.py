@@ -22,6 +22,8 @@ from mpdistill.cli import app
 pytestmark = pytest.mark.browser
 
 RECORDS = rollout_records()
+QUIET = ["--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run",
+         "--disable-quic"]
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +47,8 @@ def browser():
     if executable is None:
         pytest.fail("the browser tests need Chromium on PATH: apt-get install chromium (make test-browser installs it)")
     with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=executable, headless=True)
+        # No background connections: the page needs none, and a closed network refuses them noisily.
+        launched = playwright.chromium.launch(executable_path=executable, headless=True, args=QUIET)
         yield launched
         launched.close()
 
