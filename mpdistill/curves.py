@@ -9,8 +9,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .durable import read_jsonl_log
 from .paths import TRAIN_LOG
+from .view.load import read_train_log
 
 # Per-step series: (metric key, what it is). The first present in a run's log is drawn.
 STUDENT_LENGTH = ("mpd/student_tokens", "completions/mean_length")
@@ -18,9 +18,10 @@ KEPT = (("mpd/acceptance_rate", "rewrites accepted"), ("kd/kept_rate", "teacher 
 
 
 def read_log(run_dir: str | os.PathLike) -> list[dict]:
-    """The per-step entries of a run's ``train_log.jsonl`` (not the end-of-training summary)."""
-    records, _ = read_jsonl_log(Path(run_dir) / TRAIN_LOG)
-    return [r for _, r in records if "step" in r and "train_runtime" not in r]
+    """The per-step entries of a run's ``train_log.jsonl`` (not the end-of-training summary), as the
+    viewer reads them."""
+    entries, _ = read_train_log(Path(run_dir) / TRAIN_LOG, warnings=[])
+    return entries
 
 
 def series(log: list[dict], key: str) -> tuple[list[int], list[float]]:

@@ -53,14 +53,10 @@ def base_license(student: str | None) -> str | None:
         return "apache-2.0"
     card = Path(student).expanduser() / CARD
     if looks_local(student) and card.is_file():
-        match = re.search(r"^license:\s*(\S+)\s*$", _front_matter(card.read_text(encoding="utf-8")), re.M)
-        return match.group(1) if match else None
+        from huggingface_hub import ModelCard
+
+        return ModelCard.load(card).data.license
     return None
-
-
-def _front_matter(text: str) -> str:
-    match = re.match(r"---\n(.*?)\n---\n", text, re.S)
-    return match.group(1) if match else ""
 
 
 def _shown(name: str | None) -> str:
@@ -112,12 +108,11 @@ def render_card(*, method: str, summary: str = "", rewrites: bool, facts: CardFa
         f"{_shown(facts.teacher)} as the teacher, trained with mpdistill. {summary}".rstrip(),
         "## Training\n\n" + _settings_table(training),
     ]
+    rewrite = args.rewrite_config() if rewrites or not student_samples else None
     if not student_samples:  # off-policy KD: the teacher's samples are what the student learns from
-        rewrite = args.rewrite_config()
         sections.append("### Teacher samples\n\n" + _settings_table([
             ("teacher temperature", rewrite.temperature), ("require_gold", rewrite.require_gold)]))
     if rewrites:
-        rewrite = args.rewrite_config()
         sections.append("### Rewrites\n\n" + _settings_table([
             ("backend", rewrite.backend), ("max_ratio", rewrite.max_ratio), ("require_gold", rewrite.require_gold),
             ("on_reject", rewrite.on_reject), ("on_policy_fraction", rewrite.on_policy_fraction),

@@ -16,7 +16,7 @@ import torch
 from .checkpoints import ROLLOUTS, TRAIN_LOG, checkpoint_step, existing_run, latest_checkpoint, prepare_resume
 from .config import ConfigError, Recipe, dump_recipe
 from .durable import replace_dir, write_text
-from .errors import HubError
+from .errors import HubError, one_line
 from .methods import get_method
 from .mix_monitor import MixFloorHalt
 from .model_card import write_card
@@ -463,9 +463,8 @@ def push_to_hub(trainer, folder: Path) -> None:
         upload_folder(repo_id=trainer.hub_model_id, folder_path=str(folder), commit_message="End of training",
                       token=trainer.args.hub_token, revision=trainer.args.hub_revision)
     except Exception as err:  # noqa: BLE001 (HTTP, network and repository errors alike)
-        said = " ".join(str(err).split())  # huggingface_hub's messages span lines: one line here
         raise HubError(f"the model is saved in {folder}, but pushing it to {trainer.hub_model_id} failed "
-                       f"({type(err).__name__}: {said}); push it again with `hf upload {trainer.hub_model_id} "
+                       f"({type(err).__name__}: {one_line(err)}); push it again with `hf upload {trainer.hub_model_id} "
                        f"{folder}`") from None
 
 

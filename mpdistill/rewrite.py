@@ -85,7 +85,6 @@ def rewrite_settings_from(r) -> RewriteSettings:
     )
 
 
-
 @dataclass
 class RewriteOutput:
     text: str

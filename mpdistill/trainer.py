@@ -37,7 +37,7 @@ from trl import DistillationTrainer
 
 from .checkpoints import ResumableTraining, checkpoint_step, rewind_rollout_log
 from .durable import append_jsonl
-from .errors import HubError
+from .errors import HubError, one_line
 from .mix_monitor import MixFloorHalt, MixMonitor
 from .model_card import CardFacts, render_card, write_card
 from .model_record import write_record
@@ -207,9 +207,8 @@ class _Trainer(ResumableTraining, DistillationTrainer):
         try:
             super().init_hf_repo(token=token)
         except Exception as err:  # noqa: BLE001 (huggingface_hub raises HTTP, URI and network errors)
-            said = " ".join(str(err).split())  # huggingface_hub's messages span lines: one line here
             self._hub_error = (f"push_to_hub: cannot create the Hub repository {self.args.hub_model_id or ''} "
-                               f"({type(err).__name__}: {said}); check hub_model_id, HF_TOKEN and the network, or "
+                               f"({type(err).__name__}: {one_line(err)}); check hub_model_id, HF_TOKEN and the network, or "
                                "turn push_to_hub off")
 
 

@@ -92,3 +92,15 @@ def test_the_students_answer_is_read_after_its_thinking_as_verification_reads_it
     assert MPDTrainer._record(trainer, "p", answered)["student_correct"] is True
     no_gold = Sample(problem="2+2", student_text="\\boxed{4}", student_ids=[1])
     assert MPDTrainer._record(trainer, "p", no_gold)["student_correct"] is None
+
+
+def test_a_local_base_models_own_card_gives_the_license(tmp_path):
+    base = tmp_path / "my-base"
+    base.mkdir()
+    (base / "README.md").write_text("---\nlicense: mit\n---\n\n# my base\n")
+    args = MPDConfig("out", task="chain", max_steps=5, report_to="none")
+    card = ModelCard(render_card(method="MPD", rewrites=True, args=args, steps=5, facts=CardFacts(student=str(base))))
+    assert card.data.license == "mit" and card.data.base_model is None and "`mit`, the base model's license" in card.text
+    (base / "README.md").write_text("# no metadata\n")
+    unknown = render_card(method="MPD", rewrites=True, args=args, steps=5, facts=CardFacts(student=str(base)))
+    assert ModelCard(unknown).data.license is None and "The base model's license applies: see `my-base`" in unknown

@@ -130,7 +130,7 @@ def short_answer(value) -> str | None:
 
 def read_run(folder: Path) -> Run:
     warnings: list[str] = []
-    entries, summary = _read_train_log(folder / TRAIN_LOG, warnings)
+    entries, summary = read_train_log(folder / TRAIN_LOG, warnings)
     rollouts = None
     if (folder / ROLLOUTS).is_file():
         rollouts = scan_rollouts(folder / ROLLOUTS)
@@ -165,7 +165,7 @@ def _read_recipe(path: Path) -> dict:
     return shown
 
 
-def _read_train_log(path: Path, warnings: list[str]) -> tuple[list[dict], dict | None]:
+def read_train_log(path: Path, warnings: list[str]) -> tuple[list[dict], dict | None]:
     """Per-step entries (those logged at one step merged: training and evaluation metrics) and the
     end-of-training summary, if the run got there."""
     try:
