@@ -222,7 +222,7 @@ def test_a_hub_repository_that_cannot_be_created_stops_both_processes_with_one_l
         proc = subprocess.run(launch_command("torchrun", pushing, tmp_path / "run"), capture_output=True, text=True,
                               timeout=300, env={**ENV, **hub_env(hub)}, cwd=ROOT)
     finally:
-        hub.shutdown()
+        hub.close()
     assert proc.returncode != 0
     errors = [line for line in (proc.stdout + proc.stderr).splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and f"push_to_hub: cannot create the Hub repository {REPO}" in errors[0], proc.stderr[-3000:]

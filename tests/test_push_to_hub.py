@@ -17,7 +17,7 @@ from stand_in_hub import REPO, StandInHub, hub_env, start_hub
 def hub():
     server = start_hub()
     yield server
-    server.shutdown()
+    server.close()
 
 
 def _train(tmp_path, hub, tiny_pair):

@@ -4,10 +4,9 @@ Paths are relative to a temporary working directory so the console never wraps a
 
 import json
 import random
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from loopback import JSONHandler, LoopbackServer
 from transformers import AutoTokenizer
 from typer.testing import CliRunner
 
@@ -178,33 +177,20 @@ class Server:
         self.requests = []
         outer = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def _send(self, status, payload):
-                data = json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
+        class Handler(JSONHandler):
             def do_GET(self):
-                self._send(200, {"object": "list", "data": [{"id": "rewriter"}]})
+                self.send_json(200, {"object": "list", "data": [{"id": "rewriter"}]})
 
             def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                body = json.loads(self.body())
                 outer.requests.append({"path": self.path, "body": body, "auth": self.headers.get("Authorization")})
-                self._send(*answer(body))
+                self.send_json(*answer(body))
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        self.server = LoopbackServer(Handler)
+        self.url = self.server.url("/v1")
 
     def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        self.server.close()
 
 
 @pytest.fixture

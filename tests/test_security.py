@@ -4,12 +4,11 @@ unless asked for; nothing listens on a network port."""
 import ast
 import json
 import logging
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 import torch
+from loopback import JSONHandler, LoopbackServer
 
 from mpdistill.config import ConfigError, load_recipe
 from mpdistill.models import load_model, load_tokenizer
@@ -31,40 +30,25 @@ class KeyedServer:
         self.authorized = 0
         server = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
+        class Handler(JSONHandler):
             def do_GET(self):  # /models, for the endpoint check
-                self._send(200, {"data": [{"id": "teacher"}]})
+                self.send_json(200, {"data": [{"id": "teacher"}]})
 
             def do_POST(self):
-                self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                self.body()
                 server.requests += 1
                 auth = self.headers.get("Authorization", "")
                 if auth != f"Bearer {KEY}" or leaky:
-                    self._send(401, {"error": {"message": f"bad credentials: {auth}"}})
+                    self.send_json(401, {"error": {"message": f"bad credentials: {auth}"}})
                     return
                 server.authorized += 1
-                self._send(200, {"choices": [{"text": "A:0", "finish_reason": "stop"}]})
+                self.send_json(200, {"choices": [{"text": "A:0", "finish_reason": "stop"}]})
 
-            def _send(self, code, payload):
-                body = json.dumps(payload).encode()
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-        self.thread.start()
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        self.loopback = LoopbackServer(Handler)
+        self.url = self.loopback.url("/v1")
 
     def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join(5)
+        self.loopback.close()
 
 
 @pytest.fixture
