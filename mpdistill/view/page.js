@@ -610,6 +610,16 @@ function textsNote(included, total, searchWhat) {
     `${searchWhat} of those samples only; every other filter and count covers all ${fmtInt(total)}.`;
 }
 
+// A sample list: the note on which texts are on the page, the filters, the table (drawn filtered).
+function samplesPanel(note, controls, browser, update) {
+  const element = h("div", {},
+    h("p", { class: "muted", text: note }),
+    h("div", { class: "filters" }, Object.values(controls).filter(Boolean).map((control) => control.element)),
+    browser.element);
+  update();
+  return element;
+}
+
 /* ---------------------------------------------------------------------------------------------
  * A training run: its curves and its samples. */
 
@@ -761,12 +771,7 @@ function rolloutBrowser(r) {
     }, controls.order.value === "newest");
   }
 
-  const element = h("div", {},
-    h("p", { class: "muted", text: textsNote(r.texts.length, r.n, "the prompts, traces and rewrites") }),
-    h("div", { class: "filters" }, Object.values(controls).filter(Boolean).map((control) => control.element)),
-    browser.element);
-  update();
-  return element;
+  return samplesPanel(textsNote(r.texts.length, r.n, "the prompts, traces and rewrites"), controls, browser, update);
 }
 
 function verdictBadge(accepted, reason) {
@@ -930,12 +935,7 @@ function evalBrowser(section, c, onBenchmark) {
     });
   }
 
-  const element = h("div", {},
-    h("p", { class: "muted", text: textsNote(section.texts.length, section.n, "the responses") }),
-    h("div", { class: "filters" }, Object.values(controls).filter(Boolean).map((control) => control.element)),
-    browser.element);
-  update();
-  return element;
+  return samplesPanel(textsNote(section.texts.length, section.n, "the responses"), controls, browser, update);
 }
 
 function evalSampleDetail(section, c, i) {
