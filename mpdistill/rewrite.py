@@ -295,6 +295,7 @@ class Sample:
     verdict: Verdict | None = None
     trained_on: str = "student"  # "rewrite" | "student" | "dropped"
     route_kept: bool | None = None  # for an accepted rewrite: does it walk the student's route (Task.route_kept)
+    student_answer: str | None = None  # read from the trace's answer section by rewrite_batch (None: none found)
 
 
 def length_budget(student_tokens: int, settings: RewriteSettings) -> int:
@@ -327,7 +328,7 @@ def rewrite_batch(
     """
     todo = []
     for s in samples:
-        answer = task.extract_answer(answer_section(s.student_text))
+        answer = s.student_answer = task.extract_answer(answer_section(s.student_text))
         if settings.on_policy_fraction > 0 and rng.random() < settings.on_policy_fraction:
             s.verdict = Verdict(False, "on_policy")
         elif answer is None:

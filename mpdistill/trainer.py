@@ -343,9 +343,9 @@ class MPDTrainer(_RolloutLogMixin, _Trainer):
             self._metrics[mode][f"mpd/rewriter/{key}"].append(float(sum(d[key] for d in deltas)))
 
     def _record(self, prompt, s: Sample) -> dict:
-        # The student's own answer, read where verification reads it (after its thinking), and graded
-        # where the problem has one: accuracy on the training samples.
-        answer = self.task.extract_answer(answer_section(s.student_text))
+        # The student's own answer (read by rewrite_batch, after its thinking), graded where the problem
+        # has one: accuracy on the training samples.
+        answer = s.student_answer
         return {
             "prompt": prompt,
             "gold": s.gold,

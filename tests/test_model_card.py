@@ -76,24 +76,6 @@ def test_settings_that_do_not_apply_to_a_method_are_left_out():
     assert "this folder holds the adapter" in adapter.text and "merged into these weights" in merged.text
 
 
-def test_the_students_answer_is_read_after_its_thinking_as_verification_reads_it():
-    from types import SimpleNamespace
-
-    from mpdistill.rewrite import Sample, Verdict
-    from mpdistill.tasks import get_task
-    from mpdistill.trainer import MPDTrainer
-
-    trainer = SimpleNamespace(task=get_task("math"))
-    unfinished = Sample(problem="2+2", student_text="<think>so maybe \\boxed{4}, let me check", student_ids=[1, 2],
-                        gold="4", verdict=Verdict(False, "student_unparsed"))
-    record = MPDTrainer._record(trainer, "p", unfinished)
-    assert (record["student_answer"], record["student_correct"]) == (None, False)
-    answered = Sample(problem="2+2", student_text="<think>2+2=5?</think>\nSo \\boxed{4}", student_ids=[1], gold="4")
-    assert MPDTrainer._record(trainer, "p", answered)["student_correct"] is True
-    no_gold = Sample(problem="2+2", student_text="\\boxed{4}", student_ids=[1])
-    assert MPDTrainer._record(trainer, "p", no_gold)["student_correct"] is None
-
-
 def test_a_local_base_models_own_card_gives_the_license(tmp_path):
     base = tmp_path / "my-base"
     base.mkdir()

@@ -269,3 +269,29 @@ def test_offpolicy_kd_vets_the_teachers_samples_as_mpd_vets_its_rewrites(tiny_pa
     r = _recipe(tiny_pair, "offpolicy_kd").rewrite
     assert (seen["settings"].temperature, seen["settings"].top_p, seen["settings"].top_k) == (r.temperature, r.top_p,
                                                                                              r.top_k)
+
+
+def test_the_students_answer_is_read_after_its_thinking_as_verification_reads_it():
+    import random
+    from types import SimpleNamespace
+
+    from mpdistill.rewrite import RewriteOutput, RewriteSettings, Sample, rewrite_batch
+    from mpdistill.tasks import get_task
+    from mpdistill.trainer import MPDTrainer
+
+    task = get_task("math")
+    trainer = SimpleNamespace(task=task)
+    unfinished = Sample(problem="2+2", student_text="<think>so maybe \\boxed{4}, let me check", student_ids=[1, 2],
+                        gold="4")
+    answered = Sample(problem="2+2", student_text="<think>2+2=5?</think>\nSo \\boxed{4}", student_ids=[1], gold="4")
+    no_gold = Sample(problem="2+2", student_text="\\boxed{4}", student_ids=[1])
+    rewriter = SimpleNamespace(rewrite=lambda prompts, max_new_tokens=None: [RewriteOutput("") for _ in prompts])
+    # The answer is read once, where the mixing rule reads it; the record reports that reading.
+    rewrite_batch([unfinished, answered, no_gold], rewriter, RewriteSettings(), task, lambda text, end: [],
+                  random.Random(0))
+    assert unfinished.verdict.reason == "student_unparsed"
+    record = MPDTrainer._record(trainer, "p", unfinished)
+    assert (record["student_answer"], record["student_correct"]) == (None, False)
+    assert MPDTrainer._record(trainer, "p", answered)["student_correct"] is True
+    assert MPDTrainer._record(trainer, "p", no_gold)["student_correct"] is None
+
