@@ -258,6 +258,10 @@ class RewriteConfig(_Strict):
     timeout_s: float = Field(default=60.0, gt=0)
     max_retries: int = Field(default=3, ge=0)
     deadline_s: float = Field(default=600.0, gt=0)
+    # openai: send each student trace to the server the moment it ends and train each micro-batch as
+    # soon as its rewrites are in, within the same optimizer step (mpdistill/overlap.py). The loss
+    # overlaps the rewrites only with training.gradient_accumulation_steps >= 2.
+    overlap: bool = False
 
     _template = field_validator("prompt_template")(
         lambda cls, v: v if v is None else check_template(PROMPT_TEMPLATES.get(v, v)))
@@ -285,6 +289,9 @@ class RewriteConfig(_Strict):
             for key in ("base_url", "model"):
                 if not getattr(self, key):
                     raise ValueError(f"rewrite.{key} is required when rewrite.backend is 'openai'")
+        elif self.overlap:
+            raise ValueError(f"rewrite.overlap needs rewrite.backend: openai (a rewriter on its own hardware); the "
+                             f"{self.backend!r} backend writes on the training hardware, so nothing can overlap")
         return self
 
     @field_validator("extra_body")

@@ -310,6 +310,66 @@ def length_budget(student_tokens: int, settings: RewriteSettings) -> int:
     return max(0, min(fits + 1, settings.generation.max_new_tokens))
 
 
+def on_policy_picks(n: int, settings: RewriteSettings, rng: random.Random) -> list[bool]:
+    """Which of ``n`` samples (in batch order) the on-policy fraction keeps without a rewrite: one
+    draw from ``rng`` per sample when the fraction is set, none otherwise."""
+    if settings.on_policy_fraction <= 0:
+        return [False] * n
+    return [rng.random() < settings.on_policy_fraction for _ in range(n)]
+
+
+def plan_rewrite(s: Sample, on_policy: bool, settings: RewriteSettings, task: Task) -> int | None:
+    """Read the student's answer and decide whether its trace is sent to the rewriter: the new
+    tokens the rewrite may generate (see :func:`length_budget`), or None when no rewrite could be
+    used (on-policy pick, no final answer, or a wrong answer under ``require_gold``; the verdict
+    is set). A teacher that thinks first spends tokens on its own thinking before the rewrite: the
+    length a rewrite may have is checked after that block is removed, not while it is generated.
+    """
+    answer = s.student_answer = task.extract_answer(answer_section(s.student_text))
+    if on_policy:
+        s.verdict = Verdict(False, "on_policy")
+    elif answer is None:
+        s.verdict = Verdict(False, "student_unparsed")
+    elif settings.require_gold and s.gold is not None and not task.answers_match(answer, s.gold):
+        s.verdict = Verdict(False, "wrong_answer")  # the rewrite must keep this answer: it cannot pass
+    else:
+        return settings.generation.max_new_tokens if settings.teacher_thinks else length_budget(len(s.student_ids), settings)
+    return None
+
+
+def settle_rewrite(
+    s: Sample,
+    out: RewriteOutput,
+    budget: int,
+    settings: RewriteSettings,
+    task: Task,
+    encode: Callable[[str, int | None], list[int]],
+) -> None:
+    """Verify one sample's rewrite and set its verdict."""
+    if settings.teacher_thinks:
+        out = RewriteOutput(drop_own_thinking(out.text), out.truncated, out.error)
+    s.rewrite_text = out.text
+    s.rewrite_ids = encode(out.text, s.end_id) if out.text else []
+    if out.truncated and out.error is None and budget < settings.generation.max_new_tokens:
+        s.verdict = Verdict(False, "not_shorter")  # stopped at the length it had to stay under
+        return
+    s.verdict = verify(task, s.student_text, len(s.student_ids), out, len(s.rewrite_ids), settings.max_ratio,
+                       s.gold if settings.require_gold else None)
+
+
+def mix(s: Sample, settings: RewriteSettings, task: Task) -> None:
+    """What the student trains on for one sample whose verdict is set: the accepted rewrite, its own
+    trace (on-policy pick, or a rejection with ``on_reject: student``), or nothing (``drop``)."""
+    if s.verdict is not None and s.verdict.accepted:
+        s.trained_on = "rewrite"
+        if task.route_kept is not None:
+            s.route_kept = task.route_kept(s.student_text, s.rewrite_text)
+    elif s.verdict is not None and s.verdict.reason == "on_policy":
+        s.trained_on = "student"
+    else:
+        s.trained_on = "dropped" if settings.on_reject == "drop" else "student"
+
+
 def rewrite_batch(
     samples: list[Sample],
     rewriter: Rewriter,
@@ -320,57 +380,21 @@ def rewrite_batch(
 ) -> list[Sample]:
     """Rewrite, verify and mix one batch in place; returns the same list.
 
-    Only rewrites the mixing rule could use are generated: samples picked for the on-policy
-    fraction, traces with no final answer (nothing to keep the rewrite faithful to) and, when
-    the gold answer is checked, traces whose answer is wrong are not sent to the rewriter. Each
-    rewrite stops once it can no longer be short enough to be accepted (see `length_budget`),
-    unless the teacher thinks first (``teacher_thinks``): its thinking does not count.
+    Only rewrites the mixing rule could use are generated (see :func:`plan_rewrite`). Each rewrite
+    stops once it can no longer be short enough to be accepted (see :func:`length_budget`), unless
+    the teacher thinks first (``teacher_thinks``): its thinking does not count.
     """
-    todo = []
-    for s in samples:
-        answer = s.student_answer = task.extract_answer(answer_section(s.student_text))
-        if settings.on_policy_fraction > 0 and rng.random() < settings.on_policy_fraction:
-            s.verdict = Verdict(False, "on_policy")
-        elif answer is None:
-            s.verdict = Verdict(False, "student_unparsed")
-        elif settings.require_gold and s.gold is not None and not task.answers_match(answer, s.gold):
-            s.verdict = Verdict(False, "wrong_answer")  # the rewrite must keep this answer: it cannot pass
-        else:
-            todo.append(s)
+    picks = on_policy_picks(len(samples), settings, rng)
+    planned = [(s, plan_rewrite(s, pick, settings, task)) for s, pick in zip(samples, picks)]
+    todo = [(s, budget) for s, budget in planned if budget is not None]
     # The rewriter is called even with nothing to rewrite: with several training processes the local
     # teacher's generate calls are collective (sharded weights), so every process makes as many.
-    # A teacher that thinks first spends tokens on its own thinking before the rewrite: the length a
-    # rewrite may have is checked after that block is removed, not while it is generated.
-    budgets = [settings.generation.max_new_tokens if settings.teacher_thinks else length_budget(len(s.student_ids), settings)
-               for s in todo]
-    outputs = rewriter.rewrite([settings.render(s.problem, s.student_text) for s in todo], max_new_tokens=budgets)
+    outputs = rewriter.rewrite([settings.render(s.problem, s.student_text) for s, _ in todo],
+                               max_new_tokens=[b for _, b in todo])
     if len(outputs) != len(todo):
         raise RuntimeError(f"rewriter returned {len(outputs)} rewrites for {len(todo)} prompts")
-    for s, out, budget in zip(todo, outputs, budgets):
-        if settings.teacher_thinks:
-            out = RewriteOutput(drop_own_thinking(out.text), out.truncated, out.error)
-        s.rewrite_text = out.text
-        s.rewrite_ids = encode(out.text, s.end_id) if out.text else []
-        if out.truncated and out.error is None and budget < settings.generation.max_new_tokens:
-            s.verdict = Verdict(False, "not_shorter")  # stopped at the length it had to stay under
-            continue
-        s.verdict = verify(
-            task,
-            s.student_text,
-            len(s.student_ids),
-            out,
-            len(s.rewrite_ids),
-            settings.max_ratio,
-            s.gold if settings.require_gold else None,
-        )
-    fallback = "dropped" if settings.on_reject == "drop" else "student"
+    for (s, budget), out in zip(todo, outputs):
+        settle_rewrite(s, out, budget, settings, task, encode)
     for s in samples:
-        if s.verdict is not None and s.verdict.accepted:
-            s.trained_on = "rewrite"
-            if task.route_kept is not None:
-                s.route_kept = task.route_kept(s.student_text, s.rewrite_text)
-        elif s.verdict is not None and s.verdict.reason == "on_policy":
-            s.trained_on = "student"
-        else:
-            s.trained_on = fallback
+        mix(s, settings, task)
     return samples

@@ -126,6 +126,8 @@ class OpenAIRewriter:
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
         self.stats: dict = {"requests": 0, "retries": 0, "ok": 0, "failures": {}}
+        self._pool: concurrent.futures.ThreadPoolExecutor | None = None  # submit()'s, made on first use
+        self._closing = threading.Event()
 
     def __repr__(self) -> str:
         key = f"${self.api_key_env}" if self.api_key_env else "none"
@@ -157,21 +159,49 @@ class OpenAIRewriter:
         finally:
             stop.set()  # requests still running stop retrying; their timeouts already end by the deadline
             pool.shutdown(wait=False, cancel_futures=True)
-        results = []
-        for f in futures:
-            if not f.done() or f.cancelled():
-                out, kind = RewriteOutput("", error=f"deadline of {self.deadline_s:g} s reached"), "deadline"
-            elif f.exception() is not None:  # a bug, not a server failure: still never fatal to training
-                out, kind = RewriteOutput("", error=self._scrub(f"internal error: {type(f.exception()).__name__}")), "internal"
+        return [self._account(f) for f in futures]
+
+    def submit(self, prompt: str, max_new_tokens: int | None = None) -> concurrent.futures.Future:
+        """Send one rewrite request now and return at once: a future of its :class:`RewriteOutput`.
+
+        For a trainer that sends each trace as soon as the student has written it and does other
+        work while the answer is on its way. Requests share one pool of ``max_concurrency``
+        connections; each has its own deadline, ``deadline_s`` from now, and the future never holds
+        an exception: a failure comes back as an error output, as from :meth:`rewrite`.
+        """
+        budget = self.max_tokens if max_new_tokens is None else int(max_new_tokens)
+        with self._lock:
+            if self._pool is None:
+                self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=self.max_concurrency,
+                                                                   thread_name_prefix="rewrite")
+        request = self._pool.submit(self._one, prompt, budget, time.monotonic() + self.deadline_s, self._closing)
+        answer: concurrent.futures.Future = concurrent.futures.Future()
+        request.add_done_callback(lambda f: answer.set_result(self._account(f)))
+        return answer
+
+    def close(self) -> None:
+        """Stop the requests :meth:`submit` left running (they end as deadline errors) and their threads."""
+        self._closing.set()
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
+        self._closing = threading.Event()
+
+    def _account(self, f: concurrent.futures.Future) -> RewriteOutput:
+        """One request's output, counted in ``stats``."""
+        if not f.done() or f.cancelled():
+            out, kind = RewriteOutput("", error=f"deadline of {self.deadline_s:g} s reached"), "deadline"
+        elif f.exception() is not None:  # a bug, not a server failure: still never fatal to training
+            out, kind = RewriteOutput("", error=self._scrub(f"internal error: {type(f.exception()).__name__}")), "internal"
+        else:
+            out, kind = f.result()
+        with self._lock:
+            if kind is None:
+                self.stats["ok"] += 1
             else:
-                out, kind = f.result()
-            with self._lock:
-                if kind is None:
-                    self.stats["ok"] += 1
-                else:
-                    self.stats["failures"][kind] = self.stats["failures"].get(kind, 0) + 1
-            results.append(out)
-        return results
+                self.stats["failures"][kind] = self.stats["failures"].get(kind, 0) + 1
+        return out
 
     def preflight(self, where: str = "rewrite.base_url") -> None:
         """Send one rewrite request of the run's exact shape (one token) before anything loads.

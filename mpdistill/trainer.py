@@ -22,12 +22,12 @@ multiplies into the loss mask and the token count that normalises the loss.
 
 from __future__ import annotations
 
-import functools
 import logging
 import random
 import re
+import time
 from collections import Counter
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,14 +37,16 @@ from trl import DistillationTrainer
 
 from .checkpoints import ResumableTraining, checkpoint_step, rewind_rollout_log
 from .durable import append_jsonl
-from .errors import HubError, one_line
+from .errors import ConfigError, HubError, one_line
 from .mix_monitor import MixFloorHalt, MixMonitor
 from .model_card import CardFacts, render_card, write_card
 from .model_record import write_record
 from .mpd_config import MPDConfig
 from .nonfinite import NonFiniteGuard, NonFiniteHalt
 from .processes import count_on_every_process
-from .rewrite import REASONS, Rewriter, RewriteSettings, Sample, answer_section, encode_completion, rewrite_batch
+from .overlap import FinishWatcher, finish_order, micro_batch_inputs, rescale_gradients, watching_generate
+from .rewrite import (REASONS, Rewriter, RewriteSettings, Sample, answer_section, encode_completion, mix,
+                      on_policy_picks, plan_rewrite, rewrite_batch, settle_rewrite)
 from .rewriters import Teacher, build_rewriter
 from .rollout import generate_texts
 from .train_log import TrainLogFile
@@ -227,6 +229,28 @@ def _loaded_name(model) -> str | None:
     return getattr(config, "_name_or_path", None) or None
 
 
+@dataclass
+class _PendingStep:
+    """One overlapped step's samples, their rewrites on the way and its micro-batches."""
+
+    prompts: list
+    n: int
+    picks: list[bool]  # kept on-policy (drawn in batch order, as a serial step draws them)
+    counts_before: dict | None  # the served rewriter's request counts at the step's start
+    samples: list = field(default_factory=list)
+    budgets: list = field(default_factory=list)
+    answers: list = field(default_factory=list)  # futures of RewriteOutput, None where nothing was sent
+    groups: list[list[int]] = field(default_factory=list)
+    prompt_ids: list[list[int]] = field(default_factory=list)
+    provisional: torch.Tensor | None = None
+    grad_scale: float = 1.0
+    wait_s: float = 0.0
+    losses: list = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.samples, self.budgets, self.answers = [None] * self.n, [None] * self.n, [None] * self.n
+
+
 class OPDTrainer(_Trainer):
     """On-policy distillation: TRL's trainer as is, with resumable checkpoints."""
 
@@ -259,6 +283,17 @@ class MPDTrainer(_RolloutLogMixin, _Trainer):
                 name=getattr(teacher, "name_or_path", "teacher"), tokenizer=self.teacher_tokenizer, model=teacher,
                 bf16=bool(self.args.bf16), trust_remote_code=self.args.trust_remote_code), seed=self.args.seed)
         self.rewriter = rewriter
+        # Overlapped steps (mpdistill/overlap.py): rewrites requested as traces end, answered in the background.
+        self.overlap = bool(self.args.rewrite_overlap)
+        if self.overlap:
+            if not callable(getattr(rewriter, "submit", None)):
+                raise ConfigError(f"rewrite.overlap needs a rewriter that answers in the background (rewrite.backend: "
+                                  f"openai); {type(rewriter).__name__} writes on the training hardware, so there is "
+                                  "nothing to overlap: set rewrite.overlap: false")
+            if self.is_deepspeed_enabled:
+                raise ConfigError("rewrite.overlap rescales the accumulated gradients, which DeepSpeed keeps to itself: "
+                                  "set rewrite.overlap: false under DeepSpeed")
+        self._pending: _PendingStep | None = None
         if self.accelerator.num_processes > 1 and hasattr(rewriter, "sync_batches"):
             rewriter.sync_batches = count_on_every_process  # the local teacher's generate calls, in step
         self._mix_rng = random.Random(self.args.seed + self.accelerator.process_index)
@@ -290,25 +325,29 @@ class MPDTrainer(_RolloutLogMixin, _Trainer):
         self._stash_inputs(inputs)
         return super()._generate_and_score_completions(inputs)
 
+    def _sample(self, row: dict, ids: list[int], text: str) -> Sample:
+        return Sample(
+            problem=row.get("problem") or problem_text(row["prompt"]),
+            student_text=text,
+            student_ids=list(ids),
+            gold=row.get("answer"),
+            # TRL keeps the token the student stopped on: a rewrite of the trace ends with it too.
+            end_id=ids[-1] if len(ids) and ids[-1] in self.eos_token_ids else None,
+        )
+
+    def _encode(self, text: str, end_id: int | None) -> list[int]:
+        return encode_completion(self._tokenizer, text, end_id)
+
     def _generate(self, prompts):
         prompt_ids, completion_ids, _, images, tool_images = super()._generate(prompts)
         mode = "train" if self.model.training else "eval"
         texts = self.processing_class.batch_decode(completion_ids, skip_special_tokens=True)
-        samples = [
-            Sample(
-                problem=row.get("problem") or problem_text(row["prompt"]),
-                student_text=text,
-                student_ids=list(ids),
-                gold=row.get("answer"),
-                # TRL keeps the token the student stopped on: a rewrite of the trace ends with it too.
-                end_id=ids[-1] if len(ids) and ids[-1] in self.eos_token_ids else None,
-            )
-            for row, text, ids in zip(self._inputs, texts, completion_ids, strict=True)
-        ]
-        encode = functools.partial(encode_completion, self._tokenizer)
+        samples = [self._sample(row, ids, text) for row, text, ids in zip(self._inputs, texts, completion_ids, strict=True)]
         before = self._rewriter_counts()
         calls_before = getattr(self.rewriter, "generate_calls", None)
-        rewrite_batch(samples, self.rewriter, self.rewrite_settings, self.task, encode, self._mix_rng)
+        started = time.perf_counter()
+        rewrite_batch(samples, self.rewriter, self.rewrite_settings, self.task, self._encode, self._mix_rng)
+        self._metrics[mode]["mpd/rewrite_wait_s"].append(time.perf_counter() - started)
         self._log_rewriter_counts(before, mode)
         if calls_before is not None and self.accelerator.num_processes > 1:
             # The local teacher's generate calls this batch, fewest and most over processes: they must
@@ -317,14 +356,115 @@ class MPDTrainer(_RolloutLogMixin, _Trainer):
             self._metrics[mode]["mpd/rewriter/generate_calls_min"].append(float(min(calls)))
             self._metrics[mode]["mpd/rewriter/generate_calls_max"].append(float(max(calls)))
 
-        new_ids, keep = [], []
-        for s in samples:
-            ids = s.rewrite_ids if s.trained_on == "rewrite" else s.student_ids
-            new_ids.append(ids)
-            keep.append([0 if s.trained_on == "dropped" else 1] * len(ids))
+        new_ids, keep = zip(*map(self._trained_ids, samples)) if samples else ((), ())
         self._log_mix(samples, mode)
         self._write_rollouts([self._record(prompt, s) for prompt, s in zip(prompts, samples)])
-        return prompt_ids, new_ids, keep, images, tool_images
+        return prompt_ids, list(new_ids), list(keep), images, tool_images
+
+    @staticmethod
+    def _trained_ids(s: Sample) -> tuple[list[int], list[int]]:
+        """The completion the loss runs on, and its loss mask (zero for a dropped sample)."""
+        ids = s.rewrite_ids if s.trained_on == "rewrite" else s.student_ids
+        return ids, [0 if s.trained_on == "dropped" else 1] * len(ids)
+
+    # -- the overlapped step (rewrite.overlap; see mpdistill/overlap.py) ---------------------------
+
+    def _prepare_inputs(self, generation_batch):
+        if not (self.overlap and self.model.training):
+            return super()._prepare_inputs(generation_batch)
+        k = self._step % self.args.gradient_accumulation_steps
+        if k == 0 or self._pending is None:
+            self._start_overlapped_step(generation_batch)
+        return self._micro_batch(k)
+
+    def _start_overlapped_step(self, inputs: list[dict]) -> None:
+        """Sample the step's whole batch, sending each trace to the rewriter as it ends."""
+        self._stash_inputs(inputs)
+        prompts = [x["prompt"] for x in inputs]
+        n = len(prompts)
+        pending = self._pending = _PendingStep(prompts, n, on_policy_picks(n, self.rewrite_settings, self._mix_rng),
+                                               self._rewriter_counts())
+        watcher = FinishWatcher(self.eos_token_ids, self._send_for_rewrite)
+        with watching_generate(self.accelerator.unwrap_model(self.model), watcher):
+            prompt_ids, completion_ids, _, _, _ = super()._generate(prompts)
+        for row, ids in enumerate(completion_ids):
+            if pending.samples[row] is None:  # stopped at the length limit (or sampled by vLLM): sent now
+                self._send_for_rewrite(row, list(ids))
+            elif pending.samples[row].student_ids != list(ids):
+                raise RuntimeError(f"sample {row}: the trace seen as it ended differs from the one generate returned")
+        torch.randperm(n)  # the draw TRL's shuffle makes in a serial step, so the next step samples alike
+        order = finish_order([len(ids) for ids in completion_ids])
+        size = -(-n // self.args.gradient_accumulation_steps)
+        pending.groups = [order[i:i + size] for i in range(0, n, size)]
+        pending.prompt_ids = [list(ids) for ids in prompt_ids]
+        # The loss's divisor until the trained tokens are known: the student's tokens (see rescale_gradients).
+        pending.provisional = self.accelerator.gather(torch.tensor(sum(map(len, completion_ids)),
+                                                                   device=self.accelerator.device)).sum()
+
+    def _send_for_rewrite(self, row: int, ids: list[int]) -> None:
+        pending = self._pending
+        text = self.processing_class.decode(ids, skip_special_tokens=True)
+        s = pending.samples[row] = self._sample(self._inputs[row], ids, text)
+        budget = pending.budgets[row] = plan_rewrite(s, pending.picks[row], self.rewrite_settings, self.task)
+        if budget is not None:
+            pending.answers[row] = self.rewriter.submit(self.rewrite_settings.render(s.problem, s.student_text), budget)
+
+    def _wait_for_rewrites(self, rows: list[int]) -> None:
+        """Wait for these samples' rewrites; verify and mix them."""
+        pending = self._pending
+        for row in rows:
+            s = pending.samples[row]
+            if pending.answers[row] is not None:
+                started = time.perf_counter()
+                out = pending.answers[row].result()
+                pending.wait_s += time.perf_counter() - started
+                settle_rewrite(s, out, pending.budgets[row], self.rewrite_settings, self.task, self._encode)
+            mix(s, self.rewrite_settings, self.task)
+
+    def _micro_batch(self, k: int) -> dict:
+        pending = self._pending
+        rows = pending.groups[k]
+        self._wait_for_rewrites(rows)
+        trained = [self._trained_ids(pending.samples[row]) for row in rows]
+        if k == len(pending.groups) - 1:
+            self._finish_overlapped_step()
+        return micro_batch_inputs([pending.prompt_ids[row] for row in rows], [ids for ids, _ in trained],
+                                  [keep for _, keep in trained], pending.provisional,
+                                  pad_token_id=self._tokenizer.pad_token_id, pad_to_multiple_of=self.pad_to_multiple_of,
+                                  device=self.accelerator.device)
+
+    def _finish_overlapped_step(self) -> None:
+        """Every rewrite is in: the step's logs, as a serial step writes them, and the gradients' scale."""
+        pending, mode = self._pending, "train"
+        self._metrics[mode]["mpd/rewrite_wait_s"].append(pending.wait_s)
+        self._log_rewriter_counts(pending.counts_before, mode)
+        self._log_mix(pending.samples, mode)
+        self._write_rollouts([self._record(prompt, s) for prompt, s in zip(pending.prompts, pending.samples)])
+        trained = sum(sum(keep) for _, keep in map(self._trained_ids, pending.samples))
+        tokens = self.accelerator.gather(torch.tensor(trained, device=self.accelerator.device)).sum()
+        # TRL's divisor (clamped at 1) over the provisional one each micro-batch's loss was divided by.
+        pending.grad_scale = float(pending.provisional.clamp(min=1)) / float(tokens.clamp(min=1))
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        pending = self._pending
+        if not (self.overlap and self.model.training) or pending is None:
+            return loss
+        if self._step % self.args.gradient_accumulation_steps:  # TRL has counted this micro-batch
+            pending.losses.append(loss)
+            return loss
+        self._pending = None
+        scale = pending.grad_scale
+        rescale_gradients(model, scale)
+        # The trainer sums what each micro-batch returns into the logged loss: this one also corrects the earlier ones.
+        return loss * scale + sum(pending.losses, torch.zeros_like(loss)) * (scale - 1)
+
+    def train(self, *args, **kwargs):
+        try:
+            return super().train(*args, **kwargs)
+        finally:
+            if self.overlap:
+                self.rewriter.close()  # requests of a step that did not finish
 
     def _rewriter_counts(self) -> dict[str, int] | None:
         """A served rewriter's running request/retry counts (None for the local teacher)."""

@@ -1,0 +1,179 @@
+"""The overlapped MPD step (rewrite.overlap): rewrites requested as traces end, micro-batches trained
+as their rewrites arrive; the same training as the serial step with a deterministic server."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from mpdistill.bench.served import ServedRewriter, teacher_answer
+from mpdistill.config import ConfigError, load_recipe, recipe_from_dict
+from mpdistill.overlap import FinishWatcher, finish_order, micro_batch_inputs, watching_generate
+from mpdistill.tasks import chain
+
+
+@pytest.fixture(scope="module")
+def server():
+    with ServedRewriter() as s:
+        yield s
+
+
+def _run(run_dir: Path, url: str, *, overlap: bool, steps: int = 3, delay_hook=None):
+    from mpdistill.demo import RECIPE
+    from mpdistill.models import load_model
+    from mpdistill.pipeline import build_trainer, training_problems
+
+    recipe = load_recipe(RECIPE, {
+        "data": {"n_train": 64},
+        "training": {"steps": steps, "batch_size": 4, "gradient_accumulation_steps": 2, "max_completion_length": 128,
+                     "logging_steps": 1},
+        "rewrite": {"backend": "openai", "base_url": url, "model": "rewriter", "overlap": overlap},
+    })
+    student, tok = load_model(recipe.student)
+    teacher, _ = load_model(recipe.teacher)
+    trainer = build_trainer(recipe, student, teacher, tok, training_problems(recipe), run_dir)
+    if delay_hook:
+        delay_hook(trainer)
+    trainer.train()
+    return trainer
+
+
+def test_overlapped_steps_train_as_the_serial_steps_do(server, tmp_path):
+    """Same seed, deterministic server: the same rollouts, rewrites, verdicts and rollout log line for
+    line, and the same weights up to float rounding (micro-batches grouped and padded otherwise)."""
+    server.set_delay(0.0)
+    serial = _run(tmp_path / "serial", server.url, overlap=False)
+    overlapped = _run(tmp_path / "overlap", server.url, overlap=True)
+    a = (tmp_path / "serial" / "rollouts.jsonl").read_text().splitlines()
+    b = (tmp_path / "overlap" / "rollouts.jsonl").read_text().splitlines()
+    assert len(a) == 3 * 8 and a == b
+    rows = [json.loads(line) for line in a]
+    assert sum(r["accepted"] for r in rows) >= 4  # rewrites were trained on, not only the students' traces
+    # Adam divides each update by the gradient's running scale, so a near-zero gradient's rounding can
+    # move its weight by a few 1e-6 (seen: 1 element of 9,216 in one matrix, 4e-6 apart), against
+    # about 1e-3 that training moved the weights.
+    start = _initial_student().parameters()
+    pairs = list(zip(serial.model.parameters(), overlapped.model.parameters(), start, strict=True))
+    apart = max((p - q).abs().max().item() for p, q, _ in pairs)
+    moved = max((p - w).abs().max().item() for p, _, w in pairs)
+    assert moved > 5e-4 and apart < 0.02 * moved, (apart, moved)
+    losses = [[h["loss"] for h in t.state.log_history if "loss" in h] for t in (serial, overlapped)]
+    assert len(losses[0]) == 3
+    torch.testing.assert_close(torch.tensor(losses[1]), torch.tensor(losses[0]), rtol=1e-4, atol=1e-6)
+    logged = [h for h in overlapped.state.log_history if "mpd/acceptance_rate" in h]
+    assert [h["mpd/acceptance_rate"] for h in logged] == \
+        [h["mpd/acceptance_rate"] for h in serial.state.log_history if "mpd/acceptance_rate" in h]
+    assert all("mpd/rewrite_wait_s" in h for h in logged)
+
+
+def _initial_student():
+    from mpdistill.models import load_model
+
+    return load_model("embedded:student")[0]
+
+
+def test_traces_are_sent_while_the_student_is_still_writing(server, tmp_path):
+    """Each trace's request leaves as it ends, before the batch's generate returns, and the first
+    micro-batch trains before the last rewrite is in."""
+    server.set_delay(0.3)
+    events: list[tuple[str, float]] = []
+
+    def hook(trainer):
+        submit, rollout = trainer.rewriter.submit, trainer._generate_single_turn
+        wait = trainer._wait_for_rewrites
+
+        def timed_submit(*args, **kwargs):
+            events.append(("sent", time.perf_counter()))
+            return submit(*args, **kwargs)
+
+        def timed_rollout(*args, **kwargs):
+            out = rollout(*args, **kwargs)
+            events.append(("rollout_end", time.perf_counter()))
+            return out
+
+        def timed_wait(rows):
+            wait(rows)
+            events.append(("ready", time.perf_counter()))
+
+        trainer.rewriter.submit, trainer._generate_single_turn = timed_submit, timed_rollout
+        trainer._wait_for_rewrites = timed_wait
+
+    try:
+        _run(tmp_path, server.url, overlap=True, steps=1, delay_hook=hook)
+    finally:
+        server.set_delay(0.0)
+    kinds = [k for k, _ in events]
+    end = kinds.index("rollout_end")
+    assert "sent" in kinds[:end], kinds  # some traces ended early and were sent during the rollout
+    ready = [t for k, t in events if k == "ready"]
+    assert len(ready) == 2 and ready[1] - ready[0] > 0.05  # micro-batch 1 waited while micro-batch 0 trained
+
+
+def test_finish_watcher_reports_each_row_as_it_ends():
+    from mpdistill.models import load_model
+
+    model, tok = load_model("embedded:student")
+    prompts = [chain.sample_problem(__import__("random").Random(i)).prompt for i in range(6)]
+    enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+    seen: list[tuple[int, list[int]]] = []
+    watcher = FinishWatcher([tok.eos_token_id], lambda row, ids: seen.append((row, ids)))
+    torch.manual_seed(0)
+    with watching_generate(model, watcher):
+        out = model.generate(**enc, max_new_tokens=200, do_sample=True, pad_token_id=tok.pad_token_id)
+    assert "generate" not in vars(model)  # the class's method again
+    completions = out[:, enc["input_ids"].shape[1]:].tolist()
+    expected = {}
+    for row, ids in enumerate(completions):
+        if tok.eos_token_id in ids:
+            expected[row] = ids[: ids.index(tok.eos_token_id) + 1]
+    assert dict(seen) == expected and len(seen) == len(expected) >= 4
+    lengths = [len(ids) for _, ids in seen]
+    assert lengths == sorted(lengths)  # reported in the order the rows ended
+    assert finish_order([len(expected[r]) for r in sorted(expected)]) == sorted(
+        range(len(expected)), key=lambda i: (len(expected[sorted(expected)[i]]), i))
+
+
+def test_micro_batches_are_laid_out_as_trls_batches(tmp_path):
+    """What the overlapped step hands TRL's loss is what TRL's own padding makes of the same rows."""
+    from trl import DistillationTrainer
+
+    from mpdistill.models import load_model
+    from mpdistill.pipeline import build_trainer, training_problems
+
+    recipe = recipe_from_dict({"task": "chain", "student": "embedded:student", "teacher": "embedded:teacher",
+                               "data": {"n_train": 4}, "training": {"steps": 1, "batch_size": 4}})
+    student, tok = load_model(recipe.student)
+    teacher, _ = load_model(recipe.teacher)
+    trainer = build_trainer(recipe.model_copy(update={"method": "opd"}), student, teacher, tok,
+                            training_problems(recipe), tmp_path)
+    prompts = [[5, 6, 7], [8, 9], [10], [11, 12, 13, 14]]
+    completions = [[20, 21, 2], [22], [23, 24, 25, 26, 2], [27, 28]]
+    keep = [[1] * 3, [0], [1] * 5, [1] * 2]
+    trainer._generate = lambda p: (prompts, completions, keep, None, None)
+    theirs = DistillationTrainer._generate_and_score_completions(trainer, [{"prompt": "x"}] * 4)
+    ours = micro_batch_inputs(prompts, completions, keep, theirs["num_items_in_batch"],
+                              pad_token_id=tok.pad_token_id, pad_to_multiple_of=trainer.pad_to_multiple_of,
+                              device=trainer.accelerator.device)
+    assert set(ours) == set(theirs)
+    for key in ours:
+        assert torch.equal(torch.as_tensor(ours[key]), torch.as_tensor(theirs[key])), key
+
+
+def test_overlap_needs_a_served_rewriter():
+    with pytest.raises(ConfigError, match="rewrite.overlap needs rewrite.backend: openai"):
+        recipe_from_dict({"rewrite": {"overlap": True}})
+    assert recipe_from_dict({"rewrite": {"overlap": True, "backend": "openai", "base_url": "http://h/v1",
+                                         "model": "m"}}).rewrite.overlap
+
+
+def test_the_loopback_server_answers_as_the_embedded_teacher_writes():
+    problem = chain.ChainProblem.parse("Q:7+3-5+9\n")
+    trace = chain.verbose_trace(problem, "P", __import__("random").Random(1))
+    answer = teacher_answer(chain.rewrite_prompt(problem.prompt, trace))
+    assert answer == chain.concise_trace(problem, "P")
+    assert chain.route_kept(trace, answer) and chain.extract_answer(answer) == problem.answer
+    assert teacher_answer("not a rewrite prompt") == "not a rewrite prompt"
