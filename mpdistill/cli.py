@@ -319,6 +319,12 @@ def bench_cmd(
     demo_dir: Optional[Path] = typer.Option(None, "--demo-dir", help="A finished demo folder: training time to each token reduction."),
     rewrite_budgets: bool = typer.Option(True, "--rewrite-budgets/--no-rewrite-budgets",
                                          help="Stop each rewrite once it is too long to be accepted (default), or not."),
+    served_latency: Optional[str] = typer.Option(
+        None, "--served-latency", help="Comma-separated fractions of the OPD step (e.g. 0.25,0.5,1): MPD with a served "
+        "rewriter answering after that delay, serial and overlapped, against OPD."),
+    accumulation: int = typer.Option(4, "--accumulation", min=1,
+                                     help="With --served-latency: micro-batches per optimizer step (the recipe's batch "
+                                     "is split into them unless --batch-size sets each one's size)."),
 ) -> None:
     """MPD's training step against TRL's on-policy distillation step, phase by phase, in one process."""
     import json
@@ -347,6 +353,7 @@ def bench_cmd(
             check_output_file(json_out, "--json")
         except ConfigError as err:
             _fail(str(err))
+    fractions = _fractions("--served-latency", served_latency) if served_latency is not None else None
     if demo_dir is not None and not (demo_dir / "results.json").exists():
         _fail(f"--demo-dir {demo_dir}: no results.json there (run mpdistill demo first)")
     if rollout_throughput:  # before anything runs: vLLM and its device can serve the model
@@ -363,6 +370,12 @@ def bench_cmd(
         if steps:
             result["steps"] = run_bench(settings, progress=lambda msg: console.print(msg, highlight=False))
             console.print(format_bench(result["steps"]), markup=False, soft_wrap=True)
+        if fractions:
+            from .bench.served_steps import format_served, run_served_bench
+
+            result["served"] = run_served_bench(settings, fractions, accumulation=accumulation,
+                                                progress=lambda msg: console.print(msg, highlight=False))
+            console.print(format_served(result["served"]), markup=False, soft_wrap=True)
         if memory_lengths:
             result["memory"] = bench_memory(settings, _counts("--memory-lengths", memory_lengths))
             console.print(format_memory(result["memory"]), markup=False, soft_wrap=True)
@@ -384,6 +397,17 @@ def bench_cmd(
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
         console.print(f"wrote {json_out}", markup=False)
+
+
+def _fractions(option: str, text: str) -> list[float]:
+    """A comma-separated list of positive numbers, or a clear error naming the option."""
+    try:
+        values = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        values = []
+    if not values or min(values) <= 0:
+        _fail(f"{option} takes comma-separated positive numbers (fractions of the OPD step), got {text!r}")
+    return values
 
 
 def _counts(option: str, text: str) -> list[int]:

@@ -101,3 +101,32 @@ def test_loss_memory_rows():
 def test_bad_count_lists_are_refused():
     result = runner.invoke(app, ["bench", "--no-steps", "--loss-memory", "12,x"])
     assert result.exit_code == 2 and "--loss-memory" in result.output
+
+
+def test_served_latency_bench_reports_serial_and_overlapped_against_opd(tmp_path):
+    out = tmp_path / "served.json"
+    result = runner.invoke(app, ["bench", "--no-steps", "--served-latency", "0.5,1", "--batch-size", "2",
+                                 "--completion-length", "128", "--warmup", "1", "--repeats", "1", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    served = json.loads(out.read_text())["served"]
+    assert [lv["fraction"] for lv in served["levels"]] == [0.5, 1.0]
+    assert served["settings"]["gradient_accumulation_steps"] == 4 and served["settings"]["samples_per_step"] == 8
+    for lv in served["levels"]:
+        assert lv["n_step_triples"] == 1
+        phases = lv["phases_median_seconds"]
+        # The serial step waits the whole delay; the overlapped one no longer than that.
+        assert phases["serial"]["teacher_rewrite"] >= lv["delay_s"]
+        assert phases["overlap"]["teacher_rewrite"] <= phases["serial"]["teacher_rewrite"] + 0.05
+        assert phases["opd"]["teacher_rewrite"] == 0
+    # Each triple's delay is its fraction of the median of the three OPD steps before it.
+    opd = [x for x in served["steps"]["opd"] if x.get("calibration") or not x["warmup"]]
+    assert len(opd) == 3 + 2
+    for i, step in enumerate(opd[3:], start=3):
+        scale = sorted(x["seconds"] for x in opd[i - 3:i])[1]
+        assert step["delay_s"] == pytest.approx(step["fraction"] * scale)
+    assert "MPD overlapped / OPD" in result.output and "rewrite time hidden" in result.output
+
+
+def test_served_latency_takes_positive_fractions():
+    result = runner.invoke(app, ["bench", "--no-steps", "--served-latency", "0.5,-1"])
+    assert result.exit_code == 2 and "--served-latency takes comma-separated positive numbers" in result.output

@@ -61,8 +61,8 @@ def _memory_point(settings: dict, method: str) -> dict:
         loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         clock = PhaseClock()
         batches = prepare_to_step(trainer, clock, steps=2, budgets=s.rewrite_budgets)
-        run_step(trainer, next(batches), clock)
-        step = run_step(trainer, next(batches), clock)
+        run_step(trainer, batches, clock)
+        step = run_step(trainer, batches, clock)
     gpu = step["peak_memory_bytes"]
     return {
         "peak_bytes": gpu if gpu is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,

@@ -2,8 +2,10 @@
 (no training code changes):
 
 - ``student_rollout``: TRL's ``_generate_single_turn`` (the student's ``generate``);
-- ``teacher_rewrite``: the MPD rewriter's ``rewrite`` call;
-- ``verification``: the rest of MPD's ``_generate`` (decode, verify, mix, rollout log);
+- ``teacher_rewrite``: the MPD rewriter's ``rewrite`` call (an overlapped step: the time it waited
+  for rewrites still on their way, ``_wait_for_rewrites``);
+- ``verification``: the rest of MPD's ``_generate`` (decode, verify, mix, rollout log; overlapped:
+  the rest of ``_start_overlapped_step``, which sends the requests);
 - ``batch_preparation``: the rest of TRL's ``_prepare_inputs`` (tokenizing, padding);
 - ``teacher_scoring``: the teacher's forward passes inside the loss;
 - ``student_forward_backward``: the rest of ``training_step`` (student forward, chunked JSD, backward);
@@ -93,6 +95,9 @@ def instrument(trainer, clock: PhaseClock, *, budgets: bool = True) -> None:
                 return _full(prompts)
         trainer.rewriter.rewrite = clock.wrap("teacher_rewrite", rewrite)
     trainer._generate = clock.wrap("_generate", trainer._generate)
+    if getattr(trainer, "overlap", False):  # the overlapped step samples and waits outside _generate
+        trainer._start_overlapped_step = clock.wrap("_overlap_start", trainer._start_overlapped_step)
+        trainer._wait_for_rewrites = clock.wrap("teacher_rewrite", trainer._wait_for_rewrites)
     trainer._prepare_inputs = clock.wrap("_prepare_inputs", trainer._prepare_inputs)
     teacher = trainer.accelerator.unwrap_model(trainer.teacher_model)
     original_training_step = trainer.training_step
@@ -131,24 +136,29 @@ def _exclusive(raw: dict[str, float]) -> dict[str, float]:
     rollout, rewrite = g("student_rollout", 0.0), g("teacher_rewrite", 0.0)
     prepare = g("_prepare_inputs", 0.0)
     scoring = g("teacher_scoring", 0.0)
+    if "_overlap_start" in raw:  # the wait for rewrites happens in _prepare_inputs, after the rollout
+        start = raw["_overlap_start"]
+        verification, preparation = start - rollout, prepare - start - rewrite
+    else:
+        verification, preparation = generate - rollout - rewrite, prepare - generate
     return {
         "student_rollout": rollout,
         "teacher_rewrite": rewrite,
-        "verification": max(generate - rollout - rewrite, 0.0),
-        "batch_preparation": max(prepare - generate, 0.0),
+        "verification": max(verification, 0.0),
+        "batch_preparation": max(preparation, 0.0),
         "teacher_scoring": scoring,
         "student_forward_backward": max(g("_training_step", 0.0) - prepare - scoring, 0.0),
         "optimizer": g("optimizer", 0.0),
     }
 
 
-def run_step(trainer, batch, clock: PhaseClock) -> dict:
-    """One full training step: generation, (rewrite), loss, backward, optimizer step."""
+def run_step(trainer, batches: Iterator, clock: PhaseClock) -> dict:
+    """One full training step: generation, (rewrite), loss, backward (each micro-batch), optimizer step."""
     model = trainer.model
     reset_peak_memory()
     clock.reset()
     start = clock.now()
-    loss = trainer.training_step(model, batch, None)
+    loss = sum(trainer.training_step(model, next(batches), None) for _ in range(trainer.args.gradient_accumulation_steps))
     with clock.phase("optimizer"):
         torch.nn.utils.clip_grad_norm_(model.parameters(), trainer.args.max_grad_norm)
         trainer.optimizer.step()

@@ -81,6 +81,7 @@ class _Handler(BaseHTTPRequestHandler):
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
+    request_queue_size = 256  # a step's requests arrive at once: a short backlog would drop connections (1 s retries)
     delay_s = 0.0
     requests = 0
 

@@ -34,7 +34,7 @@ def run_bench(settings: BenchSettings, *, progress: Callable[[str], None] | None
         for r in range(settings.warmup + settings.repeats):
             order = ("mpd", "opd") if r % 2 == 0 else ("opd", "mpd")  # ABBA
             for method in order:
-                step = run_step(trainers[method], next(batches[method]), clock)
+                step = run_step(trainers[method], batches[method], clock)
                 step["warmup"] = r < settings.warmup
                 steps[method].append(step)
                 say(f"{'warm-up' if step['warmup'] else 'step'} {r + 1} {method}: {step['seconds']:.2f}s")

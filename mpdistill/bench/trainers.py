@@ -70,9 +70,14 @@ def _synthetic_rows(tokenizer, n: int, length: int, seed: int) -> list[dict]:
     return rows
 
 
-def build_pair(settings: BenchSettings, run_dir: Path, methods: tuple[str, ...] = ("mpd", "opd")):
-    """The MPD and OPD trainers (or those in ``methods``) over the same student weights, teacher, prompts and budget."""
-    from ..config import load_recipe
+def build_pair(settings: BenchSettings, run_dir: Path, methods: tuple[str, ...] = ("mpd", "opd"),
+               variants: dict[str, dict] | None = None):
+    """The MPD and OPD trainers (or those in ``methods``) over the same student weights, teacher, prompts and budget.
+
+    ``variants``: trainers by name, each from the recipe with these overrides (``method`` among them)
+    instead of one per method; the returned recipe is the first variant's.
+    """
+    from ..config import _merge, load_recipe
     from ..demo import RECIPE
     from ..models import check_compatible
     from ..pipeline import build_trainer, training_problems
@@ -87,7 +92,11 @@ def build_pair(settings: BenchSettings, run_dir: Path, methods: tuple[str, ...] 
     steps = settings.warmup + settings.repeats
     overrides["training"].update({"steps": steps, "logging_steps": steps})
     overrides["seed"] = settings.seed
-    recipe = load_recipe(Path(settings.recipe) if settings.recipe else RECIPE, overrides)
+    source = Path(settings.recipe) if settings.recipe else RECIPE
+    variants = variants or {method: {"method": method} for method in methods}
+    recipes = {name: load_recipe(source, _merge(overrides, extra)) for name, extra in variants.items()}
+    recipe = next(iter(recipes.values()))
+    methods = tuple(recipes)
 
     cuda = torch.cuda.is_available()
     dtype = {"auto": torch.bfloat16 if cuda else torch.float32, "bf16": torch.bfloat16, "fp32": torch.float32}[
@@ -103,16 +112,16 @@ def build_pair(settings: BenchSettings, run_dir: Path, methods: tuple[str, ...] 
         teacher = teacher.to("cuda")
         students = {k: m.to("cuda") for k, m in students.items()}
 
-    n_rows = recipe.training.batch_size * steps
+    n_rows = recipe.training.batch_size * recipe.training.gradient_accumulation_steps * steps
     if random_weights:
         rows = _synthetic_rows(tokenizer, n_rows, settings.prompt_length, settings.seed)
     else:
         rows = training_problems(recipe.model_copy(update={"data": recipe.data.model_copy(update={"n_train": n_rows})}))
     trainers = {}
     for method in methods:
-        trainers[method] = build_trainer(
-            recipe.model_copy(update={"method": method}), students[method], teacher, tokenizer, rows, run_dir / method
-        )
-    if random_weights and "mpd" in trainers:
-        trainers["mpd"].task = _accept_all_task()
+        trainers[method] = build_trainer(recipes[method], students[method], teacher, tokenizer, rows, run_dir / method)
+    if random_weights:
+        for trainer in trainers.values():
+            if hasattr(trainer, "rewriter"):
+                trainer.task = _accept_all_task()
     return recipe, trainers

@@ -1,0 +1,144 @@
+"""Step time of MPD with a served rewriter, serial and overlapped, against OPD, in one process.
+
+A loopback server (:mod:`mpdistill.bench.served`, its own process) answers each rewrite request
+after a delay set as a fraction of the OPD step (the median of OPD's last three steps, first measured after the warm-up). Three trainers from one
+recipe, with the same student weights, teacher, prompts and micro-batches (``gradient_accumulation_steps``
+of them per step): OPD, MPD serial (``rewrite.overlap: false``) and MPD overlapped (``true``). Each
+round steps every trainer once per latency, the latencies in turn and the trainers in ABC / CBA
+order, so a drift of the machine or of training (MPD's students get shorter) hits all alike.
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Callable
+
+from .device import describe_device
+from .phases import PHASES, PhaseClock, prepare_to_step, run_step
+from .served import ServedRewriter
+from .trainers import BenchSettings, build_pair
+
+ARMS = ("opd", "serial", "overlap")
+CALIBRATION_STEPS = 3
+
+
+def run_served_bench(settings: BenchSettings, fractions: list[float], *, accumulation: int = 4,
+                     progress: Callable[[str], None] | None = None) -> dict:
+    say = progress or (lambda _msg: None)
+    rounds = settings.repeats
+    total = settings.warmup + rounds * len(fractions) + CALIBRATION_STEPS  # OPD steps the most
+    with ServedRewriter() as server, tempfile.TemporaryDirectory(prefix="mpdistill-bench-") as tmp:
+        served = {"backend": "openai", "base_url": server.url, "model": "rewriter", "max_concurrency": 64}
+        variants = {"opd": {"method": "opd"},
+                    "serial": {"method": "mpd", "rewrite": {**served, "overlap": False}},
+                    "overlap": {"method": "mpd", "rewrite": {**served, "overlap": True}}}
+        s = replace(settings, repeats=total - settings.warmup, batch_size=settings.batch_size or _micro_batch(settings, accumulation),
+                    overrides={**settings.overrides, "training": {"gradient_accumulation_steps": accumulation}})
+        recipe, trainers = build_pair(s, Path(tmp), variants=variants)
+        clock = PhaseClock()
+        batches = {a: prepare_to_step(t, clock, steps=total, budgets=settings.rewrite_budgets) for a, t in trainers.items()}
+        steps: dict[str, list[dict]] = {a: [] for a in ARMS}
+        server.set_delay(0.0)
+        for r in range(settings.warmup):
+            for arm in ARMS:
+                step = run_step(trainers[arm], batches[arm], clock)
+                steps[arm].append({**step, "warmup": True, "fraction": None, "delay_s": 0.0})
+                say(f"warm-up {r + 1} {arm}: {step['seconds']:.2f}s")
+        # The latencies' scale: OPD's step once warm (the first steps of a process are slower).
+        for _ in range(CALIBRATION_STEPS):
+            steps["opd"].append({**run_step(trainers["opd"], batches["opd"], clock), "warmup": True, "calibration": True,
+                                 "fraction": None, "delay_s": 0.0})
+        recent = [x["seconds"] for x in steps["opd"][-CALIBRATION_STEPS:]]
+        opd_step = opd_scale = statistics.median(recent)
+        say(f"OPD step {opd_step:.2f}s (median of {CALIBRATION_STEPS}): the latencies' scale")
+        for r in range(rounds):
+            for j in range(len(fractions)):
+                fraction = fractions[(r + j) % len(fractions)]
+                # OPD's step drifts (a warming machine, a student that changes): the scale follows its last steps.
+                delay = fraction * opd_scale
+                server.set_delay(delay)
+                for arm in ARMS if (r + j) % 2 == 0 else tuple(reversed(ARMS)):
+                    step = run_step(trainers[arm], batches[arm], clock)
+                    steps[arm].append({**step, "warmup": False, "fraction": fraction, "delay_s": delay})
+                    say(f"round {r + 1}, latency {fraction:g}x {arm}: {step['seconds']:.2f}s")
+                    if arm == "opd":
+                        recent = (recent + [step["seconds"]])[-CALIBRATION_STEPS:]
+                        opd_scale = statistics.median(recent)
+    return summarize_served(s, recipe, steps, fractions, opd_step, accumulation)
+
+
+def _micro_batch(settings: BenchSettings, accumulation: int) -> int:
+    """The recipe's batch split into ``accumulation`` micro-batches: the same samples per optimizer step."""
+    from ..config import load_recipe
+    from ..demo import RECIPE
+
+    batch = load_recipe(Path(settings.recipe) if settings.recipe else RECIPE).training.batch_size
+    return max(1, batch // accumulation)
+
+
+def summarize_served(settings: BenchSettings, recipe, steps: dict[str, list[dict]], fractions: list[float],
+                     opd_step: float, accumulation: int) -> dict:
+    levels = []
+    for fraction in fractions:
+        rows = {a: [x for x in steps[a] if x["fraction"] == fraction] for a in ARMS}
+        ratios = {a: [x["seconds"] / o["seconds"] for x, o in zip(rows[a], rows["opd"])] for a in ("serial", "overlap")}
+        median = {a: {p: statistics.median(x[p] for x in rows[a]) for p in ("seconds", *PHASES)} for a in ARMS}
+        serial_wait, overlap_wait = median["serial"]["teacher_rewrite"], median["overlap"]["teacher_rewrite"]
+        levels.append({
+            "fraction": fraction,
+            "delay_s": statistics.median(x["delay_s"] for x in rows["serial"]),
+            # the delays against the OPD steps measured beside them (the scale follows OPD's last steps)
+            "delay_over_opd_step": statistics.median(x["delay_s"] / o["seconds"] for x, o in zip(rows["serial"], rows["opd"])),
+            "n_step_triples": len(rows["opd"]),
+            "ratio_over_opd": {a: {"median": statistics.median(v), "min": min(v), "max": max(v), "per_step": v}
+                               for a, v in ratios.items()},
+            "phases_median_seconds": median,
+            "rewrite_hidden_share": 1 - overlap_wait / serial_wait if serial_wait else None,
+            "trained_tokens_per_sample": {a: statistics.fmean(x["trained_tokens_per_sample"] for x in rows[a]) for a in ARMS},
+            "student_tokens_per_sample": {a: statistics.fmean(x["student_tokens_per_sample"] for x in rows[a]) for a in ARMS},
+        })
+    t = recipe.training
+    return {
+        "settings": {**asdict(settings), "micro_batch": t.batch_size, "gradient_accumulation_steps": accumulation,
+                     "samples_per_step": t.batch_size * accumulation, "completion_length": t.max_completion_length},
+        "device": describe_device(),
+        "opd_step_seconds_warmup": opd_step,
+        "levels": levels,
+        "steps": steps,
+    }
+
+
+def format_served(result: dict) -> str:
+    s = result["settings"]
+    lines = [
+        f"Device: {result['device']}. Student {s['student']}, teacher {s['teacher']}; {s['samples_per_step']} samples "
+        f"per optimizer step in {s['gradient_accumulation_steps']} micro-batches of {s['micro_batch']}, completions "
+        f"≤ {s['completion_length']} tokens. Rewrites from a loopback server answering after a set delay (a fraction "
+        f"of OPD's step: the median of its last {CALIBRATION_STEPS} steps, {result['opd_step_seconds_warmup']:.2f} s after the warm-up); OPD, MPD serial and MPD "
+        "overlapped stepped in turn (ABC/CBA), each latency in turn.",
+        "",
+        "| rewrite latency | n | MPD serial / OPD: median (min–max) | MPD overlapped / OPD: median (min–max) | "
+        "rewrite wait serial → overlapped (median s) | rewrite time hidden |",
+        "|---|---:|---|---|---|---:|",
+    ]
+    for lv in result["levels"]:
+        r = lv["ratio_over_opd"]
+        m = lv["phases_median_seconds"]
+        hidden = lv["rewrite_hidden_share"]
+        lines.append(
+            f"| {lv['fraction']:g}× OPD step ({lv['delay_s']:.2f} s; {lv['delay_over_opd_step']:.2f}× the OPD steps beside it) | "
+            f"{lv['n_step_triples']} | "
+            f"{r['serial']['median']:.2f}× ({r['serial']['min']:.2f}–{r['serial']['max']:.2f}) | "
+            f"**{r['overlap']['median']:.2f}×** ({r['overlap']['min']:.2f}–{r['overlap']['max']:.2f}) | "
+            f"{m['serial']['teacher_rewrite']:.3f} → {m['overlap']['teacher_rewrite']:.3f} | "
+            f"{'n/a' if hidden is None else f'{hidden:.0%}'} |")
+    lines += ["", "Phases (median s) at each latency: OPD / MPD serial / MPD overlapped", "",
+              "| phase | " + " | ".join(f"{lv['fraction']:g}×" for lv in result["levels"]) + " |",
+              "|---|" + "---|" * len(result["levels"])]
+    for p in ("seconds", *PHASES):
+        cells = [" / ".join(f"{lv['phases_median_seconds'][a][p]:.3f}" for a in ARMS) for lv in result["levels"]]
+        lines.append(f"| {'**step**' if p == 'seconds' else p} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
