@@ -22,6 +22,7 @@ multiplies into the loss mask and the token count that normalises the loss.
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 import re
@@ -440,7 +441,12 @@ class MPDTrainer(_RolloutLogMixin, _Trainer):
         self._log_rewriter_counts(pending.counts_before, mode)
         self._log_mix(pending.samples, mode)
         self._write_rollouts([self._record(prompt, s) for prompt, s in zip(pending.prompts, pending.samples)])
-        trained = sum(sum(keep) for _, keep in map(self._trained_ids, pending.samples))
+        completions = [self._trained_ids(s) for s in pending.samples]
+        if self.log_completions:  # as TRL logs a serial step's: the prompts and what the loss ran on
+            decode = functools.partial(self.processing_class.batch_decode, skip_special_tokens=True)
+            self._logs["prompt"].extend(gather_object(decode(pending.prompt_ids)))
+            self._logs["completion"].extend(gather_object(decode([ids for ids, _ in completions])))
+        trained = sum(sum(keep) for _, keep in completions)
         tokens = self.accelerator.gather(torch.tensor(trained, device=self.accelerator.device)).sum()
         # TRL's divisor (clamped at 1) over the provisional one each micro-batch's loss was divided by.
         pending.grad_scale = float(pending.provisional.clamp(min=1)) / float(tokens.clamp(min=1))

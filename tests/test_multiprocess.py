@@ -231,3 +231,36 @@ def test_a_hub_repository_that_cannot_be_created_stops_both_processes_with_one_l
     # (torchrun still reports a failed worker in its own words, as for any error).
     assert "[rank1]: Traceback" not in proc.stderr and "Connection closed by peer" not in proc.stderr, proc.stderr[-3000:]
     assert not (tmp_path / "run" / "rollouts.jsonl").exists()
+
+
+def test_overlapped_steps_under_torchrun_train_as_serial_steps_do(recipe, tmp_path):
+    """Two processes with a served rewriter, two micro-batches each per step: the overlapped step draws,
+    sends and trains on what the serial one does (the processes asking for unequal numbers of
+    rewrites), and the two models end up equal up to float rounding."""
+    from safetensors.torch import load_file
+
+    from mpdistill.bench.served import ServedRewriter
+
+    data = yaml.safe_load(recipe.read_text())
+    data["training"]["gradient_accumulation_steps"] = 2
+    runs = {}
+    with ServedRewriter(delay_s=0.05) as server:
+        for overlap in (False, True):
+            data["rewrite"].update(backend="openai", base_url=server.url, model="rewriter", overlap=overlap)
+            path = tmp_path / f"overlap-{overlap}.yaml"
+            path.write_text(yaml.safe_dump(data, sort_keys=False))
+            out = runs[overlap] = tmp_path / f"run-{overlap}"
+            launch("torchrun", path, out)
+    fields = ("step", "index", "process", "student", "rewrite", "reason", "trained_on")
+    serial, overlapped = ([[r[f] for f in fields] for r in rollouts(runs[o])] for o in (False, True))
+    assert len(serial) == STEPS * PROCESSES * BATCH * 2 and overlapped == serial
+    assert sum(r[5] == "accepted" for r in serial) >= 4
+    asked = Counter((r[0], r[2]) for r in serial if r[5] not in ("student_unparsed", "on_policy"))
+    assert any(asked[s, 0] != asked[s, 1] for s in range(STEPS)), dict(asked)  # the processes wait unequally
+    from mpdistill.models import load_model
+
+    start = dict(load_model("embedded:student")[0].state_dict())
+    a, b = (load_file(runs[o] / "model" / "model.safetensors") for o in (False, True))
+    apart = max((a[k] - b[k]).abs().max().item() for k in a)
+    moved = max((a[k] - start[k]).abs().max().item() for k in a)
+    assert moved > 5e-4 and apart < 0.02 * moved, (apart, moved)

@@ -46,8 +46,12 @@ def test_overlapped_steps_train_as_the_serial_steps_do(server, tmp_path):
     """Same seed, deterministic server: the same rollouts, rewrites, verdicts and rollout log line for
     line, and the same weights up to float rounding (micro-batches grouped and padded otherwise)."""
     server.set_delay(0.0)
-    serial = _run(tmp_path / "serial", server.url, overlap=False)
-    overlapped = _run(tmp_path / "overlap", server.url, overlap=True)
+
+    def log_completions(trainer):  # TRL's completion log: a serial step writes it in _generate_and_score_completions
+        trainer.log_completions, trainer.num_completions_to_print = True, 0
+
+    serial = _run(tmp_path / "serial", server.url, overlap=False, delay_hook=log_completions)
+    overlapped = _run(tmp_path / "overlap", server.url, overlap=True, delay_hook=log_completions)
     a = (tmp_path / "serial" / "rollouts.jsonl").read_text().splitlines()
     b = (tmp_path / "overlap" / "rollouts.jsonl").read_text().splitlines()
     assert len(a) == 3 * 8 and a == b
@@ -68,6 +72,8 @@ def test_overlapped_steps_train_as_the_serial_steps_do(server, tmp_path):
     assert [h["mpd/acceptance_rate"] for h in logged] == \
         [h["mpd/acceptance_rate"] for h in serial.state.log_history if "mpd/acceptance_rate" in h]
     assert all("mpd/rewrite_wait_s" in h for h in logged)
+    assert list(overlapped._logs["completion"]) == list(serial._logs["completion"]) and len(serial._logs["completion"]) == 8
+    assert list(overlapped._logs["prompt"]) == list(serial._logs["prompt"])
 
 
 def _initial_student():

@@ -159,6 +159,37 @@ def test_mpd_against_a_real_vllm_server_that_is_killed_mid_run(tmp_path, report)
            f"after {Counter(r['reason'] for r in after)}")
 
 
+def test_overlapped_steps_against_a_real_vllm_server(tmp_path, report):
+    """rewrite.overlap against the real server: each trace is sent as it ends and each micro-batch trains
+    as its rewrites arrive; greedy rewrites, so the serial run beside it can be compared."""
+    from mpdistill.embedded import embedded_dir
+
+    steps, batch = 3, 4
+    runs = {}
+    with vllm_server(embedded_dir() / "teacher", "teacher", tmp_path / "server.log") as server:
+        for overlap in (False, True):
+            recipe = embedded_recipe(
+                tmp_path / f"recipe-{overlap}.yaml", data={"n_train": 64},
+                training={"steps": steps, "batch_size": batch, "gradient_accumulation_steps": 2, "logging_steps": 1},
+                rewrite={"backend": "openai", "base_url": server.base_url, "model": "teacher", "temperature": 0.0,
+                         "overlap": overlap})
+            runs[overlap] = tmp_path / f"run-{overlap}"
+            run_cli("train", recipe, "--out", runs[overlap], timeout=900)
+    serial, overlapped = (read_jsonl(runs[o] / "rollouts.jsonl") for o in (False, True))
+    assert len(overlapped) == steps * batch * 2 and sorted((r["step"], r["index"]) for r in overlapped) == \
+        [(s, i) for s in range(steps) for i in range(batch * 2)]
+    assert sum(r["accepted"] for r in overlapped) >= len(overlapped) // 3, Counter(r["reason"] for r in overlapped)
+    # Step 0 samples from the same weights: the same traces, sent to the same greedy server.
+    first = [(a["student"], b["student"]) for a, b in zip(serial, overlapped) if a["step"] == 0]
+    assert all(a == b for a, b in first)
+    same = sum(a["rewrite"] == b["rewrite"] for a, b in zip(serial, overlapped) if a["step"] == 0)
+    log = [json.loads(line) for line in (runs[True] / "train_log.jsonl").read_text().splitlines()]
+    waits = [e["mpd/rewrite_wait_s"] for e in log if "mpd/rewrite_wait_s" in e]
+    assert len(waits) == steps
+    report(f"overlapped against a real vLLM server: {Counter(r['reason'] for r in overlapped)}; step 0 rewrites "
+           f"equal to the serial run's: {same} of {len(first)}; waits per step {[round(w, 3) for w in waits]} s")
+
+
 def test_chat_route_against_a_real_vllm_server_with_the_qwen3_template(tiny_qwen3_vllm, tmp_path, report):
     problems = tmp_path / "traces.jsonl"
     traces = ["We add 12 and 30. 12 + 30 = 42. Let me check: 42 - 30 = 12. Yes. The answer is \\boxed{42}.",
