@@ -49,6 +49,7 @@ def test_overlapped_steps_train_as_the_serial_steps_do(server, tmp_path):
 
     def log_completions(trainer):  # TRL's completion log: a serial step writes it in _generate_and_score_completions
         trainer.log_completions, trainer.num_completions_to_print = True, 0
+        Path(trainer.args.output_dir, "completions").mkdir(parents=True)  # where TRL writes them at each log
 
     serial = _run(tmp_path / "serial", server.url, overlap=False, delay_hook=log_completions)
     overlapped = _run(tmp_path / "overlap", server.url, overlap=True, delay_hook=log_completions)
