@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import subprocess
 import sys
@@ -90,8 +91,10 @@ class ServedRewriter:
     """The loopback server in a process of its own; ``url`` is its OpenAI API root."""
 
     def __init__(self, delay_s: float = 0.0) -> None:
+        # The lowest CPU priority: it stands in for a server on hardware of its own, so it should take
+        # as little as it can of the cores the trainer beside it computes on.
         self.process = subprocess.Popen([sys.executable, "-m", "mpdistill.bench.served"], stdout=subprocess.PIPE,
-                                        text=True)
+                                        text=True, preexec_fn=(lambda: os.nice(19)) if hasattr(os, "nice") else None)
         line = self.process.stdout.readline().split()
         if len(line) != 2 or line[0] != "listening":
             self.close()
