@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import subprocess
 import sys
@@ -91,10 +90,11 @@ class ServedRewriter:
     """The loopback server in a process of its own; ``url`` is its OpenAI API root."""
 
     def __init__(self, delay_s: float = 0.0) -> None:
-        # The lowest CPU priority: it stands in for a server on hardware of its own, so it should take
-        # as little as it can of the cores the trainer beside it computes on.
+        # At normal priority: it takes 10-30 ms of CPU per 32 requests from the cores the trainer shares
+        # with it; at the lowest it was starved while the trainer computed and answered late (at 0.25x,
+        # the overlapped step's wait doubled), which is further from a server on hardware of its own.
         self.process = subprocess.Popen([sys.executable, "-m", "mpdistill.bench.served"], stdout=subprocess.PIPE,
-                                        text=True, preexec_fn=(lambda: os.nice(19)) if hasattr(os, "nice") else None)
+                                        text=True)
         line = self.process.stdout.readline().split()
         if len(line) != 2 or line[0] != "listening":
             self.close()
