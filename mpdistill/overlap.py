@@ -42,13 +42,15 @@ class FinishWatcher(StoppingCriteria):
         self.on_finish = on_finish
         self.prompt_length = 0
         self.ended: torch.Tensor | None = None
+        self._end_ids: torch.Tensor | None = None
 
     def start(self, prompt_length: int, rows: int, device) -> None:
         self.prompt_length = prompt_length
         self.ended = torch.zeros(rows, dtype=torch.bool, device=device)
+        self._end_ids = torch.tensor(self.end_ids, device=device)
 
     def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
-        ends = torch.isin(input_ids[:, -1], torch.tensor(self.end_ids, device=input_ids.device))
+        ends = torch.isin(input_ids[:, -1], self._end_ids)
         new = ends & ~self.ended
         if new.any():
             self.ended |= new

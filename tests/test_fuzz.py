@@ -321,6 +321,8 @@ def _fields(model: type[BaseModel], prefix: str = "") -> list[tuple[str, str]]:
     """``(dotted name, kind)`` of every field of a recipe; kind is "section", "list" or "scalar"."""
     out = []
     for name, info in model.model_fields.items():
+        if info.exclude:  # internal (training.trl_args): not a recipe key, refused on its own terms
+            continue
         dotted = prefix + name
         types = (info.annotation, *typing.get_args(info.annotation))
         nested = [t for t in types if isinstance(t, type) and typing.get_origin(t) is None and issubclass(t, BaseModel)]

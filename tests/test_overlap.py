@@ -22,7 +22,7 @@ def server():
         yield s
 
 
-def _run(run_dir: Path, url: str, *, overlap: bool, steps: int = 3, delay_hook=None):
+def _run(run_dir: Path, url: str, *, overlap: bool, steps: int = 3, delay_hook=None, **rewrite):
     from mpdistill.demo import RECIPE
     from mpdistill.models import load_model
     from mpdistill.pipeline import build_trainer, training_problems
@@ -31,7 +31,7 @@ def _run(run_dir: Path, url: str, *, overlap: bool, steps: int = 3, delay_hook=N
         "data": {"n_train": 64},
         "training": {"steps": steps, "batch_size": 4, "gradient_accumulation_steps": 2, "max_completion_length": 128,
                      "logging_steps": 1},
-        "rewrite": {"backend": "openai", "base_url": url, "model": "rewriter", "overlap": overlap},
+        "rewrite": {"backend": "openai", "base_url": url, "model": "rewriter", "overlap": overlap, **rewrite},
     })
     student, tok = load_model(recipe.student)
     teacher, _ = load_model(recipe.teacher)
@@ -118,6 +118,23 @@ def test_traces_are_sent_while_the_student_is_still_writing(server, tmp_path):
     assert "sent" in kinds[:end], kinds  # some traces ended early and were sent during the rollout
     ready = [t for k, t in events if k == "ready"]
     assert len(ready) == 2 and ready[1] - ready[0] > 0.05  # micro-batch 1 waited while micro-batch 0 trained
+
+
+def test_a_stalled_server_holds_an_overlapped_step_no_longer_than_its_deadline(server, tmp_path):
+    """Each request sent mid-rollout has its own deadline: past it the sample trains on the student's
+    trace (backend_error), and the step goes on."""
+    server.set_delay(30.0)
+    try:
+        started = time.monotonic()
+        trainer = _run(tmp_path, server.url, overlap=True, steps=1, deadline_s=1.0, timeout_s=0.5, max_retries=0)
+        took = time.monotonic() - started
+    finally:
+        server.set_delay(0.0)
+    rows = [json.loads(line) for line in (tmp_path / "rollouts.jsonl").read_text().splitlines()]
+    asked = [r for r in rows if r["reason"] not in ("student_unparsed", "on_policy")]
+    assert len(rows) == 8 and asked and all(r["reason"] == "backend_error" and r["trained_on"] == "student" for r in asked)
+    assert took < 25  # not the server's 30 s
+    assert sum(trainer.rewriter.stats["failures"].values()) == len(asked)
 
 
 def test_finish_watcher_reports_each_row_as_it_ends():

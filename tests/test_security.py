@@ -4,6 +4,7 @@ unless asked for; nothing listens on a network port."""
 import ast
 import json
 import logging
+import re
 from pathlib import Path
 
 import pytest
@@ -168,8 +169,13 @@ def test_model_code_never_runs_unless_opted_in(tiny_pair, tmp_path):
     assert not marker.exists()
 
 
+# The servers the package has, each on 127.0.0.1 only: the bench's loopback rewrite server.
+LOOPBACK_SERVERS = {"mpdistill/bench/served.py"}
+
+
 def test_the_package_opens_no_listening_socket():
-    """mpdistill is a client only (of a rewrite server); nothing in it binds or serves a port.
+    """mpdistill is a client only (of a rewrite server); nothing in it binds or serves a port but the
+    bench's loopback rewrite server, which binds 127.0.0.1 and nothing else.
 
     If a server is ever added, this test fails until it binds 127.0.0.1 by default and is listed here.
     """
@@ -177,7 +183,12 @@ def test_the_package_opens_no_listening_socket():
                "ThreadingHTTPServer", "TCPServer", "run_simple", "uvicorn"}
     found = []
     for path in sorted(PACKAGE.rglob("*.py")):
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        text = path.read_text(encoding="utf-8")
+        if str(path.relative_to(PACKAGE.parent)) in LOOPBACK_SERVERS:
+            hosts = set(re.findall(r"\(\s*\"([^\"]*)\"\s*,\s*options\.port\s*\)", text))
+            assert hosts == {"127.0.0.1"} and "0.0.0.0" not in text, (path, hosts)
+            continue
+        for node in ast.walk(ast.parse(text)):
             name = node.attr if isinstance(node, ast.Attribute) else node.id if isinstance(node, ast.Name) else None
             if name in serving:
                 found.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno}: {name}")
@@ -186,3 +197,18 @@ def test_the_package_opens_no_listening_socket():
                 found += [f"{path.relative_to(PACKAGE.parent)}:{node.lineno}: import {m}" for m in modules
                           if m and m.split(".")[0] in ("socketserver", "uvicorn", "fastapi", "flask", "aiohttp")]
     assert found == []
+
+
+def test_the_bench_rewrite_server_listens_on_loopback_only():
+    import socket
+
+    from mpdistill.bench.served import ServedRewriter
+
+    with ServedRewriter() as server:
+        assert server.url.startswith("http://127.0.0.1:")
+        port = int(server.url.rsplit(":", 1)[1].split("/")[0])
+        addresses = {a[4][0] for a in socket.getaddrinfo(socket.gethostname(), None, socket.AF_INET)} - {"127.0.0.1"}
+        for address in addresses:  # the machine's other addresses: nothing listens there
+            with socket.socket() as s:
+                s.settimeout(1)
+                assert s.connect_ex((address, port)) != 0, address

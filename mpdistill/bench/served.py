@@ -66,13 +66,11 @@ class _Handler(BaseHTTPRequestHandler):
         body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
         if self.path == "/control":
             self.server.delay_s = float(body["delay_s"])
-            self.server.requests = 0
             self._send({"delay_s": self.server.delay_s})
             return
         chat = self.path.endswith("/chat/completions")
         prompt = body["messages"][-1]["content"] if chat else body.get("prompt", "")
         text = teacher_answer(prompt)
-        self.server.requests += 1
         time.sleep(max(0.0, arrived + self.server.delay_s - time.monotonic()))
         choice = {"index": 0, "finish_reason": "stop"}
         choice.update({"message": {"role": "assistant", "content": text}} if chat else {"text": text})
@@ -83,7 +81,6 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 256  # a step's requests arrive at once: a short backlog would drop connections (1 s retries)
     delay_s = 0.0
-    requests = 0
 
 
 class ServedRewriter:
