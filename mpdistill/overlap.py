@@ -16,10 +16,12 @@ rollout of older weights than the serial step uses:
 3. a micro-batch's loss runs as soon as its rewrites are in, while the later ones are on the way.
 
 The accumulated gradient is the same sum: TRL divides every micro-batch's loss by the tokens of
-the whole generation batch, and how the samples are grouped does not change a sum. That count is
-known only once the last rewrite is in, so the overlapped step divides by the student's tokens
-(known after sampling) and rescales the gradients by their ratio before the optimizer step
-(:func:`rescale_gradients`): equal to the serial step's up to float rounding.
+the whole generation batch, and how the samples are grouped does not change a sum (prompts keep
+the batch's padding, so every token keeps its position). That count is known only once the last
+rewrite is in, so the overlapped step divides by the student's tokens (known after sampling) and
+rescales the gradients by their ratio before they are clipped (:func:`rescale_gradients`): equal to
+the serial step's up to float rounding. A model with dropout (LoRA's ``dropout``) draws its masks per
+micro-batch, so there the two steps train alike in distribution, not draw for draw.
 """
 
 from __future__ import annotations
@@ -63,6 +65,7 @@ class FinishWatcher(StoppingCriteria):
 def watching_generate(model, watcher: FinishWatcher) -> Iterator[None]:
     """``model.generate`` calls made inside report their rows' ends to ``watcher`` (the trainer's
     own ``generate`` call is left as it is: the watcher rides along as a stopping criterion)."""
+    before = vars(model).get("generate")  # a generate already set on this instance, put back after
     original = model.generate
 
     def generate(*args, **kwargs):
@@ -75,7 +78,10 @@ def watching_generate(model, watcher: FinishWatcher) -> Iterator[None]:
     try:
         yield
     finally:
-        del model.generate  # the class's method again
+        if before is None:
+            del model.generate  # the class's method again
+        else:
+            model.generate = before
 
 
 def finish_order(completion_lengths: list[int]) -> list[int]:
@@ -84,25 +90,35 @@ def finish_order(completion_lengths: list[int]) -> list[int]:
     return sorted(range(len(completion_lengths)), key=lambda i: (completion_lengths[i], i))
 
 
-def micro_batch_inputs(prompt_ids: list[list[int]], completion_ids: list[list[int]], keep: list[list[int]],
-                       num_items_in_batch: torch.Tensor, *, pad_token_id: int, pad_to_multiple_of: int | None,
-                       device) -> dict:
-    """One micro-batch as TRL's ``_generate_and_score_completions`` lays out a text batch: prompts
-    padded on the left, completions on the right, ``tool_mask`` zero for dropped samples
-    (``tests/test_overlap.py`` holds the two layouts side by side)."""
+def pad_prompts(prompt_ids: list[list[int]], *, pad_token_id: int, pad_to_multiple_of: int | None,
+                device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The step's prompts padded on the left to the widest of them, as TRL pads a generation batch:
+    each micro-batch takes its rows, so every prompt token keeps the position the serial step gives it."""
+    rows = [torch.tensor(r, dtype=torch.long) for r in prompt_ids]
+    ids = pad(rows, padding_value=pad_token_id, padding_side="left", pad_to_multiple_of=pad_to_multiple_of)
+    mask = pad([torch.ones_like(r) for r in rows], padding_value=0, padding_side="left",
+               pad_to_multiple_of=pad_to_multiple_of)
+    return ids.to(device=device), mask.to(device=device)
 
-    def padded(rows, value, side):
-        return pad([torch.tensor(r, dtype=torch.long) for r in rows], padding_value=value, padding_side=side,
+
+def micro_batch_inputs(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, completion_ids: list[list[int]],
+                       keep: list[list[int]], num_items_in_batch: torch.Tensor, *, pad_token_id: int,
+                       pad_to_multiple_of: int | None, device) -> dict:
+    """One micro-batch as TRL's ``_generate_and_score_completions`` lays out a text batch: its rows of
+    the padded prompts (:func:`pad_prompts`), completions padded on the right, ``tool_mask`` zero for
+    dropped samples (``tests/test_overlap.py`` holds the two layouts side by side)."""
+
+    def padded(rows, value):
+        return pad([torch.tensor(r, dtype=torch.long) for r in rows], padding_value=value, padding_side="right",
                    pad_to_multiple_of=pad_to_multiple_of).to(device=device)
 
-    ones = lambda rows: [[1] * len(r) for r in rows]  # noqa: E731
     return {
-        "prompt_ids": padded(prompt_ids, pad_token_id, "left"),
-        "prompt_mask": padded(ones(prompt_ids), 0, "left"),
-        "completion_ids": padded(completion_ids, pad_token_id, "right"),
-        "completion_mask": padded(ones(completion_ids), 0, "right"),
+        "prompt_ids": prompt_ids,
+        "prompt_mask": prompt_mask,
+        "completion_ids": padded(completion_ids, pad_token_id),
+        "completion_mask": padded([[1] * len(r) for r in completion_ids], 0),
         "num_items_in_batch": num_items_in_batch,
-        "tool_mask": padded(keep, 1, "right"),
+        "tool_mask": padded(keep, 1),
     }
 
 

@@ -161,32 +161,31 @@ class OpenAIRewriter:
             pool.shutdown(wait=False, cancel_futures=True)
         return [self._account(f) for f in futures]
 
-    def submit(self, prompt: str, max_new_tokens: int | None = None) -> concurrent.futures.Future:
-        """Send one rewrite request now and return at once: a future of its :class:`RewriteOutput`.
+    def submit(self, prompt: str, max_new_tokens: int | None = None) -> "PendingRewrite":
+        """Send one rewrite request now and return at once: its :class:`PendingRewrite`.
 
         For a trainer that sends each trace as soon as the student has written it and does other
         work while the answer is on its way. Requests share one pool of ``max_concurrency``
-        connections; each has its own deadline, ``deadline_s`` from now, and the future never holds
-        an exception: a failure comes back as an error output, as from :meth:`rewrite`.
+        connections; each has its own deadline, ``deadline_s`` from now, by which
+        :meth:`PendingRewrite.result` returns, a failure as an error output as from :meth:`rewrite`.
         """
         budget = self.max_tokens if max_new_tokens is None else int(max_new_tokens)
+        end = time.monotonic() + self.deadline_s
         with self._lock:
             if self._pool is None:
                 self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=self.max_concurrency,
                                                                    thread_name_prefix="rewrite")
-        request = self._pool.submit(self._one, prompt, budget, time.monotonic() + self.deadline_s, self._closing)
-        answer: concurrent.futures.Future = concurrent.futures.Future()
-        request.add_done_callback(lambda f: answer.set_result(self._account(f)))
-        return answer
+            request = self._pool.submit(self._one, prompt, budget, end, self._closing)
+        return PendingRewrite(self, request, end)
 
     def close(self) -> None:
         """Stop the requests :meth:`submit` left running (they end as deadline errors) and their threads."""
-        self._closing.set()
         with self._lock:
             pool, self._pool = self._pool, None
+            closing, self._closing = self._closing, threading.Event()
+        closing.set()
         if pool is not None:
             pool.shutdown(wait=False, cancel_futures=True)
-        self._closing = threading.Event()
 
     def _account(self, f: concurrent.futures.Future) -> RewriteOutput:
         """One request's output, counted in ``stats``."""
@@ -329,6 +328,22 @@ class OpenAIRewriter:
 
     def _scrub(self, message: str) -> str:
         return message.replace(self._secret, "***") if self._secret else message
+
+
+class PendingRewrite:
+    """A rewrite request on its way (:meth:`OpenAIRewriter.submit`)."""
+
+    def __init__(self, rewriter: OpenAIRewriter, request: concurrent.futures.Future, end: float) -> None:
+        self.rewriter, self.request, self.end = rewriter, request, end
+        self._output: RewriteOutput | None = None
+
+    def result(self) -> RewriteOutput:
+        """The rewrite, waiting for it no later than the request's deadline (then an error output);
+        counted once in the rewriter's ``stats``."""
+        if self._output is None:
+            concurrent.futures.wait([self.request], timeout=max(0.0, self.end - time.monotonic()))
+            self._output = self.rewriter._account(self.request)
+        return self._output
 
 
 def _tries(n: int) -> str:

@@ -45,7 +45,7 @@ from .model_record import write_record
 from .mpd_config import MPDConfig
 from .nonfinite import NonFiniteGuard, NonFiniteHalt
 from .processes import count_on_every_process
-from .overlap import FinishWatcher, finish_order, micro_batch_inputs, rescale_gradients, watching_generate
+from .overlap import FinishWatcher, finish_order, micro_batch_inputs, pad_prompts, rescale_gradients, watching_generate
 from .rewrite import (REASONS, Rewriter, RewriteSettings, Sample, answer_section, encode_completion, mix,
                       on_policy_picks, plan_rewrite, rewrite_batch, settle_rewrite)
 from .rewriters import Teacher, build_rewriter
@@ -230,6 +230,20 @@ def _loaded_name(model) -> str | None:
     return getattr(config, "_name_or_path", None) or None
 
 
+class _TimedRewriter:
+    """A rewriter whose ``rewrite`` calls are timed (``mpd/rewrite_wait_s`` of a serial step)."""
+
+    def __init__(self, rewriter: Rewriter) -> None:
+        self.rewriter, self.seconds = rewriter, 0.0
+
+    def rewrite(self, prompts, max_new_tokens=None):
+        started = time.perf_counter()
+        try:
+            return self.rewriter.rewrite(prompts, max_new_tokens=max_new_tokens)
+        finally:
+            self.seconds += time.perf_counter() - started
+
+
 @dataclass
 class _PendingStep:
     """One overlapped step's samples, their rewrites on the way and its micro-batches."""
@@ -242,7 +256,7 @@ class _PendingStep:
     budgets: list = field(default_factory=list)
     answers: list = field(default_factory=list)  # futures of RewriteOutput, None where nothing was sent
     groups: list[list[int]] = field(default_factory=list)
-    prompt_ids: list[list[int]] = field(default_factory=list)
+    prompts_padded: tuple = ()  # (ids, mask) of every row, padded as TRL pads the generation batch
     provisional: torch.Tensor | None = None
     grad_scale: float = 1.0
     wait_s: float = 0.0
@@ -294,6 +308,13 @@ class MPDTrainer(_RolloutLogMixin, _Trainer):
             if self.is_deepspeed_enabled:
                 raise ConfigError("rewrite.overlap rescales the accumulated gradients, which DeepSpeed keeps to itself: "
                                   "set rewrite.overlap: false under DeepSpeed")
+            if "lomo" in str(self.args.optim).lower():
+                raise ConfigError(f"rewrite.overlap rescales the accumulated gradients before the optimizer step, and "
+                                  f"{self.args.optim} updates the weights during backward: set rewrite.overlap: false")
+            if self.args.gradient_accumulation_steps == 1:
+                log.warning("rewrite.overlap with gradient_accumulation_steps 1: the step's one micro-batch waits for "
+                            "every rewrite, so only the rollout's tail can hide them; 4 or more micro-batches let the "
+                            "loss of the first ones run while the last rewrites are on their way")
         self._pending: _PendingStep | None = None
         if self.accelerator.num_processes > 1 and hasattr(rewriter, "sync_batches"):
             rewriter.sync_batches = count_on_every_process  # the local teacher's generate calls, in step
@@ -346,9 +367,9 @@ class MPDTrainer(_RolloutLogMixin, _Trainer):
         samples = [self._sample(row, ids, text) for row, text, ids in zip(self._inputs, texts, completion_ids, strict=True)]
         before = self._rewriter_counts()
         calls_before = getattr(self.rewriter, "generate_calls", None)
-        started = time.perf_counter()
-        rewrite_batch(samples, self.rewriter, self.rewrite_settings, self.task, self._encode, self._mix_rng)
-        self._metrics[mode]["mpd/rewrite_wait_s"].append(time.perf_counter() - started)
+        timed = _TimedRewriter(self.rewriter)
+        rewrite_batch(samples, timed, self.rewrite_settings, self.task, self._encode, self._mix_rng)
+        self._metrics[mode]["mpd/rewrite_wait_s"].append(timed.seconds)
         self._log_rewriter_counts(before, mode)
         if calls_before is not None and self.accelerator.num_processes > 1:
             # The local teacher's generate calls this batch, fewest and most over processes: they must
@@ -380,6 +401,8 @@ class MPDTrainer(_RolloutLogMixin, _Trainer):
 
     def _start_overlapped_step(self, inputs: list[dict]) -> None:
         """Sample the step's whole batch, sending each trace to the rewriter as it ends."""
+        if any(key in inputs[0] for key in ("image", "images")):
+            raise ConfigError("rewrite.overlap lays out text batches only: set rewrite.overlap: false for images")
         self._stash_inputs(inputs)
         prompts = [x["prompt"] for x in inputs]
         n = len(prompts)
@@ -397,7 +420,8 @@ class MPDTrainer(_RolloutLogMixin, _Trainer):
         order = finish_order([len(ids) for ids in completion_ids])
         size = -(-n // self.args.gradient_accumulation_steps)
         pending.groups = [order[i:i + size] for i in range(0, n, size)]
-        pending.prompt_ids = [list(ids) for ids in prompt_ids]
+        pending.prompts_padded = pad_prompts(prompt_ids, pad_token_id=self._tokenizer.pad_token_id,
+                                             pad_to_multiple_of=self.pad_to_multiple_of, device=self.accelerator.device)
         # The loss's divisor until the trained tokens are known: the student's tokens (see rescale_gradients).
         pending.provisional = self.accelerator.gather(torch.tensor(sum(map(len, completion_ids)),
                                                                    device=self.accelerator.device)).sum()
@@ -410,26 +434,32 @@ class MPDTrainer(_RolloutLogMixin, _Trainer):
         if budget is not None:
             pending.answers[row] = self.rewriter.submit(self.rewrite_settings.render(s.problem, s.student_text), budget)
 
-    def _wait_for_rewrites(self, rows: list[int]) -> None:
-        """Wait for these samples' rewrites; verify and mix them."""
+    def _wait_for_rewrites(self, rows: list[int]) -> dict:
+        """These samples' rewrites, as they arrive (each by its request's deadline)."""
+        pending = self._pending
+        started = time.perf_counter()
+        outputs = {row: pending.answers[row].result() for row in rows if pending.answers[row] is not None}
+        pending.wait_s += time.perf_counter() - started
+        return outputs
+
+    def _settle(self, rows: list[int], outputs: dict) -> None:
+        """Verify and mix these samples, as rewrite_batch does in a serial step."""
         pending = self._pending
         for row in rows:
             s = pending.samples[row]
-            if pending.answers[row] is not None:
-                started = time.perf_counter()
-                out = pending.answers[row].result()
-                pending.wait_s += time.perf_counter() - started
-                settle_rewrite(s, out, pending.budgets[row], self.rewrite_settings, self.task, self._encode)
+            if row in outputs:
+                settle_rewrite(s, outputs[row], pending.budgets[row], self.rewrite_settings, self.task, self._encode)
             mix(s, self.rewrite_settings, self.task)
 
     def _micro_batch(self, k: int) -> dict:
         pending = self._pending
         rows = pending.groups[k]
-        self._wait_for_rewrites(rows)
+        self._settle(rows, self._wait_for_rewrites(rows))
         trained = [self._trained_ids(pending.samples[row]) for row in rows]
         if k == len(pending.groups) - 1:
             self._finish_overlapped_step()
-        return micro_batch_inputs([pending.prompt_ids[row] for row in rows], [ids for ids, _ in trained],
+        prompt_ids, prompt_mask = pending.prompts_padded
+        return micro_batch_inputs(prompt_ids[rows], prompt_mask[rows], [ids for ids, _ in trained],
                                   [keep for _, keep in trained], pending.provisional,
                                   pad_token_id=self._tokenizer.pad_token_id, pad_to_multiple_of=self.pad_to_multiple_of,
                                   device=self.accelerator.device)
@@ -444,7 +474,7 @@ class MPDTrainer(_RolloutLogMixin, _Trainer):
         completions = [self._trained_ids(s) for s in pending.samples]
         if self.log_completions:  # as TRL logs a serial step's: the prompts and what the loss ran on
             decode = functools.partial(self.processing_class.batch_decode, skip_special_tokens=True)
-            self._logs["prompt"].extend(gather_object(decode(pending.prompt_ids)))
+            self._logs["prompt"].extend(gather_object(decode(pending.prompts_padded[0])))
             self._logs["completion"].extend(gather_object(decode([ids for ids, _ in completions])))
         trained = sum(sum(keep) for _, keep in completions)
         tokens = self.accelerator.gather(torch.tensor(trained, device=self.accelerator.device)).sum()
@@ -462,8 +492,10 @@ class MPDTrainer(_RolloutLogMixin, _Trainer):
         self._pending = None
         scale = pending.grad_scale
         rescale_gradients(model, scale)
-        # The trainer sums what each micro-batch returns into the logged loss: this one also corrects the earlier ones.
-        return loss * scale + sum(pending.losses, torch.zeros_like(loss)) * (scale - 1)
+        # The trainer sums what each micro-batch returns into the logged loss: this one also corrects the earlier
+        # ones (a NaN/inf one the trainer leaves out of its sum, so it is left out here too).
+        earlier = sum((l for l in pending.losses if torch.isfinite(l)), torch.zeros_like(loss))
+        return loss * scale + earlier * (scale - 1)
 
     def train(self, *args, **kwargs):
         try:

@@ -125,6 +125,9 @@ def test_served_latency_bench_reports_serial_and_overlapped_against_opd(tmp_path
         scale = sorted(x["seconds"] for x in opd[i - 3:i])[1]
         assert step["delay_s"] == pytest.approx(step["fraction"] * scale)
     assert "MPD overlapped / OPD" in result.output and "rewrite time hidden" in result.output
+    for lv in served["levels"]:  # one triple per latency: one stage
+        assert [st["triples"] for st in lv["by_stage"]] == [[1, 1]] and lv["by_stage"][0]["floor_estimate"] > 0
+    assert "floor estimate" in result.output
 
 
 def test_served_latency_takes_positive_fractions():

@@ -72,3 +72,28 @@ def test_transformers_hooks_the_checkpoints_override():
 
     sampler = RepeatSampler(list(range(8)), mini_repeat_count=1, batch_size=2, shuffle=True, seed=3)
     assert {"generator", "shuffle", "seed", "num_samples"} <= set(vars(sampler))
+
+
+def test_what_the_overlapped_step_relies_on():
+    """rewrite.overlap (mpdistill/overlap.py) replaces TRL's _prepare_inputs in training: it draws what
+    TRL's shuffle draws, divides by num_items_in_batch as TRL's loss does, and counts micro-batches
+    with TRL's _step."""
+    import torch
+    from trl.trainer.utils import shuffle_sequence_dict
+
+    prepare = inspect.getsource(DistillationTrainer._prepare_inputs)
+    assert "generation_batch = shuffle_sequence_dict(generation_batch)" in prepare
+    assert "self._step % generate_every == 0" in prepare
+    # The shuffle's only draw from torch's generator is one randperm over the batch.
+    torch.manual_seed(3)
+    shuffle_sequence_dict({"x": torch.arange(12), "y": list(range(12)), "n": torch.tensor(5)})
+    after_shuffle = torch.rand(4)
+    torch.manual_seed(3)
+    torch.randperm(12)
+    assert torch.equal(torch.rand(4), after_shuffle)
+    score = inspect.getsource(DistillationTrainer._generate_and_score_completions)
+    assert "num_items_in_batch = self.accelerator.gather(loss_mask.sum()).sum()" in score
+    compute = inspect.getsource(DistillationTrainer.compute_loss)
+    assert 'num_items_in_batch = inputs["num_items_in_batch"].clamp(min=1.0) / self.accelerator.num_processes' in compute
+    step = inspect.getsource(DistillationTrainer.training_step)
+    assert "self._step += 1" in step

@@ -5,7 +5,8 @@
 - ``teacher_rewrite``: the MPD rewriter's ``rewrite`` call (an overlapped step: the time it waited
   for rewrites still on their way, ``_wait_for_rewrites``);
 - ``verification``: the rest of MPD's ``_generate`` (decode, verify, mix, rollout log; overlapped:
-  the rest of ``_start_overlapped_step``, which sends the requests);
+  the rest of ``_start_overlapped_step``, which sends the requests, ``_settle`` and
+  ``_finish_overlapped_step``, which logs the step);
 - ``batch_preparation``: the rest of TRL's ``_prepare_inputs`` (tokenizing, padding);
 - ``teacher_scoring``: the teacher's forward passes inside the loss;
 - ``student_forward_backward``: the rest of ``training_step`` (student forward, chunked JSD, backward);
@@ -98,6 +99,8 @@ def instrument(trainer, clock: PhaseClock, *, budgets: bool = True) -> None:
     if getattr(trainer, "overlap", False):  # the overlapped step samples and waits outside _generate
         trainer._start_overlapped_step = clock.wrap("_overlap_start", trainer._start_overlapped_step)
         trainer._wait_for_rewrites = clock.wrap("teacher_rewrite", trainer._wait_for_rewrites)
+        trainer._settle = clock.wrap("_overlap_settle", trainer._settle)
+        trainer._finish_overlapped_step = clock.wrap("_overlap_finish", trainer._finish_overlapped_step)
     trainer._prepare_inputs = clock.wrap("_prepare_inputs", trainer._prepare_inputs)
     teacher = trainer.accelerator.unwrap_model(trainer.teacher_model)
     original_training_step = trainer.training_step
@@ -137,8 +140,8 @@ def _exclusive(raw: dict[str, float]) -> dict[str, float]:
     prepare = g("_prepare_inputs", 0.0)
     scoring = g("teacher_scoring", 0.0)
     if "_overlap_start" in raw:  # the wait for rewrites happens in _prepare_inputs, after the rollout
-        start = raw["_overlap_start"]
-        verification, preparation = start - rollout, prepare - start - rewrite
+        start, finish = raw["_overlap_start"], g("_overlap_finish", 0.0) + g("_overlap_settle", 0.0)
+        verification, preparation = start - rollout + finish, prepare - start - rewrite - finish
     else:
         verification, preparation = generate - rollout - rewrite, prepare - generate
     return {

@@ -70,6 +70,32 @@ def run_served_bench(settings: BenchSettings, fractions: list[float], *, accumul
     return summarize_served(s, recipe, steps, fractions, opd_step, accumulation)
 
 
+def _floor(opd: dict, serial: dict, overlap: dict, accumulation: int) -> float:
+    """An estimate of the least an overlapped step can take, over OPD's step: the rollout (the serial
+    step's, free of the requests' own work), the latency, and one micro-batch's share of the loss (the
+    last to run; it holds the longest traces, so its share is if anything larger)."""
+    loss = overlap["teacher_scoring"] + overlap["student_forward_backward"]
+    return (serial["student_rollout"] + overlap["delay_s"] + loss / accumulation) / opd["seconds"]
+
+
+def _by_stage(rows: dict[str, list[dict]], accumulation: int) -> list[dict]:
+    """The triples of one latency in two halves, earlier and later in training."""
+    n = len(rows["opd"])
+    halves = [(0, n // 2), (n // 2, n)] if n >= 2 else [(0, n)]
+    out = []
+    for start, stop in halves:
+        o, s, v = (rows[a][start:stop] for a in ARMS)
+        out.append({
+            "triples": [start + 1, stop],
+            "tokens_per_sample": {a: statistics.fmean(x["student_tokens_per_sample"] for x in rows[a][start:stop])
+                                  for a in ARMS},
+            "serial": statistics.median(b["seconds"] / a["seconds"] for a, b in zip(o, s)),
+            "overlap": statistics.median(c["seconds"] / a["seconds"] for a, c in zip(o, v)),
+            "floor_estimate": statistics.median(_floor(a, b, c, accumulation) for a, b, c in zip(o, s, v)),
+        })
+    return out
+
+
 def _micro_batch(settings: BenchSettings, accumulation: int) -> int:
     """The recipe's batch split into ``accumulation`` micro-batches: the same samples per optimizer step."""
     from ..config import load_recipe
@@ -89,6 +115,7 @@ def summarize_served(settings: BenchSettings, recipe, steps: dict[str, list[dict
         serial_wait, overlap_wait = median["serial"]["teacher_rewrite"], median["overlap"]["teacher_rewrite"]
         levels.append({
             "fraction": fraction,
+            "by_stage": _by_stage(rows, accumulation),
             "delay_s": statistics.median(x["delay_s"] for x in rows["serial"]),
             # the delays against the OPD steps measured beside them (the scale follows OPD's last steps)
             "delay_over_opd_step": statistics.median(x["delay_s"] / o["seconds"] for x, o in zip(rows["serial"], rows["opd"])),
@@ -141,4 +168,13 @@ def format_served(result: dict) -> str:
     for p in ("seconds", *PHASES):
         cells = [" / ".join(f"{lv['phases_median_seconds'][a][p]:.3f}" for a in ARMS) for lv in result["levels"]]
         lines.append(f"| {'**step**' if p == 'seconds' else p} | " + " | ".join(cells) + " |")
+    lines += ["", "By stage of training (median of each half's per-triple ratios; the floor estimate is the serial "
+              "rollout + the latency + one micro-batch's share of the overlapped loss, over OPD's step):", "",
+              "| latency | triples | MPD / OPD tokens per sample | serial | overlapped | floor estimate |",
+              "|---|---|---|---:|---:|---:|"]
+    for lv in result["levels"]:
+        for st in lv["by_stage"]:
+            t = st["tokens_per_sample"]
+            lines.append(f"| {lv['fraction']:g}× | {st['triples'][0]}–{st['triples'][1]} | {t['overlap']:.0f} / "
+                         f"{t['opd']:.0f} | {st['serial']:.2f}× | {st['overlap']:.2f}× | {st['floor_estimate']:.2f}× |")
     return "\n".join(lines) + "\n"
