@@ -7,9 +7,9 @@ the same work in another order, within the same optimizer step, so nothing is tr
 rollout of older weights than the serial step uses:
 
 1. the student samples the whole batch in one ``generate`` call, as in the serial step (split
-   into chunks it costs 1.4-2x as much on CPU, and decoding is as step-bound on a GPU at these
-   batch sizes); a :class:`FinishWatcher` sends each trace to the rewriter at the decoding step
-   it ends, so early finishers are rewritten while the longer traces are still being written;
+   into chunks of 16 or 8 it took 1.4x or 2.1x as long on CPU: each chunk pays every decoding
+   step again); a :class:`FinishWatcher` sends each trace to the rewriter at the decoding step it
+   ends, so early finishers are rewritten while the longer traces are still being written;
 2. micro-batches are the samples in the order their traces ended (shortest first, see
    :func:`finish_order`) instead of a random shuffle: the first needs only the first finishers'
    rewrites, which left first;
