@@ -501,7 +501,7 @@ class MPDTrainer(_RolloutLogMixin, _Trainer):
         try:
             return super().train(*args, **kwargs)
         finally:
-            if self.overlap:
+            if self.overlap and callable(getattr(self.rewriter, "close", None)):
                 self.rewriter.close()  # requests of a step that did not finish
 
     def _rewriter_counts(self) -> dict[str, int] | None:
