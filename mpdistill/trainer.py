@@ -254,7 +254,7 @@ class _PendingStep:
     counts_before: dict | None  # the served rewriter's request counts at the step's start
     samples: list = field(default_factory=list)
     budgets: list = field(default_factory=list)
-    answers: list = field(default_factory=list)  # futures of RewriteOutput, None where nothing was sent
+    answers: list = field(default_factory=list)  # PendingRewrite (served_rewriter), None where nothing was sent
     groups: list[list[int]] = field(default_factory=list)
     prompts_padded: tuple = ()  # (ids, mask) of every row, padded as TRL pads the generation batch
     provisional: torch.Tensor | None = None
@@ -308,7 +308,7 @@ class MPDTrainer(_RolloutLogMixin, _Trainer):
             if self.is_deepspeed_enabled:
                 raise ConfigError("rewrite.overlap rescales the accumulated gradients, which DeepSpeed keeps to itself: "
                                   "set rewrite.overlap: false under DeepSpeed")
-            if "lomo" in str(self.args.optim).lower():
+            if any(kind in str(self.args.optim).lower() for kind in ("lomo", "layerwise")):
                 raise ConfigError(f"rewrite.overlap rescales the accumulated gradients before the optimizer step, and "
                                   f"{self.args.optim} updates the weights during backward: set rewrite.overlap: false")
             if self.args.gradient_accumulation_steps == 1:
@@ -493,7 +493,7 @@ class MPDTrainer(_RolloutLogMixin, _Trainer):
         scale = pending.grad_scale
         rescale_gradients(model, scale)
         # The trainer sums what each micro-batch returns into the logged loss: this one also corrects the earlier
-        # ones (a NaN/inf one the trainer leaves out of its sum, so it is left out here too).
+        # ones (not a NaN/inf one, which the trainer replaced by its running average).
         earlier = sum((l for l in pending.losses if torch.isfinite(l)), torch.zeros_like(loss))
         return loss * scale + earlier * (scale - 1)
 

@@ -5,8 +5,8 @@
 - ``teacher_rewrite``: the MPD rewriter's ``rewrite`` call (an overlapped step: the time it waited
   for rewrites still on their way, ``_wait_for_rewrites``);
 - ``verification``: the rest of MPD's ``_generate`` (decode, verify, mix, rollout log; overlapped:
-  the rest of ``_start_overlapped_step``, which sends the requests, ``_settle`` and
-  ``_finish_overlapped_step``, which logs the step);
+  the rest of ``_start_overlapped_step`` including ``_send_for_rewrite``, which sends each request
+  from inside the rollout, ``_settle`` and ``_finish_overlapped_step``, which logs the step);
 - ``batch_preparation``: the rest of TRL's ``_prepare_inputs`` (tokenizing, padding);
 - ``teacher_scoring``: the teacher's forward passes inside the loss;
 - ``student_forward_backward``: the rest of ``training_step`` (student forward, chunked JSD, backward);
@@ -100,6 +100,8 @@ def instrument(trainer, clock: PhaseClock, *, budgets: bool = True) -> None:
         trainer._start_overlapped_step = clock.wrap("_overlap_start", trainer._start_overlapped_step)
         trainer._wait_for_rewrites = clock.wrap("teacher_rewrite", trainer._wait_for_rewrites)
         trainer._settle = clock.wrap("_overlap_settle", trainer._settle)
+        # Sending runs inside generate (the watcher calls it as each trace ends): counted out of the rollout.
+        trainer._send_for_rewrite = clock.wrap("_overlap_send", trainer._send_for_rewrite)
         trainer._finish_overlapped_step = clock.wrap("_overlap_finish", trainer._finish_overlapped_step)
     trainer._prepare_inputs = clock.wrap("_prepare_inputs", trainer._prepare_inputs)
     teacher = trainer.accelerator.unwrap_model(trainer.teacher_model)
@@ -141,6 +143,9 @@ def _exclusive(raw: dict[str, float]) -> dict[str, float]:
     scoring = g("teacher_scoring", 0.0)
     if "_overlap_start" in raw:  # the wait for rewrites happens in _prepare_inputs, after the rollout
         start, finish = raw["_overlap_start"], g("_overlap_finish", 0.0) + g("_overlap_settle", 0.0)
+        # Sending, timed inside the rollout, is moved to verification (a trace cut at the length limit is
+        # sent after generate returns: counted twice there, for microseconds).
+        rollout -= g("_overlap_send", 0.0)
         verification, preparation = start - rollout + finish, prepare - start - rewrite - finish
     else:
         verification, preparation = generate - rollout - rewrite, prepare - generate

@@ -16,6 +16,8 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Callable
 
+import torch
+
 from .device import describe_device
 from .phases import PHASES, PhaseClock, prepare_to_step, run_step
 from .served import ServedRewriter
@@ -40,16 +42,22 @@ def run_served_bench(settings: BenchSettings, fractions: list[float], *, accumul
         recipe, trainers = build_pair(s, Path(tmp), variants=variants)
         clock = PhaseClock()
         batches = {a: prepare_to_step(t, clock, steps=total, budgets=settings.rewrite_budgets) for a, t in trainers.items()}
+        streams = {a: _RandomStream() for a in ARMS}
+
+        def run(arm: str) -> dict:  # each trainer samples from its own stream, as it would alone
+            with streams[arm]:
+                return run_step(trainers[arm], batches[arm], clock)
+
         steps: dict[str, list[dict]] = {a: [] for a in ARMS}
         server.set_delay(0.0)
         for r in range(settings.warmup):
             for arm in ARMS:
-                step = run_step(trainers[arm], batches[arm], clock)
+                step = run(arm)
                 steps[arm].append({**step, "warmup": True, "fraction": None, "delay_s": 0.0})
                 say(f"warm-up {r + 1} {arm}: {step['seconds']:.2f}s")
         # The latencies' scale: OPD's step once warm (the first steps of a process are slower).
         for _ in range(CALIBRATION_STEPS):
-            steps["opd"].append({**run_step(trainers["opd"], batches["opd"], clock), "warmup": True, "calibration": True,
+            steps["opd"].append({**run("opd"), "warmup": True, "calibration": True,
                                  "fraction": None, "delay_s": 0.0})
         recent = [x["seconds"] for x in steps["opd"][-CALIBRATION_STEPS:]]
         opd_step = opd_scale = statistics.median(recent)
@@ -61,13 +69,36 @@ def run_served_bench(settings: BenchSettings, fractions: list[float], *, accumul
                 delay = fraction * opd_scale
                 server.set_delay(delay)
                 for arm in ARMS if (r + j) % 2 == 0 else tuple(reversed(ARMS)):
-                    step = run_step(trainers[arm], batches[arm], clock)
+                    step = run(arm)
                     steps[arm].append({**step, "warmup": False, "fraction": fraction, "delay_s": delay})
                     say(f"round {r + 1}, latency {fraction:g}x {arm}: {step['seconds']:.2f}s")
                     if arm == "opd":
                         recent = (recent + [step["seconds"]])[-CALIBRATION_STEPS:]
                         opd_scale = statistics.median(recent)
     return summarize_served(s, recipe, steps, fractions, opd_step, accumulation)
+
+
+class _RandomStream:
+    """torch's random state for one trainer, swapped in around each of its steps: the trainers share
+    one process, and without this each would sample from where the others left the generator, so
+    MPD serial and overlapped would sample different traces from their second step on."""
+
+    def __init__(self) -> None:
+        self.cpu = torch.get_rng_state()
+        self.cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+
+    def __enter__(self) -> None:
+        self._outside = (torch.get_rng_state(), torch.cuda.get_rng_state_all() if self.cuda is not None else None)
+        torch.set_rng_state(self.cpu)
+        if self.cuda is not None:
+            torch.cuda.set_rng_state_all(self.cuda)
+
+    def __exit__(self, *exc) -> None:
+        self.cpu = torch.get_rng_state()
+        torch.set_rng_state(self._outside[0])
+        if self.cuda is not None:
+            self.cuda = torch.cuda.get_rng_state_all()
+            torch.cuda.set_rng_state_all(self._outside[1])
 
 
 def _floor(opd: dict, serial: dict, overlap: dict, accumulation: int) -> float:
