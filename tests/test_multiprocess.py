@@ -260,6 +260,10 @@ def test_overlapped_steps_under_torchrun_train_as_serial_steps_do(recipe, tmp_pa
     from mpdistill.models import load_model
 
     start = dict(load_model("embedded:student")[0].state_dict())
+    # The gradients before clipping, gathered over both processes: what the rescale makes of the divisor.
+    norms = [[e["grad_norm"] for e in map(json.loads, (runs[o] / "train_log.jsonl").read_text().splitlines())
+              if "grad_norm" in e] for o in (False, True)]
+    assert len(norms[0]) == STEPS and norms[1] == pytest.approx(norms[0], rel=1e-4)
     a, b = (load_file(runs[o] / "model" / "model.safetensors") for o in (False, True))
     apart = max((a[k] - b[k]).abs().max().item() for k in a)
     moved = max((a[k] - start[k]).abs().max().item() for k in a)
