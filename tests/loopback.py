@@ -3,25 +3,10 @@ server on a free port of 127.0.0.1 that serves it from a daemon thread."""
 
 from __future__ import annotations
 
-import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-
-class JSONHandler(BaseHTTPRequestHandler):
-    def log_message(self, *args):
-        pass
-
-    def body(self) -> bytes:
-        return self.rfile.read(int(self.headers.get("Content-Length") or 0))
-
-    def send_json(self, status: int, payload) -> None:
-        data = json.dumps(payload).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+from mpdistill.bench.served import JSONHandler  # noqa: F401 - the handler base the tests' servers share
 
 
 class LoopbackServer:

@@ -41,13 +41,16 @@ def teacher_answer(prompt: str) -> str:
     return chain.concise_trace(problem, route)
 
 
-class _Handler(BaseHTTPRequestHandler):
-    server: "_Server"
+class JSONHandler(BaseHTTPRequestHandler):
+    """A request handler that answers JSON and logs nothing (the tests' loopback servers use it too)."""
 
     def log_message(self, *args) -> None:
         pass
 
-    def _send(self, payload: dict, status: int = 200) -> None:
+    def body(self) -> bytes:
+        return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+
+    def send_json(self, status: int, payload) -> None:
         data = json.dumps(payload).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
@@ -55,18 +58,22 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
+
+class _Handler(JSONHandler):
+    server: "_Server"
+
     def do_GET(self) -> None:  # noqa: N802 - the http.server hook
         if self.path.rstrip("/").endswith("/models"):
-            self._send({"object": "list", "data": [{"id": "rewriter", "object": "model"}]})
+            self.send_json(200, {"object": "list", "data": [{"id": "rewriter", "object": "model"}]})
         else:
-            self._send({"error": {"message": "not found"}}, 404)
+            self.send_json(404, {"error": {"message": "not found"}})
 
     def do_POST(self) -> None:  # noqa: N802
         arrived = time.monotonic()
-        body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
+        body = json.loads(self.body() or b"{}")
         if self.path == "/control":
             self.server.delay_s = float(body["delay_s"])
-            self._send({"delay_s": self.server.delay_s})
+            self.send_json(200, {"delay_s": self.server.delay_s})
             return
         chat = self.path.endswith("/chat/completions")
         prompt = body["messages"][-1]["content"] if chat else body.get("prompt", "")
@@ -74,7 +81,7 @@ class _Handler(BaseHTTPRequestHandler):
         time.sleep(max(0.0, arrived + self.server.delay_s - time.monotonic()))
         choice = {"index": 0, "finish_reason": "stop"}
         choice.update({"message": {"role": "assistant", "content": text}} if chat else {"text": text})
-        self._send({"object": "chat.completion" if chat else "text_completion", "choices": [choice]})
+        self.send_json(200, {"object": "chat.completion" if chat else "text_completion", "choices": [choice]})
 
 
 class _Server(ThreadingHTTPServer):
