@@ -19,6 +19,8 @@ _EXPORTS = {
     "OPDTrainer": "trainer",
     "OffPolicyKDTrainer": "trainer",
     "RewriteSFTTrainer": "trainer",
+    "SelfDistillTrainer": "trainer",
+    "LengthPenaltyGRPOTrainer": "length_rl",
     "Rewriter": "rewrite",
     "RewriteOutput": "rewrite",
     "TransformersRewriter": "rewrite",

@@ -119,6 +119,15 @@ class TrainingConfig(_Strict):
     # Qwen3 thinking mode for the student's prompts (the chat template's enable_thinking); None
     # leaves the template's default. Needs chat prompts (data.prompt_style: chat).
     student_enable_thinking: bool | None = None
+    # self_distill: what the teacher (the frozen initial student) reads after the problem; None: the
+    # task's "be concise" instruction (chain: "short:\n"; math: prompts.CONCISE_INSTRUCTION).
+    teacher_instruction: str | None = None
+    # grpo_length: GRPO with reward = correct - length_penalty * tokens / reference tokens, where the
+    # reference is the initial student's mean length (measured before the first step unless set);
+    # num_generations solutions per problem (batch_size must be a multiple of it).
+    num_generations: int = Field(default=8, ge=2)
+    length_penalty: float = Field(default=0.1, ge=0)
+    length_reference: float | None = Field(default=None, gt=0)
     # Absent: full fine-tuning. Set: only LoRA adapters train; the run saves them to adapter/ and
     # the merged student to model/.
     lora: LoraConfig | None = None

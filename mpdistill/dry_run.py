@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 
 from .config import Recipe
-from .methods import get_method
+from .methods import get_method, teacher_source
 from .models import resolve_model
 from .paths import ROLLOUTS, TRAIN_LOG, looks_local
 from .rewriters import get_backend
@@ -115,7 +115,12 @@ def describe_run(recipe: Recipe, out: str | Path | None = None) -> dict:
     errors: list[str] = []
     student, e = describe_model("student", recipe.student)
     errors += e
-    teacher, e = describe_model("teacher", recipe.teacher)
+    teacher_name = teacher_source(recipe)
+    if teacher_name is None:  # a method without a teacher (grpo_length): nothing to load or compare
+        teacher, e = {"name": None, "path": None, "source": None, "model_type": None, "parameters": None,
+                      "vocab_size": None, "note": f"not used by {recipe.method}"}, []
+    else:
+        teacher, e = describe_model("teacher", teacher_name)
     errors += e
     sv, tv = student["vocab_size"], teacher["vocab_size"]
     vocab_match = None if sv is None or tv is None else sv == tv

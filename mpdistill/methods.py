@@ -6,7 +6,10 @@ given as the class, or as ``"module:Class"`` so that naming a method loads no tr
 * ``rewrites``: it asks the rewriter for rewrites of the student's samples, so the rewrite
   backend is checked before the run and the ``rewrite.*`` prompt settings apply (MPD, Rewrite-SFT);
 * ``teacher_text``: it trains on text the teacher wrote (rewrites or the teacher's own samples), so
-  ``rewrite.require_gold`` applies and training problems need gold answers for it.
+  ``rewrite.require_gold`` applies and training problems need gold answers for it;
+* ``self_teacher``: its teacher is the student as it starts (a frozen copy), not the recipe's ``teacher``;
+* ``teacher``: whether it uses a teacher at all (GRPO with a length penalty does not: the recipe's
+  ``teacher`` is not loaded).
 
 A new method is one :func:`register_method` call.
 """
@@ -25,6 +28,8 @@ class Method:
     trainer: type | str
     rewrites: bool = False
     teacher_text: bool = False
+    self_teacher: bool = False
+    teacher: bool = True
 
     def trainer_class(self) -> type:
         if not isinstance(self.trainer, str):
@@ -44,10 +49,22 @@ def get_method(name: str) -> Method:
     return METHODS.lookup(name)
 
 
+def teacher_source(recipe) -> str | None:
+    """The model a recipe's loss compares the student with: its ``teacher``, for a method whose
+    teacher is the initial student (self_distill) a second, frozen copy of the ``student``, and
+    None for a method without a teacher (grpo_length)."""
+    method = get_method(recipe.method)
+    if not method.teacher:
+        return None
+    return recipe.student if method.self_teacher else recipe.teacher
+
+
 for _method in (
     Method("mpd", "mpdistill.trainer:MPDTrainer", rewrites=True, teacher_text=True),
     Method("opd", "mpdistill.trainer:OPDTrainer"),
     Method("offpolicy_kd", "mpdistill.trainer:OffPolicyKDTrainer", teacher_text=True),
     Method("rewrite_sft", "mpdistill.trainer:RewriteSFTTrainer", rewrites=True, teacher_text=True),
+    Method("self_distill", "mpdistill.trainer:SelfDistillTrainer", self_teacher=True),
+    Method("grpo_length", "mpdistill.length_rl:LengthPenaltyGRPOTrainer", teacher=False),
 ):
     register_method(_method)

@@ -76,12 +76,13 @@ def _settings_table(rows: list[tuple[str, object]]) -> str:
 
 def render_card(*, method: str, summary: str = "", rewrites: bool, facts: CardFacts, args, steps: int, processes: int = 1,
                 lora: str | None = None, evaluation: str | None = None, kl_loss: bool = True,
-                student_samples: bool = True) -> str:
+                student_samples: bool = True, uses_teacher: bool = True) -> str:
     """The card's text. ``args``: the run's :class:`~mpdistill.mpd_config.MPDConfig`; ``steps``: the
     optimizer steps trained; ``summary``: what the method does, in a sentence; ``rewrites``: whether the method trains on a teacher's rewrites; ``lora``:
     None (full fine-tuning), "adapter" (the folder holds LoRA adapters) or "merged" (folded in);
     ``kl_loss`` / ``student_samples``: whether ``beta`` and the student's sampling settings apply (not
-    to Rewrite-SFT's cross-entropy, not to off-policy KD, where only the teacher samples)."""
+    to Rewrite-SFT's cross-entropy, not to off-policy KD, where only the teacher samples); ``uses_teacher``:
+    false for a method without one (GRPO with a length penalty)."""
     from huggingface_hub import ModelCardData
 
     license_id = base_license(facts.student)
@@ -91,7 +92,7 @@ def render_card(*, method: str, summary: str = "", rewrites: bool, facts: CardFa
         library_name="peft" if lora == "adapter" else "transformers",
         pipeline_tag="text-generation",
         datasets=[facts.dataset] if is_hub_id(facts.dataset) else None,
-        tags=list(dict.fromkeys(["mpdistill", "distillation", re.sub(r"\W+", "-", method.lower()), *facts.extra_tags])),
+        tags=list(dict.fromkeys(["mpdistill", *(["distillation"] if uses_teacher else []), re.sub(r"\W+", "-", method.lower()), *facts.extra_tags])),
     )
     batch = args.per_device_train_batch_size * args.gradient_accumulation_steps * processes
     training = [("method", method), ("optimizer steps", steps), ("samples per step", batch),
@@ -101,11 +102,14 @@ def render_card(*, method: str, summary: str = "", rewrites: bool, facts: CardFa
                 ("max_completion_length", args.max_completion_length),
                 ("seed", args.seed),
                 ("LoRA", {"adapter": "yes: this folder holds the adapter", "merged": "yes, merged into these weights"}.get(lora))]
+    # A method without a teacher (GRPO with a length penalty) has none to name.
+    teacher = f" with {_shown(facts.teacher)} as the teacher" if uses_teacher else ""
     sections = [
         f"---\n{metadata.to_yaml()}\n---",
-        f"# {method}-distilled student of {_shown(facts.student)}",
-        f"This model is {_shown(facts.student)} after {steps} optimizer steps of **{method}** with "
-        f"{_shown(facts.teacher)} as the teacher, trained with mpdistill. {summary}".rstrip(),
+        f"# {method}-distilled student of {_shown(facts.student)}" if teacher else
+        f"# {_shown(facts.student)} trained by {method}",
+        f"This model is {_shown(facts.student)} after {steps} optimizer steps of **{method}**{teacher}, "
+        f"trained with mpdistill. {summary}".rstrip(),
         "## Training\n\n" + _settings_table(training),
     ]
     rewrite = args.rewrite_config() if rewrites or not student_samples else None

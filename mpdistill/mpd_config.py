@@ -50,6 +50,16 @@ class MPDConfig(_WithRewriteFields):
     """TRL's ``DistillationConfig`` plus MPD's settings (see the module docstring)."""
 
     task: str = dataclasses.field(default="math", metadata={"help": "A registered task: chain or math (mpdistill.tasks)."})
+    teacher_instruction: str | None = dataclasses.field(
+        default=None, metadata={"help": "Self-distillation: what the teacher's prompt gains after the problem (default: the "
+                                        "task's concise instruction)."})
+    num_generations: int = dataclasses.field(
+        default=8, metadata={"help": "grpo_length: solutions sampled per problem (a GRPO group)."})
+    length_penalty: float = dataclasses.field(
+        default=0.1, metadata={"help": "grpo_length: reward = correct - length_penalty * tokens / reference tokens."})
+    length_reference: float | None = dataclasses.field(
+        default=None, metadata={"help": "grpo_length: the reference tokens (default: the initial student's mean, "
+                                        "measured before the first step)."})
     max_nonfinite_steps: int = dataclasses.field(
         default=3, metadata={"help": "A step with a NaN/inf loss or gradient is skipped; more in a row stop the run."})
     rollouts_file: str | None = dataclasses.field(

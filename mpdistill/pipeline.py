@@ -17,7 +17,7 @@ from .checkpoints import ROLLOUTS, TRAIN_LOG, checkpoint_step, existing_run, lat
 from .config import ConfigError, Recipe, dump_recipe
 from .durable import replace_dir, write_text
 from .errors import HubError, one_line
-from .methods import get_method
+from .methods import get_method, teacher_source
 from .mix_monitor import MixFloorHalt
 from .model_card import write_card
 from .model_record import write_record
@@ -57,7 +57,7 @@ def prompt_record(recipe: Recipe) -> dict:
 
 def recipe_record(recipe: Recipe) -> dict:
     """The record of a model trained by ``recipe``: how it reads its problems, and how it was made."""
-    return {**prompt_record(recipe), "method": recipe.method, "base_model": recipe.student, "teacher": recipe.teacher}
+    return {**prompt_record(recipe), "method": recipe.method, "base_model": recipe.student, "teacher": teacher_source(recipe)}
 
 
 def training_problems(recipe: Recipe, exclude: set[str] | None = None) -> list[dict]:
@@ -299,6 +299,10 @@ def training_arguments(recipe: Recipe, run_dir: Path) -> MPDConfig:
         trust_remote_code=recipe.security.trust_remote_code,
         **vllm_rollout_args(t.vllm),
         task=recipe.task,
+        teacher_instruction=t.teacher_instruction,
+        num_generations=t.num_generations,
+        length_penalty=t.length_penalty,
+        length_reference=t.length_reference,
         max_nonfinite_steps=t.max_nonfinite_steps,
         rollouts_file=str(run_dir / ROLLOUTS),
         train_log_file=str(run_dir / TRAIN_LOG),
@@ -331,7 +335,7 @@ def build_trainer(recipe: Recipe, student, teacher, tokenizer, rows: list[dict],
     )
     # The card names the models and data as the recipe does (the loaded models know only their folders).
     facts = trainer.card_facts
-    facts.student, facts.teacher, facts.dataset = recipe.student, recipe.teacher, recipe.data.train
+    facts.student, facts.teacher, facts.dataset = recipe.student, teacher_source(recipe), recipe.data.train
     from .console_log import use_console_log
 
     # One short line per logging step instead of the whole metrics dict (all of it stays in train_log.jsonl).
@@ -379,21 +383,26 @@ def train(recipe: Recipe, run_dir: str | Path, *, exclude_prompts: set[str] | No
                                   "no answer (data.answer_field)")
         check_batch_fits(recipe, len(rows), distributed_state().num_processes)
         check_generation_backends(recipe)
-        for role in ("student", "teacher"):  # both folders before either loads
+        for role, name in (("student", recipe.student), ("teacher", teacher_source(recipe))):  # before either loads
+            if name is None:
+                continue
             try:
-                model_path(getattr(recipe, role))
+                model_path(name)
             except ConfigError as err:
                 raise ConfigError(f"{role}: {err}") from None
         args = training_arguments(recipe, run_dir)  # what transformers would refuse, before any weights load
     trust = dict(allow_pickle=recipe.security.allow_pickle_checkpoints, trust_remote_code=recipe.security.trust_remote_code)
     student, tokenizer = load_model(recipe.student, **trust)
     # The teacher is never trained: with training.bf16 its weights are held in bf16 (half the memory).
-    teacher, t_tok = load_model(recipe.teacher, dtype=torch.bfloat16 if recipe.training.bf16 else torch.float32, **trust)
+    teacher_name = teacher_source(recipe)
+    teacher, t_tok = (None, None) if teacher_name is None else load_model(
+        teacher_name, dtype=torch.bfloat16 if recipe.training.bf16 else torch.float32, **trust)
     with same_on_every_process():
-        check_compatible(recipe.student, tokenizer, student, recipe.teacher, t_tok, teacher)
+        if teacher is not None:
+            check_compatible(recipe.student, tokenizer, student, teacher_name, t_tok, teacher)
         check_thinking(recipe, tokenizer, t_tok)
         check_prompt_lengths(recipe, rows, tokenizer, student.config)
-    if is_main_process():
+    if is_main_process() and teacher is not None:
         warn_if_templates_differ(recipe, tokenizer, t_tok)
 
     def write_recipe() -> None:

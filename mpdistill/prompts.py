@@ -20,6 +20,10 @@ MATH_PROMPT = "{problem}\nPlease reason step by step, and put your final answer 
 
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 
+# Self-distillation's "be concise" request for math, after the problem (mpdistill.trainer.teacher_prompt).
+CONCISE_INSTRUCTION = ("Solve this concisely: reason only as much as the answer needs, without restating the problem, "
+                       "re-checking settled steps or exploring abandoned alternatives.")
+
 # Sampling recommended by each family's model card, keyed by (config.model_type, thinking).
 # Qwen3: thinking T=0.6, top-p 0.95, top-k 20; non-thinking T=0.7, top-p 0.8, top-k 20
 # (Qwen3 model card, "Best Practices"; greedy decoding is discouraged there for thinking mode).

@@ -86,16 +86,92 @@ class _RolloutLogMixin:
         self._inputs = inputs
 
 
-class _Trainer(ResumableTraining, DistillationTrainer):
+class RunFiles:
+    """What every method's trainer does around TRL's loop, whatever TRL trainer it is: a run the
+    NaN/inf guard or the mix monitor stopped raises, a resumed run's rollout log is rewound, and a
+    saved student carries its ``mpdistill.json`` and model card. The class names ``_name``,
+    ``_card_summary``, ``_kl_loss``, ``_student_samples`` and holds ``card_facts`` and ``task``."""
+
+    _kl_loss = True  # trained by KL to the teacher (Rewrite-SFT: cross-entropy)
+    _student_samples = True  # the student samples what it trains on (off-policy KD: the teacher does)
+    _uses_teacher = True  # GRPO with a length penalty has none
+
+    def train(self, resume_from_checkpoint=None, **kwargs):
+        """TRL's ``train``; a resumed run's rollout log keeps only the steps its checkpoint holds, and a
+        run the NaN/inf guard or the mix monitor stopped raises instead of returning as if it finished."""
+        rollouts = getattr(self, "rollouts_path", None)
+        if resume_from_checkpoint and rollouts is not None and self.accelerator.is_main_process:
+            from transformers.trainer_utils import get_last_checkpoint
+
+            found = get_last_checkpoint(self.args.output_dir) if resume_from_checkpoint is True else resume_from_checkpoint
+            if found:
+                rewind_rollout_log(rollouts, checkpoint_step(Path(found)))
+        output = super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+        for callback in self.callback_handler.callbacks:
+            if isinstance(callback, MixMonitor) and callback.halted:
+                raise MixFloorHalt(callback.halted)
+            if isinstance(callback, NonFiniteGuard) and callback.halted_at is not None:
+                raise NonFiniteHalt(
+                    f"training stopped at step {self.state.global_step}: more than {callback.limit} steps in a row "
+                    f"had a NaN/inf loss or gradient (skipped steps: {callback.skipped[-callback.limit - 1:]}); lower "
+                    "the learning rate or check the data")
+        return output
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """TRL's ``save_model``, with the folder's ``mpdistill.json`` (task, prompt) that ``mpdistill eval``
+        reads and its model card (``README.md``)."""
+        super().save_model(output_dir, _internal_call)
+        if not _internal_call and self.accelerator.is_main_process:
+            self._describe_folder(output_dir or self.args.output_dir)
+
+    def _describe_folder(self, folder: str) -> None:
+        """``mpdistill.json`` and the model card beside saved weights."""
+        prompt = next(iter(self.train_dataset or []), {}).get("prompt", "")  # plain text, or a conversation
+        kwargs = self.args.chat_template_kwargs or {}
+        write_record(folder, task=self.args.task, prompt_template=self.task.prompt_template,
+                     prompt_style="plain" if isinstance(prompt, str) else "chat", thinking=kwargs.get("enable_thinking"))
+        write_card(folder, self.model_card())
+
+    def model_card(self, evaluation: str | None = None, *, merged: bool = False) -> str:
+        """This run's model card: the models, the method and its settings, the data, the steps trained
+        (``merged``: for the student with its LoRA adapter folded in)."""
+        lora = ("merged" if merged else "adapter") if hasattr(self.model, "peft_config") else None
+        return render_card(method=self._name, summary=getattr(self, "_card_summary", ""),
+                           rewrites=getattr(self, "rewriter", None) is not None, kl_loss=self._kl_loss,
+                           student_samples=self._student_samples, uses_teacher=self._uses_teacher,
+                           facts=self.card_facts, args=self.args, steps=self.state.global_step,
+                           processes=self.accelerator.num_processes, lora=lora, evaluation=evaluation)
+
+    def create_model_card(self, model_name: str | None = None, dataset_name: str | None = None,
+                          tags: str | list[str] | None = None) -> None:
+        """mpdistill's card and ``mpdistill.json`` in the output folder, where TRL writes its card (at
+        each checkpoint save, and before ``push_to_hub`` uploads that folder): a pushed model says how
+        it was made. ``tags``: the Hub tags transformers adds (the trainer's and the model's)."""
+        if self.is_world_process_zero():
+            facts = self.card_facts
+            if dataset_name and not facts.dataset:
+                facts.dataset = dataset_name
+            facts.extra_tags = list(dict.fromkeys([*facts.extra_tags, *([tags] if isinstance(tags, str) else tags or [])]))
+            self._describe_folder(self.args.output_dir)
+
+    def init_hf_repo(self, token: str | None = None) -> None:
+        """transformers creates the Hub repository when a ``push_to_hub`` run starts (on the main process):
+        a failure stops every process after the constructor, in one line, before any step trains."""
+        try:
+            super().init_hf_repo(token=token)
+        except Exception as err:  # noqa: BLE001 (huggingface_hub raises HTTP, URI and network errors)
+            self._hub_error = (f"push_to_hub: cannot create the Hub repository {self.args.hub_model_id or ''} "
+                               f"({type(err).__name__}: {one_line(err)}); check hub_model_id, HF_TOKEN and the network, or "
+                               "turn push_to_hub off")
+
+
+class _Trainer(RunFiles, ResumableTraining, DistillationTrainer):
     """What every method's trainer shares: TRL's constructor with model names (the embedded models'
     included), an :class:`MPDConfig`, resumable checkpoints and the NaN/inf guard.
 
     ``teacher_processing_class`` renders the teacher's own prompts (its rewrites, its samples);
     default: the teacher's tokenizer when the teacher is given by name, else ``processing_class``.
     """
-
-    _kl_loss = True  # trained by KL to the teacher (Rewrite-SFT: cross-entropy)
-    _student_samples = True  # the student samples what it trains on (off-policy KD: the teacher does)
 
     def __init__(self, model, teacher_model=None, args: MPDConfig | None = None, train_dataset=None,
                  eval_dataset=None, processing_class=None, *, teacher_processing_class=None, **kwargs) -> None:
@@ -145,75 +221,6 @@ class _Trainer(ResumableTraining, DistillationTrainer):
     def local_teacher(self):
         """The teacher's own module (not the training wrapper around it), for generation."""
         return self.accelerator.unwrap_model(self.teacher_model)
-
-    def train(self, resume_from_checkpoint=None, **kwargs):
-        """TRL's ``train``; a resumed run's rollout log keeps only the steps its checkpoint holds, and a
-        run the NaN/inf guard or the mix monitor stopped raises instead of returning as if it finished."""
-        rollouts = getattr(self, "rollouts_path", None)
-        if resume_from_checkpoint and rollouts is not None and self.accelerator.is_main_process:
-            from transformers.trainer_utils import get_last_checkpoint
-
-            found = get_last_checkpoint(self.args.output_dir) if resume_from_checkpoint is True else resume_from_checkpoint
-            if found:
-                rewind_rollout_log(rollouts, checkpoint_step(Path(found)))
-        output = super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
-        for callback in self.callback_handler.callbacks:
-            if isinstance(callback, MixMonitor) and callback.halted:
-                raise MixFloorHalt(callback.halted)
-            if isinstance(callback, NonFiniteGuard) and callback.halted_at is not None:
-                raise NonFiniteHalt(
-                    f"training stopped at step {self.state.global_step}: more than {callback.limit} steps in a row "
-                    f"had a NaN/inf loss or gradient (skipped steps: {callback.skipped[-callback.limit - 1:]}); lower "
-                    "the learning rate or check the data")
-        return output
-
-    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
-        """TRL's ``save_model``, with the folder's ``mpdistill.json`` (task, prompt) that ``mpdistill eval``
-        reads and its model card (``README.md``)."""
-        super().save_model(output_dir, _internal_call)
-        if not _internal_call and self.accelerator.is_main_process:
-            self._describe_folder(output_dir or self.args.output_dir)
-
-    def _describe_folder(self, folder: str) -> None:
-        """``mpdistill.json`` and the model card beside saved weights."""
-        prompt = next(iter(self.train_dataset or []), {}).get("prompt", "")  # plain text, or a conversation
-        kwargs = self.args.chat_template_kwargs or {}
-        write_record(folder, task=self.args.task, prompt_template=self.task.prompt_template,
-                     prompt_style="plain" if isinstance(prompt, str) else "chat", thinking=kwargs.get("enable_thinking"))
-        write_card(folder, self.model_card())
-
-    def model_card(self, evaluation: str | None = None, *, merged: bool = False) -> str:
-        """This run's model card: the models, the method and its settings, the data, the steps trained
-        (``merged``: for the student with its LoRA adapter folded in)."""
-        lora = ("merged" if merged else "adapter") if hasattr(self.model, "peft_config") else None
-        return render_card(method=self._name, summary=getattr(self, "_card_summary", ""),
-                           rewrites=getattr(self, "rewriter", None) is not None, kl_loss=self._kl_loss,
-                           student_samples=self._student_samples,
-                           facts=self.card_facts, args=self.args, steps=self.state.global_step,
-                           processes=self.accelerator.num_processes, lora=lora, evaluation=evaluation)
-
-    def create_model_card(self, model_name: str | None = None, dataset_name: str | None = None,
-                          tags: str | list[str] | None = None) -> None:
-        """mpdistill's card and ``mpdistill.json`` in the output folder, where TRL writes its card (at
-        each checkpoint save, and before ``push_to_hub`` uploads that folder): a pushed model says how
-        it was made. ``tags``: the Hub tags transformers adds (the trainer's and the model's)."""
-        if self.is_world_process_zero():
-            facts = self.card_facts
-            if dataset_name and not facts.dataset:
-                facts.dataset = dataset_name
-            facts.extra_tags = list(dict.fromkeys([*facts.extra_tags, *([tags] if isinstance(tags, str) else tags or [])]))
-            self._describe_folder(self.args.output_dir)
-
-    def init_hf_repo(self, token: str | None = None) -> None:
-        """transformers creates the Hub repository when a ``push_to_hub`` run starts (on the main process):
-        a failure stops every process after the constructor, in one line, before any step trains."""
-        try:
-            super().init_hf_repo(token=token)
-        except Exception as err:  # noqa: BLE001 (huggingface_hub raises HTTP, URI and network errors)
-            self._hub_error = (f"push_to_hub: cannot create the Hub repository {self.args.hub_model_id or ''} "
-                               f"({type(err).__name__}: {one_line(err)}); check hub_model_id, HF_TOKEN and the network, or "
-                               "turn push_to_hub off")
-
 
 def _warn_logs_would_be_pushed(args: MPDConfig) -> None:
     """transformers' push_to_hub uploads the whole output folder: logs kept there go with the model."""
@@ -266,12 +273,94 @@ class _PendingStep:
         self.samples, self.budgets, self.answers = [None] * self.n, [None] * self.n, [None] * self.n
 
 
-class OPDTrainer(_Trainer):
-    """On-policy distillation: TRL's trainer as is, with resumable checkpoints."""
+class OPDTrainer(_RolloutLogMixin, _Trainer):
+    """On-policy distillation: TRL's trainer as is, with resumable checkpoints and the rollout log."""
 
     _name = "OPD"
     _card_summary = ("The student samples a solution and is trained by token-level KL against the teacher on "
                      "its own sample (on-policy distillation).")
+
+    def _generate_and_score_completions(self, inputs):
+        self._stash_inputs(inputs)
+        return super()._generate_and_score_completions(inputs)
+
+    def _generate(self, prompts):
+        out = super()._generate(prompts)
+        completion_ids = out[1]
+        texts = self.processing_class.batch_decode(completion_ids, skip_special_tokens=True)
+        records = []
+        for prompt, row, text, ids in zip(prompts, self._inputs, texts, completion_ids, strict=True):
+            gold = row.get("answer")
+            answer = self.task.extract_answer(answer_section(text))
+            records.append({
+                "prompt": prompt, "gold": gold, "student_answer": answer,
+                "student_correct": None if gold is None else answer is not None and self.task.answers_match(answer, gold),
+                "student": text, "student_tokens": len(ids), "trained_on": "student",
+            })
+        self._write_rollouts(records)
+        return out
+
+
+def teacher_prompt(prompt: Any, instruction: str) -> Any:
+    """The prompt as the self-distillation teacher reads it: the problem, then ``instruction`` (a
+    chat's last user turn gets it as a new paragraph; a plain prompt gets it on a line of its own)."""
+    if isinstance(prompt, str):
+        return prompt + ("" if not prompt or prompt.endswith("\n") else "\n") + instruction
+    turns = [dict(m) for m in prompt]
+    last = max((i for i, m in enumerate(turns) if m.get("role") == "user"), default=None)
+    if last is None or not isinstance(turns[last]["content"], str):
+        raise ValueError(f"conversational prompt has no text user turn for the instruction: {prompt!r}")
+    turns[last]["content"] = f"{turns[last]['content']}\n\n{instruction}"
+    return turns
+
+
+class SelfDistillTrainer(OPDTrainer):
+    """Self-distillation with a concise instruction (OPSDC-style): OPD whose teacher is the frozen
+    initial student reading the prompt plus ``args.teacher_instruction`` (the task's "be concise"
+    instruction when unset). The student samples without the instruction; the divergence runs on its
+    sample's tokens, each scored by the teacher after its own, instructed, prompt.
+
+    The hook: TRL's private ``_get_last_hidden_state(unwrapped_model, input_ids, attention_mask, logits_to_keep)``,
+    which ``_compute_loss`` calls for the student and then for the teacher; the teacher's call gets
+    the instructed prompt in front of the same completion (``tests/test_trl_contract.py``).
+    """
+
+    _name = "Self-distillation"
+    _card_summary = ("The student samples a solution and is trained by token-level KL against its own frozen "
+                     "initial copy, which reads the problem with an instruction to be concise (on-policy "
+                     "self-distillation).")
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.instruction = self.args.teacher_instruction or self.task.concise_instruction
+        if not self.instruction:
+            raise ConfigError(f"self-distillation needs a concise instruction for the teacher: task {self.task.name!r} "
+                              "has none; set training.teacher_instruction")
+        self._teacher_view: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def _generate_and_score_completions(self, inputs):
+        out = super()._generate_and_score_completions(inputs)
+        ids, _, _ = self._tokenize_prompts([teacher_prompt(row["prompt"], self.instruction) for row in inputs])
+        device = out["prompt_ids"].device
+        pad_id = self._tokenizer.pad_token_id
+        width = max(map(len, ids))
+        # Left-padded like TRL's prompts, so that every teacher prompt ends where its completion starts.
+        out["teacher_prompt_ids"] = torch.tensor([[pad_id] * (width - len(p)) + list(p) for p in ids], device=device)
+        out["teacher_prompt_mask"] = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in ids], device=device)
+        return out
+
+    def _compute_loss(self, unwrapped_student, inputs, num_items_in_batch):
+        self._teacher_view = (torch.cat([inputs["teacher_prompt_ids"], inputs["completion_ids"]], dim=1),
+                              torch.cat([inputs["teacher_prompt_mask"], inputs["completion_mask"]], dim=1))
+        try:
+            return super()._compute_loss(unwrapped_student, inputs, num_items_in_batch)
+        finally:
+            self._teacher_view = None
+
+    def _get_last_hidden_state(self, unwrapped_model, input_ids, attention_mask, logits_to_keep, *args, **kwargs):
+        if self._teacher_view is not None and unwrapped_model is self.local_teacher():
+            input_ids, attention_mask = self._teacher_view
+        return super()._get_last_hidden_state(unwrapped_model, input_ids, attention_mask, logits_to_keep, *args, **kwargs)
 
 
 class MPDTrainer(_RolloutLogMixin, _Trainer):

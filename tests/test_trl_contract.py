@@ -97,3 +97,29 @@ def test_what_the_overlapped_step_relies_on():
     assert 'num_items_in_batch = inputs["num_items_in_batch"].clamp(min=1.0) / self.accelerator.num_processes' in compute
     step = inspect.getsource(DistillationTrainer.training_step)
     assert "self._step += 1" in step
+
+
+def test_what_self_distillation_relies_on():
+    # SelfDistillTrainer gives the teacher its instructed prompt inside _get_last_hidden_state: the
+    # loss must call it for the teacher with the concatenated ids, keeping only the completion's
+    # positions (so a longer teacher prompt in front of the same completion lines up).
+    params = list(inspect.signature(DistillationTrainer._get_last_hidden_state).parameters)
+    assert params[:5] == ["self", "unwrapped_model", "input_ids", "attention_mask", "logits_to_keep"]
+    loss = inspect.getsource(DistillationTrainer._compute_loss)
+    assert 'logits_to_keep = inputs["completion_ids"].size(1)' in loss
+    assert "self._get_last_hidden_state,\n                unwrapped_teacher,\n                input_ids," in loss
+    # split_tensor_dict carries every tensor of the batch, the teacher's prompt ids included.
+    prepare = inspect.getsource(DistillationTrainer._prepare_inputs)
+    assert "split_tensor_dict(generation_batch, self.args.gradient_accumulation_steps)" in prepare
+
+
+def test_what_the_length_penalty_baseline_relies_on():
+    from trl import GRPOTrainer
+
+    # Reward functions get the dataset's other columns (the gold "answer") as keyword lists, and are
+    # logged under their __name__.
+    rewards = inspect.getsource(GRPOTrainer._calculate_rewards)
+    assert 'keys = [key for key in inputs[0] if key not in ["prompt", "completion", "completion_ids"]]' in rewards
+    assert "reward_func(" in rewards and "completion_ids=completion_ids_list" in rewards
+    assert "get_callable_name(reward_funcs[i])" in inspect.getsource(GRPOTrainer.__init__)
+    assert list(inspect.signature(GRPOTrainer._tokenize_prompts).parameters) == ["self", "prompts"]

@@ -33,6 +33,9 @@ class Task:
     # whether it is sent through the teacher's chat template.
     rewrite_prompt: str | None = None
     rewrite_chat: bool = True
+    # What a prompt gains to ask for a concise answer: the self-distillation teacher's prompt is the
+    # problem, then this (see mpdistill.trainer.teacher_prompt).
+    concise_instruction: str | None = None
     # (n, seed, split) -> problem rows {"prompt", "problem", "answer"}, for a task that makes its own.
     make_problems: Callable[[int, int, str], list[dict]] | None = None
 
@@ -54,15 +57,17 @@ def chain_task() -> Task:
 
     return Task(name="chain", extract_answer=chain.extract_answer, answers_match=lambda a, b: a.strip() == b.strip(),
                 route_kept=chain.route_kept, rewrite_prompt=chain.REWRITE_PROMPT, rewrite_chat=False,
+                concise_instruction=chain.CONCISE_INSTRUCTION,
                 make_problems=lambda n, seed, split: chain_problems(n, seed, split))
 
 
 def math_task() -> Task:
-    from ..prompts import DEFAULT_REWRITE_PROMPT, MATH_PROMPT
+    from ..prompts import CONCISE_INSTRUCTION, DEFAULT_REWRITE_PROMPT, MATH_PROMPT
     from .math import answers_match, extract_answer, numbers_kept
 
     return Task(name="math", extract_answer=extract_answer, answers_match=answers_match,
-                prompt_template=MATH_PROMPT, route_kept=numbers_kept, rewrite_prompt=DEFAULT_REWRITE_PROMPT)
+                prompt_template=MATH_PROMPT, route_kept=numbers_kept, rewrite_prompt=DEFAULT_REWRITE_PROMPT,
+                concise_instruction=CONCISE_INSTRUCTION)
 
 
 # Name -> a function that builds the task (tasks import their graders only when asked for).

@@ -45,6 +45,9 @@ ANSWER_PREFIX = "A:"
 REWRITE_TEMPLATE = "{prompt}rewrite:\n{trace}\nshort:\n"
 # The same layout as a run's rewrite prompt (fields {problem} and {trace}; the problem is the prompt).
 REWRITE_PROMPT = REWRITE_TEMPLATE.replace("{prompt}", "{problem}")
+# The embedded default's "be concise" instruction, written after the problem: the embedded student
+# read a few problems asked this way, answered concisely (self-distillation's teacher prompt).
+CONCISE_INSTRUCTION = "short:\n"
 
 _ANSWER_RE = re.compile(r"A:(\d)")
 _EQUATION_RE = re.compile(r"\d[+-]\d=\d")

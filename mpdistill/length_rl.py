@@ -1,0 +1,145 @@
+"""The RL baseline: GRPO with a length penalty (the O1-Pruner / L1 / ThinkPrune line), on TRL's
+``GRPOTrainer``.
+
+The student samples ``num_generations`` solutions per problem and is trained by GRPO on
+
+    reward = correct - length_penalty * tokens / reference_tokens
+
+where ``correct`` is 1 when the task reads the gold answer in the solution, and
+``reference_tokens`` is the initial student's mean solution length, measured before the first
+step on training problems with the run's own sampling settings (or set by ``length_reference``).
+No teacher is involved. The two terms are separate reward functions, so TRL logs each
+(``rewards/correct/mean``, ``rewards/length/mean``).
+
+Settings come in the same :class:`~mpdistill.MPDConfig` as every other method (its
+TrainingArguments fields, ``num_generations``, ``length_penalty``, ``length_reference``); TRL's
+own GRPO settings keep TRL's defaults (DAPO loss, no KL to a reference model).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+
+from trl import GRPOConfig, GRPOTrainer
+
+from .checkpoints import ResumableTraining
+from .errors import ConfigError
+from .model_card import CardFacts
+from .mpd_config import MPDConfig
+from .nonfinite import NonFiniteGuard
+from .rewrite import answer_section
+from .rollout import GenerationSettings, generate_texts
+from .train_log import TrainLogFile
+from .trainer import RunFiles, _loaded_name, _RolloutLogMixin
+
+# How many training problems the initial student answers to measure the reference length.
+REFERENCE_PROBLEMS = 64
+
+
+@dataclasses.dataclass
+class LengthRLConfig(GRPOConfig):
+    """TRL's ``GRPOConfig`` plus what every mpdistill run carries (task, log files, NaN guard)."""
+
+    task: str = "math"
+    length_penalty: float = 0.1
+    length_reference: float | None = None
+    max_nonfinite_steps: int = 3
+    rollouts_file: str | None = None
+    train_log_file: str | None = None
+
+    get_task = MPDConfig.get_task
+    rollouts_path = MPDConfig.rollouts_path
+    train_log_path = MPDConfig.train_log_path
+
+
+def grpo_config(args: MPDConfig) -> LengthRLConfig:
+    """``args`` as GRPO settings: every TrainingArguments field and sampling setting as given; GRPO's
+    ``beta`` (a KL coefficient, not the distillation mix) stays TRL's default."""
+    ours = {f.name for f in dataclasses.fields(LengthRLConfig) if f.init}
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(args) if f.init and f.name in ours}
+    values.pop("beta", None)
+    values.pop("rewrite_config", None)
+    if args.per_device_train_batch_size * args.gradient_accumulation_steps % args.num_generations:
+        raise ConfigError(f"training.batch_size x gradient_accumulation_steps "
+                          f"({args.per_device_train_batch_size * args.gradient_accumulation_steps}) must be a multiple of "
+                          f"training.num_generations ({args.num_generations}): GRPO samples whole groups")
+    return LengthRLConfig(**values)
+
+
+class LengthPenaltyGRPOTrainer(RunFiles, _RolloutLogMixin, ResumableTraining, GRPOTrainer):
+    """GRPO with a length penalty, constructed like the distillation trainers (``teacher_model`` is
+    accepted for the same call and not used)."""
+
+    _tag_names = ["trl", "grpo", "length-penalty"]
+    _name = "GRPO with a length penalty"
+    _kl_loss = False
+    _uses_teacher = False
+    _card_summary = ("The student samples several solutions per problem and is trained by GRPO on the reward "
+                     "correct - length_penalty x tokens / (the initial student's mean tokens); no teacher.")
+
+    def __init__(self, model, teacher_model=None, args: MPDConfig | None = None, train_dataset=None, eval_dataset=None,
+                 processing_class=None, *, teacher_processing_class=None, peft_config=None, **kwargs) -> None:
+        from .models import load_tokenizer, resolve_model
+
+        if not isinstance(args, MPDConfig):
+            raise TypeError(f"{type(self).__name__} takes an mpdistill.MPDConfig, got {type(args).__name__}")
+        self.card_facts = CardFacts(student=model if isinstance(model, str) else _loaded_name(model), teacher=None,
+                                    problems=len(train_dataset) if hasattr(train_dataset, "__len__") else None)
+        if isinstance(model, str):
+            model = resolve_model(model)
+            if processing_class is None:
+                processing_class = load_tokenizer(model, trust_remote_code=args.trust_remote_code)
+        config = grpo_config(args)
+        self.task = config.get_task()
+        self._inputs: list[dict] = []
+        super().__init__(model, reward_funcs=[self._correct, self._length], args=config, train_dataset=train_dataset,
+                         eval_dataset=eval_dataset, processing_class=processing_class, peft_config=peft_config, **kwargs)
+        self.add_callback(NonFiniteGuard(config.max_nonfinite_steps, metrics=self._metrics))
+        if path := config.train_log_path():
+            self.add_callback(TrainLogFile(path))
+        self.length_reference = config.length_reference or self._measure_reference(train_dataset)
+
+    def _measure_reference(self, dataset) -> float:
+        """The initial student's mean tokens per solution on the first training problems, sampled as
+        the run samples (its temperature, top-p/k and completion limit), seeded by the run's seed."""
+        rows = [dataset[i] for i in range(min(REFERENCE_PROBLEMS, len(dataset)))]
+        prompts, _, _ = self._tokenize_prompts([r["prompt"] for r in rows])  # as TRL renders them for sampling
+        a = self.args
+        settings = GenerationSettings(max_new_tokens=a.max_completion_length, temperature=a.temperature,
+                                      top_p=a.top_p, top_k=a.top_k or 0, batch_size=len(rows))
+        model = self.accelerator.unwrap_model(self.model)
+        gens = generate_texts(model, self.processing_class, [list(p) for p in prompts], settings,
+                              seed=random.Random(a.seed).randrange(2**31))
+        model.train()
+        mean = sum(len(g.token_ids) + (0 if g.truncated else 1) for g in gens) / len(gens)
+        if mean <= 0:
+            raise ConfigError("the initial student wrote empty solutions: no length to penalise against")
+        return float(mean)
+
+    def random_streams(self) -> dict[str, random.Random]:
+        return {}
+
+    def _generate_and_score_completions(self, inputs):
+        self._stash_inputs(inputs)
+        return super()._generate_and_score_completions(inputs)
+
+    def _correct(self, prompts, completions, completion_ids, **kwargs) -> list[float]:
+        golds = kwargs.get("answer") or [None] * len(completions)
+        texts = [c if isinstance(c, str) else c[-1]["content"] for c in completions]
+        answers = [self.task.extract_answer(answer_section(t)) for t in texts]
+        correct = [gold is not None and a is not None and self.task.answers_match(a, gold) for a, gold in zip(answers, golds)]
+        self._write_rollouts([
+            {"prompt": p, "gold": gold, "student_answer": a, "student_correct": None if gold is None else ok,
+             "student": t, "student_tokens": len(ids), "trained_on": "student"}
+            for p, gold, a, ok, t, ids in zip(prompts, golds, answers, correct, texts, completion_ids)])
+        return [float(ok) for ok in correct]
+
+    def _length(self, prompts, completions, completion_ids, **kwargs) -> list[float]:
+        self._metrics["train" if self.model.training else "eval"]["length/reference_tokens"].append(self.length_reference)
+        return [-self.args.length_penalty * len(ids) / self.length_reference for ids in completion_ids]
+
+    # TRL names reward functions by __name__ in its metrics; bound methods keep theirs.
+    _correct.__name__ = "correct"
+    _length.__name__ = "length"
+

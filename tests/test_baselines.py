@@ -1,0 +1,121 @@
+"""The two competitor baselines: self-distillation with a concise instruction (OPSDC-style) and GRPO
+with a length penalty, on the shipped embedded student (a real model that follows the instruction)."""
+
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from mpdistill.cli import app
+from mpdistill.config import ConfigError, load_recipe
+from mpdistill.length_rl import grpo_config
+from mpdistill.models import load_model
+from mpdistill.pipeline import train, training_arguments
+from mpdistill.recipes import shipped_path
+from mpdistill.rollout import GenerationSettings, generate_texts
+from mpdistill.tasks import chain
+from mpdistill.tasks.problems import chain_problems
+from mpdistill.trainer import SelfDistillTrainer, teacher_prompt
+
+TINY = {"training": {"steps": 2, "batch_size": 8, "logging_steps": 1}, "data": {"n_train": 16}}
+
+
+def _recipe(method, **training):
+    return load_recipe(shipped_path("embedded"), {**TINY, "method": method,
+                                                  "training": {**TINY["training"], **training}})
+
+
+def test_the_teacher_prompt_adds_the_instruction_after_the_problem():
+    assert teacher_prompt("Q:1+2\n", "short:\n") == "Q:1+2\nshort:\n"
+    assert teacher_prompt("What is 2+2?", "Be brief.") == "What is 2+2?\nBe brief."
+    chat = [{"role": "system", "content": "s"}, {"role": "user", "content": "What is 2+2?"}]
+    assert teacher_prompt(chat, "Be brief.") == [chat[0], {"role": "user", "content": "What is 2+2?\n\nBe brief."}]
+    assert chat[1]["content"] == "What is 2+2?"  # the student's prompt is left as it was
+    with pytest.raises(ValueError, match="no text user turn"):
+        teacher_prompt([{"role": "system", "content": "s"}], "Be brief.")
+
+
+def test_the_embedded_student_is_concise_when_asked_and_verbose_when_not():
+    model, tok = load_model("embedded:student")
+    problems = chain_problems(48, 0, split="validation")
+    settings = GenerationSettings(max_new_tokens=256, temperature=0.0, batch_size=48)
+    lengths, right = {}, {}
+    for name, suffix in (("plain", ""), ("asked", chain.CONCISE_INSTRUCTION)):
+        ids = [tok(p["prompt"] + suffix, add_special_tokens=False)["input_ids"] for p in problems]
+        gens = generate_texts(model, tok, ids, settings, seed=0)
+        lengths[name] = sum(len(g.token_ids) for g in gens) / len(gens)
+        right[name] = sum(chain.is_correct(g.text, p["answer"]) for g, p in zip(gens, problems)) / len(gens)
+    assert lengths["asked"] < 0.5 * lengths["plain"], lengths
+    assert right["asked"] >= 0.6 and right["plain"] >= 0.6, right
+
+
+def test_self_distillation_scores_the_students_sample_after_the_instructed_prompt(tmp_path, monkeypatch):
+    seen = []
+    original = SelfDistillTrainer._get_last_hidden_state
+
+    def spy(self, unwrapped_model, input_ids, attention_mask, logits_to_keep, *args, **kwargs):
+        role = "teacher" if unwrapped_model is self.local_teacher() else "student"
+        view = self._teacher_view[0] if role == "teacher" else input_ids
+        seen.append((role, view.clone(), logits_to_keep))
+        return original(self, unwrapped_model, input_ids, attention_mask, logits_to_keep, *args, **kwargs)
+
+    monkeypatch.setattr(SelfDistillTrainer, "_get_last_hidden_state", spy)
+    recipe = _recipe("self_distill")
+    run = tmp_path / "run"
+    train(recipe, run)
+    _, tok = load_model("embedded:student")
+    pairs = [(seen[i], seen[i + 1]) for i in range(0, len(seen), 2)]
+    assert pairs and all(s[0] == "student" and t[0] == "teacher" for s, t in pairs)
+    for (_, student_ids, k), (_, teacher_ids, k2) in pairs:
+        assert k == k2
+        assert torch.equal(student_ids[:, -k:], teacher_ids[:, -k:])  # the same completion tokens
+        for row_s, row_t in zip(student_ids, teacher_ids):
+            s_prompt = tok.decode(row_s[:-k], skip_special_tokens=True)
+            t_prompt = tok.decode(row_t[:-k], skip_special_tokens=True)
+            assert t_prompt == s_prompt + chain.CONCISE_INSTRUCTION and "short" not in s_prompt
+    # The frozen teacher is the initial student: the card and the run's record say so.
+    record = json.loads((run / "model" / "mpdistill.json").read_text())
+    assert record["teacher"] == "embedded:student"
+    rollouts = [json.loads(line) for line in (run / "rollouts.jsonl").read_text().splitlines()]
+    assert len(rollouts) == 16 and all(r["trained_on"] == "student" and r["student_tokens"] > 0 for r in rollouts)
+
+
+def test_grpo_settings_come_from_the_same_config():
+    recipe = _recipe("grpo_length", length_penalty=0.3, learning_rate=2e-4)
+    config = grpo_config(training_arguments(recipe, __import__("pathlib").Path("/nonexistent/run")))
+    assert (config.learning_rate, config.per_device_train_batch_size, config.num_generations) == (2e-4, 8, 8)
+    assert (config.temperature, config.max_completion_length, config.length_penalty) == (1.0, 200, 0.3)
+    assert config.beta == 0.0  # GRPO's KL coefficient, not the distillation recipe's 0.5 JSD mix
+    with pytest.raises(ConfigError, match="multiple of training.num_generations"):
+        grpo_config(training_arguments(_recipe("grpo_length", batch_size=6), __import__("pathlib").Path("/x")))
+
+
+def test_grpo_length_rewards_correct_answers_minus_their_relative_length(tmp_path):
+    run = tmp_path / "run"
+    train(_recipe("grpo_length", length_penalty=0.2), run)
+    log = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
+    steps = [e for e in log if "rewards/length/mean" in e]
+    assert len(steps) == 2
+    for e in steps:
+        reference = e["length/reference_tokens"]
+        assert 40 < reference < 200  # the initial student's mean length, measured before the first step
+        assert e["rewards/length/mean"] == pytest.approx(-0.2 * e["completions/mean_length"] / reference, rel=1e-4)
+        assert 0 <= e["rewards/correct/mean"] <= 1
+    rollouts = [json.loads(line) for line in (run / "rollouts.jsonl").read_text().splitlines()]
+    assert len(rollouts) == 16  # 2 steps x 8 samples: one problem, 8 solutions per step
+    assert len({r["prompt"] for r in rollouts if r["step"] == 0}) == 1
+    for r in rollouts:
+        assert r["student_correct"] == chain.is_correct(r["student"], r["gold"])
+    assert not (run / "model" / "mpdistill.json").read_text().count("embedded:teacher")
+    card = (run / "model" / "README.md").read_text()
+    assert "# `embedded:student` trained by GRPO with a length penalty" in card and "as the teacher" not in card
+
+
+def test_dry_run_names_the_teacher_each_baseline_uses():
+    result = CliRunner().invoke(app, ["train", "embedded", "--dry-run", "--set", "method=grpo_length"])
+    assert result.exit_code == 0, result.output
+    assert "not used by grpo_length" in result.output
+    result = CliRunner().invoke(app, ["train", "embedded", "--dry-run", "--set", "method=self_distill"])
+    assert result.exit_code == 0, result.output
+    assert "embedded:student" in result.output.split("teacher", 1)[1].splitlines()[0]
