@@ -92,9 +92,19 @@ def make_model(shape: ModelShape, tokenizer: PreTrainedTokenizerFast, seed: int)
 # Corpora: (prompt, completion) pairs; the loss covers the completion and its end-of-sequence.
 
 
+# The share of the student's examples where the problem asks for a concise answer (the prompt ends
+# with chain.CONCISE_INSTRUCTION) and the answer is concise, as instruction-tuned models have seen
+# such requests: asked, it can be brief; not asked, it stays verbose. Self-distillation's teacher
+# is this student, asked.
+STUDENT_INSTRUCTED_SHARE = 0.10
+
+
 def student_example(rng: random.Random) -> tuple[str, str]:
     problem = chain.sample_problem(rng, "train")
-    return problem.prompt, chain.verbose_trace(problem, rng.choice(chain.ROUTES), rng)
+    route = rng.choice(chain.ROUTES)
+    if rng.random() < STUDENT_INSTRUCTED_SHARE:
+        return problem.prompt + chain.CONCISE_INSTRUCTION, chain.concise_trace(problem, route)
+    return problem.prompt, chain.verbose_trace(problem, route, rng)
 
 
 TEACHER_OWN_ROUTE_P = {"L": 0.85, "P": 0.15}
