@@ -1,4 +1,4 @@
-"""Command line: ``mpdistill demo | train | eval | compare | view | bench | rewrite | recipes | bootstrap``."""
+"""Command line: ``mpdistill demo | study | train | eval | compare | view | bench | rewrite | recipes | bootstrap``."""
 
 from __future__ import annotations
 
@@ -59,6 +59,34 @@ def demo(
         run_demo(out, quick=quick, seed=seed, recipe_path=recipe, rewrite_backend=rewrite_backend, console=console)
     except (ConfigError, DataError, RecipeNotFound) as err:
         _fail(str(err))
+    except KeyboardInterrupt:
+        _interrupted(f"finished trainings and evaluations are kept in {out}; run the same command again to go on "
+                     "from there")
+
+
+@app.command()
+def study(
+    out: Path = typer.Option(Path("mpd-study"), "--out", help="Output folder (re-running with it resumes)."),
+    quick: bool = typer.Option(False, "--quick", help="A small version of the study (for tests)."),
+    seeds: str = typer.Option("0,1,2", "--seeds", help="Training seeds, comma-separated (0 must be one: tuning uses it)."),
+    methods: Optional[str] = typer.Option(None, "--methods", help="mpd and the baselines to compare it with, "
+                                          "comma-separated (default: every one)."),
+) -> None:
+    """MPD and every baseline on the embedded default: tuned on validation, several seeds, three decodings, costs."""
+    from .config import ConfigError
+    from .study import METHODS, run_study
+    from .tasks.problems import DataError
+
+    try:
+        seed_list = tuple(int(s) for s in seeds.split(",") if s.strip())
+        if 0 not in seed_list:
+            raise ConfigError(f"--seeds must include 0 (each method is tuned with seed 0); got {seeds!r}")
+        chosen = tuple(m.strip() for m in methods.split(",")) if methods else METHODS
+        run_study(out, quick=quick, seeds=seed_list, methods=chosen, console=console)
+    except (ConfigError, DataError) as err:
+        _fail(str(err))
+    except ValueError as err:
+        _fail(f"--seeds/--methods: {err}")
     except KeyboardInterrupt:
         _interrupted(f"finished trainings and evaluations are kept in {out}; run the same command again to go on "
                      "from there")
