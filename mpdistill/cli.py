@@ -47,7 +47,7 @@ def demo(
         None, "--rewrite-backend", help="Where the teacher writes its rewrites: transformers (the recipe's default) or "
         "vllm (an in-process vLLM engine; its CPU build works on a laptop, see docs/VLLM.md)."),
 ) -> None:
-    """Train MPD and every baseline on the embedded default and compare them on held-out problems."""
+    """Train MPD and the three distillation baselines on the embedded default and compare them on held-out problems."""
     from .config import ConfigError
     from .demo import run_demo
     from .recipes import RecipeNotFound

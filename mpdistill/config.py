@@ -124,7 +124,7 @@ class TrainingConfig(_Strict):
     teacher_instruction: str | None = None
     # grpo_length: GRPO with reward = correct - length_penalty * tokens / reference tokens, where the
     # reference is the initial student's mean length (measured before the first step unless set);
-    # num_generations solutions per problem (batch_size must be a multiple of it).
+    # num_generations solutions per problem (batch_size x gradient_accumulation_steps must be a multiple of it).
     num_generations: int = Field(default=8, ge=2)
     length_penalty: float = Field(default=0.1, ge=0)
     length_reference: float | None = Field(default=None, gt=0)

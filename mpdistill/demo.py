@@ -1,4 +1,5 @@
-"""``mpdistill demo``: MPD and every baseline on the embedded default, measured side by side.
+"""``mpdistill demo``: MPD and the three distillation baselines on the embedded default, side by side
+(the full comparison, every baseline tuned and seeded: ``mpdistill study``).
 
 One process, one seed: the embedded student (base) is trained by each method with the same
 recipe (the shipped ``embedded``: ``mpdistill/recipes/embedded.yaml``; only ``method`` changes),

@@ -74,7 +74,8 @@ def wilson_interval_mean(scores: Sequence[float], z: float = 1.96) -> tuple[floa
     return wilson_interval(successes, n, z)  # type: ignore[arg-type]  # the formula accepts fractions
 
 
-def paired_delta_ci(a: Sequence[float], b: Sequence[float], z: float = 1.96) -> tuple[float, float, float]:
+def paired_delta_ci(a: Sequence[float], b: Sequence[float], z: float = 1.96,
+                    bounds: tuple[float, float] | None = (-1.0, 1.0)) -> tuple[float, float, float]:
     """Mean of ``b_i - a_i`` over the same problems, with a normal-approximation CI.
 
     ``a_i``, ``b_i`` are per-problem scores: a correctness (bool) or, with several samples per
@@ -83,7 +84,9 @@ def paired_delta_ci(a: Sequence[float], b: Sequence[float], z: float = 1.96) -> 
     between-problem variance that two independent intervals would count twice. The standard
     error uses the sample standard deviation of the differences (n - 1); with a single problem it
     is undefined and the bounds are NaN. When all differences are equal the interval collapses
-    to a point, a known weakness of the normal approximation on small sets.
+    to a point, a known weakness of the normal approximation on small sets. ``bounds``: where the
+    interval is clipped (a difference of accuracies lies in [-1, 1]); None for unbounded scores
+    such as token counts.
     """
     if len(a) != len(b):
         raise ValueError(f"paired_delta_ci needs equal lengths, got len(a)={len(a)} and len(b)={len(b)}")
@@ -94,7 +97,9 @@ def paired_delta_ci(a: Sequence[float], b: Sequence[float], z: float = 1.96) -> 
     if len(diffs) < 2:
         return delta, math.nan, math.nan
     half = z * statistics.stdev(diffs) / math.sqrt(len(diffs))
-    return delta, max(-1.0, delta - half), min(1.0, delta + half)
+    if bounds is None:
+        return delta, delta - half, delta + half
+    return delta, max(bounds[0], delta - half), min(bounds[1], delta + half)
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:

@@ -31,7 +31,7 @@ from .nonfinite import NonFiniteGuard
 from .rewrite import answer_section
 from .rollout import GenerationSettings, generate_texts
 from .train_log import TrainLogFile
-from .trainer import RunFiles, _loaded_name, _RolloutLogMixin
+from .trainer import RunFiles, _loaded_name, _RolloutLogMixin, check_hub_repository, student_record
 
 # How many training problems the initial student answers to measure the reference length.
 REFERENCE_PROBLEMS = 64
@@ -83,21 +83,25 @@ class LengthPenaltyGRPOTrainer(RunFiles, _RolloutLogMixin, ResumableTraining, GR
         from .models import load_tokenizer, resolve_model
 
         if not isinstance(args, MPDConfig):
-            raise TypeError(f"{type(self).__name__} takes an mpdistill.MPDConfig, got {type(args).__name__}")
+            raise TypeError(f"{type(self).__name__} takes an mpdistill.MPDConfig (output_dir, task, the sampling and "
+                            f"length_penalty settings), got {type(args).__name__}")
         self.card_facts = CardFacts(student=model if isinstance(model, str) else _loaded_name(model), teacher=None,
                                     problems=len(train_dataset) if hasattr(train_dataset, "__len__") else None)
-        if isinstance(model, str):
+        config = grpo_config(args)
+        if isinstance(model, str):  # loaded by TRL, under mpdistill's loading policy (safetensors only)
             model = resolve_model(model)
+            config.model_init_kwargs = {"use_safetensors": True, **(config.model_init_kwargs or {})}
             if processing_class is None:
                 processing_class = load_tokenizer(model, trust_remote_code=args.trust_remote_code)
-        config = grpo_config(args)
         self.task = config.get_task()
-        self._inputs: list[dict] = []
+        self._hub_error: str | None = None  # set by init_hf_repo (RunFiles), on the main process
         super().__init__(model, reward_funcs=[self._correct, self._length], args=config, train_dataset=train_dataset,
                          eval_dataset=eval_dataset, processing_class=processing_class, peft_config=peft_config, **kwargs)
+        check_hub_repository(self)
         self.add_callback(NonFiniteGuard(config.max_nonfinite_steps, metrics=self._metrics))
         if path := config.train_log_path():
             self.add_callback(TrainLogFile(path))
+        # Measured per run (so per seed): the reward's scale is the initial student's length as this run samples it.
         self.length_reference = config.length_reference or self._measure_reference(train_dataset)
 
     def _measure_reference(self, dataset) -> float:
@@ -117,23 +121,14 @@ class LengthPenaltyGRPOTrainer(RunFiles, _RolloutLogMixin, ResumableTraining, GR
             raise ConfigError("the initial student wrote empty solutions: no length to penalise against")
         return float(mean)
 
-    def random_streams(self) -> dict[str, random.Random]:
-        return {}
-
-    def _generate_and_score_completions(self, inputs):
-        self._stash_inputs(inputs)
-        return super()._generate_and_score_completions(inputs)
-
     def _correct(self, prompts, completions, completion_ids, **kwargs) -> list[float]:
         golds = kwargs.get("answer") or [None] * len(completions)
         texts = [c if isinstance(c, str) else c[-1]["content"] for c in completions]
         answers = [self.task.extract_answer(answer_section(t)) for t in texts]
-        correct = [gold is not None and a is not None and self.task.answers_match(a, gold) for a, gold in zip(answers, golds)]
-        self._write_rollouts([
-            {"prompt": p, "gold": gold, "student_answer": a, "student_correct": None if gold is None else ok,
-             "student": t, "student_tokens": len(ids), "trained_on": "student"}
-            for p, gold, a, ok, t, ids in zip(prompts, golds, answers, correct, texts, completion_ids)])
-        return [float(ok) for ok in correct]
+        records = [student_record(self.task, p, gold, t, len(ids), a)
+                   for p, gold, t, ids, a in zip(prompts, golds, texts, completion_ids, answers)]
+        self._write_rollouts(records)
+        return [float(bool(r["student_correct"])) for r in records]
 
     def _length(self, prompts, completions, completion_ids, **kwargs) -> list[float]:
         self._metrics["train" if self.model.training else "eval"]["length/reference_tokens"].append(self.length_reference)

@@ -8,7 +8,7 @@ given as the class, or as ``"module:Class"`` so that naming a method loads no tr
 * ``teacher_text``: it trains on text the teacher wrote (rewrites or the teacher's own samples), so
   ``rewrite.require_gold`` applies and training problems need gold answers for it;
 * ``self_teacher``: its teacher is the student as it starts (a frozen copy), not the recipe's ``teacher``;
-* ``teacher``: whether it uses a teacher at all (GRPO with a length penalty does not: the recipe's
+* ``uses_teacher``: whether it uses a teacher at all (GRPO with a length penalty does not: the recipe's
   ``teacher`` is not loaded).
 
 A new method is one :func:`register_method` call.
@@ -29,7 +29,7 @@ class Method:
     rewrites: bool = False
     teacher_text: bool = False
     self_teacher: bool = False
-    teacher: bool = True
+    uses_teacher: bool = True
 
     def trainer_class(self) -> type:
         if not isinstance(self.trainer, str):
@@ -54,7 +54,7 @@ def teacher_source(recipe) -> str | None:
     teacher is the initial student (self_distill) a second, frozen copy of the ``student``, and
     None for a method without a teacher (grpo_length)."""
     method = get_method(recipe.method)
-    if not method.teacher:
+    if not method.uses_teacher:
         return None
     return recipe.student if method.self_teacher else recipe.teacher
 
@@ -65,6 +65,6 @@ for _method in (
     Method("offpolicy_kd", "mpdistill.trainer:OffPolicyKDTrainer", teacher_text=True),
     Method("rewrite_sft", "mpdistill.trainer:RewriteSFTTrainer", rewrites=True, teacher_text=True),
     Method("self_distill", "mpdistill.trainer:SelfDistillTrainer", self_teacher=True),
-    Method("grpo_length", "mpdistill.length_rl:LengthPenaltyGRPOTrainer", teacher=False),
+    Method("grpo_length", "mpdistill.length_rl:LengthPenaltyGRPOTrainer", uses_teacher=False),
 ):
     register_method(_method)

@@ -106,8 +106,8 @@ def render_card(*, method: str, summary: str = "", rewrites: bool, facts: CardFa
     teacher = f" with {_shown(facts.teacher)} as the teacher" if uses_teacher else ""
     sections = [
         f"---\n{metadata.to_yaml()}\n---",
-        f"# {method}-distilled student of {_shown(facts.student)}" if teacher else
-        f"# {_shown(facts.student)} trained by {method}",
+        f"# {method}-distilled student of {_shown(facts.student)}" if uses_teacher and "distill" not in method.lower()
+        else f"# {_shown(facts.student)} trained by {method}",
         f"This model is {_shown(facts.student)} after {steps} optimizer steps of **{method}**{teacher}, "
         f"trained with mpdistill. {summary}".rstrip(),
         "## Training\n\n" + _settings_table(training),

@@ -3,7 +3,7 @@
 The rules are fixed here, before any run:
 
 1. **Tuning on validation only.** Each method trains with seed 0 at every setting of its grid
-   (:data:`GRID`: the learning rates; for GRPO also the length penalty) and answers
+   (:data:`GRID`: learning rates 1e-4, 3e-4, 1e-3; for GRPO also the length penalty 0.1, 0.3) and answers
    ``n_validation`` problems of the *validation* split by greedy decoding. Its setting is the one
    with the highest validation accuracy; among settings within :data:`TIE_POINTS` points of it,
    the one with the fewest mean tokens (then the first in the grid).
@@ -12,15 +12,18 @@ The rules are fixed here, before any run:
    sample drawn; the evaluation problems stay the same, so methods are compared problem by problem.
 3. **Evaluation once, at the end**, on ``n_eval`` problems of the *evaluation* split (never seen
    in training or tuning), by every model — base and teacher included — at each temperature of
-   :data:`TEMPERATURES` (0 = greedy; top-p 1, top-k 0). The **headline is greedy decoding for
-   every model** (one fixed decoding: the one where the base student is strongest, so gains from
-   merely sharpening the distribution do not count); the 0.6 and 1.0 tables are shown beside it.
-4. **Cost** per training run, from its own logs: student tokens sampled, teacher tokens generated
-   (rewrites, off-policy KD samples), tokens the loss ran on, tokens the teacher scored (every
-   KL method's teacher reads each trained completion), wall time.
-5. **MPD against each baseline**, per axis, over the seeds paired by index: *ahead* when every seed
-   pairing agrees in direction and (accuracy) the paired 95% CI over all seed-problem pairs excludes
-   zero; *behind* likewise; otherwise *level*.
+   :data:`TEMPERATURES` (0 = greedy; top-p 1, top-k 0); a trained model with its own seed as the
+   sampling seed, base and teacher with every seed (greedy once: it does not depend on the seed).
+   The **headline is greedy decoding for every model** (one fixed decoding, deterministic, and one
+   that gives no credit for merely sharpening a sampled distribution); 0.6 and 1.0 are shown beside it.
+4. **Cost** per training run, from its own logs: student tokens sampled (GRPO's reference samples
+   included), teacher tokens read to generate (rewrite prompts, KD prompts) and generated (rewrites,
+   KD samples), tokens the loss ran on, tokens the loss's teacher forward read (prompt and
+   completion of every sample), wall time; and the size of the model each method uses as teacher.
+5. **MPD against each baseline**, per axis, seeds paired by index. Per problem, each method's score
+   is its mean over seeds (correct fraction; tokens); the 95% CI of the paired difference covers the
+   evaluation problems. *Ahead* when that CI excludes zero and every seed pairing agrees in
+   direction; *behind* likewise; otherwise *level*. Seed-to-seed spread is shown beside it.
 
 Finished stages are kept in ``--out`` (models, evaluations), so a re-run resumes where it stopped.
 """
@@ -28,6 +31,7 @@ Finished stages are kept in ``--out`` (models, evaluations), so a re-run resumes
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import statistics
 import time
@@ -41,12 +45,13 @@ from .config import Recipe, load_recipe
 from .console import stdout
 from .demo import _evaluate, _save_atomic
 from .durable import atomic_write, replace_dir
-from .evaluate import paired_delta_ci, wilson_interval
+from .evaluate import paired_delta_ci, summarize, wilson_interval_mean
 from .methods import get_method
 from .models import load_model
-from .paths import ROLLOUTS, check_output_dir
+from .paths import ROLLOUTS, TRAIN_LOG, check_output_dir
 from .pipeline import check_generation_backends, prompt_record, train
 from .recipes import shipped_path
+from .rewrite import rewrite_settings_from
 from .rollout import GenerationSettings
 from .tasks import get_task
 from .tasks.problems import chain_problems
@@ -56,10 +61,21 @@ BASELINES = METHODS[1:]
 TEMPERATURES = (0.0, 0.6, 1.0)
 HEADLINE_TEMPERATURE = 0.0
 TIE_POINTS = 1.0
-LEARNING_RATES = (1e-4, 3e-4)
+LEARNING_RATES = (1e-4, 3e-4, 1e-3)
 # Each method's grid: recipe overrides under training:. GRPO's penalty weight is tuned with its rate.
-GRID: dict[str, list[dict]] = {m: [{"learning_rate": lr} for lr in LEARNING_RATES] for m in METHODS}
-GRID["grpo_length"] = [{"learning_rate": lr, "length_penalty": a} for lr in LEARNING_RATES for a in (0.1, 0.3)]
+LENGTH_PENALTIES = (0.1, 0.3)
+
+
+def make_grid(rates: tuple[float, ...], penalties: tuple[float, ...]) -> dict[str, list[dict]]:
+    grid = {m: [{"learning_rate": lr} for lr in rates] for m in METHODS}
+    grid["grpo_length"] = [{"learning_rate": lr, "length_penalty": a} for lr in rates for a in penalties]
+    return grid
+
+
+GRID = make_grid(LEARNING_RATES, LENGTH_PENALTIES)
+# --quick: two rates, and both penalties at one of them, so that the rule still has a choice to make.
+QUICK_GRID = {**make_grid(LEARNING_RATES[1:], LENGTH_PENALTIES[:1]),
+              "grpo_length": [{"learning_rate": LEARNING_RATES[1], "length_penalty": a} for a in LENGTH_PENALTIES]}
 # Fixed per method, not tuned: self-distillation's divergence is the reverse KL (OPSDC's).
 FIXED = {"self_distill": {"beta": 1.0}}
 RECIPE = shipped_path("embedded")
@@ -77,6 +93,7 @@ class Plan:
     n_eval: int = N_EVAL
     temperatures: tuple[float, ...] = TEMPERATURES
     overrides: dict = field(default_factory=dict)
+    grid: dict = field(default_factory=lambda: GRID)
 
 
 def setting_name(setting: dict) -> str:
@@ -92,9 +109,9 @@ def run_study(out: str | Path, *, quick: bool = False, seeds: tuple[int, ...] = 
     unknown = [m for m in methods if m not in METHODS]
     if unknown or "mpd" not in methods:
         raise ValueError(f"--methods: MPD and any of {', '.join(BASELINES)} (got {', '.join(methods)})")
-    plan = Plan(seeds=tuple(seeds), methods=tuple(methods),
+    plan = Plan(seeds=tuple(dict.fromkeys(seeds)), methods=tuple(dict.fromkeys(methods)),
                 n_validation=QUICK_N_VALIDATION if quick else N_VALIDATION, n_eval=QUICK_N_EVAL if quick else N_EVAL,
-                overrides=dict(QUICK) if quick else {})
+                overrides=dict(QUICK) if quick else {}, grid=QUICK_GRID if quick else GRID)
     base_recipe = load_recipe(RECIPE, plan.overrides)
     check_generation_backends(base_recipe)
     task = get_task(base_recipe.task)
@@ -102,57 +119,62 @@ def run_study(out: str | Path, *, quick: bool = False, seeds: tuple[int, ...] = 
     validation = chain_problems(plan.n_validation, 0, split="validation")
     evaluation = chain_problems(plan.n_eval, 0, split="eval")
     held_out = {p["prompt"] for p in validation + evaluation}
-    _check_same_study(out, plan)
+    _check_same_study(out, plan, base_recipe)
 
     models = out / "models"
     for name, source in (("base", base_recipe.student), ("teacher", base_recipe.teacher)):
         if not (models / name / "config.json").exists():
             model, tok = load_model(source)
             _save_atomic(model, tok, models / name, prompt_record(base_recipe))
+    _, tokenizer = load_model(str(models / "base"))
 
     costs: dict[str, dict] = {}
     tuning: dict[str, dict] = {}
     greedy = _settings(base_recipe, 0.0)
     for method in plan.methods:
         scores = []
-        for setting in GRID[method]:
+        grid = plan.grid[method]
+        for setting in grid:
             run = f"{method}/{setting_name(setting)}/seed0"
-            costs[run] = _train_once(out, run, _recipe(base_recipe, method, setting, 0), held_out, console)
-            records = _eval_model(out, run, validation, task, greedy, 0, f"validation/{run}", console)
-            scores.append(_summary(records))
+            costs[run] = _train_once(out, run, _recipe(base_recipe, method, setting, 0), held_out, tokenizer, console)
+            records = _eval_model(out, run, validation, task, greedy, 0, f"eval/validation/{run}")
+            scores.append(summarize(records))
         chosen = choose_setting(scores)
-        tuning[method] = {"grid": [{"setting": s, **sc} for s, sc in zip(GRID[method], scores)],
-                          "chosen": GRID[method][chosen], "rule": RULE}
-        console.print(f"  {method}: chose {setting_name(GRID[method][chosen])} on validation "
+        rates = [g["learning_rate"] for g in grid]
+        tuning[method] = {"grid": [{"setting": s, **sc} for s, sc in zip(grid, scores)], "chosen": grid[chosen],
+                          "rule": RULE, "at_grid_edge": grid[chosen]["learning_rate"] in (min(rates), max(rates))}
+        console.print(f"  {method}: chose {setting_name(grid[chosen])} on validation "
                       f"({100 * scores[chosen]['accuracy']:.1f}% at {scores[chosen]['mean_tokens']:.1f} tokens, greedy)")
         for seed in plan.seeds:
-            run = f"{method}/{setting_name(GRID[method][chosen])}/seed{seed}"
+            run = f"{method}/{setting_name(grid[chosen])}/seed{seed}"
             if run not in costs:
-                costs[run] = _train_once(out, run, _recipe(base_recipe, method, GRID[method][chosen], seed), held_out,
-                                         console)
+                costs[run] = _train_once(out, run, _recipe(base_recipe, method, grid[chosen], seed), held_out,
+                                         tokenizer, console)
 
     # The evaluation split, once, at the end: every chosen run and the two untrained models.
-    evals: dict[str, dict[str, dict[float, list[dict]]]] = {"base": {}, "teacher": {}}
+    evals: dict[str, dict[str, dict[float, list[dict]]]] = {}
     for temp in plan.temperatures:
         settings = _settings(base_recipe, temp)
         for name in ("base", "teacher"):
-            evals[name].setdefault("-", {})[temp] = _eval_model(out, name, evaluation, task, settings, 0,
-                                                                f"eval/t{temp:g}/{name}", console)
+            for seed in plan.seeds[:1] if temp == 0 else plan.seeds:
+                evals.setdefault(name, {}).setdefault(str(seed), {})[temp] = _eval_model(
+                    out, name, evaluation, task, settings, seed, f"eval/t{temp:g}/{name}/seed{seed}")
         for method in plan.methods:
             for seed in plan.seeds:
                 run = f"{method}/{setting_name(tuning[method]['chosen'])}/seed{seed}"
                 evals.setdefault(method, {}).setdefault(str(seed), {})[temp] = _eval_model(
-                    out, run, evaluation, task, settings, seed, f"eval/t{temp:g}/{run}", console)
+                    out, run, evaluation, task, settings, seed, f"eval/t{temp:g}/{run}")
+        console.print(f"  evaluated every model at {'greedy' if temp == 0 else f'temperature {temp:g}'}")
 
     results = {
         "plan": {"seeds": list(plan.seeds), "methods": list(plan.methods), "n_validation": plan.n_validation,
-                 "n_eval": plan.n_eval, "temperatures": list(plan.temperatures), "grid": GRID, "fixed": FIXED,
+                 "n_eval": plan.n_eval, "temperatures": list(plan.temperatures), "grid": plan.grid, "fixed": FIXED,
                  "headline_temperature": HEADLINE_TEMPERATURE, "tie_points": TIE_POINTS, "quick": quick,
-                 "recipe": base_recipe.model_dump()},
+                 "recipe": base_recipe.model_dump(mode="json"), "machine": machine()},
         "tuning": tuning,
         "tables": {f"{t:g}": table(evals, t, plan) for t in plan.temperatures},
         "versus": {f"{t:g}": versus(evals, t, plan) for t in plan.temperatures},
-        "costs": cost_table(costs, tuning, plan),
+        "costs": cost_table(costs, tuning, plan, teacher_sizes(models)),
         "wall_seconds": round(time.time() - started, 1),
     }
     atomic_write(out / "study.json", lambda tmp: Path(tmp).write_text(json.dumps(results, indent=2) + "\n"))
@@ -161,6 +183,29 @@ def run_study(out: str | Path, *, quick: bool = False, seeds: tuple[int, ...] = 
     console.print(report(results))
     console.print(f"wrote {out / 'study.json'}, study.md, pareto.png in {results['wall_seconds']:.0f}s")
     return results
+
+
+def machine() -> dict:
+    import os
+    import platform
+
+    import torch
+
+    return {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+            "platform": f"{platform.system()} {platform.machine()}", "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+
+
+def teacher_sizes(models: Path) -> dict[str, int]:
+    """Parameters of the model each method's loss or rewrites use as teacher."""
+    from safetensors import safe_open
+
+    def params(folder: Path) -> int:
+        with safe_open(str(folder / "model.safetensors"), "pt") as f:
+            return sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())
+
+    teacher, student = params(models / "teacher"), params(models / "base")
+    return {m: (0 if not get_method(m).uses_teacher else student if get_method(m).self_teacher else teacher)
+            for m in METHODS}
 
 
 RULE = (f"highest validation accuracy (greedy); among settings within {TIE_POINTS:g} points of it, the fewest "
@@ -186,150 +231,219 @@ def _settings(recipe: Recipe, temperature: float) -> GenerationSettings:
                               batch_size=e.batch_size)
 
 
-def _train_once(out: Path, run: str, recipe: Recipe, held_out: set[str], console: Console) -> dict:
-    """Train ``run`` unless its model is there; returns its cost record (kept in the run folder)."""
+def _train_once(out: Path, run: str, recipe: Recipe, held_out: set[str], tokenizer, console: Console) -> dict:
+    """Train ``run`` unless its model is there, trained with this very recipe; returns its cost record
+    (kept in the run folder). A run trained again loses its evaluations (they were of the old model)."""
+    from .checkpoints import recipe_changes
+    from .config import ConfigError
+
     run_dir = out / "runs" / run
     cost_file = run_dir / "cost.json"
     if (out / "models" / run / "config.json").exists() and cost_file.exists():
-        return json.loads(cost_file.read_text())
+        changed = recipe_changes(load_recipe(run_dir / "recipe.yaml"), recipe)
+        if changed:
+            raise ConfigError(f"{out} holds {run} trained with other settings ({'; '.join(changed[:5])}); use a new "
+                              "--out to keep both")
+        return run_cost(run_dir, recipe, json.loads(cost_file.read_text())["seconds"], tokenizer)
     if run_dir.exists():  # an interrupted run: start it afresh
         shutil.rmtree(run_dir)
+    for stale in (out / "eval").glob(f"*/{run}.jsonl"):
+        stale.unlink()
     console.print(Text.assemble((f"training {run}", "bold"),
                                 f" ({recipe.training.steps} steps, batch {recipe.training.batch_size})"))
     t0 = time.time()
     model_dir = train(recipe, run_dir, exclude_prompts=held_out)
     seconds = time.time() - t0
-    cost = run_cost(run_dir / ROLLOUTS, recipe.method, seconds)
-    atomic_write(cost_file, lambda tmp: Path(tmp).write_text(json.dumps(cost) + "\n"))
+    # The wall time is kept; the token counts are read from the run's logs whenever they are needed.
+    atomic_write(cost_file, lambda tmp: Path(tmp).write_text(json.dumps({"seconds": round(seconds, 1)}) + "\n"))
+    cost = run_cost(run_dir, recipe, seconds, tokenizer)
     replace_dir(model_dir, out / "models" / run)
     console.print(f"  done in {seconds:.0f}s")
     return cost
 
 
-def run_cost(rollouts: Path, method: str, seconds: float) -> dict:
-    """What a run spent, from its rollout log: one line per sample the step trained on."""
-    student = teacher = loss = samples = accepted = route_kept = 0
-    for line in rollouts.read_text(encoding="utf-8").splitlines():
+def run_cost(run_dir: Path, recipe: Recipe, seconds: float, tokenizer) -> dict:
+    """What a run spent, from its rollout log (one line per training sample) and training log.
+
+    ``teacher_read``: prompt tokens of the teacher's generations (a rewrite prompt holds the problem
+    and the student's whole trace; a KD sample's, the problem). ``teacher_forward``: tokens the loss's
+    teacher forward reads (prompt and trained completion of every sample, dropped ones included), for
+    methods trained by KL to a teacher."""
+    method = get_method(recipe.method)
+    trainer = method.trainer_class()
+    kl = method.uses_teacher and trainer._kl_loss
+    rewrite = rewrite_settings_from(recipe.rewrite)
+    instruction = recipe.training.teacher_instruction or get_task(recipe.task).concise_instruction or ""
+
+    def n(text: str) -> int:
+        return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    c = {"samples": 0, "student_tokens": 0, "teacher_read_tokens": 0, "teacher_generated_tokens": 0, "loss_tokens": 0,
+         "teacher_forward_tokens": 0, "accepted": 0}
+    route_kept = 0
+    for line in (run_dir / ROLLOUTS).read_text(encoding="utf-8").splitlines():
         r = json.loads(line)
-        samples += 1
-        student += r.get("student_tokens") or 0
-        teacher += (r.get("rewrite_tokens") or 0) + (r.get("teacher_tokens") or 0)
+        c["samples"] += 1
+        c["student_tokens"] += r.get("student_tokens") or 0
+        if r.get("rewrite") is not None:  # a rewrite was written: the teacher read the rewrite prompt
+            c["teacher_read_tokens"] += n(rewrite.render(r["prompt"], r["student"]))
+            c["teacher_generated_tokens"] += r.get("rewrite_tokens") or 0
+        if r.get("teacher") is not None:  # an off-policy KD sample
+            c["teacher_read_tokens"] += n(r["prompt"])
+            c["teacher_generated_tokens"] += r.get("teacher_tokens") or 0
+        completion = {"rewrite": r.get("rewrite_tokens"), "student": r.get("student_tokens"),
+                      "teacher": r.get("teacher_tokens")}
         on = r.get("trained_on")
-        loss += {"rewrite": r.get("rewrite_tokens"), "student": r.get("student_tokens"),
-                 "teacher": r.get("teacher_tokens")}.get(on) or 0
+        c["loss_tokens"] += completion.get(on) or 0
+        if kl:
+            shown = completion.get(on) or completion["rewrite"] or completion["student"] or completion["teacher"] or 0
+            prompt = r["prompt"] + (instruction if method.self_teacher else "")
+            c["teacher_forward_tokens"] += n(prompt) + shown
         if r.get("accepted") and r.get("rewrite") is not None:  # an accepted rewrite (not a KD sample)
-            accepted += 1
+            c["accepted"] += 1
             route_kept += bool(r.get("route_kept"))
-    kl = get_method(method).teacher and method != "rewrite_sft"
-    return {"samples": samples, "student_tokens": student, "teacher_generated_tokens": teacher,
-            "loss_tokens": loss, "teacher_scored_tokens": loss if kl else 0, "seconds": round(seconds, 1),
-            "accepted": accepted, "route_kept_rate": route_kept / accepted if accepted else None}
+    if recipe.method == "grpo_length":  # the reference length: REFERENCE_PROBLEMS samples before the first step
+        from .length_rl import REFERENCE_PROBLEMS
+
+        logged = [e["length/reference_tokens"] for e in _train_log(run_dir) if "length/reference_tokens" in e]
+        if logged:
+            c["student_tokens"] += round(min(REFERENCE_PROBLEMS, recipe.data.n_train) * logged[0])
+    c["seconds"] = round(seconds, 1)
+    c["route_kept_rate"] = route_kept / c["accepted"] if c["accepted"] else None
+    return c
+
+
+def _train_log(run_dir: Path) -> list[dict]:
+    path = run_dir / TRAIN_LOG
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
 def _eval_model(out: Path, name: str, problems: list[dict], task, settings: GenerationSettings, seed: int,
-                file: str, console: Console) -> list[dict]:
+                file: str) -> list[dict]:
     path = out / f"{file}.jsonl"
     path.parent.mkdir(parents=True, exist_ok=True)
     model, tok = load_model(str(out / "models" / name))
     return _evaluate(model, tok, problems, task, settings, seed, path, progress=lambda k: None)
 
 
-def _summary(records: list[dict]) -> dict:
-    n = len(records)
-    right = sum(bool(r["correct"]) for r in records)
-    return {"n": n, "accuracy": right / n, "mean_tokens": sum(r["tokens"] for r in records) / n}
-
-
 def _spread(values: list[float]) -> dict:
-    return {"mean": statistics.fmean(values), "sd": statistics.stdev(values) if len(values) > 1 else 0.0,
+    return {"mean": statistics.fmean(values), "sd": statistics.stdev(values) if len(values) > 1 else None,
             "min": min(values), "max": max(values), "per_seed": values}
+
+
+def _per_problem(runs: list[list[dict]], key: str) -> list[float]:
+    """Each problem's mean over runs of ``key`` (correct as 0/1, or tokens): the runs answer the same
+    problems in the same order."""
+    return [statistics.fmean(float(r[i][key]) for r in runs) for i in range(len(runs[0]))]
 
 
 def table(evals: dict, temp: float, plan: Plan) -> list[dict]:
     rows = []
     for name in ("base", *plan.methods, "teacher"):
-        runs = [by_temp[temp] for by_temp in evals[name].values()]
-        summaries = [_summary(r) for r in runs]
-        pooled = [bool(x["correct"]) for r in runs for x in r]
-        lo, hi = wilson_interval(sum(pooled), len(pooled))
+        runs = [by_temp[temp] for by_temp in evals[name].values() if temp in by_temp]
+        summaries = [summarize(r) for r in runs]
+        lo, hi = wilson_interval_mean(_per_problem(runs, "correct"))
         rows.append({"model": name, "runs": len(runs), "n_per_run": plan.n_eval,
                      "accuracy": _spread([s["accuracy"] for s in summaries]),
-                     "accuracy_ci95_pooled": [lo, hi],
-                     "mean_tokens": _spread([s["mean_tokens"] for s in summaries])})
+                     "accuracy_ci95": [lo, hi],
+                     "mean_tokens": _spread([s["mean_tokens"] for s in summaries]),
+                     "truncation_rate": statistics.fmean(s["truncation_rate"] for s in summaries)})
     return rows
 
 
 def versus(evals: dict, temp: float, plan: Plan) -> dict:
-    """MPD against each baseline at ``temp``, seeds paired by index (rule 5 of the module docstring)."""
+    """MPD against each baseline at ``temp`` (rule 5 of the module docstring)."""
     mpd = [evals["mpd"][str(s)][temp] for s in plan.seeds]
     out = {}
     for name in (m for m in plan.methods if m != "mpd"):
         other = [evals[name][str(s)][temp] for s in plan.seeds]
-        d_acc = [_summary(a)["accuracy"] - _summary(b)["accuracy"] for a, b in zip(mpd, other)]
-        d_tok = [_summary(a)["mean_tokens"] / _summary(b)["mean_tokens"] - 1 for a, b in zip(mpd, other)]
-        delta, lo, hi = paired_delta_ci([bool(x["correct"]) for r in other for x in r],
-                                        [bool(x["correct"]) for r in mpd for x in r])
-        acc = ("ahead" if lo > 0 and all(d > 0 for d in d_acc) else
-               "behind" if hi < 0 and all(d < 0 for d in d_acc) else "level")
-        tok = ("ahead" if all(d < 0 for d in d_tok) else "behind" if all(d > 0 for d in d_tok) else "level")
+        d_acc = [summarize(a)["accuracy"] - summarize(b)["accuracy"] for a, b in zip(mpd, other)]
+        d_tok = [summarize(a)["mean_tokens"] - summarize(b)["mean_tokens"] for a, b in zip(mpd, other)]
+        delta, lo, hi = paired_delta_ci(_per_problem(other, "correct"), _per_problem(mpd, "correct"))
+        t_delta, t_lo, t_hi = paired_delta_ci(_per_problem(other, "tokens"), _per_problem(mpd, "tokens"), bounds=None)
+        other_tokens = statistics.fmean(_per_problem(other, "tokens"))
         out[name] = {"accuracy_delta": delta, "accuracy_delta_ci95": [lo, hi], "accuracy_delta_per_seed": d_acc,
-                     "accuracy": acc, "token_change_per_seed": d_tok, "token_change": statistics.fmean(d_tok),
-                     "tokens": tok}
+                     "accuracy": _verdict(lo, hi, d_acc, higher_is_better=True),
+                     "token_delta": t_delta, "token_delta_ci95": [t_lo, t_hi], "token_delta_per_seed": d_tok,
+                     "token_change": t_delta / other_tokens,
+                     "tokens": _verdict(t_lo, t_hi, d_tok, higher_is_better=False)}
     return out
 
 
-def cost_table(costs: dict, tuning: dict, plan: Plan) -> list[dict]:
+def _verdict(lo: float, hi: float, per_seed: list[float], *, higher_is_better: bool) -> str:
+    up = lo > 0 and all(d > 0 for d in per_seed)
+    down = hi < 0 and all(d < 0 for d in per_seed)
+    if not (up or down):
+        return "level"
+    return "ahead" if up == higher_is_better else "behind"
+
+
+COST_KEYS = ("samples", "student_tokens", "teacher_read_tokens", "teacher_generated_tokens", "loss_tokens",
+             "teacher_forward_tokens", "seconds", "accepted")
+
+
+def cost_table(costs: dict, tuning: dict, plan: Plan, sizes: dict[str, int]) -> list[dict]:
     rows = []
     for method in plan.methods:
         runs = [costs[f"{method}/{setting_name(tuning[method]['chosen'])}/seed{s}"] for s in plan.seeds]
-        mean = {k: statistics.fmean(r[k] for r in runs) for k in
-                ("samples", "student_tokens", "teacher_generated_tokens", "loss_tokens", "teacher_scored_tokens", "seconds")}
+        mean = {k: statistics.fmean(r[k] for r in runs) for k in COST_KEYS}
         kept = [r["route_kept_rate"] for r in runs if r["route_kept_rate"] is not None]
-        rows.append({"method": method, **mean, "route_kept_rate": statistics.fmean(kept) if kept else None,
-                     "accepted": statistics.fmean(r["accepted"] for r in runs)})
+        rows.append({"method": method, **mean, "teacher_parameters": sizes[method],
+                     "route_kept_rate": statistics.fmean(kept) if kept else None})
     return rows
 
 
 def _fmt_spread(s: dict, scale: float = 1.0, digits: int = 1) -> str:
-    return f"{scale * s['mean']:.{digits}f} ± {scale * s['sd']:.{digits}f}"
+    sd = "—" if s["sd"] is None else f"{scale * s['sd']:.{digits}f}"
+    return f"{scale * s['mean']:.{digits}f} ± {sd}"
+
+
+def _decoding(temp: float) -> str:
+    return "greedy decoding" if temp == 0 else f"sampling at temperature {temp:g} (top-p 1, top-k 0)"
 
 
 def report(results: dict) -> str:
     p = results["plan"]
-    lines = [f"Seeds {p['seeds']}; {p['n_eval']} evaluation problems per model and temperature; tuning on "
-             f"{p['n_validation']} validation problems by the rule: {RULE}.", ""]
+    lines = [f"Seeds {p['seeds']}; n = {p['n_eval']} evaluation problems per model, seed and decoding; tuning on "
+             f"{p['n_validation']} validation problems (seed 0, greedy) by the rule: {RULE}. Accuracy: mean ± sd "
+             "over seeds, and the 95% interval (Wilson, of per-problem means over seeds) which covers the "
+             "evaluation problems, not the training seeds; ± — where there is one run.", ""]
     for temp in p["temperatures"]:
-        name = "greedy decoding" if temp == 0 else f"sampling at temperature {temp:g} (top-p 1, top-k 0)"
         head = " (the headline)" if temp == p["headline_temperature"] else ""
-        lines += [f"### Evaluation by {name}{head}", "",
-                  "| model | runs | accuracy %, mean ± sd over seeds [pooled 95% CI] | mean tokens, mean ± sd | "
-                  "accuracy per seed |", "|---|---:|---:|---:|---|"]
+        lines += [f"### Evaluation by {_decoding(temp)}{head}", "",
+                  "| model | runs | accuracy %, mean ± sd [95% CI] | mean tokens, mean ± sd | accuracy per seed | "
+                  "cut at the limit |", "|---|---:|---:|---:|---|---:|"]
         for row in results["tables"][f"{temp:g}"]:
-            lo, hi = row["accuracy_ci95_pooled"]
+            lo, hi = row["accuracy_ci95"]
             seeds = ", ".join(f"{100 * a:.1f}" for a in row["accuracy"]["per_seed"])
             lines.append(f"| {row['model']} | {row['runs']} | {_fmt_spread(row['accuracy'], 100)} "
-                         f"[{100 * lo:.1f}, {100 * hi:.1f}] | {_fmt_spread(row['mean_tokens'])} | {seeds} |")
-        lines += ["", "| MPD vs | accuracy, points [paired 95% CI] | per seed | accuracy | tokens, per seed | tokens |",
-                  "|---|---:|---|---|---|---|"]
-        for name_, v in results["versus"][f"{temp:g}"].items():
+                         f"[{100 * lo:.1f}, {100 * hi:.1f}] | {_fmt_spread(row['mean_tokens'])} | {seeds} | "
+                         f"{100 * row['truncation_rate']:.1f}% |")
+        lines += ["", "| MPD vs | accuracy, points [paired 95% CI] | per seed | accuracy | tokens [paired 95% CI] | "
+                  "per seed | tokens |", "|---|---:|---|---|---:|---|---|"]
+        for name, v in results["versus"][f"{temp:g}"].items():
             lo, hi = v["accuracy_delta_ci95"]
-            lines.append(f"| {name_} | {100 * v['accuracy_delta']:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}] | "
+            t_lo, t_hi = v["token_delta_ci95"]
+            lines.append(f"| {name} | {100 * v['accuracy_delta']:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}] | "
                          f"{', '.join(f'{100 * d:+.1f}' for d in v['accuracy_delta_per_seed'])} | {v['accuracy']} | "
-                         f"{', '.join(f'{100 * d:+.0f}%' for d in v['token_change_per_seed'])} | {v['tokens']} |")
+                         f"{v['token_delta']:+.1f} [{t_lo:+.1f}, {t_hi:+.1f}] ({100 * v['token_change']:+.0f}%) | "
+                         f"{', '.join(f'{d:+.1f}' for d in v['token_delta_per_seed'])} | {v['tokens']} |")
         lines.append("")
-    lines += ["### What each method's run cost (mean over seeds, per run)", "",
-              "| method | samples | student tokens | teacher tokens generated | loss tokens | teacher tokens scored | "
-              "wall s | route kept |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines += ["### What each method's training run cost (mean over seeds, per run)", "",
+              "| method | samples | student tokens sampled | teacher (parameters) | teacher tokens read to generate | "
+              "teacher tokens generated | loss tokens | teacher forward tokens (loss) | wall s | rewrites accepted "
+              "| route kept |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for c in results["costs"]:
         kept = "" if c["route_kept_rate"] is None else f"{100 * c['route_kept_rate']:.1f}%"
-        lines.append(f"| {c['method']} | {c['samples']:.0f} | {c['student_tokens']:,.0f} | "
-                     f"{c['teacher_generated_tokens']:,.0f} | {c['loss_tokens']:,.0f} | {c['teacher_scored_tokens']:,.0f} | "
-                     f"{c['seconds']:.0f} | {kept} |")
-    lines += ["", "### Tuning (seed 0, validation, greedy)", "", "| method | setting | accuracy % | mean tokens | chosen |",
-              "|---|---|---:|---:|---|"]
+        size = "none" if not c["teacher_parameters"] else f"{c['teacher_parameters'] / 1000:.0f}k"
+        lines.append(f"| {c['method']} | {c['samples']:.0f} | {c['student_tokens']:,.0f} | {size} | "
+                     f"{c['teacher_read_tokens']:,.0f} | {c['teacher_generated_tokens']:,.0f} | {c['loss_tokens']:,.0f} | "
+                     f"{c['teacher_forward_tokens']:,.0f} | {c['seconds']:.0f} | {c['accepted']:.0f} | {kept} |")
+    lines += ["", "### Tuning (seed 0, validation, greedy)", "",
+              "| method | setting | accuracy % | mean tokens | chosen |", "|---|---|---:|---:|---|"]
     for method, t in results["tuning"].items():
         for g in t["grid"]:
-            chosen = "✓" if g["setting"] == t["chosen"] else ""
+            chosen = ("✓ (at the edge of the grid)" if t["at_grid_edge"] else "✓") if g["setting"] == t["chosen"] else ""
             lines.append(f"| {method} | {setting_name(g['setting'])} | {100 * g['accuracy']:.1f} | "
                          f"{g['mean_tokens']:.1f} | {chosen} |")
     return "\n".join(lines) + "\n"
@@ -343,35 +457,48 @@ def plot_pareto(results: dict, path) -> None:
 
     temps = results["plan"]["temperatures"]
     fig, axes = plt.subplots(1, len(temps), figsize=(5 * len(temps), 4.2), squeeze=False)
+    colors = plt.get_cmap("tab10").colors
+    markers = "osD^vP*X"
     for ax, temp in zip(axes[0], temps):
-        for row in results["tables"][f"{temp:g}"]:
+        for i, row in enumerate(results["tables"][f"{temp:g}"]):  # one color and marker per model in every panel
             a, t = row["accuracy"], row["mean_tokens"]
-            ax.errorbar(t["mean"], 100 * a["mean"], xerr=t["sd"], yerr=100 * a["sd"], fmt="o", capsize=3,
-                        label=row["model"])
-            ax.annotate(row["model"], (t["mean"], 100 * a["mean"]), fontsize=7, xytext=(4, 4),
-                        textcoords="offset points")
+            ax.errorbar(t["mean"], 100 * a["mean"], xerr=t["sd"] or 0, yerr=100 * (a["sd"] or 0), fmt=markers[i % 8],
+                        color=colors[i % 10], capsize=3, markersize=6, alpha=0.85, label=row["model"])
         ax.set_title("greedy" if temp == 0 else f"temperature {temp:g}")
         ax.set_xlabel("mean tokens per answer")
         ax.set_ylabel("accuracy %")
         ax.grid(alpha=0.3)
-    fig.suptitle(f"Accuracy vs tokens, mean ± sd over seeds {results['plan']['seeds']} "
-                 f"(n = {results['plan']['n_eval']} per model)")
-    fig.tight_layout()
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="center right", fontsize=8)
+    fig.suptitle(f"Accuracy vs tokens: mean ± sd over seeds {results['plan']['seeds']} "
+                 f"(n = {results['plan']['n_eval']} problems per run)")
+    fig.tight_layout(rect=(0, 0, 0.9, 1))
     fig.savefig(path, format="png", dpi=110)
     plt.close(fig)
 
 
-def _check_same_study(out: Path, plan: Plan) -> None:
-    """A re-run resumes only a study of the same plan (another --quick would mix two in one table)."""
+def _check_same_study(out: Path, plan: Plan, recipe: Recipe) -> None:
+    """A re-run resumes only a study of the same plan, recipe and embedded models (another --quick,
+    recipe or re-bootstrapped student would mix two studies in one table). Each run is also checked
+    against its own recipe when it is reused (``_train_once``)."""
+    import hashlib
+
     from .config import ConfigError
+    from .models import resolve_model
+
+    def digest(name: str) -> str:
+        return hashlib.sha256((Path(resolve_model(name)) / "model.safetensors").read_bytes()).hexdigest()[:16]
 
     marker = out / "plan.json"
-    wanted = {"quick": bool(plan.overrides), "n_validation": plan.n_validation, "n_eval": plan.n_eval}
+    wanted = {"quick": bool(plan.overrides), "n_validation": plan.n_validation, "n_eval": plan.n_eval,
+              "student": digest(recipe.student), "teacher": digest(recipe.teacher),
+              "eval": recipe.eval.model_dump(mode="json")}
     if marker.exists():
         found = json.loads(marker.read_text())
         if found != wanted:
-            raise ConfigError(f"{out} holds a study with other settings ({found}); use a new --out to keep both")
+            changed = sorted(k for k in wanted.keys() | found.keys() if found.get(k) != wanted.get(k))
+            raise ConfigError(f"{out} holds a study with other settings or models ({', '.join(changed)} differ); use a "
+                              "new --out to keep both")
     else:
         out.mkdir(parents=True, exist_ok=True)
         atomic_write(marker, lambda tmp: Path(tmp).write_text(json.dumps(wanted) + "\n"))
-

@@ -65,6 +65,16 @@ def problem_text(prompt: Any) -> str:
     return users[-1]
 
 
+def student_record(task, prompt: Any, gold: str | None, text: str, tokens: int, answer: str | None = None) -> dict:
+    """A rollout-log line for a student sample trained on as sampled, graded where the problem has a
+    gold answer (``answer``: already read from ``text``, after its thinking)."""
+    if answer is None:
+        answer = task.extract_answer(answer_section(text))
+    return {"prompt": prompt, "gold": gold, "student_answer": answer,
+            "student_correct": None if gold is None else answer is not None and task.answers_match(answer, gold),
+            "student": text, "student_tokens": tokens, "trained_on": "student"}
+
+
 class _RolloutLogMixin:
     """Appends one JSON line per sample to ``rollouts_path``, on the main process only."""
 
@@ -201,12 +211,7 @@ class _Trainer(RunFiles, ResumableTraining, DistillationTrainer):
                 teacher_processing_class = load_tokenizer(teacher_model, trust_remote_code=args.trust_remote_code)
         self._hub_error: str | None = None  # set by init_hf_repo (on the main process, where transformers runs it)
         super().__init__(model, teacher_model, args, train_dataset, eval_dataset, processing_class, **kwargs)
-        if args.push_to_hub:  # every process stops alike, or the others would wait at their first collective
-            errors = [e for e in gather_object([self._hub_error]) if e]
-            if errors:
-                error = HubError(errors[0])
-                error.shared_by_main_process = True
-                raise error
+        check_hub_repository(self)
         self.teacher_tokenizer = teacher_processing_class or self._tokenizer
         if self.teacher_model is not None:  # one vocabulary, piece by piece (TRL compares only the sizes)
             check_compatible("the student", self._tokenizer, self.model, "the teacher", self.teacher_tokenizer,
@@ -215,12 +220,24 @@ class _Trainer(RunFiles, ResumableTraining, DistillationTrainer):
         self.add_callback(NonFiniteGuard(args.max_nonfinite_steps, metrics=self._metrics))
         if path := args.train_log_path():
             self.add_callback(TrainLogFile(path))
-        if args.push_to_hub:
-            _warn_logs_would_be_pushed(args)
 
     def local_teacher(self):
         """The teacher's own module (not the training wrapper around it), for generation."""
         return self.accelerator.unwrap_model(self.teacher_model)
+
+def check_hub_repository(trainer) -> None:
+    """After a ``push_to_hub`` trainer's constructor: the Hub repository's creation failed on the main
+    process (``RunFiles.init_hf_repo``) -> every process stops alike, or the others would wait at their
+    first collective; else a warning that the run's logs go up with the model."""
+    if not trainer.args.push_to_hub:
+        return
+    errors = [e for e in gather_object([trainer._hub_error]) if e]
+    if errors:
+        error = HubError(errors[0])
+        error.shared_by_main_process = True
+        raise error
+    _warn_logs_would_be_pushed(trainer.args)
+
 
 def _warn_logs_would_be_pushed(args: MPDConfig) -> None:
     """transformers' push_to_hub uploads the whole output folder: logs kept there go with the model."""
@@ -288,16 +305,8 @@ class OPDTrainer(_RolloutLogMixin, _Trainer):
         out = super()._generate(prompts)
         completion_ids = out[1]
         texts = self.processing_class.batch_decode(completion_ids, skip_special_tokens=True)
-        records = []
-        for prompt, row, text, ids in zip(prompts, self._inputs, texts, completion_ids, strict=True):
-            gold = row.get("answer")
-            answer = self.task.extract_answer(answer_section(text))
-            records.append({
-                "prompt": prompt, "gold": gold, "student_answer": answer,
-                "student_correct": None if gold is None else answer is not None and self.task.answers_match(answer, gold),
-                "student": text, "student_tokens": len(ids), "trained_on": "student",
-            })
-        self._write_rollouts(records)
+        self._write_rollouts([student_record(self.task, prompt, row.get("answer"), text, len(ids))
+                              for prompt, row, text, ids in zip(prompts, self._inputs, texts, completion_ids, strict=True)])
         return out
 
 
@@ -336,7 +345,11 @@ class SelfDistillTrainer(OPDTrainer):
         if not self.instruction:
             raise ConfigError(f"self-distillation needs a concise instruction for the teacher: task {self.task.name!r} "
                               "has none; set training.teacher_instruction")
+        if self.local_teacher() is self.accelerator.unwrap_model(self.model):
+            raise ConfigError("self-distillation needs a frozen copy of the student as teacher_model, not the student "
+                              "being trained (pass the student's name or a second loaded copy)")
         self._teacher_view: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._teacher_swapped = False
 
     def _generate_and_score_completions(self, inputs):
         out = super()._generate_and_score_completions(inputs)
@@ -352,14 +365,20 @@ class SelfDistillTrainer(OPDTrainer):
     def _compute_loss(self, unwrapped_student, inputs, num_items_in_batch):
         self._teacher_view = (torch.cat([inputs["teacher_prompt_ids"], inputs["completion_ids"]], dim=1),
                               torch.cat([inputs["teacher_prompt_mask"], inputs["completion_mask"]], dim=1))
+        self._teacher_swapped = False
         try:
-            return super()._compute_loss(unwrapped_student, inputs, num_items_in_batch)
+            result = super()._compute_loss(unwrapped_student, inputs, num_items_in_batch)
         finally:
             self._teacher_view = None
+        if not self._teacher_swapped:  # the teacher would have read the plain prompt: a KL of zero, silently
+            raise RuntimeError("self-distillation: TRL's loss did not score the teacher through _get_last_hidden_state; "
+                               "the installed TRL moved the hook (tests/test_trl_contract.py)")
+        return result
 
     def _get_last_hidden_state(self, unwrapped_model, input_ids, attention_mask, logits_to_keep, *args, **kwargs):
         if self._teacher_view is not None and unwrapped_model is self.local_teacher():
             input_ids, attention_mask = self._teacher_view
+            self._teacher_swapped = True
         return super()._get_last_hidden_state(unwrapped_model, input_ids, attention_mask, logits_to_keep, *args, **kwargs)
 
 
@@ -612,17 +631,11 @@ class MPDTrainer(_RolloutLogMixin, _Trainer):
     def _record(self, prompt, s: Sample) -> dict:
         # The student's own answer (read by rewrite_batch, after its thinking), graded where the problem
         # has one: accuracy on the training samples.
-        answer = s.student_answer
         return {
-            "prompt": prompt,
-            "gold": s.gold,
-            "student_answer": answer,
-            "student_correct": None if s.gold is None else answer is not None and self.task.answers_match(answer, s.gold),
-            "student": s.student_text,
+            **student_record(self.task, prompt, s.gold, s.student_text, len(s.student_ids), s.student_answer),
             "rewrite": s.rewrite_text,
             "accepted": bool(s.verdict and s.verdict.accepted),
             "reason": s.verdict.reason if s.verdict else None,
-            "student_tokens": len(s.student_ids),
             "rewrite_tokens": len(s.rewrite_ids) if s.rewrite_ids is not None else None,
             "trained_on": s.trained_on,
             "route_kept": s.route_kept,

@@ -51,34 +51,61 @@ def test_the_embedded_student_is_concise_when_asked_and_verbose_when_not():
 
 
 def test_self_distillation_scores_the_students_sample_after_the_instructed_prompt(tmp_path, monkeypatch):
+    """What TRL's own hidden-state function receives: the student's forward gets the plain prompt, the
+    teacher's the same completion after the instructed prompt."""
+    from trl import DistillationTrainer
+
     seen = []
-    original = SelfDistillTrainer._get_last_hidden_state
+    original = DistillationTrainer._get_last_hidden_state
 
     def spy(self, unwrapped_model, input_ids, attention_mask, logits_to_keep, *args, **kwargs):
         role = "teacher" if unwrapped_model is self.local_teacher() else "student"
-        view = self._teacher_view[0] if role == "teacher" else input_ids
-        seen.append((role, view.clone(), logits_to_keep))
+        seen.append((role, input_ids.clone(), attention_mask.clone(), logits_to_keep))
         return original(self, unwrapped_model, input_ids, attention_mask, logits_to_keep, *args, **kwargs)
 
-    monkeypatch.setattr(SelfDistillTrainer, "_get_last_hidden_state", spy)
+    monkeypatch.setattr(DistillationTrainer, "_get_last_hidden_state", spy)
     recipe = _recipe("self_distill")
     run = tmp_path / "run"
     train(recipe, run)
     _, tok = load_model("embedded:student")
     pairs = [(seen[i], seen[i + 1]) for i in range(0, len(seen), 2)]
-    assert pairs and all(s[0] == "student" and t[0] == "teacher" for s, t in pairs)
-    for (_, student_ids, k), (_, teacher_ids, k2) in pairs:
-        assert k == k2
-        assert torch.equal(student_ids[:, -k:], teacher_ids[:, -k:])  # the same completion tokens
-        for row_s, row_t in zip(student_ids, teacher_ids):
-            s_prompt = tok.decode(row_s[:-k], skip_special_tokens=True)
-            t_prompt = tok.decode(row_t[:-k], skip_special_tokens=True)
-            assert t_prompt == s_prompt + chain.CONCISE_INSTRUCTION and "short" not in s_prompt
-    # The frozen teacher is the initial student: the card and the run's record say so.
+    assert len(pairs) == 2 and all(s[0] == "student" and t[0] == "teacher" for s, t in pairs)
+    for (_, student_ids, student_mask, k), (_, teacher_ids, teacher_mask, k2) in pairs:
+        assert k == k2 and teacher_ids.shape[1] > student_ids.shape[1]
+        for row_s, mask_s, row_t, mask_t in zip(student_ids, student_mask, teacher_ids, teacher_mask):
+            s_prompt = tok.decode(row_s[:-k][mask_s[:-k].bool()])
+            t_prompt = tok.decode(row_t[:-k][mask_t[:-k].bool()])
+            assert s_prompt.startswith("Q:") and "short" not in s_prompt
+            assert t_prompt == s_prompt + chain.CONCISE_INSTRUCTION
+            assert torch.equal(row_s[-k:], row_t[-k:])  # the student's completion, scored by both
+    # The frozen teacher is the initial student: the run's record and card say so.
     record = json.loads((run / "model" / "mpdistill.json").read_text())
     assert record["teacher"] == "embedded:student"
+    assert "# `embedded:student` trained by Self-distillation" in (run / "model" / "README.md").read_text()
     rollouts = [json.loads(line) for line in (run / "rollouts.jsonl").read_text().splitlines()]
     assert len(rollouts) == 16 and all(r["trained_on"] == "student" and r["student_tokens"] > 0 for r in rollouts)
+
+
+def test_self_distillation_stops_when_the_teacher_would_read_the_plain_prompt(tmp_path, monkeypatch):
+    # As if TRL scored the teacher without the hook: the run must not train on a KL of zero.
+    monkeypatch.setattr(SelfDistillTrainer, "_get_last_hidden_state",
+                        lambda self, m, ids, mask, k, *a, **kw: super(SelfDistillTrainer, self)._get_last_hidden_state(
+                            m, ids, mask, k, *a, **kw))
+    with pytest.raises(RuntimeError, match="did not score the teacher"):
+        train(_recipe("self_distill"), tmp_path / "run")
+
+
+def test_self_distillation_refuses_the_trained_student_as_its_own_teacher():
+    from datasets import Dataset
+
+    from mpdistill import MPDConfig
+
+    model, tok = load_model("embedded:student")
+    args = MPDConfig(output_dir="/nonexistent/sd", task="chain", max_steps=1, per_device_train_batch_size=4,
+                     report_to="none")
+    with pytest.raises(ConfigError, match="frozen copy"):
+        SelfDistillTrainer(model=model, teacher_model=model, args=args, processing_class=tok,
+                           train_dataset=Dataset.from_list(chain_problems(8, 1)))
 
 
 def test_grpo_settings_come_from_the_same_config():

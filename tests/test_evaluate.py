@@ -56,6 +56,15 @@ def test_paired_delta_ci_by_hand():
     assert hi == pytest.approx(0.25 + 0.49)
 
 
+def test_paired_delta_ci_of_token_counts_is_not_clipped():
+    # Differences -10, -6, -8, -8: mean -8, sd 1.633, se 0.8165; an accuracy's [-1, 1] must not clip it.
+    delta, lo, hi = paired_delta_ci([50, 40, 45, 44], [40, 34, 37, 36], bounds=None)
+    assert delta == pytest.approx(-8.0)
+    se = (8 / 3) ** 0.5 / 2
+    assert (lo, hi) == (pytest.approx(-8 - 1.96 * se), pytest.approx(-8 + 1.96 * se))
+    assert paired_delta_ci([50, 40, 45, 44], [40, 34, 37, 36])[1] == -1.0  # clipped, as for accuracies
+
+
 def test_paired_delta_ci_length_mismatch_names_both_lengths():
     with pytest.raises(ValueError, match=r"3.*2"):
         paired_delta_ci([True, False, True], [True, False])

@@ -2,15 +2,23 @@
 and the study's rules (the tuning choice, the cost accounting, the MPD-vs-baseline verdicts)."""
 
 import json
-import os
 
 import pytest
 from typer.testing import CliRunner
 
 from mpdistill.cli import app
-from mpdistill.study import GRID, METHODS, QUICK_N_EVAL, TEMPERATURES, choose_setting, run_cost, setting_name
+from mpdistill.config import load_recipe
+from mpdistill.models import load_model
+from mpdistill.recipes import shipped_path
+from mpdistill.study import (METHODS, QUICK_GRID, QUICK_N_EVAL, QUICK_N_VALIDATION, TEMPERATURES, choose_setting, run_cost,
+                             setting_name)
 
 SEEDS = (0, 1)
+
+
+def trained_any(output: str) -> bool:
+    """Whether the study's console says it trained a run ("training mpd/lr0.0003/seed0 (2 steps, ...)")."""
+    return any(line.startswith("training ") and "steps, batch" in line for line in output.splitlines())
 
 
 @pytest.fixture(scope="module")
@@ -18,6 +26,7 @@ def study_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("study")
     result = CliRunner().invoke(app, ["study", "--quick", "--seeds", "0,1", "--out", str(out)])
     assert result.exit_code == 0, result.output
+    assert trained_any(result.output)  # what the re-run tests below look for, and must not find
     return out
 
 
@@ -28,19 +37,29 @@ def test_every_model_is_evaluated_at_every_temperature_with_seeds_and_intervals(
         rows = {r["model"]: r for r in results["tables"][f"{temp:g}"]}
         assert list(rows) == ["base", *METHODS, "teacher"]
         for name, row in rows.items():
-            runs = 1 if name in ("base", "teacher") else len(SEEDS)
-            assert row["runs"] == runs and len(row["accuracy"]["per_seed"]) == runs, name
-            lo, hi = row["accuracy_ci95_pooled"]
+            # Greedy answers do not depend on the seed: base and teacher answer once there.
+            runs = 1 if name in ("base", "teacher") and temp == 0 else len(SEEDS)
+            assert row["runs"] == runs and len(row["accuracy"]["per_seed"]) == runs, (name, temp)
+            assert (row["accuracy"]["sd"] is None) == (runs == 1)
+            lo, hi = row["accuracy_ci95"]
             assert 0 <= lo <= row["accuracy"]["mean"] <= hi <= 1
             assert row["accuracy"]["min"] <= row["accuracy"]["mean"] <= row["accuracy"]["max"]
             # Each evaluation is on disk, one record per problem, at its own temperature.
-            seeds = ["-"] if runs == 1 else SEEDS
-            for seed in seeds:
-                run = name if runs == 1 else f"{name}/{setting_name(results['tuning'][name]['chosen'])}/seed{seed}"
+            for seed in SEEDS[:runs]:
+                run = (f"{name}/seed{seed}" if name in ("base", "teacher")
+                       else f"{name}/{setting_name(results['tuning'][name]['chosen'])}/seed{seed}")
                 lines = (study_dir / "eval" / f"t{temp:g}" / f"{run}.jsonl").read_text().splitlines()
                 assert len(lines) == QUICK_N_EVAL
-    # Greedy answers do not depend on the evaluation seed: base's are the same as any rerun's would be.
-    assert set(results["versus"]["0"]) == set(METHODS[1:])
+                assert {json.loads(line)["correct"] for line in lines} <= {True, False}
+    for temp in TEMPERATURES:
+        versus = results["versus"][f"{temp:g}"]
+        assert set(versus) == set(METHODS[1:])
+        for v in versus.values():
+            lo, hi = v["accuracy_delta_ci95"]
+            assert lo <= v["accuracy_delta"] <= hi and v["accuracy"] in ("ahead", "level", "behind")
+            assert v["tokens"] in ("ahead", "level", "behind") and len(v["token_delta_per_seed"]) == len(SEEDS)
+            t_lo, t_hi = v["token_delta_ci95"]  # in tokens, not clipped to an accuracy's [-1, 1]
+            assert t_lo <= v["token_delta"] <= t_hi
     table = (study_dir / "study.md").read_text()
     assert "(the headline)" in table and "greedy decoding" in table and "temperature 0.6" in table
     assert (study_dir / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -50,28 +69,39 @@ def test_each_method_is_tuned_on_validation_by_the_stated_rule(study_dir):
     results = json.loads((study_dir / "study.json").read_text())
     for method in METHODS:
         t = results["tuning"][method]
-        assert [g["setting"] for g in t["grid"]] == GRID[method]
-        assert t["chosen"] == GRID[method][choose_setting(t["grid"])]
+        assert [g["setting"] for g in t["grid"]] == QUICK_GRID[method] == results["plan"]["grid"][method]
+        assert len(t["grid"]) >= 2 and t["chosen"] == QUICK_GRID[method][choose_setting(t["grid"])]
         for g in t["grid"]:  # every setting was trained with seed 0 and scored on the validation split
             assert (study_dir / "eval" / "validation" / method / setting_name(g["setting"]) / "seed0.jsonl").exists()
-    # The evaluation split never reached training or tuning: no training prompt is an evaluation prompt.
-    eval_prompts = {json.loads(line)["id"] for line in (study_dir / "eval" / "t0" / "base.jsonl").read_text().splitlines()}
+    # Neither held-out split reached training: no training prompt is a validation or evaluation prompt.
+    held_out = {json.loads(line)["id"] for line in (study_dir / "eval" / "t0" / "base" / "seed0.jsonl").read_text().splitlines()}
+    held_out |= {json.loads(line)["id"] for line in
+                 (study_dir / "eval" / "validation" / "mpd" / "lr0.0003" / "seed0.jsonl").read_text().splitlines()}
+    assert len(held_out) == QUICK_N_EVAL + QUICK_N_VALIDATION
     for rollouts in (study_dir / "runs").rglob("rollouts.jsonl"):
         trained = {json.loads(line)["prompt"] for line in rollouts.read_text().splitlines()}
-        assert not trained & eval_prompts, rollouts
+        assert trained and not trained & held_out, rollouts
 
 
 def test_costs_count_what_each_method_generated_and_trained_on(study_dir):
     costs = {c["method"]: c for c in json.loads((study_dir / "study.json").read_text())["costs"]}
-    assert costs["mpd"]["teacher_generated_tokens"] > 0 and costs["mpd"]["student_tokens"] > 0
-    assert costs["rewrite_sft"]["teacher_scored_tokens"] == 0  # cross-entropy: no teacher forward
-    assert costs["offpolicy_kd"]["student_tokens"] == 0 and costs["offpolicy_kd"]["teacher_generated_tokens"] > 0
+    mpd = costs["mpd"]
+    assert mpd["teacher_generated_tokens"] > 0 and mpd["student_tokens"] > 0
+    # A rewrite prompt holds the student's whole trace: the teacher reads more than it writes.
+    assert mpd["teacher_read_tokens"] > mpd["teacher_generated_tokens"]
+    assert mpd["teacher_forward_tokens"] > mpd["loss_tokens"]  # prompts included
+    assert costs["rewrite_sft"]["teacher_forward_tokens"] == 0  # cross-entropy: no teacher forward
+    kd = costs["offpolicy_kd"]
+    assert kd["student_tokens"] == 0 and kd["teacher_generated_tokens"] > 0 and kd["teacher_read_tokens"] > 0
     for name in ("opd", "self_distill", "grpo_length"):
-        assert costs[name]["teacher_generated_tokens"] == 0
-        assert costs[name]["loss_tokens"] == costs[name]["student_tokens"] > 0
-    assert costs["grpo_length"]["teacher_scored_tokens"] == 0
-    assert costs["mpd"]["route_kept_rate"] is None or 0 <= costs["mpd"]["route_kept_rate"] <= 1
-    assert costs["opd"]["route_kept_rate"] is None and costs["offpolicy_kd"]["route_kept_rate"] is None
+        assert costs[name]["teacher_generated_tokens"] == costs[name]["teacher_read_tokens"] == 0
+    assert costs["opd"]["loss_tokens"] == costs["opd"]["student_tokens"] > 0
+    # GRPO's student also sampled the reference length's problems before its first step.
+    assert costs["grpo_length"]["student_tokens"] > costs["grpo_length"]["loss_tokens"] > 0
+    assert costs["grpo_length"]["teacher_forward_tokens"] == 0 and costs["grpo_length"]["teacher_parameters"] == 0
+    assert costs["self_distill"]["teacher_parameters"] < costs["opd"]["teacher_parameters"]  # the student's copy
+    assert mpd["route_kept_rate"] is None or 0 <= mpd["route_kept_rate"] <= 1
+    assert costs["opd"]["route_kept_rate"] is None and kd["route_kept_rate"] is None
 
 
 def test_a_rerun_resumes_without_training_again(study_dir):
@@ -79,7 +109,7 @@ def test_a_rerun_resumes_without_training_again(study_dir):
     models = {p: p.stat().st_mtime_ns for p in (study_dir / "models").rglob("model.safetensors")}
     result = CliRunner().invoke(app, ["study", "--quick", "--seeds", "0,1", "--out", str(study_dir)])
     assert result.exit_code == 0, result.output
-    assert "training " not in result.output
+    assert not trained_any(result.output)
     assert {p: p.stat().st_mtime_ns for p in (study_dir / "models").rglob("model.safetensors")} == models
     after = json.loads((study_dir / "study.json").read_text())
     assert after["tables"] == before["tables"] and after["tuning"] == before["tuning"]
@@ -88,6 +118,19 @@ def test_a_rerun_resumes_without_training_again(study_dir):
 def test_another_plan_in_the_same_folder_is_refused(study_dir):
     result = CliRunner().invoke(app, ["study", "--out", str(study_dir)])
     assert result.exit_code == 2 and "other settings" in result.output
+
+
+def test_a_run_trained_with_other_settings_is_refused(study_dir):
+    saved = study_dir / "runs" / "mpd" / "lr0.0003" / "seed0" / "recipe.yaml"
+    original = saved.read_text()
+    saved.write_text(original.replace("steps: 2", "steps: 3"))
+    try:
+        result = CliRunner().invoke(app, ["study", "--quick", "--seeds", "0,1", "--out", str(study_dir)])
+    finally:
+        saved.write_text(original)
+    assert result.exit_code == 2
+    assert "mpd/lr0.0003/seed0 trained with other settings" in result.output and "steps" in result.output
+    assert not trained_any(result.output)
 
 
 @pytest.mark.parametrize("args, words", [
@@ -112,18 +155,25 @@ def test_the_tuning_rule_prefers_accuracy_then_fewer_tokens():
 
 
 def test_run_cost_reads_the_rollout_log(tmp_path):
-    log = tmp_path / "rollouts.jsonl"
     rows = [
-        {"student_tokens": 100, "rewrite": "x", "rewrite_tokens": 30, "accepted": True, "route_kept": True,
-         "trained_on": "rewrite"},
-        {"student_tokens": 90, "rewrite": "y", "rewrite_tokens": 95, "accepted": False, "route_kept": None,
-         "trained_on": "student"},
-        {"student_tokens": 80, "rewrite": "z", "rewrite_tokens": 20, "accepted": True, "route_kept": False,
-         "trained_on": "rewrite"},
+        {"prompt": "Q:1+2\n", "student": "so 1+2=3\nA:3", "student_tokens": 100, "rewrite": "1+2=3\nA:3",
+         "rewrite_tokens": 30, "accepted": True, "route_kept": True, "trained_on": "rewrite"},
+        {"prompt": "Q:1+2\n", "student": "so 1+2=3\nA:3", "student_tokens": 90, "rewrite": "x", "rewrite_tokens": 95,
+         "accepted": False, "route_kept": None, "trained_on": "student"},
+        {"prompt": "Q:1+2\n", "student": "so 1+2=3\nA:3", "student_tokens": 80, "rewrite": "1+2=3\nA:3",
+         "rewrite_tokens": 20, "accepted": True, "route_kept": False, "trained_on": "rewrite"},
+        {"prompt": "Q:1+2\n", "student": "A:3", "student_tokens": 3, "rewrite": None, "rewrite_tokens": None,
+         "accepted": False, "route_kept": None, "trained_on": "dropped"},
     ]
-    log.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    cost = run_cost(log, "mpd", 12.34)
-    assert cost == {"samples": 3, "student_tokens": 270, "teacher_generated_tokens": 145, "loss_tokens": 30 + 90 + 20,
-                    "teacher_scored_tokens": 140, "seconds": 12.3, "accepted": 2, "route_kept_rate": 0.5}
-    assert run_cost(log, "rewrite_sft", 1.0)["teacher_scored_tokens"] == 0
-    os.remove(log)
+    (tmp_path / "rollouts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    _, tok = load_model("embedded:student")
+    n = lambda text: len(tok(text, add_special_tokens=False)["input_ids"])  # noqa: E731
+    recipe = load_recipe(shipped_path("embedded"))
+    cost = run_cost(tmp_path, recipe, 12.34, tok)
+    read = n("Q:1+2\nrewrite:\nso 1+2=3\nA:3\nshort:\n")
+    assert cost == {"samples": 4, "student_tokens": 273, "teacher_read_tokens": 3 * read,
+                    "teacher_generated_tokens": 145, "loss_tokens": 30 + 90 + 20,
+                    "teacher_forward_tokens": 4 * n("Q:1+2\n") + 30 + 90 + 20 + 3, "accepted": 2, "seconds": 12.3,
+                    "route_kept_rate": 0.5}
+    sft = run_cost(tmp_path, recipe.model_copy(update={"method": "rewrite_sft"}), 1.0, tok)
+    assert sft["teacher_forward_tokens"] == 0 and sft["teacher_read_tokens"] == 3 * read

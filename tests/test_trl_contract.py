@@ -123,3 +123,5 @@ def test_what_the_length_penalty_baseline_relies_on():
     assert "reward_func(" in rewards and "completion_ids=completion_ids_list" in rewards
     assert "get_callable_name(reward_funcs[i])" in inspect.getsource(GRPOTrainer.__init__)
     assert list(inspect.signature(GRPOTrainer._tokenize_prompts).parameters) == ["self", "prompts"]
+    # ResumableTraining wraps the sampler GRPO builds (the data order a resumed run reproduces).
+    assert list(inspect.signature(GRPOTrainer._get_train_sampler).parameters)[:2] == ["self", "dataset"]
