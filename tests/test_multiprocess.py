@@ -268,3 +268,24 @@ def test_overlapped_steps_under_torchrun_train_as_serial_steps_do(recipe, tmp_pa
     apart = max((a[k] - b[k]).abs().max().item() for k in a)
     moved = max((a[k] - start[k]).abs().max().item() for k in a)
     assert moved > 5e-4 and apart < 0.02 * moved, (apart, moved)
+
+
+@pytest.mark.parametrize("method, extra", [("self_distill", ()), ("grpo_length", ("training.num_generations=4",))])
+def test_the_competitor_baselines_train_under_torchrun(recipe, tmp_path, method, extra):
+    """Self-distillation and GRPO with a length penalty on two processes: every step logs both
+    processes' samples once, and the student is saved."""
+    sets = [arg for value in (f"method={method}", *extra) for arg in ("--set", value)]
+    launch("torchrun", recipe, tmp_path / "run", *sets)
+    rows = rollouts(tmp_path / "run")
+    by_step = defaultdict(list)
+    for r in rows:
+        by_step[r["step"]].append(r)
+    assert sorted(by_step) == list(range(STEPS))
+    for step, records in by_step.items():
+        assert Counter(r["process"] for r in records) == {p: BATCH for p in range(PROCESSES)}, step
+        assert all(r["trained_on"] == "student" and r["student_tokens"] > 0 for r in records)
+    log = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
+    assert len([e for e in log if "loss" in e]) == STEPS
+    if method == "grpo_length":  # the two processes measured the same reference length
+        assert len({e["length/reference_tokens"] for e in log if "length/reference_tokens" in e}) == 1
+    assert (tmp_path / "run" / "model" / "model.safetensors").exists()
