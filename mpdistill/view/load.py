@@ -155,7 +155,16 @@ def _read_recipe(path: Path) -> dict:
     if not isinstance(recipe, dict):
         raise ViewError(f"{path}: expected a recipe (a YAML mapping), got {type(recipe).__name__}")
     shown = {}
+    method = _registered_method(recipe.get("method"))
     for key in RECIPE_KEYS:
+        # Only what the run's method used: no rewrite settings where nothing was rewritten, and the
+        # teacher it really had (the student itself for self-distillation, none for GRPO).
+        if method is not None and key.startswith("rewrite.") and not method.rewrites:
+            continue
+        if method is not None and key == "teacher" and not (method.uses_teacher and not method.self_teacher):
+            if method.self_teacher:
+                shown[key] = f"{recipe.get('student', 'embedded:student')} (frozen, asked to be concise)"
+            continue
         value = recipe
         for part in key.split("."):
             value = value.get(part) if isinstance(value, dict) else None
@@ -163,6 +172,12 @@ def _read_recipe(path: Path) -> dict:
             # YAML reads some scalars as dates and the like, which JSON cannot hold: shown as written.
             shown[key] = value if isinstance(value, (str, int, float, bool)) else str(value)
     return shown
+
+
+def _registered_method(name):
+    from ..methods import METHODS
+
+    return METHODS.get(name) if isinstance(name, str) else None
 
 
 def read_train_log(path: Path, warnings: list[str]) -> tuple[list[dict], dict | None]:
@@ -224,7 +239,8 @@ def _add_rollout(rollouts: Rollouts, record, path: Path, lineno: int, reason_cod
     step = record.get("step")
     if isinstance(step, bool) or not isinstance(step, int) or step < 0:
         raise ViewError(f"{where}: 'step' must be a non-negative integer, got {step!r}")
-    reason = _field(record, "reason", str, where) or "none"
+    # A method that never asks for a rewrite (OPD, self-distillation, GRPO) trains each sample as sampled.
+    reason = _field(record, "reason", str, where) or ("none" if "accepted" in record else "as_sampled")
     trained_on = _field(record, "trained_on", str, where)
     correct = _field(record, "student_correct", bool, where)
     rollouts.line.append(lineno)

@@ -776,6 +776,7 @@ function rolloutBrowser(r) {
 
 function verdictBadge(accepted, reason) {
   if (accepted) return badge("accepted", "good");
+  if (reason === "as_sampled") return badge("no rewrite", "neutral");  // a method that never rewrites
   return reason === "on_policy" ? badge("on-policy", "neutral") : badge("rejected", "bad");
 }
 

@@ -74,6 +74,24 @@ def test_older_rollouts_without_answer_fields_and_off_policy_kd_records_are_read
     assert section["log"] is None and section["status"] == "no training step logged yet"
 
 
+@pytest.mark.parametrize("method, teacher", [("opd", "t"), ("grpo_length", None),
+                                             ("self_distill", "s (frozen, asked to be concise)")])
+def test_a_run_that_never_rewrites_shows_its_samples_as_sampled_and_its_own_teacher(tmp_path, method, teacher):
+    folder = tmp_path / method
+    folder.mkdir()
+    (folder / "recipe.yaml").write_text(f"method: {method}\ntask: chain\nstudent: s\nteacher: t\n"
+                                        "rewrite:\n  max_ratio: 0.9\n")
+    record = {"step": 0, "index": 0, "prompt": "Q:1+2\n", "gold": "3", "student_answer": "3", "student_correct": True,
+              "student": "so 1+2=3\nA:3", "student_tokens": 9, "trained_on": "student", "process": 0}
+    (folder / "rollouts.jsonl").write_bytes(jsonl([record, {**record, "index": 1}]))
+    run = read_path(folder)
+    section = run_section(run, method, max_texts=10)
+    assert section["rollouts"]["reasons"] == ["as_sampled"]
+    assert section["rollouts"]["columns"]["accepted"] == [0, 0]
+    assert run.recipe.get("teacher") == teacher and "rewrite.max_ratio" not in run.recipe
+    assert 'reason === "as_sampled"' in build_page([folder], max_texts=10)  # drawn as "no rewrite", not "rejected"
+
+
 def test_the_torn_last_lines_of_a_live_run_are_left_out(tmp_path, caplog):
     records = rollout_records()
     folder = write_run(tmp_path / "live", records, finished=False)
