@@ -86,7 +86,7 @@ def run_demo(out: str | Path, *, quick: bool = False, seed: int | None = None, r
         target = models_dir / name
         if not (target / "config.json").exists():
             model, tok = load_model(source)
-            _save_atomic(model, tok, target, prompt_record(recipe))  # as they are, before any training
+            save_model_folder(model, tok, target, prompt_record(recipe))  # as they are, before any training
             fresh.add(name)
     for method in METHODS:
         target = models_dir / method
@@ -118,7 +118,7 @@ def run_demo(out: str | Path, *, quick: bool = False, seed: int | None = None, r
                 path.unlink(missing_ok=True)  # samples of a model this run replaced
             job = bar.add_task(f"eval {name:<12}", total=n_eval)
             model, tok = load_model(str(models_dir / name))
-            records[name] = _evaluate(model, tok, eval_problems, task, settings, recipe.seed, path,
+            records[name] = evaluate_chain(model, tok, eval_problems, task, settings, recipe.seed, path,
                                       progress=lambda k, _j=job: bar.advance(_j, k))
 
     results = build_results(recipe.seed, records)
@@ -143,7 +143,7 @@ def run_demo(out: str | Path, *, quick: bool = False, seed: int | None = None, r
     return results
 
 
-def _evaluate(model, tok, problems: list[dict], task, settings: GenerationSettings, seed: int, path: Path,
+def evaluate_chain(model, tok, problems: list[dict], task, settings: GenerationSettings, seed: int, path: Path,
               progress) -> list[dict]:
     """The evaluator of ``mpdistill eval`` on chain problems (id = the prompt): resumes ``path``."""
     units = [Unit("chain", p["prompt"], 0, tuple(tok(p["prompt"], add_special_tokens=False)["input_ids"]), p["answer"])
@@ -217,7 +217,7 @@ def _free_name(path: Path) -> Path:
     return path.with_name(f"{path.name}-{n}")
 
 
-def _save_atomic(model, tok, target: Path, record: dict) -> None:
+def save_model_folder(model, tok, target: Path, record: dict) -> None:
     tmp = target.with_name(target.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp, safe_serialization=True)

@@ -102,11 +102,13 @@ def render_card(*, method: str, summary: str = "", rewrites: bool, facts: CardFa
                 ("max_completion_length", args.max_completion_length),
                 ("seed", args.seed),
                 ("LoRA", {"adapter": "yes: this folder holds the adapter", "merged": "yes, merged into these weights"}.get(lora))]
-    # A method without a teacher (GRPO with a length penalty) has none to name.
+    # A method without a teacher (GRPO with a length penalty) has none to name; a student distilled from
+    # its own frozen copy (self-distillation) is not "distilled" from another model.
     teacher = f" with {_shown(facts.teacher)} as the teacher" if uses_teacher else ""
+    from_another = uses_teacher and facts.teacher != facts.student
     sections = [
         f"---\n{metadata.to_yaml()}\n---",
-        f"# {method}-distilled student of {_shown(facts.student)}" if uses_teacher and "distill" not in method.lower()
+        f"# {method}-distilled student of {_shown(facts.student)}" if from_another
         else f"# {_shown(facts.student)} trained by {method}",
         f"This model is {_shown(facts.student)} after {steps} optimizer steps of **{method}**{teacher}, "
         f"trained with mpdistill. {summary}".rstrip(),

@@ -383,7 +383,8 @@ def train(recipe: Recipe, run_dir: str | Path, *, exclude_prompts: set[str] | No
                                   "no answer (data.answer_field)")
         check_batch_fits(recipe, len(rows), distributed_state().num_processes)
         check_generation_backends(recipe)
-        for role, name in (("student", recipe.student), ("teacher", teacher_source(recipe))):  # before either loads
+        teacher_name = teacher_source(recipe)  # None for a method without a teacher
+        for role, name in (("student", recipe.student), ("teacher", teacher_name)):  # both folders before either loads
             if name is None:
                 continue
             try:
@@ -394,7 +395,6 @@ def train(recipe: Recipe, run_dir: str | Path, *, exclude_prompts: set[str] | No
     trust = dict(allow_pickle=recipe.security.allow_pickle_checkpoints, trust_remote_code=recipe.security.trust_remote_code)
     student, tokenizer = load_model(recipe.student, **trust)
     # The teacher is never trained: with training.bf16 its weights are held in bf16 (half the memory).
-    teacher_name = teacher_source(recipe)
     teacher, t_tok = (None, None) if teacher_name is None else load_model(
         teacher_name, dtype=torch.bfloat16 if recipe.training.bf16 else torch.float32, **trust)
     with same_on_every_process():

@@ -43,11 +43,11 @@ from rich.text import Text
 
 from .config import Recipe, load_recipe
 from .console import stdout
-from .demo import _evaluate, _save_atomic
-from .durable import atomic_write, replace_dir
+from .demo import evaluate_chain, save_model_folder
+from .durable import atomic_write, replace_dir, write_text
 from .evaluate import paired_delta_ci, summarize, wilson_interval_mean
 from .methods import get_method
-from .models import load_model
+from .models import load_model, load_tokenizer
 from .paths import ROLLOUTS, TRAIN_LOG, check_output_dir
 from .pipeline import check_generation_backends, prompt_record, train
 from .recipes import shipped_path
@@ -92,7 +92,7 @@ class Plan:
     n_validation: int = N_VALIDATION
     n_eval: int = N_EVAL
     temperatures: tuple[float, ...] = TEMPERATURES
-    overrides: dict = field(default_factory=dict)
+    quick: bool = False
     grid: dict = field(default_factory=lambda: GRID)
 
 
@@ -111,8 +111,8 @@ def run_study(out: str | Path, *, quick: bool = False, seeds: tuple[int, ...] = 
         raise ValueError(f"--methods: MPD and any of {', '.join(BASELINES)} (got {', '.join(methods)})")
     plan = Plan(seeds=tuple(dict.fromkeys(seeds)), methods=tuple(dict.fromkeys(methods)),
                 n_validation=QUICK_N_VALIDATION if quick else N_VALIDATION, n_eval=QUICK_N_EVAL if quick else N_EVAL,
-                overrides=dict(QUICK) if quick else {}, grid=QUICK_GRID if quick else GRID)
-    base_recipe = load_recipe(RECIPE, plan.overrides)
+                quick=quick, grid=QUICK_GRID if quick else GRID)
+    base_recipe = load_recipe(RECIPE, dict(QUICK) if quick else {})
     check_generation_backends(base_recipe)
     task = get_task(base_recipe.task)
     started = time.time()
@@ -125,10 +125,9 @@ def run_study(out: str | Path, *, quick: bool = False, seeds: tuple[int, ...] = 
     for name, source in (("base", base_recipe.student), ("teacher", base_recipe.teacher)):
         if not (models / name / "config.json").exists():
             model, tok = load_model(source)
-            _save_atomic(model, tok, models / name, prompt_record(base_recipe))
-    _, tokenizer = load_model(str(models / "base"))
+            save_model_folder(model, tok, models / name, prompt_record(base_recipe))
+    tokenizer = load_tokenizer(str(models / "base"))
 
-    costs: dict[str, dict] = {}
     tuning: dict[str, dict] = {}
     greedy = _settings(base_recipe, 0.0)
     for method in plan.methods:
@@ -136,7 +135,7 @@ def run_study(out: str | Path, *, quick: bool = False, seeds: tuple[int, ...] = 
         grid = plan.grid[method]
         for setting in grid:
             run = f"{method}/{setting_name(setting)}/seed0"
-            costs[run] = _train_once(out, run, _recipe(base_recipe, method, setting, 0), held_out, tokenizer, console)
+            _train_once(out, run, _recipe(base_recipe, method, setting, 0), held_out, console)
             records = _eval_model(out, run, validation, task, greedy, 0, f"eval/validation/{run}")
             scores.append(summarize(records))
         chosen = choose_setting(scores)
@@ -145,11 +144,9 @@ def run_study(out: str | Path, *, quick: bool = False, seeds: tuple[int, ...] = 
                           "rule": RULE, "at_grid_edge": grid[chosen]["learning_rate"] in (min(rates), max(rates))}
         console.print(f"  {method}: chose {setting_name(grid[chosen])} on validation "
                       f"({100 * scores[chosen]['accuracy']:.1f}% at {scores[chosen]['mean_tokens']:.1f} tokens, greedy)")
-        for seed in plan.seeds:
-            run = f"{method}/{setting_name(grid[chosen])}/seed{seed}"
-            if run not in costs:
-                costs[run] = _train_once(out, run, _recipe(base_recipe, method, grid[chosen], seed), held_out,
-                                         tokenizer, console)
+        for seed in plan.seeds:  # seed 0's is the tuning run, already there
+            _train_once(out, f"{method}/{setting_name(grid[chosen])}/seed{seed}",
+                        _recipe(base_recipe, method, grid[chosen], seed), held_out, console)
 
     # The evaluation split, once, at the end: every chosen run and the two untrained models.
     evals: dict[str, dict[str, dict[float, list[dict]]]] = {}
@@ -174,11 +171,11 @@ def run_study(out: str | Path, *, quick: bool = False, seeds: tuple[int, ...] = 
         "tuning": tuning,
         "tables": {f"{t:g}": table(evals, t, plan) for t in plan.temperatures},
         "versus": {f"{t:g}": versus(evals, t, plan) for t in plan.temperatures},
-        "costs": cost_table(costs, tuning, plan, teacher_sizes(models)),
+        "costs": cost_table(out, tuning, plan, tokenizer, teacher_sizes(models)),
         "wall_seconds": round(time.time() - started, 1),
     }
-    atomic_write(out / "study.json", lambda tmp: Path(tmp).write_text(json.dumps(results, indent=2) + "\n"))
-    atomic_write(out / "study.md", lambda tmp: Path(tmp).write_text(report(results)))
+    write_text(out / "study.json", json.dumps(results, indent=2) + "\n")
+    write_text(out / "study.md", report(results))
     atomic_write(out / "pareto.png", lambda tmp: plot_pareto(results, tmp))
     console.print(report(results))
     console.print(f"wrote {out / 'study.json'}, study.md, pareto.png in {results['wall_seconds']:.0f}s")
@@ -231,9 +228,9 @@ def _settings(recipe: Recipe, temperature: float) -> GenerationSettings:
                               batch_size=e.batch_size)
 
 
-def _train_once(out: Path, run: str, recipe: Recipe, held_out: set[str], tokenizer, console: Console) -> dict:
-    """Train ``run`` unless its model is there, trained with this very recipe; returns its cost record
-    (kept in the run folder). A run trained again loses its evaluations (they were of the old model)."""
+def _train_once(out: Path, run: str, recipe: Recipe, held_out: set[str], console: Console) -> None:
+    """Train ``run`` unless its model is there, trained with this very recipe; its wall time is kept in
+    the run folder (``cost.json``). A run trained again loses its evaluations (they were of the old model)."""
     from .checkpoints import recipe_changes
     from .config import ConfigError
 
@@ -244,7 +241,7 @@ def _train_once(out: Path, run: str, recipe: Recipe, held_out: set[str], tokeniz
         if changed:
             raise ConfigError(f"{out} holds {run} trained with other settings ({'; '.join(changed[:5])}); use a new "
                               "--out to keep both")
-        return run_cost(run_dir, recipe, json.loads(cost_file.read_text())["seconds"], tokenizer)
+        return
     if run_dir.exists():  # an interrupted run: start it afresh
         shutil.rmtree(run_dir)
     for stale in (out / "eval").glob(f"*/{run}.jsonl"):
@@ -254,12 +251,10 @@ def _train_once(out: Path, run: str, recipe: Recipe, held_out: set[str], tokeniz
     t0 = time.time()
     model_dir = train(recipe, run_dir, exclude_prompts=held_out)
     seconds = time.time() - t0
-    # The wall time is kept; the token counts are read from the run's logs whenever they are needed.
-    atomic_write(cost_file, lambda tmp: Path(tmp).write_text(json.dumps({"seconds": round(seconds, 1)}) + "\n"))
-    cost = run_cost(run_dir, recipe, seconds, tokenizer)
+    # The wall time is kept; the token counts are read from the run's logs when the costs are tabled.
+    write_text(cost_file, json.dumps({"seconds": round(seconds, 1)}) + "\n")
     replace_dir(model_dir, out / "models" / run)
     console.print(f"  done in {seconds:.0f}s")
-    return cost
 
 
 def run_cost(run_dir: Path, recipe: Recipe, seconds: float, tokenizer) -> dict:
@@ -291,14 +286,14 @@ def run_cost(run_dir: Path, recipe: Recipe, seconds: float, tokenizer) -> dict:
         if r.get("teacher") is not None:  # an off-policy KD sample
             c["teacher_read_tokens"] += n(r["prompt"])
             c["teacher_generated_tokens"] += r.get("teacher_tokens") or 0
-        completion = {"rewrite": r.get("rewrite_tokens"), "student": r.get("student_tokens"),
-                      "teacher": r.get("teacher_tokens")}
-        on = r.get("trained_on")
-        c["loss_tokens"] += completion.get(on) or 0
+        # The completion the step carried (a dropped sample keeps it, with a zero loss mask): the
+        # teacher's sample (KD), the accepted rewrite, or the student's own trace.
+        carried = (r.get("teacher_tokens") if r.get("teacher") is not None else
+                   r.get("rewrite_tokens") if r.get("trained_on") == "rewrite" else r.get("student_tokens")) or 0
+        c["loss_tokens"] += 0 if r.get("trained_on") == "dropped" else carried
         if kl:
-            shown = completion.get(on) or completion["rewrite"] or completion["student"] or completion["teacher"] or 0
             prompt = r["prompt"] + (instruction if method.self_teacher else "")
-            c["teacher_forward_tokens"] += n(prompt) + shown
+            c["teacher_forward_tokens"] += n(prompt) + carried
         if r.get("accepted") and r.get("rewrite") is not None:  # an accepted rewrite (not a KD sample)
             c["accepted"] += 1
             route_kept += bool(r.get("route_kept"))
@@ -323,7 +318,7 @@ def _eval_model(out: Path, name: str, problems: list[dict], task, settings: Gene
     path = out / f"{file}.jsonl"
     path.parent.mkdir(parents=True, exist_ok=True)
     model, tok = load_model(str(out / "models" / name))
-    return _evaluate(model, tok, problems, task, settings, seed, path, progress=lambda k: None)
+    return evaluate_chain(model, tok, problems, task, settings, seed, path, progress=lambda k: None)
 
 
 def _spread(values: list[float]) -> dict:
@@ -354,18 +349,21 @@ def table(evals: dict, temp: float, plan: Plan) -> list[dict]:
 def versus(evals: dict, temp: float, plan: Plan) -> dict:
     """MPD against each baseline at ``temp`` (rule 5 of the module docstring)."""
     mpd = [evals["mpd"][str(s)][temp] for s in plan.seeds]
+    ours = [summarize(r) for r in mpd]
+    mpd_correct, mpd_tokens = _per_problem(mpd, "correct"), _per_problem(mpd, "tokens")
     out = {}
     for name in (m for m in plan.methods if m != "mpd"):
         other = [evals[name][str(s)][temp] for s in plan.seeds]
-        d_acc = [summarize(a)["accuracy"] - summarize(b)["accuracy"] for a, b in zip(mpd, other)]
-        d_tok = [summarize(a)["mean_tokens"] - summarize(b)["mean_tokens"] for a, b in zip(mpd, other)]
-        delta, lo, hi = paired_delta_ci(_per_problem(other, "correct"), _per_problem(mpd, "correct"))
-        t_delta, t_lo, t_hi = paired_delta_ci(_per_problem(other, "tokens"), _per_problem(mpd, "tokens"), bounds=None)
-        other_tokens = statistics.fmean(_per_problem(other, "tokens"))
+        theirs = [summarize(r) for r in other]
+        d_acc = [a["accuracy"] - b["accuracy"] for a, b in zip(ours, theirs)]
+        d_tok = [a["mean_tokens"] - b["mean_tokens"] for a, b in zip(ours, theirs)]
+        delta, lo, hi = paired_delta_ci(_per_problem(other, "correct"), mpd_correct)
+        other_tokens = _per_problem(other, "tokens")
+        t_delta, t_lo, t_hi = paired_delta_ci(other_tokens, mpd_tokens, bounds=None)
         out[name] = {"accuracy_delta": delta, "accuracy_delta_ci95": [lo, hi], "accuracy_delta_per_seed": d_acc,
                      "accuracy": _verdict(lo, hi, d_acc, higher_is_better=True),
                      "token_delta": t_delta, "token_delta_ci95": [t_lo, t_hi], "token_delta_per_seed": d_tok,
-                     "token_change": t_delta / other_tokens,
+                     "token_change": t_delta / statistics.fmean(other_tokens),
                      "tokens": _verdict(t_lo, t_hi, d_tok, higher_is_better=False)}
     return out
 
@@ -382,10 +380,14 @@ COST_KEYS = ("samples", "student_tokens", "teacher_read_tokens", "teacher_genera
              "teacher_forward_tokens", "seconds", "accepted")
 
 
-def cost_table(costs: dict, tuning: dict, plan: Plan, sizes: dict[str, int]) -> list[dict]:
+def cost_table(out: Path, tuning: dict, plan: Plan, tokenizer, sizes: dict[str, int]) -> list[dict]:
+    """Each method's chosen runs' costs (:func:`run_cost`), mean over seeds. ``tokenizer``: the
+    embedded student's, which the teacher shares (it counts the prompts the teacher read)."""
     rows = []
     for method in plan.methods:
-        runs = [costs[f"{method}/{setting_name(tuning[method]['chosen'])}/seed{s}"] for s in plan.seeds]
+        folders = [out / "runs" / method / setting_name(tuning[method]["chosen"]) / f"seed{s}" for s in plan.seeds]
+        runs = [run_cost(f, load_recipe(f / "recipe.yaml"), json.loads((f / "cost.json").read_text())["seconds"],
+                         tokenizer) for f in folders]
         mean = {k: statistics.fmean(r[k] for r in runs) for k in COST_KEYS}
         kept = [r["route_kept_rate"] for r in runs if r["route_kept_rate"] is not None]
         rows.append({"method": method, **mean, "teacher_parameters": sizes[method],
@@ -490,7 +492,7 @@ def _check_same_study(out: Path, plan: Plan, recipe: Recipe) -> None:
         return hashlib.sha256((Path(resolve_model(name)) / "model.safetensors").read_bytes()).hexdigest()[:16]
 
     marker = out / "plan.json"
-    wanted = {"quick": bool(plan.overrides), "n_validation": plan.n_validation, "n_eval": plan.n_eval,
+    wanted = {"quick": plan.quick, "n_validation": plan.n_validation, "n_eval": plan.n_eval,
               "student": digest(recipe.student), "teacher": digest(recipe.teacher),
               "eval": recipe.eval.model_dump(mode="json")}
     if marker.exists():
@@ -501,4 +503,4 @@ def _check_same_study(out: Path, plan: Plan, recipe: Recipe) -> None:
                               "new --out to keep both")
     else:
         out.mkdir(parents=True, exist_ok=True)
-        atomic_write(marker, lambda tmp: Path(tmp).write_text(json.dumps(wanted) + "\n"))
+        write_text(marker, json.dumps(wanted) + "\n")

@@ -65,11 +65,9 @@ def problem_text(prompt: Any) -> str:
     return users[-1]
 
 
-def student_record(task, prompt: Any, gold: str | None, text: str, tokens: int, answer: str | None = None) -> dict:
+def student_record(task, prompt: Any, gold: str | None, text: str, tokens: int, answer: str | None) -> dict:
     """A rollout-log line for a student sample trained on as sampled, graded where the problem has a
-    gold answer (``answer``: already read from ``text``, after its thinking)."""
-    if answer is None:
-        answer = task.extract_answer(answer_section(text))
+    gold answer (``answer``: what the task read from ``text``, after its thinking; None: nothing)."""
     return {"prompt": prompt, "gold": gold, "student_answer": answer,
             "student_correct": None if gold is None else answer is not None and task.answers_match(answer, gold),
             "student": text, "student_tokens": tokens, "trained_on": "student"}
@@ -225,6 +223,7 @@ class _Trainer(RunFiles, ResumableTraining, DistillationTrainer):
         """The teacher's own module (not the training wrapper around it), for generation."""
         return self.accelerator.unwrap_model(self.teacher_model)
 
+
 def check_hub_repository(trainer) -> None:
     """After a ``push_to_hub`` trainer's constructor: the Hub repository's creation failed on the main
     process (``RunFiles.init_hf_repo``) -> every process stops alike, or the others would wait at their
@@ -305,7 +304,8 @@ class OPDTrainer(_RolloutLogMixin, _Trainer):
         out = super()._generate(prompts)
         completion_ids = out[1]
         texts = self.processing_class.batch_decode(completion_ids, skip_special_tokens=True)
-        self._write_rollouts([student_record(self.task, prompt, row.get("answer"), text, len(ids))
+        self._write_rollouts([student_record(self.task, prompt, row.get("answer"), text, len(ids),
+                                             self.task.extract_answer(answer_section(text)))
                               for prompt, row, text, ids in zip(prompts, self._inputs, texts, completion_ids, strict=True)])
         return out
 
@@ -354,12 +354,10 @@ class SelfDistillTrainer(OPDTrainer):
     def _generate_and_score_completions(self, inputs):
         out = super()._generate_and_score_completions(inputs)
         ids, _, _ = self._tokenize_prompts([teacher_prompt(row["prompt"], self.instruction) for row in inputs])
-        device = out["prompt_ids"].device
-        pad_id = self._tokenizer.pad_token_id
-        width = max(map(len, ids))
-        # Left-padded like TRL's prompts, so that every teacher prompt ends where its completion starts.
-        out["teacher_prompt_ids"] = torch.tensor([[pad_id] * (width - len(p)) + list(p) for p in ids], device=device)
-        out["teacher_prompt_mask"] = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in ids], device=device)
+        # Left-padded as TRL pads the prompts, so that every teacher prompt ends where its completion starts.
+        out["teacher_prompt_ids"], out["teacher_prompt_mask"] = pad_prompts(
+            [list(p) for p in ids], pad_token_id=self._tokenizer.pad_token_id, pad_to_multiple_of=self.pad_to_multiple_of,
+            device=out["prompt_ids"].device)
         return out
 
     def _compute_loss(self, unwrapped_student, inputs, num_items_in_batch):

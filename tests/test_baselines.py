@@ -2,6 +2,7 @@
 with a length penalty, on the shipped embedded student (a real model that follows the instruction)."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -110,12 +111,12 @@ def test_self_distillation_refuses_the_trained_student_as_its_own_teacher():
 
 def test_grpo_settings_come_from_the_same_config():
     recipe = _recipe("grpo_length", length_penalty=0.3, learning_rate=2e-4)
-    config = grpo_config(training_arguments(recipe, __import__("pathlib").Path("/nonexistent/run")))
+    config = grpo_config(training_arguments(recipe, Path("/nonexistent/run")))
     assert (config.learning_rate, config.per_device_train_batch_size, config.num_generations) == (2e-4, 8, 8)
     assert (config.temperature, config.max_completion_length, config.length_penalty) == (1.0, 200, 0.3)
     assert config.beta == 0.0  # GRPO's KL coefficient, not the distillation recipe's 0.5 JSD mix
     with pytest.raises(ConfigError, match="multiple of training.num_generations"):
-        grpo_config(training_arguments(_recipe("grpo_length", batch_size=6), __import__("pathlib").Path("/x")))
+        grpo_config(training_arguments(_recipe("grpo_length", batch_size=6), Path("/nonexistent/run")))
 
 
 def test_grpo_length_rewards_correct_answers_minus_their_relative_length(tmp_path):

@@ -106,16 +106,21 @@ def steps_logged(out: Path) -> set[int]:
     return {json.loads(line)["step"] for line in text[: text.rfind("\n") + 1].splitlines()}
 
 
-def check_run(out: Path, steps: int = STEPS) -> dict:
-    """Every step's log holds every process's samples once; the teacher's calls were in step."""
-    rows = rollouts(out)
+def check_steps(out: Path, steps: int = STEPS) -> dict[int, list[dict]]:
+    """Every step's rollout log holds every process's samples once; the records, by step."""
     by_step = defaultdict(list)
-    for r in rows:
+    for r in rollouts(out):
         by_step[r["step"]].append(r)
     assert sorted(by_step) == list(range(steps))
     for step, records in by_step.items():
         assert Counter(r["process"] for r in records) == {p: BATCH for p in range(PROCESSES)}, step
         assert sorted(r["index"] for r in records) == list(range(PROCESSES * BATCH)), step
+    return by_step
+
+
+def check_run(out: Path, steps: int = STEPS) -> dict:
+    """Every step's log holds every process's samples once; the teacher's calls were in step."""
+    rows = [r for records in check_steps(out, steps).values() for r in records]
     log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     calls = [(e["mpd/rewriter/generate_calls_min"], e["mpd/rewriter/generate_calls_max"])
              for e in log if "mpd/rewriter/generate_calls_min" in e]
@@ -276,13 +281,7 @@ def test_the_competitor_baselines_train_under_torchrun(recipe, tmp_path, method,
     processes' samples once, and the student is saved."""
     sets = [arg for value in (f"method={method}", *extra) for arg in ("--set", value)]
     launch("torchrun", recipe, tmp_path / "run", *sets)
-    rows = rollouts(tmp_path / "run")
-    by_step = defaultdict(list)
-    for r in rows:
-        by_step[r["step"]].append(r)
-    assert sorted(by_step) == list(range(STEPS))
-    for step, records in by_step.items():
-        assert Counter(r["process"] for r in records) == {p: BATCH for p in range(PROCESSES)}, step
+    for records in check_steps(tmp_path / "run").values():
         assert all(r["trained_on"] == "student" and r["student_tokens"] > 0 for r in records)
     log = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
     assert len([e for e in log if "loss" in e]) == STEPS

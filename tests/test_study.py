@@ -177,3 +177,17 @@ def test_run_cost_reads_the_rollout_log(tmp_path):
                     "route_kept_rate": 0.5}
     sft = run_cost(tmp_path, recipe.model_copy(update={"method": "rewrite_sft"}), 1.0, tok)
     assert sft["teacher_forward_tokens"] == 0 and sft["teacher_read_tokens"] == 3 * read
+
+
+def test_run_cost_of_off_policy_kd_counts_the_teachers_samples(tmp_path):
+    kd = {"prompt": "Q:1+2\n", "student": None, "rewrite": None, "teacher": "1+2=3\nA:3", "student_tokens": None,
+          "rewrite_tokens": None, "teacher_tokens": 7, "accepted": True, "trained_on": "teacher"}
+    rows = [kd, {**kd, "teacher_tokens": 5, "accepted": False, "trained_on": "dropped"}]
+    (tmp_path / "rollouts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    tok = load_model("embedded:student")[1]
+    prompt = len(tok("Q:1+2\n", add_special_tokens=False)["input_ids"])
+    cost = run_cost(tmp_path, load_recipe(shipped_path("embedded"), {"method": "offpolicy_kd"}), 1.0, tok)
+    # The dropped sample is generated and read by the loss's teacher forward (masked), but not trained on.
+    assert (cost["student_tokens"], cost["teacher_generated_tokens"], cost["loss_tokens"]) == (0, 12, 7)
+    assert cost["teacher_read_tokens"] == 2 * prompt and cost["teacher_forward_tokens"] == 2 * prompt + 12
+    assert cost["accepted"] == 0 and cost["route_kept_rate"] is None  # KD samples are not rewrites

@@ -161,7 +161,7 @@ def _read_recipe(path: Path) -> dict:
         # teacher it really had (the student itself for self-distillation, none for GRPO).
         if method is not None and key.startswith("rewrite.") and not method.rewrites:
             continue
-        if method is not None and key == "teacher" and not (method.uses_teacher and not method.self_teacher):
+        if method is not None and key == "teacher" and (method.self_teacher or not method.uses_teacher):
             if method.self_teacher:
                 shown[key] = f"{recipe.get('student', 'embedded:student')} (frozen, asked to be concise)"
             continue
