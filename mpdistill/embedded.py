@@ -1,12 +1,20 @@
-"""The embedded default: a word-piece tokenizer and a tiny Qwen3 student and teacher, trained
-from scratch on the chain task (:mod:`mpdistill.tasks.chain`) so the whole pipeline runs on a CPU.
+"""The embedded worlds: a word-piece tokenizer and a tiny Qwen3 student and teacher, trained from
+scratch on the chain task (:mod:`mpdistill.tasks.chain`) so the whole pipeline runs on a CPU.
 
-``bootstrap()`` is deterministic from its seed. The student is pretrained on verbose traces only
-(both routes), so it writes like a small reasoning model; the teacher is larger, writes concise
-solutions (mostly route L: its own style), learns to rewrite a verbose trace into a concise one
-along the trace's own route, and has read some verbose solutions too (``TEACHER_MIX``). Nothing
-here decides what the models will later answer: their accuracy and length on held-out problems
-come from sampling them.
+Two worlds share the task and the tokenizer and differ in what their models learned (:data:`WORLDS`):
+
+* ``concise-teacher`` (the default): the student is pretrained on verbose traces only (both routes);
+  the teacher is larger, writes concise solutions (mostly route L: its own style), learns to rewrite a
+  verbose trace into a concise one along the trace's own route, and has read some verbose solutions
+  too (``TEACHER_MIX``). Its own answers are about 3x shorter than the student's, so any method
+  that imitates it compresses.
+* ``verbose-teacher``: the teacher's own solutions are as verbose as the student's, and it is clearly
+  more accurate; writing concisely is what it does when asked (a rewrite prompt, or the concise
+  instruction), not its native style. This is the regime MPD is for (a Qwen3-8B teacher against a
+  Qwen3-1.7B student, both thinking at length).
+
+``bootstrap()`` is deterministic from its seed. Nothing here decides what the models will later
+answer: their accuracy and length on held-out problems come from sampling them.
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ import torch
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import GenerationConfig, PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
 
+from .paths import EMBEDDED_PREFIX
 from .tasks import chain
 
 log = logging.getLogger(__name__)
@@ -129,6 +138,57 @@ def teacher_example(rng: random.Random) -> tuple[str, str]:
     return chain.rewrite_prompt(problem.prompt, trace), chain.concise_trace(problem, route)
 
 
+# The verbose-teacher world. Each trace has one style, drawn before it is written, as one writer
+# keeps one manner through a text: whether it re-checks every step by the inverse, and whether it
+# restates every running total (each habit, once chosen, fires at almost every step; otherwise
+# almost never). A model that has read such traces continues a trace in the style its start shows,
+# and its most likely (greedy) answer is verbose, as its sampled ones are.
+VT_HABIT_ON, VT_HABIT_OFF = 0.9, 0.05
+VT_CHECK_SHARE, VT_RESTATE_SHARE = 0.6, 0.6  # of traces that re-check, that restate the total
+# The student: such traces of both routes; a fifth of its examples ask for a concise answer
+# ("short:") and get one, so asked it is brief (the self-distillation baseline's teacher).
+VT_STUDENT_INSTRUCTED_SHARE = 0.20
+# The teacher: half its examples are its own solutions (route L mostly, as in the first world), in
+# the student's styles save one in ten that is concise (a large model has written both); a tenth
+# answer the concise instruction; the rest rewrite a student-style trace into the concise trace
+# along that trace's route: concision is what it does when asked, not how it writes.
+VT_TEACHER_MIX = {"own": 0.50, "instructed": 0.10, "rewrite": 0.40}
+VT_TEACHER_OWN_CONCISE = 0.10
+
+
+def verbose_world_style(rng: random.Random) -> chain.Style:
+    """One trace's style in the verbose-teacher world."""
+    check = VT_HABIT_ON if rng.random() < VT_CHECK_SHARE else VT_HABIT_OFF
+    restate = VT_HABIT_ON if rng.random() < VT_RESTATE_SHARE else VT_HABIT_OFF
+    return chain.Style(check=check, restate_total=restate)
+
+
+def _teacher_route(rng: random.Random) -> str:
+    return "L" if rng.random() < TEACHER_OWN_ROUTE_P["L"] else "P"
+
+
+def verbose_world_student_example(rng: random.Random) -> tuple[str, str]:
+    problem = chain.sample_problem(rng, "train")
+    route = rng.choice(chain.ROUTES)
+    if rng.random() < VT_STUDENT_INSTRUCTED_SHARE:
+        return problem.prompt + chain.CONCISE_INSTRUCTION, chain.concise_trace(problem, route)
+    return problem.prompt, chain.verbose_trace(problem, route, rng, verbose_world_style(rng))
+
+
+def verbose_world_teacher_example(rng: random.Random) -> tuple[str, str]:
+    problem = chain.sample_problem(rng, "train")
+    u = rng.random()
+    if u < VT_TEACHER_MIX["own"]:
+        route = _teacher_route(rng)
+        style = chain.CONCISE if rng.random() < VT_TEACHER_OWN_CONCISE else verbose_world_style(rng)
+        return problem.prompt, chain.verbose_trace(problem, route, rng, style)
+    if u < VT_TEACHER_MIX["own"] + VT_TEACHER_MIX["instructed"]:
+        return problem.prompt + chain.CONCISE_INSTRUCTION, chain.concise_trace(problem, _teacher_route(rng))
+    route = rng.choice(chain.ROUTES)
+    trace = chain.verbose_trace(problem, route, rng, verbose_world_style(rng))
+    return chain.rewrite_prompt(problem.prompt, trace), chain.concise_trace(problem, route)
+
+
 def _batches(
     make: Callable[[random.Random], tuple[str, str]],
     tokenizer: PreTrainedTokenizerFast,
@@ -210,22 +270,22 @@ def pretrain(
 
 
 # ---------------------------------------------------------------------------------------------
-# Bootstrap: train both models and save them where ``embedded:student`` / ``embedded:teacher``
-# resolve.
+# Bootstrap: train a world's two models and save them where its model names resolve.
 
 SHIPPED_DIR = Path(__file__).parent / "assets" / "embedded"
 
 
 @dataclass(frozen=True)
 class BootstrapPlan:
-    """How the embedded models are trained.
+    """How a world's models are trained.
 
     Both models are checked every ``check_every`` steps on ``validation_n`` problems of the
-    validation split (never the evaluation split), sampled at temperature 1. The student stops at
-    the first check where its accuracy reaches ``student_stop_accuracy``: an under-trained small
-    model, right most of the time but not always. The teacher stops once it solves at least
-    ``teacher_stop_accuracy`` and rewrites at least ``teacher_stop_rewrite`` of held-out verbose
-    traces exactly into the concise trace along the same route. Each runs at most ``*_max_steps``.
+    validation split (never the evaluation split), sampled at ``check_temperature`` (0: greedy).
+    The student stops at the first check where its accuracy reaches ``student_stop_accuracy``: an
+    under-trained small model, right most of the time but not always. The teacher stops once it
+    solves at least ``teacher_stop_accuracy`` and rewrites at least ``teacher_stop_rewrite`` of
+    held-out verbose traces exactly into the concise trace along the same route. Each runs at most
+    ``*_max_steps``.
     """
 
     seed: int = 0
@@ -239,16 +299,82 @@ class BootstrapPlan:
     validation_n: int = 200
     batch_size: int = 64
     lr: float = 3e-3
+    check_temperature: float = 1.0
+    # The teacher's checks, when they should be sparser than the student's (None: the same).
+    teacher_first_check: int | None = None
+    teacher_check_every: int | None = None
 
 
-def validation_scores(model, tokenizer, n: int, seed: int, rewrites: bool) -> dict:
-    """Accuracy (and rewrite exactness) on validation-split problems, sampled at temperature 1."""
+@dataclass(frozen=True)
+class World:
+    """One embedded world: how its student and teacher learn, how they are trained, where they live.
+
+    Its models are named ``embedded:<prefix>student`` and ``embedded:<prefix>teacher`` (the default
+    world's prefix is empty) and are kept in ``assets/embedded/<name>/``; its shipped recipe is
+    ``recipe`` (``mpdistill recipes``).
+    """
+
+    name: str
+    summary: str
+    student_example: Callable[[random.Random], tuple[str, str]]
+    teacher_example: Callable[[random.Random], tuple[str, str]]
+    plan: BootstrapPlan
+    prefix: str
+    recipe: str
+    student_shape: ModelShape = STUDENT_SHAPE
+    teacher_shape: ModelShape = TEACHER_SHAPE
+
+    def model_name(self, role: str) -> str:
+        return f"{EMBEDDED_PREFIX}{self.prefix}{role}"
+
+
+DEFAULT_WORLD = "concise-teacher"
+WORLDS: dict[str, World] = {
+    "concise-teacher": World(
+        name="concise-teacher",
+        summary="the teacher natively writes about 3x fewer tokens than the student; imitating it compresses",
+        student_example=student_example, teacher_example=teacher_example, plan=BootstrapPlan(), prefix="",
+        recipe="embedded"),
+    "verbose-teacher": World(
+        name="verbose-teacher",
+        summary="the teacher writes about as many tokens as the student and is more accurate; it is concise "
+                "only when asked",
+        student_example=verbose_world_student_example, teacher_example=verbose_world_teacher_example,
+        # Checked at greedy decoding, the study's headline: the student stops once it is right on 65% of
+        # validation problems (checked every 50 steps, so it lands in the 55-80% band).
+        plan=BootstrapPlan(student_stop_accuracy=0.65, teacher_stop_accuracy=0.97, first_check=300, check_every=50,
+                           check_temperature=0.0, teacher_first_check=1000, teacher_check_every=250),
+        prefix="verbose-teacher/", recipe="embedded-verbose-teacher"),
+}
+
+
+def get_world(name: str) -> World:
+    if name not in WORLDS:
+        raise ValueError(f"unknown embedded world {name!r}; worlds: {', '.join(WORLDS)}")
+    return WORLDS[name]
+
+
+def world_of(model_name: str) -> tuple[World, str] | None:
+    """The world and role (student/teacher) an ``embedded:...`` name refers to, or None."""
+    if not model_name.startswith(EMBEDDED_PREFIX):
+        return None
+    rest = model_name[len(EMBEDDED_PREFIX):]
+    for world in WORLDS.values():
+        role = rest[len(world.prefix):] if rest.startswith(world.prefix) else None
+        if role in STAGES and (world.prefix or "/" not in rest):
+            return world, role
+    return None
+
+
+def validation_scores(model, tokenizer, n: int, seed: int, rewrites: bool, temperature: float = 1.0) -> dict:
+    """Accuracy (and rewrite exactness) on validation-split problems, sampled at ``temperature`` (0: greedy)."""
     from .rollout import GenerationSettings, generate_texts
 
     rng = random.Random(seed)
     problems = [chain.sample_problem(rng, "validation") for _ in range(n)]
     gens = generate_texts(
-        model, tokenizer, [p.prompt for p in problems], GenerationSettings(max_new_tokens=256, batch_size=n), seed=seed
+        model, tokenizer, [p.prompt for p in problems],
+        GenerationSettings(max_new_tokens=256, temperature=temperature, batch_size=n), seed=seed
     )
     scores = {
         "accuracy": sum(chain.is_correct(g.text, p.answer) for g, p in zip(gens, problems)) / n,
@@ -261,7 +387,7 @@ def validation_scores(model, tokenizer, n: int, seed: int, rewrites: bool) -> di
             model,
             tokenizer,
             [chain.rewrite_prompt(p.prompt, t) for p, t in zip(problems, traces)],
-            GenerationSettings(max_new_tokens=128, batch_size=n),
+            GenerationSettings(max_new_tokens=128, temperature=temperature, batch_size=n),
             seed=seed,
         )
         scores["rewrite_exact"] = sum(
@@ -270,15 +396,22 @@ def validation_scores(model, tokenizer, n: int, seed: int, rewrites: bool) -> di
     return scores
 
 
-def embedded_dir() -> Path:
-    """Where the embedded models live: shipped with the package, else bootstrapped into the cache."""
-    if (SHIPPED_DIR / "teacher" / "config.json").exists():
-        return SHIPPED_DIR
-    cache = Path.home() / ".cache" / "mpdistill" / "embedded"
+def world_dir(world: str = DEFAULT_WORLD) -> Path:
+    """Where a world's models live: shipped with the package, else bootstrapped into the cache."""
+    shipped = SHIPPED_DIR / world
+    if (shipped / "teacher" / "config.json").exists():
+        return shipped
+    cache = Path.home() / ".cache" / "mpdistill" / "embedded" / world
     if not (cache / "teacher" / "config.json").exists():
-        log.warning("embedded models not found; bootstrapping them into %s (one-time, minutes on a CPU)", cache)
-        bootstrap(cache)
+        log.warning("embedded models of the %s world not found; bootstrapping them into %s (one-time, minutes on a "
+                    "CPU)", world, cache)
+        bootstrap(cache, get_world(world).plan, world=world)
     return cache
+
+
+def embedded_dir() -> Path:
+    """The default world's folder (``embedded:student``, ``embedded:teacher``)."""
+    return world_dir(DEFAULT_WORLD)
 
 
 def _save(model: Qwen3ForCausalLM, tokenizer: PreTrainedTokenizerFast, path: Path) -> None:
@@ -299,43 +432,52 @@ STAGES = ("student", "teacher")
 
 def bootstrap(
     out_dir: str | Path,
-    plan: BootstrapPlan = BootstrapPlan(),
+    plan: BootstrapPlan | None = None,
     progress: Callable[[str, int, float, dict | None], None] | None = None,
     only: tuple[str, ...] = STAGES,
     device: str | None = None,
+    world: str = DEFAULT_WORLD,
 ) -> dict:
-    """Train the embedded student and teacher from scratch, deterministically from ``plan.seed``.
+    """Train a world's student and teacher from scratch, deterministically from ``plan.seed``
+    (default plan: the world's own).
 
     Writes ``out_dir/student`` and ``out_dir/teacher``, each loadable with ``from_pretrained`` and
-    holding a ``bootstrap.json`` (plan, validation checks, final loss, wall time, device). ``only``
-    trains one of the two, so both can be trained by two processes (or machines) at once.
+    holding a ``bootstrap.json`` (world, plan, validation checks, final loss, wall time, device).
+    ``only`` trains one of the two, so both can be trained by two processes (or machines) at once.
     """
+    w = get_world(world)
+    plan = plan or w.plan
     unknown = set(only) - set(STAGES)
     if unknown:
         raise ValueError(f"unknown bootstrap stage(s) {sorted(unknown)}; stages: {', '.join(STAGES)}")
     out_dir = Path(out_dir)
     tokenizer = build_tokenizer()
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    manifest: dict = {"plan": asdict(plan), "stages": {}}
+    manifest: dict = {"world": w.name, "plan": asdict(plan), "stages": {}}
     for stage in (s for s in STAGES if s in only):
         start = time.time()
         seed = plan.seed + STAGES.index(stage)
-        shape = STUDENT_SHAPE if stage == "student" else TEACHER_SHAPE
+        shape = w.student_shape if stage == "student" else w.teacher_shape
         model = make_model(shape, tokenizer, seed).to(device)
-        make = student_example if stage == "student" else teacher_example
+        make = w.student_example if stage == "student" else w.teacher_example
         max_steps = plan.student_max_steps if stage == "student" else plan.teacher_max_steps
         checks: list[dict] = []
 
         def check(step: int, _name=stage, _model=model, _checks=checks) -> dict:
-            scores = validation_scores(_model, tokenizer, plan.validation_n, plan.seed + 2, _name == "teacher")
+            scores = validation_scores(_model, tokenizer, plan.validation_n, plan.seed + 2, _name == "teacher",
+                                       temperature=plan.check_temperature)
             _model.train()
             _checks.append({"step": step, **scores})
             if progress is not None:
                 progress(_name, step, float("nan"), scores)
             return scores
 
-        def should_stop(step: int, _name=stage) -> bool:
-            if step < plan.first_check or (step - plan.first_check) % plan.check_every:
+        first, every = plan.first_check, plan.check_every
+        if stage == "teacher":
+            first, every = plan.teacher_first_check or first, plan.teacher_check_every or every
+
+        def should_stop(step: int, _name=stage, _first=first, _every=every) -> bool:
+            if step < _first or (step - _first) % _every:
                 return False
             scores = check(step)
             if _name == "student":
@@ -351,7 +493,7 @@ def bootstrap(
         tail = losses[-50:]
         info = {
             "stage": stage,
-            "shape": {k: getattr(model.config, k) for k in asdict(STUDENT_SHAPE)},
+            "shape": {k: getattr(model.config, k) for k in asdict(shape)},
             "parameters": sum(p.numel() for p in model.parameters()),
             "steps": len(losses),
             "final_loss": sum(tail) / len(tail),
@@ -362,5 +504,6 @@ def bootstrap(
         }
         manifest["stages"][stage] = info
         record = out_dir / stage / "bootstrap.json"
-        record.write_text(json.dumps({"plan": asdict(plan), **info}, indent=2) + "\n", encoding="utf-8")
+        record.write_text(json.dumps({"world": w.name, "plan": asdict(plan), **info}, indent=2) + "\n",
+                          encoding="utf-8")
     return manifest

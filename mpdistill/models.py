@@ -1,6 +1,7 @@
 """Loading models and tokenizers, and what loading may do.
 
-``embedded:student`` / ``embedded:teacher`` name the bundled tiny models; anything else is a local
+``embedded:student`` / ``embedded:teacher`` name the bundled tiny models (and
+``embedded:verbose-teacher/student`` / ``.../teacher`` those of the second world, see :mod:`mpdistill.embedded`); anything else is a local
 folder or a Hugging Face name. Only ``safetensors`` weights and no Python from the checkpoint,
 unless a recipe or flag opts in (``security.*``, ``--allow-pickle-checkpoints``,
 ``--trust-remote-code``): pickled weights and a model's own code both run code when loaded. A
@@ -21,12 +22,14 @@ from .paths import EMBEDDED_PREFIX, looks_local
 def resolve_model(name: str) -> str:
     """A local path for ``name``: the embedded models, an existing folder, or a Hub name as is."""
     if name.startswith(EMBEDDED_PREFIX):
-        from .embedded import embedded_dir
+        from .embedded import WORLDS, world_dir, world_of
 
-        which = name[len(EMBEDDED_PREFIX) :]
-        if which not in ("student", "teacher"):
-            raise ConfigError(f"unknown embedded model {name!r}; use embedded:student or embedded:teacher")
-        return str(embedded_dir() / which)
+        found = world_of(name)
+        if found is None:
+            known = ", ".join(w.model_name(role) for w in WORLDS.values() for role in ("student", "teacher"))
+            raise ConfigError(f"unknown embedded model {name!r}; the embedded models are {known}")
+        world, role = found
+        return str(world_dir(world.name) / role)
     return name
 
 

@@ -1,6 +1,5 @@
 """The embedded tokenizer and `bootstrap()`, at a scale of a few steps (seconds on one core)."""
 
-import functools
 import json
 import random
 from dataclasses import asdict, replace
@@ -190,7 +189,8 @@ def test_unknown_stage_is_rejected_before_any_work(tmp_path):
 def test_bootstrap_cli_only_student(tmp_path, monkeypatch):
     # The CLI builds BootstrapPlan(seed=...) and applies its options; a small validation set and
     # batch keep this to a second (the options under test are still the CLI's).
-    monkeypatch.setattr(embedded, "BootstrapPlan", functools.partial(BootstrapPlan, validation_n=8, batch_size=8))
+    small = replace(embedded.WORLDS["concise-teacher"].plan, validation_n=8, batch_size=8)
+    monkeypatch.setitem(embedded.WORLDS, "concise-teacher", replace(embedded.WORLDS["concise-teacher"], plan=small))
     out = tmp_path / "cli"
     result = CliRunner().invoke(app, ["bootstrap", "--out", str(out), "--student-max-steps", "2",
                                       "--teacher-max-steps", "2", "--first-check", "2", "--only", "student"])
@@ -204,3 +204,63 @@ def test_bootstrap_cli_only_student(tmp_path, monkeypatch):
             record["plan"]["seed"]) == (2, 2, 2, 0)
     assert record["stage"] == "student" and record["steps"] == 2
     assert [c["step"] for c in record["validation_checks"]] == [2]
+
+
+def test_the_cli_trains_the_verbose_teacher_world_by_its_own_plan(tmp_path, monkeypatch):
+    """--world verbose-teacher: that world's corpora and plan (greedy checks), recorded in bootstrap.json."""
+    small = replace(embedded.WORLDS["verbose-teacher"].plan, validation_n=8, batch_size=8)
+    monkeypatch.setitem(embedded.WORLDS, "verbose-teacher", replace(embedded.WORLDS["verbose-teacher"], plan=small))
+    out = tmp_path / "vt"
+    result = CliRunner().invoke(app, ["bootstrap", "--world", "verbose-teacher", "--out", str(out), "--student-max-steps",
+                                      "2", "--first-check", "2", "--only", "student"])
+    assert result.exit_code == 0, result.output
+    record = json.loads((out / "student" / "bootstrap.json").read_text())
+    assert record["world"] == "verbose-teacher" and record["plan"]["check_temperature"] == 0.0
+    assert record["plan"]["student_stop_accuracy"] == embedded.WORLDS["verbose-teacher"].plan.student_stop_accuracy
+    result = CliRunner().invoke(app, ["bootstrap", "--world", "nope", "--out", str(out)])
+    assert result.exit_code == 2 and "--world must be one of" in result.output
+
+
+def test_the_worlds_models_resolve_by_name_and_unknown_names_are_refused():
+    from mpdistill.config import ConfigError
+    from mpdistill.models import resolve_model
+
+    assert resolve_model("embedded:student").endswith("concise-teacher/student")
+    assert resolve_model("embedded:verbose-teacher/teacher").endswith("verbose-teacher/teacher")
+    for bad in ("embedded:verbose-teacher/x", "embedded:other/student", "embedded:stu"):
+        with pytest.raises(ConfigError, match="embedded:verbose-teacher/student"):
+            resolve_model(bad)
+
+
+# The digest of the first 200 student and 200 teacher examples as the shipped concise-teacher models were trained.
+CONCISE_WORLD_DIGEST = "81419f8a79538e99"
+
+
+def test_the_concise_teacher_worlds_corpora_are_unchanged():
+    """The first world's shipped models were trained from these exact streams: a style setting added for
+    the second world must not change one draw (the verbose habits' default rates)."""
+    import hashlib
+
+    rng = random.Random(0)
+    texts = [p + c for p, c in (embedded.student_example(rng) for _ in range(200))]
+    texts += [p + c for p, c in (embedded.teacher_example(rng) for _ in range(200))]
+    digest = hashlib.sha256("".join(texts).encode()).hexdigest()[:16]
+    assert digest == CONCISE_WORLD_DIGEST
+
+
+def test_in_the_verbose_teacher_world_a_trace_keeps_one_style():
+    """Each trace draws its style once: re-checking and restating the total are (almost) every step or
+    (almost) never, so a model continues a trace in the style its start shows."""
+    rng = random.Random(0)
+    both = none = 0
+    for _ in range(400):
+        style = embedded.verbose_world_style(rng)
+        assert style.check in (embedded.VT_HABIT_ON, embedded.VT_HABIT_OFF)
+        assert style.restate_total in (embedded.VT_HABIT_ON, embedded.VT_HABIT_OFF)
+        both += style.check == style.restate_total == embedded.VT_HABIT_ON
+        none += style.check == style.restate_total == embedded.VT_HABIT_OFF
+    assert 0.25 < both / 400 < 0.5 and 0.08 < none / 400 < 0.25
+    own = [embedded.verbose_world_teacher_example(rng) for _ in range(2000)]
+    plain = [c for p, c in own if "rewrite" not in p and not p.endswith(chain.CONCISE_INSTRUCTION)]
+    concise = sum("check" not in c and "so " not in c for c in plain) / len(plain)
+    assert 0.08 < concise < 0.2  # one in ten of the teacher's own solutions is concise (some verbose ones look so)

@@ -142,20 +142,39 @@ def concise_trace(problem: ChainProblem, route: str) -> str:
     return "\n".join(lines)
 
 
-def verbose_trace(problem: ChainProblem, route: str, rng: random.Random) -> str:
+@dataclass(frozen=True)
+class Style:
+    """How often each verbose habit fires in a trace: restating the problem (once, at the start),
+    backtracking from a wrong value and re-checking by the inverse and restating the total (each
+    step), and a closing restatement of the answer."""
+
+    restate_problem: float = P_RESTATE_PROBLEM
+    backtrack: float = P_BACKTRACK
+    check: float = P_CHECK
+    restate_total: float = P_RESTATE_TOTAL
+    wrap_up: float = P_WRAP_UP
+
+
+VERBOSE = Style()
+CONCISE = Style(0.0, 0.0, 0.0, 0.0, 0.0)  # no habit fires: the concise trace
+
+
+def verbose_trace(problem: ChainProblem, route: str, rng: random.Random, style: Style = VERBOSE) -> str:
+    """A solution along ``route`` with the verbose habits of ``style`` (with :data:`CONCISE`, the
+    concise trace)."""
     lines = []
-    if rng.random() < P_RESTATE_PROBLEM:
+    if rng.random() < style.restate_problem:
         lines.append(f"so we need {problem.text}")
     for t, s, d, n in problem.steps(route):
-        if rng.random() < P_BACKTRACK:
+        if rng.random() < style.backtrack:
             wrong = (n + rng.choice((1, 2, 8, 9))) % 10
             lines.append(f"{t}{s}{d}={wrong} wait no")
         lines.append(f"{t}{s}{d}={n}")
-        if rng.random() < P_CHECK:
+        if rng.random() < style.check:
             lines.append(_inverse(t, s, d, n))
-        if rng.random() < P_RESTATE_TOTAL:
+        if rng.random() < style.restate_total:
             lines.append(f"so now we have {n}")
-    if rng.random() < P_WRAP_UP:
+    if rng.random() < style.wrap_up:
         lines.append(f"so the answer is {problem.answer}")
     lines.append(f"{ANSWER_PREFIX}{problem.answer}")
     return "\n".join(lines)
