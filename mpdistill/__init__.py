@@ -20,6 +20,7 @@ _EXPORTS = {
     "OffPolicyKDTrainer": "trainer",
     "RewriteSFTTrainer": "trainer",
     "SelfDistillTrainer": "trainer",
+    "MixedOPDTrainer": "trainer",
     "LengthPenaltyGRPOTrainer": "length_rl",
     "Rewriter": "rewrite",
     "RewriteOutput": "rewrite",

@@ -91,6 +91,11 @@ class ResumableTraining:
     def random_streams(self) -> dict[str, random.Random]:
         return {}
 
+    def checkpoint_modules(self) -> dict[str, torch.nn.Module]:
+        """Modules besides the student whose weights change during training (a refreshed teacher):
+        saved in each checkpoint as ``<name>.safetensors`` and loaded back on resume."""
+        return {}
+
     def _get_train_sampler(self, dataset=None):
         return EpochOrderSampler(super()._get_train_sampler(dataset))
 
@@ -107,6 +112,11 @@ class ResumableTraining:
             super()._save_checkpoint(model, trial)
         finally:
             self.args.output_dir = root
+        if self.args.should_save:
+            from safetensors.torch import save_model
+
+            for key, module in self.checkpoint_modules().items():
+                save_model(module, str(Path(staging, name, f"{key}.safetensors")))
         streams = {key: rng.getstate() for key, rng in self.random_streams().items()}
         if streams:
             rank = self.accelerator.process_index
@@ -122,6 +132,17 @@ class ResumableTraining:
             shutil.rmtree(staging, ignore_errors=True)
             rotate_checkpoints(root, save_total_limit=self.args.save_total_limit, use_mtime=False)
         self.accelerator.wait_for_everyone()
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+        from safetensors.torch import load_model
+
+        for key, module in self.checkpoint_modules().items():
+            path = Path(resume_from_checkpoint, f"{key}.safetensors")
+            if not path.is_file():
+                raise ResumeError(f"{resume_from_checkpoint} has no {path.name} (the {key} as this run changed it), so "
+                                  "the run cannot go on from there as it was; start it again in a new --out")
+            load_model(module, str(path))
 
     def _issue_warnings_after_load(self, load_result):
         # A checkpoint holds a tied weight once (lm_head.weight is the embedding matrix), so loading it reports

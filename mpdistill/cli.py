@@ -25,6 +25,18 @@ ALLOW_PICKLE = typer.Option(False, "--allow-pickle-checkpoints",
 TRUST_REMOTE_CODE = typer.Option(False, "--trust-remote-code", help="Run Python code shipped with the model; read it first.")
 
 
+WORLD = typer.Option("concise-teacher", "--world", help="The embedded world: concise-teacher (the teacher natively "
+                     "3x shorter than the student) or verbose-teacher (about as long, more accurate; docs/EMBEDDED.md).")
+
+
+def _world(name: str) -> str:
+    from .embedded import WORLDS
+
+    if name not in WORLDS:
+        _fail(f"--world must be one of {', '.join(WORLDS)}; got {name!r}")
+    return name
+
+
 def _fail(message: str, *, shared: bool = False) -> None:
     """One ``error:`` line, exit code 2. Under a launcher, an error every process shares (the main
     process decided it, see mpdistill/processes.py) is said once, by the main process; one raised
@@ -42,12 +54,14 @@ def demo(
     quick: bool = typer.Option(False, "--quick", help="A small version of the demo (for tests)."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Override the recipe's seed."),
     recipe: Optional[str] = typer.Option(None, "--recipe", help="Recipe file, or a shipped recipe's name (default: "
-                                         "embedded; `mpdistill recipes` lists them)."),
+                                         "the world's: embedded or embedded-verbose-teacher; `mpdistill recipes` "
+                                         "lists them)."),
     rewrite_backend: Optional[str] = typer.Option(
         None, "--rewrite-backend", help="Where the teacher writes its rewrites: transformers (the recipe's default) or "
         "vllm (an in-process vLLM engine; its CPU build works on a laptop, see docs/VLLM.md)."),
+    world: str = WORLD,
 ) -> None:
-    """Train MPD and the three distillation baselines on the embedded default and compare them on held-out problems."""
+    """Train MPD and the three distillation baselines on an embedded world and compare them on held-out problems."""
     from .config import ConfigError
     from .demo import run_demo
     from .recipes import RecipeNotFound
@@ -56,7 +70,8 @@ def demo(
     try:
         if rewrite_backend not in (None, "transformers", "vllm"):
             raise ConfigError(f"--rewrite-backend must be transformers or vllm, got {rewrite_backend!r}")
-        run_demo(out, quick=quick, seed=seed, recipe_path=recipe, rewrite_backend=rewrite_backend, console=console)
+        run_demo(out, quick=quick, seed=seed, recipe_path=recipe, rewrite_backend=rewrite_backend,
+                 world=_world(world), console=console)
     except (ConfigError, DataError, RecipeNotFound) as err:
         _fail(str(err))
     except KeyboardInterrupt:
@@ -69,20 +84,21 @@ def study(
     out: Path = typer.Option(Path("mpd-study"), "--out", help="Output folder (re-running with it resumes)."),
     quick: bool = typer.Option(False, "--quick", help="A small version of the study (for tests)."),
     seeds: str = typer.Option("0,1,2", "--seeds", help="Training seeds, comma-separated (0 must be one: tuning uses it)."),
-    methods: Optional[str] = typer.Option(None, "--methods", help="mpd and the baselines to compare it with, "
-                                          "comma-separated (default: every one)."),
+    methods: Optional[str] = typer.Option(None, "--methods", help="mpd and the arms to compare it with (baselines "
+                                          "and controls, docs/RESULTS.md), comma-separated (default: every one)."),
+    world: str = WORLD,
 ) -> None:
-    """MPD and every baseline on the embedded default: tuned on validation, several seeds, three decodings, costs."""
+    """MPD, its controls and every baseline on an embedded world: tuned on validation, several seeds, three decodings, costs."""
     from .config import ConfigError
-    from .study import METHODS, run_study
+    from .study import ARM_NAMES, run_study
     from .tasks.problems import DataError
 
     try:
         seed_list = tuple(int(s) for s in seeds.split(",") if s.strip())
         if 0 not in seed_list:
             raise ConfigError(f"--seeds must include 0 (each method is tuned with seed 0); got {seeds!r}")
-        chosen = tuple(m.strip() for m in methods.split(",")) if methods else METHODS
-        run_study(out, quick=quick, seeds=seed_list, methods=chosen, console=console)
+        chosen = tuple(m.strip() for m in methods.split(",")) if methods else ARM_NAMES
+        run_study(out, quick=quick, seeds=seed_list, arms=chosen, world=_world(world), console=console)
     except (ConfigError, DataError) as err:
         _fail(str(err))
     except ValueError as err:
@@ -525,14 +541,17 @@ def bootstrap(
     only: Optional[str] = typer.Option(
         None, "--only", help="Train only 'student' or only 'teacher'."
     ),
+    world: str = WORLD,
 ) -> None:
-    """Train the embedded student and teacher from scratch (deterministic from the seed)."""
-    from dataclasses import replace
+    """Train an embedded world's student and teacher from scratch (deterministic from the seed)."""
+    from dataclasses import asdict, replace
 
-    from .embedded import BootstrapPlan
+    from .embedded import WORLDS, BootstrapPlan
     from .embedded import bootstrap as run
 
-    plan = BootstrapPlan(seed=seed)
+    _world(world)
+    # The world's own plan (its stop rules and checks), with this seed and these options.
+    plan = BootstrapPlan(**{**asdict(WORLDS[world].plan), "seed": seed})
     for field, value in (
         ("student_max_steps", student_max_steps),
         ("teacher_max_steps", teacher_max_steps),
@@ -553,7 +572,7 @@ def bootstrap(
         elif step == 1 or step % 100 == 0:
             console.print(f"{name}: step {step} loss {loss:.4f}")
 
-    manifest = run(out, plan, progress=progress, only=names)
+    manifest = run(out, plan, progress=progress, only=names, world=world)
     for name, info in manifest["stages"].items():
         console.print(
             f"{name}: {info['parameters']:,} parameters, {info['steps']} steps, "

@@ -120,14 +120,28 @@ class TrainingConfig(_Strict):
     # leaves the template's default. Needs chat prompts (data.prompt_style: chat).
     student_enable_thinking: bool | None = None
     # self_distill: what the teacher (the frozen initial student) reads after the problem; None: the
-    # task's "be concise" instruction (chain: "short:\n"; math: prompts.CONCISE_INSTRUCTION).
+    # task's "be concise" instruction (chain: "short:\n"; math: prompts.CONCISE_INSTRUCTION). Also what
+    # MPD's teacher reads before an accepted rewrite with rewrite.teacher_context: concise.
     teacher_instruction: str | None = None
-    # grpo_length: GRPO with reward = correct - length_penalty * tokens / reference tokens, where the
-    # reference is the initial student's mean length (measured before the first step unless set);
-    # num_generations solutions per problem (batch_size x gradient_accumulation_steps must be a multiple of it).
+    # self_distill: the teacher is refreshed from the student every teacher_sync_steps optimizer steps
+    # (OPSDC's main setting; None: the frozen initial student throughout), as
+    # teacher <- (1 - teacher_update_rate) * teacher + teacher_update_rate * student (1: a copy).
+    # The names are trl.experimental.sdft's.
+    teacher_sync_steps: int | None = Field(default=None, gt=0)
+    teacher_update_rate: float = Field(default=1.0, gt=0, le=1)
+    # opd_mixed: the share of samples trained on the teacher's own sample for the problem instead of the
+    # student's (per sample; GKD's lambda is 1 - teacher_share, drawn there per batch).
+    teacher_share: float = Field(default=0.25, ge=0, le=1)
+    # grpo_length: GRPO with a length penalty over the reference length, the initial student's mean
+    # (measured before the first step unless set); num_generations solutions per problem
+    # (batch_size x gradient_accumulation_steps must be a multiple of it). length_penalty_on: correct
+    # (reward = correct * max(0, 1 - length_penalty * tokens / reference): a wrong answer gets nothing
+    # whatever its length, as in Kimi 1.5 and Arora & Zanette 2025) or all (reward = correct -
+    # length_penalty * tokens / reference: a short wrong answer outscores a long one).
     num_generations: int = Field(default=8, ge=2)
     length_penalty: float = Field(default=0.1, ge=0)
     length_reference: float | None = Field(default=None, gt=0)
+    length_penalty_on: Literal["correct", "all"] = "correct"
     # Absent: full fine-tuning. Set: only LoRA adapters train; the run saves them to adapter/ and
     # the merged student to model/.
     lora: LoraConfig | None = None
@@ -267,6 +281,12 @@ class RewriteConfig(_Strict):
     timeout_s: float = Field(default=60.0, gt=0)
     max_retries: int = Field(default=3, ge=0)
     deadline_s: float = Field(default=600.0, gt=0)
+    # What the teacher reads before an accepted rewrite when it gives the loss's targets: the problem
+    # alone (problem; the paper's, and what every other sample gets), or the problem followed by the
+    # concise instruction (concise: training.teacher_instruction, else the task's), as OPSDC conditions
+    # its teacher. A verbose teacher's targets inside a concise rewrite still lean verbose; this asks
+    # for concise ones.
+    teacher_context: Literal["problem", "concise"] = "problem"
     # openai: send each student trace to the server the moment it ends and train each micro-batch as
     # soon as its rewrites are in, within the same optimizer step (mpdistill/overlap.py). The loss
     # overlaps the rewrites only with training.gradient_accumulation_steps >= 2.
@@ -301,6 +321,9 @@ class RewriteConfig(_Strict):
         elif self.overlap:
             raise ValueError(f"rewrite.overlap needs rewrite.backend: openai (a rewriter on its own hardware); the "
                              f"{self.backend!r} backend writes on the training hardware, so nothing can overlap")
+        if self.overlap and self.teacher_context != "problem":
+            raise ValueError("rewrite.teacher_context: concise is not available with rewrite.overlap (the overlapped "
+                             "step lays out the teacher's prompts as the student's); set one of them back")
         return self
 
     @field_validator("extra_body")

@@ -190,6 +190,7 @@ def describe_run(recipe: Recipe, out: str | Path | None = None) -> dict:
 
     return {
         "method": recipe.method,
+        "method_settings": method_settings(recipe),
         "task": recipe.task,
         "seed": recipe.seed,
         "student": student,
@@ -208,6 +209,25 @@ def describe_run(recipe: Recipe, out: str | Path | None = None) -> dict:
         "errors": errors,
         "warnings": warnings,
     }
+
+
+def method_settings(recipe: Recipe) -> str | None:
+    """The method's own settings in words, for the dry run (None: nothing beyond the common ones)."""
+    t, r, m = recipe.training, recipe.rewrite, get_method(recipe.method)
+    if recipe.method == "opd_mixed":
+        return f"{t.teacher_share:g} of the samples replaced by the teacher's own (GKD's lambda {1 - t.teacher_share:g})"
+    if m.self_teacher:
+        return ("teacher: the frozen initial student" if t.teacher_sync_steps is None else
+                f"teacher: the student, refreshed every {t.teacher_sync_steps} steps (rate {t.teacher_update_rate:g})")
+    if recipe.method == "grpo_length":
+        gate = "correct answers only" if t.length_penalty_on == "correct" else "every answer"
+        return f"length penalty {t.length_penalty:g} x tokens / reference, on {gate}; {t.num_generations} per group"
+    if m.rewrites:
+        context = "the problem" if r.teacher_context == "problem" else "the problem and the concise instruction"
+        reject = "the student's own trace" if r.on_reject == "student" else "dropped"
+        return (f"accepted if at most {r.max_ratio:g} x the student's tokens; a rejected sample: {reject}; the teacher "
+                f"scores a rewrite after {context}")
+    return None
 
 
 def _params(n: int | None) -> str:
@@ -230,7 +250,8 @@ def _model_line(role: str, m: dict) -> str:
 
 def format_run_description(p: dict) -> str:
     """:func:`describe_run` as plain lines (the CLI prints them as they are)."""
-    lines = [f"method: {p['method']} (task {p['task']}, seed {p['seed']})",
+    lines = [f"method: {p['method']} (task {p['task']}, seed {p['seed']})"
+             + (f": {p['method_settings']}" if p.get("method_settings") else ""),
              _model_line("student", p["student"]), _model_line("teacher", p["teacher"])]
     vm = p["vocab_match"]
     lines.append("vocab sizes: " + ("match" if vm else "DIFFER" if vm is False else "unknown until load"))

@@ -1,13 +1,20 @@
 """The RL baseline: GRPO with a length penalty (the O1-Pruner / L1 / ThinkPrune line), on TRL's
 ``GRPOTrainer``.
 
-The student samples ``num_generations`` solutions per problem and is trained by GRPO on
+The student samples ``num_generations`` solutions per problem and is trained by GRPO on one of
 
-    reward = correct - length_penalty * tokens / reference_tokens
+    length_penalty_on: correct (the default)
+        reward = correct * max(0, 1 - length_penalty * tokens / reference_tokens)
+    length_penalty_on: all
+        reward = correct - length_penalty * tokens / reference_tokens
 
 where ``correct`` is 1 when the task reads the gold answer in the solution, and
 ``reference_tokens`` is the initial student's mean solution length, measured before the first
 step on training problems with the run's own sampling settings (or set by ``length_reference``).
+The first form gates the penalty by correctness, as Kimi 1.5 and Arora & Zanette (2025) do: a
+wrong answer scores 0 whatever its length and a correct one never scores below it, so the policy
+cannot gain by answering wrongly in fewer tokens. The second penalises every answer, so among wrong
+answers the shortest wins: with a large penalty a run can collapse to short wrong answers.
 No teacher is involved. The two terms are separate reward functions, so TRL logs each
 (``rewards/correct/mean``, ``rewards/length/mean``).
 
@@ -44,6 +51,7 @@ class LengthRLConfig(GRPOConfig):
     task: str = "math"
     length_penalty: float = 0.1
     length_reference: float | None = None
+    length_penalty_on: str = "correct"
     max_nonfinite_steps: int = 3
     rollouts_file: str | None = None
     train_log_file: str | None = None
@@ -75,8 +83,13 @@ class LengthPenaltyGRPOTrainer(RunFiles, _RolloutLogMixin, ResumableTraining, GR
     _name = "GRPO with a length penalty"
     _kl_loss = False
     _uses_teacher = False
-    _card_summary = ("The student samples several solutions per problem and is trained by GRPO on the reward "
-                     "correct - length_penalty x tokens / (the initial student's mean tokens); no teacher.")
+
+    @property
+    def _card_summary(self) -> str:
+        reward = ("correct x max(0, 1 - length_penalty x tokens / (the initial student's mean tokens)), so a wrong "
+                  "answer gets nothing whatever its length" if self.args.length_penalty_on == "correct" else
+                  "correct - length_penalty x tokens / (the initial student's mean tokens)")
+        return f"The student samples several solutions per problem and is trained by GRPO on the reward {reward}; no teacher."
 
     def __init__(self, model, teacher_model=None, args: MPDConfig | None = None, train_dataset=None, eval_dataset=None,
                  processing_class=None, *, teacher_processing_class=None, peft_config=None, **kwargs) -> None:
@@ -121,18 +134,28 @@ class LengthPenaltyGRPOTrainer(RunFiles, _RolloutLogMixin, ResumableTraining, GR
             raise ConfigError("the initial student wrote empty solutions: no length to penalise against")
         return float(mean)
 
-    def _correct(self, prompts, completions, completion_ids, **kwargs) -> list[float]:
-        golds = kwargs.get("answer") or [None] * len(completions)
+    def _graded(self, prompts, completions, completion_ids, answer=None) -> list[dict]:
+        """Each completion as a rollout-log record, graded against its problem's gold answer."""
+        golds = answer or [None] * len(completions)
         texts = [c if isinstance(c, str) else c[-1]["content"] for c in completions]
         answers = [self.task.extract_answer(answer_section(t)) for t in texts]
-        records = [student_record(self.task, p, gold, t, len(ids), a)
-                   for p, gold, t, ids, a in zip(prompts, golds, texts, completion_ids, answers)]
+        return [student_record(self.task, p, gold, t, len(ids), a)
+                for p, gold, t, ids, a in zip(prompts, golds, texts, completion_ids, answers)]
+
+    def _correct(self, prompts, completions, completion_ids, **kwargs) -> list[float]:
+        records = self._graded(prompts, completions, completion_ids, kwargs.get("answer"))
         self._write_rollouts(records)
         return [float(bool(r["student_correct"])) for r in records]
 
     def _length(self, prompts, completions, completion_ids, **kwargs) -> list[float]:
         self._metrics["train" if self.model.training else "eval"]["length/reference_tokens"].append(self.length_reference)
-        return [-self.args.length_penalty * len(ids) / self.length_reference for ids in completion_ids]
+        penalties = [self.args.length_penalty * len(ids) / self.length_reference for ids in completion_ids]
+        if self.args.length_penalty_on == "all":
+            return [-p for p in penalties]
+        # Gated: only a correct answer pays for its length, and never more than its whole reward.
+        correct = [bool(r["student_correct"]) for r in self._graded(prompts, completions, completion_ids,
+                                                                     kwargs.get("answer"))]
+        return [-min(1.0, p) if ok else 0.0 for p, ok in zip(penalties, correct)]
 
     # TRL names reward functions by __name__ in its metrics; bound methods keep theirs.
     _correct.__name__ = "correct"

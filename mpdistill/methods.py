@@ -63,6 +63,7 @@ for _method in (
     Method("mpd", "mpdistill.trainer:MPDTrainer", rewrites=True, teacher_text=True),
     Method("opd", "mpdistill.trainer:OPDTrainer"),
     Method("offpolicy_kd", "mpdistill.trainer:OffPolicyKDTrainer", teacher_text=True),
+    Method("opd_mixed", "mpdistill.trainer:MixedOPDTrainer", teacher_text=True),
     Method("rewrite_sft", "mpdistill.trainer:RewriteSFTTrainer", rewrites=True, teacher_text=True),
     Method("self_distill", "mpdistill.trainer:SelfDistillTrainer", self_teacher=True),
     Method("grpo_length", "mpdistill.length_rl:LengthPenaltyGRPOTrainer", uses_teacher=False),

@@ -53,13 +53,26 @@ class MPDConfig(_WithRewriteFields):
     teacher_instruction: str | None = dataclasses.field(
         default=None, metadata={"help": "Self-distillation: what the teacher's prompt gains after the problem (default: the "
                                         "task's concise instruction)."})
+    teacher_sync_steps: int | None = dataclasses.field(
+        default=None, metadata={"help": "Self-distillation: refresh the teacher from the student every this many "
+                                        "optimizer steps (None: the frozen initial student throughout)."})
+    teacher_update_rate: float = dataclasses.field(
+        default=1.0, metadata={"help": "Self-distillation: teacher <- (1 - rate) * teacher + rate * student at each "
+                                       "refresh (1: a copy)."})
+    teacher_share: float = dataclasses.field(
+        default=0.25, metadata={"help": "opd_mixed: the share of samples trained on the teacher's own sample instead "
+                                        "of the student's (GKD's lambda is 1 - teacher_share)."})
     num_generations: int = dataclasses.field(
         default=8, metadata={"help": "grpo_length: solutions sampled per problem (a GRPO group)."})
     length_penalty: float = dataclasses.field(
-        default=0.1, metadata={"help": "grpo_length: reward = correct - length_penalty * tokens / reference tokens."})
+        default=0.1, metadata={"help": "grpo_length: the weight of tokens / reference tokens in the reward."})
     length_reference: float | None = dataclasses.field(
         default=None, metadata={"help": "grpo_length: the reference tokens (default: the initial student's mean, "
                                         "measured before the first step)."})
+    length_penalty_on: str = dataclasses.field(
+        default="correct", metadata={"help": "grpo_length: 'correct' (reward = correct * max(0, 1 - length_penalty * "
+                                             "tokens / reference)) or 'all' (reward = correct - length_penalty * tokens "
+                                             "/ reference)."})
     max_nonfinite_steps: int = dataclasses.field(
         default=3, metadata={"help": "A step with a NaN/inf loss or gradient is skipped; more in a row stop the run."})
     rollouts_file: str | None = dataclasses.field(
@@ -79,6 +92,14 @@ class MPDConfig(_WithRewriteFields):
             raise ValueError(f"task: unknown task {self.task!r}; known: {TASKS.known()}")
         if self.max_nonfinite_steps < 0:
             raise ValueError(f"max_nonfinite_steps must be >= 0, got {self.max_nonfinite_steps}")
+        if self.length_penalty_on not in ("correct", "all"):
+            raise ValueError(f"length_penalty_on must be 'correct' or 'all', got {self.length_penalty_on!r}")
+        if not 0 <= self.teacher_share <= 1:
+            raise ValueError(f"teacher_share must be in [0, 1], got {self.teacher_share}")
+        if self.teacher_sync_steps is not None and self.teacher_sync_steps <= 0:
+            raise ValueError(f"teacher_sync_steps must be a positive number of steps or None, got {self.teacher_sync_steps}")
+        if not 0 < self.teacher_update_rate <= 1:
+            raise ValueError(f"teacher_update_rate must be in (0, 1], got {self.teacher_update_rate}")
         self.rewrite_config()  # one check for every rewrite_* field, RewriteConfig's
 
     def rewrite_config(self) -> RewriteConfig:

@@ -19,7 +19,7 @@ from typing import Callable, Literal, Protocol, Sequence
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .prompts import DEFAULT_REWRITE_PROMPT, THINK_CLOSE, THINK_OPEN, encode_message
-from .rollout import GenerationSettings, generate_texts
+from .rollout import GenerationSettings, generate_texts, pad_generate_calls
 from .tasks import Task
 
 REASONS = (
@@ -154,10 +154,7 @@ class TransformersRewriter(_LocalRewriter):
         )
         if self.sync_batches is not None:
             calls = self.generate_calls - before  # the calls made (a prompt too long for the teacher makes none)
-            pad = [self.tokenizer.eos_token_id if self.tokenizer.eos_token_id is not None else 0]
-            greedy = GenerationSettings(max_new_tokens=1, temperature=0.0, batch_size=1)
-            for _ in range(self.sync_batches(calls) - calls):
-                generate_texts(self.model, self.tokenizer, [pad], greedy, on_generate=self._count_call)
+            pad_generate_calls(self.model, self.tokenizer, self.sync_batches(calls) - calls, on_generate=self._count_call)
         return [RewriteOutput(text=g.text.strip(), truncated=g.truncated) for g in gens]
 
 

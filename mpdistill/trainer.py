@@ -34,6 +34,7 @@ from typing import Any
 
 import torch
 from accelerate.utils import gather_object
+from transformers import TrainerCallback
 from trl import DistillationTrainer
 
 from .checkpoints import ResumableTraining, checkpoint_step, rewind_rollout_log
@@ -49,7 +50,7 @@ from .overlap import FinishWatcher, finish_order, micro_batch_inputs, pad_prompt
 from .rewrite import (REASONS, Rewriter, RewriteSettings, Sample, answer_section, encode_completion, mix,
                       on_policy_picks, plan_rewrite, rewrite_batch, settle_rewrite)
 from .rewriters import Teacher, build_rewriter
-from .rollout import generate_texts
+from .rollout import generate_texts, pad_generate_calls
 from .train_log import TrainLogFile
 
 log = logging.getLogger(__name__)
@@ -323,37 +324,21 @@ def teacher_prompt(prompt: Any, instruction: str) -> Any:
     return turns
 
 
-class SelfDistillTrainer(OPDTrainer):
-    """Self-distillation with a concise instruction (OPSDC-style): OPD whose teacher is the frozen
-    initial student reading the prompt plus ``args.teacher_instruction`` (the task's "be concise"
-    instruction when unset). The student samples without the instruction; the divergence runs on its
-    sample's tokens, each scored by the teacher after its own, instructed, prompt.
+class _TeacherPrompts:
+    """The loss's teacher reads a prompt of its own in front of each completion (the student keeps its
+    prompt): a trainer sets ``teacher_prompt_ids``/``teacher_prompt_mask`` in its batch with
+    :meth:`_attach_teacher_prompts`.
 
     The hook: TRL's private ``_get_last_hidden_state(unwrapped_model, input_ids, attention_mask, logits_to_keep)``,
     which ``_compute_loss`` calls for the student and then for the teacher; the teacher's call gets
-    the instructed prompt in front of the same completion (``tests/test_trl_contract.py``).
+    its own prompts in front of the same completions (``tests/test_trl_contract.py``).
     """
 
-    _name = "Self-distillation"
-    _card_summary = ("The student samples a solution and is trained by token-level KL against its own frozen "
-                     "initial copy, which reads the problem with an instruction to be concise (on-policy "
-                     "self-distillation).")
+    _teacher_view: tuple[torch.Tensor, torch.Tensor] | None = None
+    _teacher_swapped = False
 
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.instruction = self.args.teacher_instruction or self.task.concise_instruction
-        if not self.instruction:
-            raise ConfigError(f"self-distillation needs a concise instruction for the teacher: task {self.task.name!r} "
-                              "has none; set training.teacher_instruction")
-        if self.local_teacher() is self.accelerator.unwrap_model(self.model):
-            raise ConfigError("self-distillation needs a frozen copy of the student as teacher_model, not the student "
-                              "being trained (pass the student's name or a second loaded copy)")
-        self._teacher_view: tuple[torch.Tensor, torch.Tensor] | None = None
-        self._teacher_swapped = False
-
-    def _generate_and_score_completions(self, inputs):
-        out = super()._generate_and_score_completions(inputs)
-        ids, _, _ = self._tokenize_prompts([teacher_prompt(row["prompt"], self.instruction) for row in inputs])
+    def _attach_teacher_prompts(self, out: dict, prompts: list) -> dict:
+        ids, _, _ = self._tokenize_prompts(prompts)
         # Left-padded as TRL pads the prompts, so that every teacher prompt ends where its completion starts.
         out["teacher_prompt_ids"], out["teacher_prompt_mask"] = pad_prompts(
             [list(p) for p in ids], pad_token_id=self._tokenizer.pad_token_id, pad_to_multiple_of=self.pad_to_multiple_of,
@@ -361,6 +346,8 @@ class SelfDistillTrainer(OPDTrainer):
         return out
 
     def _compute_loss(self, unwrapped_student, inputs, num_items_in_batch):
+        if "teacher_prompt_ids" not in inputs:
+            return super()._compute_loss(unwrapped_student, inputs, num_items_in_batch)
         self._teacher_view = (torch.cat([inputs["teacher_prompt_ids"], inputs["completion_ids"]], dim=1),
                               torch.cat([inputs["teacher_prompt_mask"], inputs["completion_mask"]], dim=1))
         self._teacher_swapped = False
@@ -368,8 +355,8 @@ class SelfDistillTrainer(OPDTrainer):
             result = super()._compute_loss(unwrapped_student, inputs, num_items_in_batch)
         finally:
             self._teacher_view = None
-        if not self._teacher_swapped:  # the teacher would have read the plain prompt: a KL of zero, silently
-            raise RuntimeError("self-distillation: TRL's loss did not score the teacher through _get_last_hidden_state; "
+        if not self._teacher_swapped:  # the teacher would have read the student's prompt, silently
+            raise RuntimeError(f"{self._name}: TRL's loss did not score the teacher through _get_last_hidden_state; "
                                "the installed TRL moved the hook (tests/test_trl_contract.py)")
         return result
 
@@ -380,11 +367,84 @@ class SelfDistillTrainer(OPDTrainer):
         return super()._get_last_hidden_state(unwrapped_model, input_ids, attention_mask, logits_to_keep, *args, **kwargs)
 
 
-class MPDTrainer(_RolloutLogMixin, _Trainer):
+def concise_instruction(args: MPDConfig, task) -> str:
+    """What a teacher asked to be concise reads after the problem: ``training.teacher_instruction``,
+    else the task's concise instruction."""
+    instruction = args.teacher_instruction or task.concise_instruction
+    if not instruction:
+        raise ConfigError(f"task {task.name!r} has no concise instruction for the teacher: set training.teacher_instruction")
+    return instruction
+
+
+class TeacherRefresh(TrainerCallback):
+    """Every ``every`` optimizer steps, the teacher becomes ``(1 - rate) * teacher + rate * student``
+    (``rate`` 1: a copy), through TRL's ``SyncRefModelCallback.sync_target_model`` (which gathers
+    ZeRO-3 shards). The refreshed teacher is saved in each checkpoint (see ``ResumableTraining``)."""
+
+    def __init__(self, trainer, every: int, rate: float) -> None:
+        self.trainer, self.every, self.rate = trainer, every, rate
+        self.refreshed_at: list[int] = []
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step % self.every == 0:
+            from trl.trainer.callbacks import SyncRefModelCallback
+
+            t = self.trainer
+            SyncRefModelCallback.sync_target_model(t.accelerator.unwrap_model(t.model), t.local_teacher(), self.rate)
+            self.refreshed_at.append(state.global_step)
+
+
+class SelfDistillTrainer(_TeacherPrompts, OPDTrainer):
+    """Self-distillation with a concise instruction (OPSDC-style): OPD whose teacher is the frozen
+    initial student reading the prompt plus ``args.teacher_instruction`` (the task's "be concise"
+    instruction when unset). The student samples without the instruction; the divergence runs on its
+    sample's tokens, each scored by the teacher after its own, instructed, prompt.
+
+    ``args.teacher_sync_steps`` refreshes the teacher from the student every that many steps
+    (OPSDC's main setting): the instructed teacher then improves as the student does.
+    """
+
+    _name = "Self-distillation"
+
+    @property
+    def _card_summary(self) -> str:
+        teacher = ("its own frozen initial copy" if self.args.teacher_sync_steps is None else
+                   f"a copy of itself refreshed every {self.args.teacher_sync_steps} steps")
+        return (f"The student samples a solution and is trained by token-level KL against {teacher}, which reads "
+                "the problem with an instruction to be concise (on-policy self-distillation).")
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.instruction = concise_instruction(self.args, self.task)
+        if self.local_teacher() is self.accelerator.unwrap_model(self.model):
+            raise ConfigError("self-distillation needs a frozen copy of the student as teacher_model, not the student "
+                              "being trained (pass the student's name or a second loaded copy)")
+        a = self.args
+        if a.teacher_sync_steps is not None:
+            if hasattr(self.model, "peft_config"):
+                raise ConfigError("training.teacher_sync_steps copies the student's weights into the teacher, which a "
+                                  "LoRA student does not train all of: leave training.lora out, or the refresh")
+            if getattr(self, "is_fsdp_enabled", False) or self.is_deepspeed_enabled:
+                raise ConfigError("training.teacher_sync_steps is not available with sharded models (FSDP, DeepSpeed): "
+                                  "a checkpoint could not hold the refreshed teacher whole")
+            self.add_callback(TeacherRefresh(self, a.teacher_sync_steps, a.teacher_update_rate))
+
+    def checkpoint_modules(self) -> dict:
+        # A refreshed teacher is no longer the initial student: a resumed run must find it as it was.
+        return {} if self.args.teacher_sync_steps is None else {"teacher": self.local_teacher()}
+
+    def _generate_and_score_completions(self, inputs):
+        out = super()._generate_and_score_completions(inputs)
+        return self._attach_teacher_prompts(out, [teacher_prompt(row["prompt"], self.instruction) for row in inputs])
+
+
+class MPDTrainer(_TeacherPrompts, _RolloutLogMixin, _Trainer):
     """Mixed-Policy Distillation: KL to the teacher on the teacher's rewrite of the student's sample.
 
     ``rewriter``: where rewrites come from; default: the backend ``args.rewrite_backend`` names
-    (the local teacher unless set; see :mod:`mpdistill.rewriters`).
+    (the local teacher unless set; see :mod:`mpdistill.rewriters`). With
+    ``args.rewrite_teacher_context == "concise"`` the teacher gives the targets of an accepted
+    rewrite after the problem and the concise instruction (see ``rewrite.teacher_context``).
     """
 
     _tag_names = ["trl", "distillation", "mpd"]
@@ -398,6 +458,10 @@ class MPDTrainer(_RolloutLogMixin, _Trainer):
         if self.tools:
             raise ValueError("MPD does not support tool calling: a rewrite cannot replay tool results")
         self.rewrite_settings = self._rewrite_settings()
+        # The instruction the teacher reads before an accepted rewrite when it gives the loss's targets (None: none).
+        self.scoring_instruction = (concise_instruction(self.args, self.task)
+                                    if self.args.rewrite_teacher_context == "concise" else None)
+        self._last_samples: list[Sample] = []
         if rewriter is None:
             teacher = self.local_teacher()
             rewriter = build_rewriter(self.args.rewrite_config(), Teacher(
@@ -451,7 +515,12 @@ class MPDTrainer(_RolloutLogMixin, _Trainer):
 
     def _generate_and_score_completions(self, inputs):
         self._stash_inputs(inputs)
-        return super()._generate_and_score_completions(inputs)
+        out = super()._generate_and_score_completions(inputs)
+        if self.scoring_instruction is None:
+            return out
+        return self._attach_teacher_prompts(out, [
+            teacher_prompt(row["prompt"], self.scoring_instruction) if s.trained_on == "rewrite" else row["prompt"]
+            for row, s in zip(inputs, self._last_samples, strict=True)])
 
     def _sample(self, row: dict, ids: list[int], text: str) -> Sample:
         return Sample(
@@ -485,6 +554,7 @@ class MPDTrainer(_RolloutLogMixin, _Trainer):
             self._metrics[mode]["mpd/rewriter/generate_calls_max"].append(float(max(calls)))
 
         new_ids, keep = zip(*map(self._trained_ids, samples)) if samples else ((), ())
+        self._last_samples = samples
         self._log_mix(samples, mode)
         self._write_rollouts([self._record(prompt, s) for prompt, s in zip(prompts, samples)])
         return prompt_ids, list(new_ids), list(keep), images, tool_images
@@ -763,12 +833,19 @@ class OffPolicyKDTrainer(_RolloutLogMixin, _Trainer):
             return "wrong_answer"
         return "accepted"
 
+    def _teacher_samples(self, prompt_ids: list[list[int]]) -> list:
+        """The teacher's own samples for these prompts, one seed per batch. With several processes each
+        makes as many ``generate`` calls as the busiest (a sharded teacher's calls are collective)."""
+        calls = [0]
+        gens = generate_texts(self.local_teacher(), self._tokenizer, prompt_ids, self.teacher_generation,
+                              seed=self._seed_rng.randrange(2**31), on_generate=lambda: calls.__setitem__(0, calls[0] + 1))
+        if self.accelerator.num_processes > 1:
+            pad_generate_calls(self.local_teacher(), self._tokenizer, count_on_every_process(calls[0]) - calls[0])
+        return gens
+
     def _generate(self, prompts):
         prompt_ids, _, _ = self._tokenize_prompts(prompts)
-        gens = generate_texts(
-            self.local_teacher(), self._tokenizer, [list(p) for p in prompt_ids], self.teacher_generation,
-            seed=self._seed_rng.randrange(2**31),
-        )
+        gens = self._teacher_samples([list(p) for p in prompt_ids])
         # Each sample ends with the token the teacher stopped on, as a completion the teacher wrote.
         completion_ids = [g.token_ids if g.truncated else g.token_ids + [g.end_id] for g in gens]
         if len(self._inputs) != len(gens):
@@ -790,3 +867,60 @@ class OffPolicyKDTrainer(_RolloutLogMixin, _Trainer):
             ]
         )
         return prompt_ids, completion_ids, keep, None, None
+
+
+class MixedOPDTrainer(OffPolicyKDTrainer):
+    """Control for MPD: on-policy distillation in which a share of the samples (``args.teacher_share``,
+    drawn per sample) is replaced by the teacher's own sample for the problem, trained the same way
+    (GKD's mixing of on-policy and teacher sequences; GKD's lambda is ``1 - teacher_share``).
+
+    With the share set to what MPD accepted, it asks whether MPD's rewrites carry more than "OPD plus
+    that much teacher text". The teacher samples and vets as off-policy KD does; a teacher sample that
+    fails the filter falls back to the student's own, as MPD's rejected rewrites do.
+    """
+
+    _name = "OPD mixed with teacher samples"
+    _student_samples = True
+
+    @property
+    def _card_summary(self) -> str:
+        return (f"The student samples a solution and is trained by token-level KL against the teacher on it, except "
+                f"for a share of {self.args.teacher_share:g} of the samples, which are replaced by the teacher's own "
+                "solution to the problem (on-policy distillation mixed with teacher samples, as GKD mixes them).")
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._mix_rng = random.Random(self.args.seed + self.accelerator.process_index)
+
+    def random_streams(self) -> dict[str, random.Random]:
+        return {**super().random_streams(), "mix": self._mix_rng}
+
+    def _generate(self, prompts):
+        # The student samples every problem (TRL as is); the picked ones are then answered by the teacher.
+        prompt_ids, completion_ids, _, images, tool_images = DistillationTrainer._generate(self, prompts)
+        share = self.args.teacher_share
+        picks = [self._mix_rng.random() < share for _ in prompts]
+        texts = self.processing_class.batch_decode(completion_ids, skip_special_tokens=True)
+        rows = [i for i, pick in enumerate(picks) if pick]
+        gens = dict(zip(rows, self._teacher_samples([list(prompt_ids[i]) for i in rows])))
+        golds = [row.get("answer") for row in self._inputs]
+        completion_ids, records, reasons = list(completion_ids), [], []
+        for i, (prompt, text) in enumerate(zip(prompts, texts, strict=True)):
+            record = student_record(self.task, prompt, golds[i], text, len(completion_ids[i]),
+                                    self.task.extract_answer(answer_section(text)))
+            if i in gens:
+                g = gens[i]
+                ids = g.token_ids if g.truncated else g.token_ids + [g.end_id]
+                reason = self._vet(g, golds[i])
+                reasons.append(reason)
+                record.update(teacher=g.text, teacher_tokens=len(ids), accepted=reason == "accepted", reason=reason)
+                if reason == "accepted":
+                    completion_ids[i] = ids
+                    record["trained_on"] = "teacher"
+            records.append(record)
+        m = self._metrics["train" if self.model.training else "eval"]
+        trained = gather_object([r["trained_on"] for r in records])
+        m["mixed/trained_on_teacher"].append(sum(t == "teacher" for t in trained) / len(trained))
+        m["completions/mean_length"].append(sum(map(len, completion_ids)) / len(completion_ids))
+        self._write_rollouts(records)
+        return prompt_ids, completion_ids, [[1] * len(ids) for ids in completion_ids], images, tool_images

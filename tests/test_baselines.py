@@ -89,8 +89,10 @@ def test_self_distillation_scores_the_students_sample_after_the_instructed_promp
 
 def test_self_distillation_stops_when_the_teacher_would_read_the_plain_prompt(tmp_path, monkeypatch):
     # As if TRL scored the teacher without the hook: the run must not train on a KL of zero.
-    monkeypatch.setattr(SelfDistillTrainer, "_get_last_hidden_state",
-                        lambda self, m, ids, mask, k, *a, **kw: super(SelfDistillTrainer, self)._get_last_hidden_state(
+    from mpdistill.trainer import _TeacherPrompts
+
+    monkeypatch.setattr(_TeacherPrompts, "_get_last_hidden_state",
+                        lambda self, m, ids, mask, k, *a, **kw: super(_TeacherPrompts, self)._get_last_hidden_state(
                             m, ids, mask, k, *a, **kw))
     with pytest.raises(RuntimeError, match="did not score the teacher"):
         train(_recipe("self_distill"), tmp_path / "run")
@@ -119,9 +121,9 @@ def test_grpo_settings_come_from_the_same_config():
         grpo_config(training_arguments(_recipe("grpo_length", batch_size=6), Path("/nonexistent/run")))
 
 
-def test_grpo_length_rewards_correct_answers_minus_their_relative_length(tmp_path):
+def test_grpo_length_ungated_rewards_correct_answers_minus_their_relative_length(tmp_path):
     run = tmp_path / "run"
-    train(_recipe("grpo_length", length_penalty=0.2), run)
+    train(_recipe("grpo_length", length_penalty=0.2, length_penalty_on="all"), run)
     log = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
     steps = [e for e in log if "rewards/length/mean" in e]
     assert len(steps) == 2
@@ -146,4 +148,95 @@ def test_dry_run_names_the_teacher_each_baseline_uses():
     assert "not used by grpo_length" in result.output
     result = CliRunner().invoke(app, ["train", "embedded", "--dry-run", "--set", "method=self_distill"])
     assert result.exit_code == 0, result.output
-    assert "embedded:student" in result.output.split("teacher", 1)[1].splitlines()[0]
+    teacher_line = next(line for line in result.output.splitlines() if line.startswith("teacher:"))
+    assert "embedded:student" in teacher_line
+    assert "teacher: the frozen initial student" in result.output.splitlines()[0]
+    result = CliRunner().invoke(app, ["train", "embedded", "--dry-run", "--set", "method=self_distill",
+                                      "--set", "training.teacher_sync_steps=20"])
+    assert "the student, refreshed every 20 steps" in result.output.splitlines()[0]
+
+
+def _grpo_trainer(tmp_path, **training):
+    from mpdistill.pipeline import build_trainer, training_problems
+
+    recipe = _recipe("grpo_length", **training)
+    student, tok = load_model(recipe.student)
+    return build_trainer(recipe, student, None, tok, training_problems(recipe), tmp_path), tok
+
+
+@pytest.mark.parametrize("gate, expected", [
+    # correct and short, correct and long (its penalty capped at its whole reward), wrong and short, wrong and long
+    ("correct", [1 - 0.2 * 20 / 100, 0.0, 0.0, 0.0]),
+    ("all", [1 - 0.2 * 20 / 100, 1 - 0.2 * 600 / 100, -0.2 * 20 / 100, -0.2 * 600 / 100]),
+])
+def test_grpo_length_penalty_gated_by_correctness_gives_wrong_answers_nothing(tmp_path, gate, expected):
+    """Gated (the default): reward = correct * max(0, 1 - penalty * tokens / reference), so no wrong answer
+    gains by being short and no correct answer falls below a wrong one. Ungated: every answer pays."""
+    trainer, _ = _grpo_trainer(tmp_path, length_penalty=0.2, length_penalty_on=gate)
+    trainer.length_reference = 100.0
+    trainer.model.train()
+    completions = ["1+2=3\nA:3", "1+2=3\nA:3", "1+2=4\nA:4", "1+2=4\nA:4"]
+    ids = [[5] * 20, [5] * 600, [5] * 20, [5] * 600]
+    prompts, golds = ["Q:1+2\n"] * 4, ["3"] * 4
+    correct = trainer._correct(prompts, completions, ids, answer=golds)
+    length = trainer._length(prompts, completions, ids, answer=golds)
+    assert correct == [1.0, 1.0, 0.0, 0.0]
+    assert [c + x for c, x in zip(correct, length)] == pytest.approx(expected)
+    if gate == "correct":  # a correct answer never scores below a wrong one, however long
+        assert min(expected[:2]) >= max(expected[2:])
+
+
+def test_grpo_gated_penalty_is_the_default_and_its_card_says_so(tmp_path):
+    run = tmp_path / "run"
+    train(_recipe("grpo_length", length_penalty=0.2), run)
+    assert load_recipe(run / "recipe.yaml").training.length_penalty_on == "correct"
+    assert "a wrong answer gets nothing whatever its length" in (run / "model" / "README.md").read_text()
+
+
+def test_refreshed_self_distillation_copies_the_student_into_its_teacher(tmp_path):
+    """training.teacher_sync_steps: after every N steps the teacher is the student as it then is; without
+    it, the teacher stays the initial student."""
+    from mpdistill.pipeline import build_trainer, training_problems
+
+    for sync, expect_copy in ((1, True), (None, False)):
+        recipe = _recipe("self_distill", teacher_sync_steps=sync, beta=1.0)
+        student, tok = load_model(recipe.student)
+        teacher, _ = load_model(recipe.student)
+        trainer = build_trainer(recipe, student, teacher, tok, training_problems(recipe), tmp_path / str(sync))
+        initial = [p.detach().clone() for p in teacher.parameters()]
+        trainer.train()
+        same = all(torch.equal(a, b) for a, b in zip(teacher.parameters(), trainer.model.parameters()))
+        unchanged = all(torch.equal(a, b) for a, b in zip(teacher.parameters(), initial))
+        assert (same, unchanged) == (expect_copy, not expect_copy)
+    synced = recipe.model_copy(update={"training": recipe.training.model_copy(update={"teacher_sync_steps": 1})})
+    train(synced, tmp_path / "card")
+    assert "a copy of itself refreshed every 1 steps" in (tmp_path / "card" / "model" / "README.md").read_text()
+
+
+def test_a_resumed_refreshed_run_gets_its_refreshed_teacher_back(tmp_path):
+    """The refreshed teacher is no longer the initial student: each checkpoint holds it, and a resume
+    loads it, so the resumed run scores with the teacher the uninterrupted run had."""
+    from mpdistill.checkpoints import ResumeError
+
+    recipe = load_recipe(shipped_path("embedded"), {**TINY, "method": "self_distill", "training": {
+        **TINY["training"], "steps": 4, "save_steps": 2, "teacher_sync_steps": 1, "beta": 1.0}})
+    whole = tmp_path / "whole"
+    train(recipe, whole)
+    checkpoint = whole / "trainer" / "checkpoint-2"
+    assert (checkpoint / "teacher.safetensors").is_file()
+    # Stop after step 2: the same run cut short, then resumed from its checkpoint.
+    cut = tmp_path / "cut"
+    short = recipe.model_copy(update={"training": recipe.training.model_copy(update={"steps": 2})})
+    train(short, cut)
+    import shutil
+
+    shutil.rmtree(cut / "model")
+    (cut / "recipe.yaml").write_text((whole / "recipe.yaml").read_text())
+    train(recipe, cut, resume=True)
+    a = load_model(str(whole / "model"))[0].state_dict()
+    b = load_model(str(cut / "model"))[0].state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    (cut / "trainer" / "checkpoint-4" / "teacher.safetensors").unlink()
+    shutil.rmtree(cut / "model")
+    with pytest.raises(ResumeError, match="teacher.safetensors"):
+        train(recipe, cut, resume=True)

@@ -42,7 +42,8 @@ def _shipped(folder: Path, pattern: str) -> set[str]:
 def test_the_wheel_holds_the_recipes_and_accelerate_configs(built):
     names, _, _ = built
     recipes = _shipped(PACKAGE / "recipes", "*.yaml") | _shipped(PACKAGE / "recipes", "accelerate/*.yaml")
-    assert {"mpdistill/recipes/embedded.yaml", "mpdistill/recipes/qwen3-1.7b_from_qwen3-8b.yaml",
+    assert {"mpdistill/recipes/embedded.yaml", "mpdistill/recipes/embedded-verbose-teacher.yaml",
+            "mpdistill/recipes/qwen3-1.7b_from_qwen3-8b.yaml",
             "mpdistill/recipes/accelerate/single_gpu.yaml", "mpdistill/recipes/accelerate/cpu_2proc.yaml"} <= recipes
     assert recipes <= names
 
@@ -50,9 +51,10 @@ def test_the_wheel_holds_the_recipes_and_accelerate_configs(built):
 def test_the_wheel_holds_the_embedded_models_and_benchmarks(built):
     names, _, _ = built
     assets = _shipped(PACKAGE / "assets", "**/*")
-    for model in ("student", "teacher"):
-        assert {f"mpdistill/assets/embedded/{model}/model.safetensors",
-                f"mpdistill/assets/embedded/{model}/tokenizer.json"} <= assets
+    for world in ("concise-teacher", "verbose-teacher"):  # the two embedded worlds
+        for model in ("student", "teacher"):
+            assert {f"mpdistill/assets/embedded/{world}/{model}/model.safetensors",
+                    f"mpdistill/assets/embedded/{world}/{model}/tokenizer.json"} <= assets
     for benchmark in ("gsm8k", "math500", "aime24", "aime25", "amc23"):
         assert f"mpdistill/assets/benchmarks/{benchmark}/test.jsonl" in assets
     assert assets <= names, sorted(assets - names)

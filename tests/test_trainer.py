@@ -295,3 +295,127 @@ def test_the_students_answer_is_read_after_its_thinking_as_verification_reads_it
     assert MPDTrainer._record(trainer, "p", answered)["student_correct"] is True
     assert MPDTrainer._record(trainer, "p", no_gold)["student_correct"] is None
 
+
+
+class AlternatingRewriter(OracleRewriter):
+    """Accepts every other rewrite (the others have no answer), so a batch mixes rewrites and fallbacks."""
+
+    def rewrite(self, prompts, max_new_tokens=None):
+        good = super().rewrite(prompts, max_new_tokens)
+        return [g if i % 2 == 0 else RewriteOutput("no answer here") for i, g in enumerate(good)]
+
+
+def test_mpd_with_a_concise_teacher_context_scores_only_the_rewrites_after_the_instruction(tiny_pair, tmp_path,
+                                                                                         monkeypatch):
+    """rewrite.teacher_context: concise: the student's forward reads the plain prompt; the teacher's reads the
+    prompt and the concise instruction in front of an accepted rewrite, and the plain prompt in front of a
+    fallback; both score the same completion tokens."""
+    from trl import DistillationTrainer
+
+    trainer = _trainer(tiny_pair, tmp_path, "mpd", teacher_context="concise")
+    trainer.rewriter = AlternatingRewriter()
+    monkeypatch.setattr(DistillationTrainer, "_generate", _force_answers(trainer))
+    _, masks = _record_loss_inputs(trainer)
+    # What TRL's own hidden-state function receives, after the trainer put the teacher's prompts in.
+    seen, original = [], DistillationTrainer._get_last_hidden_state
+
+    def spy(self, model, input_ids, attention_mask, logits_to_keep, *args, **kwargs):
+        seen.append((model, input_ids.clone(), attention_mask.clone(), logits_to_keep))
+        return original(self, model, input_ids, attention_mask, logits_to_keep, *args, **kwargs)
+
+    monkeypatch.setattr(DistillationTrainer, "_get_last_hidden_state", spy)
+    trainer.train()
+    tok = trainer._tokenizer
+    rows = [json.loads(line) for line in (tmp_path / "rollouts.jsonl").read_text().splitlines()]
+    assert {r["trained_on"] for r in rows} == {"rewrite", "student"}
+    rewrite = tok("A:3", add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    teacher = trainer.accelerator.unwrap_model(trainer.teacher_model)
+    kinds = []
+    for (s_model, s_ids, s_att, k), (t_model, t_ids, t_att, k2), (width, mask) in zip(seen[0::2], seen[1::2], masks):
+        assert t_model is teacher and s_model is not teacher and k == k2
+        assert torch.equal(s_ids[:, -k:], t_ids[:, -k:])  # the same completions, token for token
+        for row in range(s_ids.size(0)):
+            s_prompt = tok.decode(s_ids[row, :-k][s_att[row, :-k].bool()])
+            t_prompt = tok.decode(t_ids[row, :-k][t_att[row, :-k].bool()])
+            completion = [t for t, m in zip(s_ids[row, -k:].tolist(), mask[row].tolist()) if m]
+            assert s_prompt.startswith("Q:") and "short" not in s_prompt
+            if completion == rewrite:
+                assert t_prompt == s_prompt + chain.CONCISE_INSTRUCTION
+                kinds.append("rewrite")
+            else:
+                assert t_prompt == s_prompt
+                kinds.append("student")
+    assert sorted(kinds) == sorted(r["trained_on"] for r in rows)
+
+
+def test_the_teacher_context_is_checked_with_the_rewrite_settings():
+    with pytest.raises(ConfigError, match="teacher_context"):
+        recipe_from_dict({"rewrite": {"teacher_context": "terse"}})
+    with pytest.raises(ConfigError, match="teacher_context: concise is not available with rewrite.overlap"):
+        recipe_from_dict({"rewrite": {"teacher_context": "concise", "overlap": True, "backend": "openai",
+                                      "base_url": "http://127.0.0.1:1", "model": "m"}})
+
+
+def test_the_mixed_control_trains_the_picked_share_on_the_teachers_own_samples(tiny_pair, tmp_path, monkeypatch):
+    """opd_mixed: each sample is replaced by the teacher's own sample with probability teacher_share (one draw
+    per sample from the run's seeded stream); a teacher sample that fails the filter leaves the student's."""
+    import random
+
+    from mpdistill import trainer as trainer_module
+    from mpdistill.rollout.hf import Generation
+    from trl import DistillationTrainer
+
+    recipe = _recipe(tiny_pair, "opd_mixed")
+    recipe = recipe.model_copy(update={"training": recipe.training.model_copy(update={"teacher_share": 0.5})})
+    student, tok = load_model(recipe.student)
+    teacher, _ = load_model(recipe.teacher)
+    from mpdistill.pipeline import training_problems
+
+    trainer = build_trainer(recipe, student, teacher, tok, training_problems(recipe), tmp_path)
+    monkeypatch.setattr(DistillationTrainer, "_generate", _force_answers(trainer))
+    texts = ["7+3=0\nA:0", "7+3"]  # a vetted sample, and one without an answer
+    asked = []
+
+    def generate(model, tokenizer, prompts, settings, **kw):
+        asked.append(len(prompts))
+        out = []
+        for i in range(len(prompts)):
+            t = texts[i % 2]
+            out.append(Generation(t, tok(t, add_special_tokens=False)["input_ids"], truncated=False, end_id=tok.eos_token_id))
+        return out
+
+    monkeypatch.setattr(trainer_module, "generate_texts", generate)
+    trainer.model.train()
+    rows_in = [trainer.train_dataset[i] for i in range(4)]
+    batch = trainer._generate_and_score_completions(rows_in)
+    rng = random.Random(recipe.seed)  # the trainer's mixing stream (seed + process index)
+    picks = [rng.random() < 0.5 for _ in range(4)]
+    rows = [json.loads(line) for line in (tmp_path / "rollouts.jsonl").read_text().splitlines()]
+    assert asked == [sum(picks)] and sum(picks) >= 1  # the teacher answers the picked problems only
+    student_ids = tok("so the answer is 3\nA:3", add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    vetted = tok(texts[0], add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    k = 0
+    for i, (row, pick) in enumerate(zip(rows, picks)):
+        ids = [t for t, m in zip(batch["completion_ids"][i].tolist(), batch["completion_mask"][i].tolist()) if m]
+        assert row["student"] == "so the answer is 3\nA:3"
+        if pick:
+            assert row["teacher"] == texts[k % 2] and row["reason"] == ("accepted" if k % 2 == 0 else "unparsed")
+            expected = vetted if k % 2 == 0 else student_ids
+            assert row["trained_on"] == ("teacher" if k % 2 == 0 else "student")
+            k += 1
+        else:
+            assert "teacher" not in row and row["trained_on"] == "student"
+            expected = student_ids
+        assert ids == expected, i
+    assert (batch["tool_mask"] * batch["completion_mask"]).sum().item() == batch["completion_mask"].sum().item()  # none dropped
+
+
+def test_the_mixed_control_is_a_method_of_recipes_and_the_python_api(tiny_pair, tmp_path):
+    model_dir = train(_recipe(tiny_pair, "opd_mixed"), tmp_path / "run")
+    card = (model_dir / "README.md").read_text()
+    assert "replaced by the teacher's own solution" in card
+    from mpdistill import MPDConfig
+
+    assert MPDConfig(output_dir=str(tmp_path / "x"), task="chain", report_to="none").teacher_share == 0.25
+    with pytest.raises(ValueError, match="teacher_share"):
+        MPDConfig(output_dir=str(tmp_path / "x"), task="chain", report_to="none", teacher_share=1.5)

@@ -170,3 +170,14 @@ def _generate_batches(model, tokenizer, ids, order, budgets, eos, pad_id, device
     finally:
         model.train(was_training)
     return out
+
+
+def pad_generate_calls(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, n: int,
+                       on_generate: Callable[[], None] | None = None) -> None:
+    """``n`` one-token ``generate`` calls: a process that made fewer calls than another makes up the
+    difference, since with the model's weights sharded (ZeRO-3, FSDP) every call is collective and a
+    process that made fewer would leave the others waiting for ever."""
+    pad = [tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0]
+    greedy = GenerationSettings(max_new_tokens=1, temperature=0.0, batch_size=1)
+    for _ in range(n):
+        generate_texts(model, tokenizer, [pad], greedy, on_generate=on_generate)

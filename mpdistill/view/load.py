@@ -163,7 +163,10 @@ def _read_recipe(path: Path) -> dict:
             continue
         if method is not None and key == "teacher" and (method.self_teacher or not method.uses_teacher):
             if method.self_teacher:
-                shown[key] = f"{recipe.get('student', 'embedded:student')} (frozen, asked to be concise)"
+                training = recipe.get("training") if isinstance(recipe.get("training"), dict) else {}
+                sync = training.get("teacher_sync_steps")
+                how = "frozen" if sync is None else f"refreshed every {sync} steps"
+                shown[key] = f"{recipe.get('student', 'embedded:student')} ({how}, asked to be concise)"
             continue
         value = recipe
         for part in key.split("."):
