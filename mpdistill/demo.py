@@ -22,6 +22,7 @@ from .config import Recipe, load_recipe
 from .console import stdout
 from .curves import plot_training_curves
 from .durable import atomic_write, replace_dir
+from .embedded import DEFAULT_WORLD, get_world, world_of
 from .eval_folder import EvalError
 from .eval_runner import TransformersBackend, Unit, run_units
 from .evaluate import build_results, format_table, paired_delta_ci, write_report
@@ -38,7 +39,7 @@ from .view import write_view
 
 METHODS = ("mpd", "opd", "offpolicy_kd", "rewrite_sft")
 EVAL_ORDER = ("base", *METHODS, "teacher")
-RECIPE = shipped_path("embedded")
+RECIPE = shipped_path("embedded")  # the default world's
 
 # --quick: the same pipeline on a budget small enough for a test (< 2 minutes on 2 cores).
 QUICK = {"training": {"steps": 3, "batch_size": 8, "logging_steps": 1}, "data": {"n_train": 64}}
@@ -55,14 +56,16 @@ def _eval_settings(recipe: Recipe) -> GenerationSettings:
 
 
 def run_demo(out: str | Path, *, quick: bool = False, seed: int | None = None, recipe_path: str | Path | None = None,
-             rewrite_backend: str | None = None, console: Console | None = None) -> dict:
+             rewrite_backend: str | None = None, world: str = DEFAULT_WORLD, console: Console | None = None) -> dict:
     """``rewrite_backend`` ("transformers" or "vllm") overrides the recipe's ``rewrite.backend``:
     with "vllm" the teacher writes MPD's and rewrite-SFT's rewrites on an in-process vLLM engine
-    (its GPU build, or its CPU build on a laptop) while still scoring the loss with transformers."""
+    (its GPU build, or its CPU build on a laptop) while still scoring the loss with transformers.
+    ``world``: the embedded world whose recipe runs when ``recipe_path`` names none."""
     console = console or stdout
     out = Path(out)
     check_output_dir(out)
-    path = recipe_file(recipe_path) if recipe_path else RECIPE  # a file, or a shipped recipe's name
+    # A file, or a shipped recipe's name; default: the world's own.
+    path = recipe_file(recipe_path) if recipe_path else shipped_path(get_world(world).recipe)
     overrides = dict(QUICK) if quick else {}
     if seed is not None:
         overrides["seed"] = seed
@@ -81,7 +84,10 @@ def run_demo(out: str | Path, *, quick: bool = False, seed: int | None = None, r
     check_same_demo(out, recipe)
     models_dir = out / "models"
     fresh: set[str] = set()  # models written by this run: their old evaluations no longer apply
-    console.rule(f"mpdistill demo  seed={recipe.seed}  n_eval={n_eval}  steps={recipe.training.steps}")
+    found = world_of(recipe.student)
+    world_name = found[0].name if found else None  # a recipe of the user's own models names no world
+    console.rule(f"mpdistill demo  {f'world={world_name}  ' if world_name else ''}seed={recipe.seed}  n_eval={n_eval}  "
+                 f"steps={recipe.training.steps}")
     for name, source in (("base", recipe.student), ("teacher", recipe.teacher)):
         target = models_dir / name
         if not (target / "config.json").exists():
@@ -124,6 +130,7 @@ def run_demo(out: str | Path, *, quick: bool = False, seed: int | None = None, r
     results = build_results(recipe.seed, records)
     results["eval_settings"] = {**settings.kwargs(), "n": n_eval}
     results["recipe"] = recipe.model_dump()
+    results["world"] = world_name
     results["comparisons"] = compare_to_baselines(results, records)
     results["wall_seconds"] = round(time.time() - started, 1)
     write_report(out, results)
@@ -162,7 +169,8 @@ def card_evaluation(results: dict, method: str, settings: GenerationSettings) ->
     table = format_table({**results, "methods": rows}).split("\n\n")[0]
     decoding = ("greedy decoding" if settings.temperature <= 0 else
                 f"sampling at temperature {settings.temperature:g}, top_p {settings.top_p:g}, top_k {settings.top_k}")
-    return (f"`mpdistill demo`, seed {results['seed']}: n = {results['n_eval']} held-out chain problems, one answer "
+    world = f" (world {results['world']})" if results.get("world") else ""
+    return (f"`mpdistill demo`{world}, seed {results['seed']}: n = {results['n_eval']} held-out chain problems, one answer "
             f"each by {decoding}, at most {settings.max_new_tokens} new tokens.\n\n{table}")
 
 

@@ -321,7 +321,8 @@ def write_report(out_dir: str | os.PathLike, results: dict) -> dict[str, Path]:
 def _markdown(results: dict) -> str:
     return (
         "# Evaluation results\n\n"
-        f"Seed: {results['seed']}. Problems per method: n = {results['n_eval']}.\n\n"
+        + (f"World: {results['world']}.\n\n" if results.get("world") else "")
+        + f"Seed: {results['seed']}. Problems per method: n = {results['n_eval']}.\n\n"
         f"{format_table(results)}"
     )
 

@@ -1,6 +1,7 @@
 """`mpdistill study --quick` end to end on the shipped embedded models (a few minutes on 2 cores),
 and the study's rules (the tuning choice, the cost accounting, the MPD-vs-baseline verdicts)."""
 
+import itertools
 import json
 
 import pytest
@@ -10,8 +11,8 @@ from mpdistill.cli import app
 from mpdistill.config import load_recipe
 from mpdistill.models import load_model
 from mpdistill.recipes import shipped_path
-from mpdistill.study import (METHODS, QUICK_GRID, QUICK_N_EVAL, QUICK_N_VALIDATION, TEMPERATURES, choose_setting, run_cost,
-                             setting_name)
+from mpdistill.study import (ARM_NAMES, ARMS_BY_NAME, QUICK_LADDERS, QUICK_N_EVAL, QUICK_N_VALIDATION, TEMPERATURES,
+                             choose_setting, rewrite_share, run_cost, setting_name, tune, verdict)
 
 SEEDS = (0, 1)
 
@@ -35,7 +36,7 @@ def test_every_model_is_evaluated_at_every_temperature_with_seeds_and_intervals(
     assert results["plan"]["seeds"] == list(SEEDS) and results["plan"]["quick"] is True
     for temp in TEMPERATURES:
         rows = {r["model"]: r for r in results["tables"][f"{temp:g}"]}
-        assert list(rows) == ["base", *METHODS, "teacher"]
+        assert list(rows) == ["base", *ARM_NAMES, "teacher"]
         for name, row in rows.items():
             # Greedy answers do not depend on the seed: base and teacher answer once there.
             runs = 1 if name in ("base", "teacher") and temp == 0 else len(SEEDS)
@@ -53,7 +54,7 @@ def test_every_model_is_evaluated_at_every_temperature_with_seeds_and_intervals(
                 assert {json.loads(line)["correct"] for line in lines} <= {True, False}
     for temp in TEMPERATURES:
         versus = results["versus"][f"{temp:g}"]
-        assert set(versus) == set(METHODS[1:])
+        assert set(versus) == set(ARM_NAMES[1:])
         for v in versus.values():
             lo, hi = v["accuracy_delta_ci95"]
             assert lo <= v["accuracy_delta"] <= hi and v["accuracy"] in ("ahead", "level", "behind")
@@ -65,14 +66,22 @@ def test_every_model_is_evaluated_at_every_temperature_with_seeds_and_intervals(
     assert (study_dir / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_each_method_is_tuned_on_validation_by_the_stated_rule(study_dir):
+def test_each_arm_is_tuned_on_validation_by_the_stated_rule(study_dir):
     results = json.loads((study_dir / "study.json").read_text())
-    for method in METHODS:
-        t = results["tuning"][method]
-        assert [g["setting"] for g in t["grid"]] == QUICK_GRID[method] == results["plan"]["grid"][method]
-        assert len(t["grid"]) >= 2 and t["chosen"] == QUICK_GRID[method][choose_setting(t["grid"])]
-        for g in t["grid"]:  # every setting was trained with seed 0 and scored on the validation split
-            assert (study_dir / "eval" / "validation" / method / setting_name(g["setting"]) / "seed0.jsonl").exists()
+    assert results["world"]["name"] == "concise-teacher"
+    for name in ARM_NAMES:
+        t = results["tuning"][name]
+        dims = ARMS_BY_NAME[name].tuned
+        expected = [dict(zip(dims, v)) for v in itertools.product(*(QUICK_LADDERS[d][1] for d in dims))]
+        assert [g["setting"] for g in t["tried"]] == expected  # --quick ladders leave no room to extend
+        assert t["chosen"] == t["tried"][choose_setting(t["tried"], results["plan"]["tie_count"])]["setting"]
+        # Every choice of --quick sits at a ladder's end: flagged, never silently.
+        assert t["flagged"] and set(t["position"].values()) <= {"limit", "interior"}
+        for g in t["tried"]:  # every setting was trained with seed 0 and scored on the validation split
+            lines = (study_dir / "eval" / "validation" / name / setting_name(g["setting"]) / "seed0.jsonl").read_text()
+            records = [json.loads(line) for line in lines.splitlines()]
+            assert g["correct"] == sum(r["correct"] for r in records) and g["tokens"] == sum(r["tokens"] for r in records)
+    assert "†" in (study_dir / "study.md").read_text()
     # Neither held-out split reached training: no training prompt is a validation or evaluation prompt.
     held_out = {json.loads(line)["id"] for line in (study_dir / "eval" / "t0" / "base" / "seed0.jsonl").read_text().splitlines()}
     held_out |= {json.loads(line)["id"] for line in
@@ -102,6 +111,7 @@ def test_costs_count_what_each_method_generated_and_trained_on(study_dir):
     assert costs["self_distill"]["teacher_parameters"] < costs["opd"]["teacher_parameters"]  # the student's copy
     assert mpd["route_kept_rate"] is None or 0 <= mpd["route_kept_rate"] <= 1
     assert costs["opd"]["route_kept_rate"] is None and kd["route_kept_rate"] is None
+    assert costs["opd"]["trained_on_teacher_text"] == 0 and kd["trained_on_teacher_text"] > 0
 
 
 def test_a_rerun_resumes_without_training_again(study_dir):
@@ -135,8 +145,9 @@ def test_a_run_trained_with_other_settings_is_refused(study_dir):
 
 @pytest.mark.parametrize("args, words", [
     (["--seeds", "1,2"], "must include 0"),
-    (["--methods", "opd,grpo_length"], "MPD and any of"),
-    (["--methods", "mpd,nope"], "MPD and any of"),
+    (["--methods", "opd,grpo_length"], "mpd and any of"),
+    (["--methods", "mpd,nope"], "mpd and any of"),
+    (["--world", "nope"], "--world must be one of"),
 ])
 def test_bad_options_are_named(tmp_path, args, words):
     result = CliRunner().invoke(app, ["study", "--quick", "--out", str(tmp_path / "s"), *args])
@@ -144,14 +155,112 @@ def test_bad_options_are_named(tmp_path, args, words):
     assert not (tmp_path / "s" / "models").exists()
 
 
-def test_the_tuning_rule_prefers_accuracy_then_fewer_tokens():
-    scores = [{"accuracy": 0.90, "mean_tokens": 40.0}, {"accuracy": 0.905, "mean_tokens": 30.0},
-              {"accuracy": 0.80, "mean_tokens": 10.0}]
-    assert choose_setting(scores) == 1  # within a point of the best: the fewer tokens
-    scores[1]["accuracy"] = 0.93  # now 3 points ahead of the first: accuracy decides
-    scores[0]["mean_tokens"] = 20.0
-    assert choose_setting(scores) == 1
-    assert choose_setting([{"accuracy": 0.5, "mean_tokens": 7.0}, {"accuracy": 0.5, "mean_tokens": 7.0}]) == 0
+def test_the_tuning_rule_prefers_correct_answers_then_fewer_tokens_on_counts():
+    scores = [{"correct": 360, "tokens": 16000}, {"correct": 362, "tokens": 12000}, {"correct": 320, "tokens": 4000}]
+    assert choose_setting(scores, 4) == 1  # within 4 answers of the best: the fewer tokens
+    scores[1]["correct"] = 372  # now 12 answers ahead of the first: correctness decides
+    scores[0]["tokens"] = 8000
+    assert choose_setting(scores, 4) == 1
+    # Exactly the margin is a tie, one answer more is not (counts: no float tolerance decides).
+    assert choose_setting([{"correct": 396, "tokens": 9000}, {"correct": 400, "tokens": 9100}], 4) == 0
+    assert choose_setting([{"correct": 395, "tokens": 9000}, {"correct": 400, "tokens": 9100}], 4) == 1
+    # Equal tokens: the more correct wins, wherever it sits in the grid (off-policy KD's 99.0% vs 100.0%).
+    assert choose_setting([{"correct": 396, "tokens": 12000}, {"correct": 400, "tokens": 12000},
+                           {"correct": 396, "tokens": 12000}], 4) == 1
+    assert choose_setting([{"correct": 5, "tokens": 7}, {"correct": 5, "tokens": 7}], 0) == 0
+
+
+LADDER = {"learning_rate": ((1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3), (1e-4, 3e-4, 1e-3))}
+
+
+def _scores(best_rate: float):
+    """Validation counts that peak at ``best_rate`` (fewer correct answers the further a rate is from it)."""
+    import math
+
+    calls = []
+
+    def evaluate(setting):
+        calls.append(setting)
+        distance = abs(math.log10(setting["learning_rate"]) - math.log10(best_rate))
+        return {"correct": round(400 - 40 * distance), "tokens": 10000}
+
+    return evaluate, calls
+
+
+def test_a_choice_at_the_grid_edge_extends_the_grid_until_it_is_interior():
+    evaluate, calls = _scores(3e-5)
+    result = tune(evaluate, LADDER, tie_count=4)
+    rates = [c["learning_rate"] for c in calls]
+    assert rates == [1e-4, 3e-4, 1e-3, 3e-5, 1e-5]  # the window, then one rung down at a time
+    assert result["chosen"] == {"learning_rate": 3e-5}
+    assert result["position"] == {"learning_rate": "interior"} and result["flagged"] == []
+
+
+def test_a_choice_at_the_ladders_end_is_flagged():
+    evaluate, calls = _scores(1e-2)
+    result = tune(evaluate, LADDER, tie_count=4)
+    assert [c["learning_rate"] for c in calls] == [1e-4, 3e-4, 1e-3, 3e-3]
+    assert result["chosen"] == {"learning_rate": 3e-3}
+    assert result["position"] == {"learning_rate": "limit"} and result["flagged"] == ["learning_rate"]
+    evaluate, calls = _scores(3e-4)  # interior from the start: nothing more is tried
+    assert tune(evaluate, LADDER, tie_count=4)["flagged"] == [] and len(calls) == 3
+
+
+def test_two_tuned_settings_extend_along_the_one_at_its_edge():
+    ladders = {**LADDER, "length_penalty": ((0.03, 0.1, 0.3, 1.0), (0.1, 0.3))}
+
+    def evaluate(setting):  # best at rate 3e-4 with the largest penalty
+        return {"correct": 400 - (0 if setting["learning_rate"] == 3e-4 else 20) + round(10 * setting["length_penalty"]),
+                "tokens": 100}
+
+    result = tune(evaluate, ladders, tie_count=0)
+    tried = [g["setting"] for g in result["tried"]]
+    # One rung up the penalty (its ladder's end), then the rate on that new line: tried there only once,
+    # it sits at both of its edges until its neighbours are tried too.
+    assert tried[6:] == [{"learning_rate": 3e-4, "length_penalty": 1.0}, {"learning_rate": 1e-4, "length_penalty": 1.0},
+                         {"learning_rate": 1e-3, "length_penalty": 1.0}]
+    assert result["chosen"] == {"learning_rate": 3e-4, "length_penalty": 1.0}
+    assert result["position"] == {"learning_rate": "interior", "length_penalty": "limit"}
+
+
+@pytest.mark.parametrize("lo, hi, per_seed, higher, expected", [
+    (0.01, 0.05, [0.02, 0.03, 0.01], True, "ahead"),
+    (0.01, 0.05, [0.02, 0.03, 0.01], False, "behind"),  # more tokens is worse
+    (-0.05, -0.01, [-0.02, -0.03, -0.01], True, "behind"),
+    (-0.05, -0.01, [-0.02, -0.03, -0.01], False, "ahead"),
+    (-0.01, 0.05, [0.02, 0.03, 0.01], True, "level"),  # the interval holds zero
+    (0.01, 0.05, [0.02, -0.03, 0.01], True, "level"),  # one seed pairing disagrees
+    (0.0, 0.05, [0.02, 0.03, 0.01], True, "level"),  # touching zero is not excluding it
+])
+def test_the_verdict_needs_the_interval_and_every_seed(lo, hi, per_seed, higher, expected):
+    assert verdict(lo, hi, per_seed, higher_is_better=higher) == expected
+
+
+def test_the_mixed_control_trains_at_mpds_measured_rewrite_share(study_dir):
+    results = json.loads((study_dir / "study.json").read_text())
+    mpd_run = study_dir / "runs" / "mpd" / setting_name(results["tuning"]["mpd"]["chosen"]) / "seed0"
+    share = round(rewrite_share(mpd_run), 3)
+    assert results["tuning"]["opd_mixed"]["fixed"]["training"]["teacher_share"] == share
+    for seed in (0, 1):
+        run = study_dir / "runs" / "opd_mixed" / setting_name(results["tuning"]["opd_mixed"]["chosen"]) / f"seed{seed}"
+        assert load_recipe(run / "recipe.yaml").training.teacher_share == share
+
+
+def test_each_arm_trains_with_its_fixed_settings(study_dir):
+    results = json.loads((study_dir / "study.json").read_text())
+
+    def recipe(name):
+        return load_recipe(study_dir / "runs" / name / setting_name(results["tuning"][name]["chosen"]) / "seed0" /
+                           "recipe.yaml")
+
+    assert recipe("mpd_drop").rewrite.on_reject == "drop" and recipe("mpd").rewrite.on_reject == "student"
+    assert recipe("mpd_concise_teacher").rewrite.teacher_context == "concise"
+    assert recipe("self_distill_refresh").training.teacher_sync_steps == 20
+    assert recipe("self_distill").training.teacher_sync_steps is None
+    assert recipe("grpo_length").training.length_penalty_on == "correct"
+    assert recipe("grpo_length_ungated").training.length_penalty_on == "all"
+    assert {recipe(a).method for a in ARM_NAMES} == {"mpd", "opd", "opd_mixed", "offpolicy_kd", "rewrite_sft",
+                                                     "self_distill", "grpo_length"}
 
 
 def test_run_cost_reads_the_rollout_log(tmp_path):
