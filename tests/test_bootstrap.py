@@ -136,7 +136,8 @@ def test_bootstrap_json_lists_the_validation_checks(boot):
         assert record["stage"] == name
         assert record["device"] == "cpu"
         # The file holds the plan and exactly what the returned manifest says about the model.
-        assert {k: v for k, v in record.items() if k != "plan"} == manifest["stages"][name]
+        assert record["world"] == manifest["world"] == "concise-teacher"
+        assert {k: v for k, v in record.items() if k not in ("plan", "world")} == manifest["stages"][name]
         # first_check=2, check_every=1, 3 steps: checks after steps 2 and 3.
         checks = record["validation_checks"]
         assert [c["step"] for c in checks] == [2, 3]

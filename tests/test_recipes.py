@@ -300,7 +300,7 @@ def test_a_recipe_argument_is_a_file_when_it_is_one_else_a_shipped_name(tmp_path
     assert shipped.recipe_file("r.YML") == Path("r.YML")
     (tmp_path / "qwen3-1.7b_from_qwen3-8b").write_text("method: opd\n")
     assert shipped.recipe_file("qwen3-1.7b_from_qwen3-8b") == Path("qwen3-1.7b_from_qwen3-8b")  # an existing file
-    with pytest.raises(shipped.RecipeNotFound, match="shipped recipes: embedded, qwen3-1.7b_from_qwen3-8b"):
+    with pytest.raises(shipped.RecipeNotFound, match="shipped recipes: embedded, embedded-verbose-teacher, qwen3-1.7b_from_qwen3-8b"):
         shipped.recipe_file("accelerate/single_gpu")  # a launch config is no recipe
 
 
@@ -311,7 +311,7 @@ def test_an_unknown_recipe_name_is_one_error_listing_the_shipped_ones(args, tmp_
     assert result.exit_code == 2, result.output
     assert errors(result.output) == [
         "error: 'embeded' is neither a recipe file nor a shipped recipe; shipped recipes: embedded, "
-        "qwen3-1.7b_from_qwen3-8b (`mpdistill recipes` lists them)"]
+        "embedded-verbose-teacher, qwen3-1.7b_from_qwen3-8b (`mpdistill recipes` lists them)"]
     assert not (tmp_path / "out").exists()
 
 
@@ -332,7 +332,7 @@ def test_recipes_path_prints_the_file_for_accelerate_launch():
     assert result.output == f"{shipped.HERE / 'accelerate' / 'single_gpu.yaml'}\n"
     result = runner.invoke(app, ["recipes", "path", "single_gpu"], env={"COLUMNS": "400"})
     assert result.exit_code == 2 and "error: no shipped recipe or accelerate config is named 'single_gpu'; shipped: " \
-        "embedded, qwen3-1.7b_from_qwen3-8b, accelerate/cpu_2proc" in result.output
+        "embedded, embedded-verbose-teacher, qwen3-1.7b_from_qwen3-8b, accelerate/cpu_2proc" in result.output
 
 
 def test_recipes_copy_writes_an_editable_copy_that_runs_from_anywhere(tmp_path, monkeypatch):

@@ -11,6 +11,7 @@ from mpdistill.cli import app
 from mpdistill.config import load_recipe
 from mpdistill.models import load_model
 from mpdistill.recipes import shipped_path
+from mpdistill.tasks import chain
 from mpdistill.study import (ARM_NAMES, ARMS_BY_NAME, QUICK_LADDERS, QUICK_N_EVAL, QUICK_N_VALIDATION, TEMPERATURES,
                              choose_setting, rewrite_share, run_cost, setting_name, tune, verdict)
 
@@ -283,7 +284,11 @@ def test_run_cost_reads_the_rollout_log(tmp_path):
     assert cost == {"samples": 4, "student_tokens": 273, "teacher_read_tokens": 3 * read,
                     "teacher_generated_tokens": 145, "loss_tokens": 30 + 90 + 20,
                     "teacher_forward_tokens": 4 * n("Q:1+2\n") + 30 + 90 + 20 + 3, "accepted": 2, "seconds": 12.3,
-                    "route_kept_rate": 0.5}
+                    "route_kept_rate": 0.5, "trained_on_teacher_text": 2}
+    # With the teacher scoring rewrites after the concise instruction, its forward reads that too, on rewrites only.
+    concise = recipe.model_copy(update={"rewrite": recipe.rewrite.model_copy(update={"teacher_context": "concise"})})
+    assert run_cost(tmp_path, concise, 1.0, tok)["teacher_forward_tokens"] == (
+        cost["teacher_forward_tokens"] + 2 * n(chain.CONCISE_INSTRUCTION))
     sft = run_cost(tmp_path, recipe.model_copy(update={"method": "rewrite_sft"}), 1.0, tok)
     assert sft["teacher_forward_tokens"] == 0 and sft["teacher_read_tokens"] == 3 * read
 
@@ -300,3 +305,17 @@ def test_run_cost_of_off_policy_kd_counts_the_teachers_samples(tmp_path):
     assert (cost["student_tokens"], cost["teacher_generated_tokens"], cost["loss_tokens"]) == (0, 12, 7)
     assert cost["teacher_read_tokens"] == 2 * prompt and cost["teacher_forward_tokens"] == 2 * prompt + 12
     assert cost["accepted"] == 0 and cost["route_kept_rate"] is None  # KD samples are not rewrites
+
+
+def test_run_cost_of_the_mixed_control_counts_both_samples(tmp_path):
+    """opd_mixed: the student sampled every problem; the teacher answered the picked ones; the loss ran on the
+    teacher's sample where it passed the filter, else on the student's."""
+    base = {"prompt": "Q:1+2\n", "student": "so 1+2=3\nA:3", "student_tokens": 10, "rewrite": None,
+            "rewrite_tokens": None, "accepted": False, "trained_on": "student"}
+    rows = [base, {**base, "teacher": "1+2=3\nA:3", "teacher_tokens": 7, "accepted": True, "trained_on": "teacher"},
+            {**base, "teacher": "1+2", "teacher_tokens": 4, "reason": "unparsed"}]
+    (tmp_path / "rollouts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    tok = load_model("embedded:student")[1]
+    cost = run_cost(tmp_path, load_recipe(shipped_path("embedded"), {"method": "opd_mixed"}), 1.0, tok)
+    assert (cost["student_tokens"], cost["teacher_generated_tokens"], cost["loss_tokens"]) == (30, 11, 10 + 7 + 10)
+    assert cost["trained_on_teacher_text"] == 1 and cost["accepted"] == 0

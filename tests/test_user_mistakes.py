@@ -301,7 +301,7 @@ def test_no_command_prints_a_traceback_for_the_mistakes_above(here):
     recipe(here / "nd.yaml", "task: chain\ndata: {train: nothere.jsonl}\n")
     rows(here / "long.jsonl", [LONG])
     bare = here / "bare"
-    shutil.copytree(Path(__file__).resolve().parents[1] / "mpdistill" / "assets" / "embedded" / "student", bare)
+    shutil.copytree(Path(__file__).resolve().parents[1] / "mpdistill" / "assets" / "embedded" / "concise-teacher" / "student", bare)
     for f in ("tokenizer.json", "tokenizer_config.json"):
         (bare / f).unlink()
     for args in (
