@@ -529,6 +529,15 @@ def rewrite_cmd(
     console.print(format_summary(summary), markup=False, highlight=False)
     console.print(f"summary: {json.dumps(summary)}", markup=False, highlight=False, soft_wrap=True)
     console.print(f"wrote {out}", markup=False)
+    if summary["failed"]:
+        from .console import warn
+
+        kinds = ", ".join(f"{k} {v}" for k, v in sorted(summary.get("backend_failures", {}).items()))
+        said = (f"{summary['failed']} of {summary['n']} rows got no rewrite from the backend"
+                f"{f' ({kinds})' if kinds else ''}; they are kept as backend_error and asked again by the same command")
+        if summary["failed"] == summary["sent"]:
+            _fail(said)  # nothing usable came back: a script must not take this run for a result
+        warn(said)
 
 
 @app.command()

@@ -17,7 +17,10 @@ with ``require_gold``, a trace whose answer is wrong).
 Rows are processed in chunks of ``batch_size``; chunk ``i`` is rewritten with a seed derived from
 ``seed`` and ``i``, and each finished chunk is appended to the output and flushed to disk. A
 re-run with the same output skips the rows already there (a torn last line is cut off and
-redone) and draws the rest exactly as an uninterrupted run would have. The settings that decide
+redone) and draws the rest exactly as an uninterrupted run would have. A row whose rewrite never
+came back from the backend (``reason: backend_error``: the server failed, timed out or answered
+beyond ``max_tokens``) is written, so the file accounts for every row, but it is not a result: a
+re-run asks for it again and replaces its record. The settings that decide
 the records (teacher, prompt, sampling, ``max_ratio``, the input's rows...) are kept beside the
 output in ``<out>.settings.json``; a re-run that changes any of them is refused.
 """
@@ -35,7 +38,7 @@ from pathlib import Path
 from typing import Callable
 
 from .config import ConfigError, RewriteConfig, from_options, with_task_defaults
-from .durable import LogError, append_jsonl, changed_settings, cut_torn_tail, read_jsonl_log, write_text
+from .durable import LogError, append_jsonl, changed_settings, cut_torn_tail, read_jsonl_log, write_jsonl, write_text
 from .paths import check_output_file
 from .rewrite import Rewriter, RewriteSettings, Sample, encode_completion, rewrite_batch, rewrite_settings_from
 from .rollout import derive_seed
@@ -189,8 +192,13 @@ def read_done(out: Path, rows: list[dict]) -> tuple[dict[int, dict], int | None]
                     f"{out}:{lineno}: the {key} of row {index} differs from this input's; "
                     "that file was written for another input: use a new --out"
                 )
-        done.setdefault(index, record)
+        done[index] = record  # a row redone after a backend failure: its newer record is its result
     return done, torn_at
+
+
+def failed_rows(done: dict[int, dict]) -> list[int]:
+    """Rows whose rewrite never came back (``backend_error``): not a result, redone by a re-run."""
+    return sorted(i for i, r in done.items() if r.get("reason") == "backend_error")
 
 
 def settings_path(out: Path) -> Path:
@@ -381,6 +389,10 @@ def rewrite_file(input_path: str | Path, out: str | Path, spec: RewriteFileSpec,
     done, torn_at = read_done(out, rows)
     wanted = output_settings(spec, input_path, rows)
     write_settings = check_settings(out, wanted, has_records=bool(done))
+    # A row the server never answered is not a result: it is asked again (its old record is replaced).
+    retried = failed_rows(done)
+    for i in retried:
+        del done[i]
     resumed = len(done)
     task = get_task(spec.task)
     chunks = [list(range(i, min(i + spec.batch_size, len(rows)))) for i in range(0, len(rows), spec.batch_size)]
@@ -393,7 +405,10 @@ def rewrite_file(input_path: str | Path, out: str | Path, spec: RewriteFileSpec,
 
         if write_settings:  # beside the records, before the first of them
             write_text(settings_path(out), json.dumps(wanted, indent=2, ensure_ascii=False) + "\n")
-        cut_torn_tail(out, torn_at)
+        if retried:  # one record per row: the failed ones leave, their redone records are appended
+            write_jsonl(out, sorted(done.values(), key=lambda r: r["index"]))
+        else:
+            cut_torn_tail(out, torn_at)
         with Progress(TextColumn("rewrite"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                       TimeRemainingColumn(), console=console) as bar:
             job = bar.add_task("rows", total=len(rows), completed=resumed)
@@ -408,6 +423,9 @@ def rewrite_file(input_path: str | Path, out: str | Path, spec: RewriteFileSpec,
     summary = summarize([done[i] for i in range(len(rows))])
     summary["generated"] = len(rows) - resumed
     summary["resumed"] = resumed
+    summary["retried"] = len(retried)
+    summary["failed"] = len(failed_rows(done))
+    summary["sent"] = sum(r["rewrite"] is not None for r in done.values())  # rows the backend was asked to rewrite
     if stats is not None and stats.get("failures"):
         summary["backend_failures"] = dict(stats["failures"])
     return summary

@@ -34,7 +34,18 @@ REQUEST_FIELDS = ("model", "messages", "prompt", "max_tokens", "temperature", "t
 
 # Failure kinds, as counted in ``OpenAIRewriter.stats["failures"]``.
 RETRIED = ("timeout", "connection", "http_5xx", "http_429")
-FAILURE_KINDS = RETRIED + ("http_4xx", "bad_response", "deadline", "internal")
+FAILURE_KINDS = RETRIED + ("http_4xx", "bad_response", "too_large", "deadline", "internal")
+# How much of an answer is read: a response to max_tokens = B holds at most B tokens of text, each at
+# most a few dozen bytes in JSON (\uXXXX escapes), plus the envelope. A server that sends more ignores
+# max_tokens (or streams for ever): its answer is abandoned, not held in memory.
+ENVELOPE_BYTES = 1 << 20
+BYTES_PER_TOKEN = 256
+MODELS_LIST_BYTES = 16 << 20
+
+
+def answer_cap(max_tokens: int) -> int:
+    """The most bytes an answer to a request of ``max_tokens`` may take."""
+    return ENVELOPE_BYTES + BYTES_PER_TOKEN * max(0, max_tokens)
 
 
 def read_api_key(api_key_env: str | None) -> str | None:
@@ -211,7 +222,8 @@ class OpenAIRewriter:
         own message; a timeout or 5xx is left to the run's retries.
         """
         end = time.monotonic() + self.timeout_s
-        kind, detail, _, _ = self._attempt(self._payload("Reply with OK.", 1), self.timeout_s, end, threading.Event())
+        kind, detail, _, _ = self._attempt(self._payload("Reply with OK.", 1), self.timeout_s, end, threading.Event(),
+                                            answer_cap(1))
         if kind == "http_4xx":
             fields = [f for f in ("chat_template_kwargs", "top_k", *self.extra_body) if f in self._body("", 1)]
             bad_request = detail.startswith(("HTTP 400", "HTTP 422"))  # not a key or a route: the request itself
@@ -250,7 +262,8 @@ class OpenAIRewriter:
             tries += 1
             with self._lock:
                 self.stats["requests"] += 1
-            kind, detail, retry_after, raw = self._attempt(body, min(self.timeout_s, remaining), end, stop)
+            kind, detail, retry_after, raw = self._attempt(body, min(self.timeout_s, remaining), end, stop,
+                                                           answer_cap(budget))
             if kind is None:
                 return self._parse(raw)
             if kind not in RETRIED:
@@ -271,20 +284,25 @@ class OpenAIRewriter:
                 return self._error(f"{detail} after {_tries(tries)}; deadline of {self.deadline_s:g} s reached"), kind
 
     def _attempt(
-        self, body: bytes, timeout: float, end: float, stop: threading.Event
+        self, body: bytes, timeout: float, end: float, stop: threading.Event, cap: int
     ) -> tuple[str | None, str, float | None, bytes]:
         """One HTTP try: (failure kind or None, short detail, Retry-After seconds, response body).
 
         ``timeout`` bounds each socket operation, not the whole body: the body is read a chunk at a
-        time and abandoned at the deadline, so a server that trickles it cannot hold the thread.
+        time and abandoned at the deadline, so a server that trickles it cannot hold the thread; and
+        abandoned past ``cap`` bytes, so one that ignores ``max_tokens`` cannot fill the memory.
         """
         request = urllib.request.Request(self._url, data=body, headers=self._headers, method="POST")
         try:
             with urllib.request.urlopen(request, timeout=timeout) as resp:
-                chunks = []
+                chunks, size = [], 0
                 while chunk := resp.read1(65536):
                     if stop.is_set() or time.monotonic() >= end:
                         return "deadline", f"deadline of {self.deadline_s:g} s reached while reading the answer", None, b""
+                    size += len(chunk)
+                    if size > cap:
+                        return ("too_large", f"answer longer than {cap:,} bytes, more than max_tokens allows (the server "
+                                "ignores max_tokens); abandoned", None, b"")
                     chunks.append(chunk)
                 return None, "", None, b"".join(chunks)
         except urllib.error.HTTPError as err:
@@ -390,7 +408,7 @@ def check_endpoint(base_url: str, timeout_s: float = 10.0, *, model: str | None 
     where = f"rewrite.base_url {base_url!r}"
     try:
         with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout_s) as resp:
-            raw = resp.read()
+            raw = resp.read(MODELS_LIST_BYTES + 1)  # the model list; a server sending more is not read further
     except urllib.error.HTTPError as err:
         err.close()
         if err.code in (401, 403):

@@ -249,11 +249,14 @@ def test_served_rewriter(here, serve, tok, monkeypatch):
     assert "sk-loopback" not in result.output
 
 
-def test_served_rewriter_failures_are_recorded(here, serve):
+def test_served_rewriter_failures_are_recorded_and_redone_by_a_rerun(here, serve):
+    """A server that failed every request: each row is written as backend_error (the file accounts for every
+    row), the command says so in one error line and exits 2; the same command against a healthy server asks
+    for those rows again and replaces their records, one record per row."""
     write_rows(here / "in.jsonl", chain_rows()[:5])
     server = serve(lambda body: (500, {"error": {"message": "boom"}}))
     result = runner.invoke(app, served_args(server))
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 2, result.output
     records = read_out(here / "out.jsonl")
     assert len(records) == 5
     assert all(r["reason"] == "backend_error" and not r["accepted"] for r in records)
@@ -261,6 +264,44 @@ def test_served_rewriter_failures_are_recorded(here, serve):
     summary = summary_of(result.output)
     assert summary["rejected"] == {"backend_error": 5} and summary["backend_failures"] == {"http_5xx": 5}
     assert len(server.requests) == 1 + 5  # the one-token check first (a 5xx there is left to the retries)
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert errors == ["error: 5 of 5 rows got no rewrite from the backend (http_5xx 5); they are kept as "
+                      "backend_error and asked again by the same command"]
+    healthy = serve(concise_answer)
+    result = runner.invoke(app, served_args(healthy))
+    assert result.exit_code == 0, result.output
+    records = read_out(here / "out.jsonl")
+    assert sorted(r["index"] for r in records) == list(range(5))  # one record per row
+    assert "backend_error" not in {r["reason"] for r in records}
+    summary = summary_of(result.output)
+    assert (summary["retried"], summary["failed"], summary["resumed"]) == (5, 0, 0)
+    assert len(healthy.requests) == 1 + 5
+
+
+def test_some_failed_rows_are_a_warning_and_only_they_are_redone(here, serve):
+    write_rows(here / "in.jsonl", chain_rows()[:4])
+    calls = []
+
+    def flaky(body):  # the second row's request fails, the others are answered
+        prompt = body["messages"][0]["content"]
+        calls.append(prompt)
+        if prompt.startswith(chain_rows()[1]["problem"]):
+            return 500, {"error": {"message": "boom"}}
+        return concise_answer(body)
+
+    server = serve(flaky)
+    result = runner.invoke(app, served_args(server))
+    assert result.exit_code == 0, result.output
+    assert [line for line in result.output.splitlines() if line.startswith("warning:")] == [
+        "warning: 1 of 4 rows got no rewrite from the backend (http_5xx 1); they are kept as backend_error and asked "
+        "again by the same command"]
+    first = read_out(here / "out.jsonl")
+    assert [r["reason"] == "backend_error" for r in first] == [False, True, False, False]
+    result = runner.invoke(app, served_args(serve(concise_answer)))
+    assert result.exit_code == 0, result.output
+    again = sorted(read_out(here / "out.jsonl"), key=lambda r: r["index"])  # the redone row is appended
+    assert [r["index"] for r in again] == [0, 1, 2, 3] and again[1]["reason"] != "backend_error"
+    assert [again[i] for i in (0, 2, 3)] == [first[i] for i in (0, 2, 3)]  # the answered rows are kept as they were
 
 
 def test_served_rewriter_needs_a_tokenizer(here, serve):

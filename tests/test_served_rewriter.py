@@ -39,6 +39,7 @@ class Server:
         self.active = self.max_active = 0
         self.release = threading.Event()  # set at close so stalled handlers end
         self.handlers = []  # the threads that answered completion requests
+        self.sent = 0  # bytes of an endless answer written
         self.closed = False
         outer = self
 
@@ -47,6 +48,17 @@ class Server:
                 pass
 
             def _answer(self, status, headers, payload):
+                if isinstance(payload, Endless):  # no length: the body goes on until the client hangs up
+                    self.send_response(status)
+                    self.send_header("Content-Type", "application/json")
+                    self.end_headers()
+                    self.wfile.write(b'{"choices": [{"text": "')
+                    chunk = b"x" * 65536
+                    while not outer.release.is_set():
+                        self.wfile.write(chunk)
+                        with outer.lock:
+                            outer.sent += len(chunk)
+                    return
                 trickle = payload if isinstance(payload, Trickle) else None
                 data = trickle.data if trickle else payload if isinstance(payload, bytes) else json.dumps(payload).encode()
                 self.send_response(status)
@@ -300,6 +312,24 @@ def test_a_trickled_answer_cannot_hold_a_thread_past_the_deadline(serve):
     assert out.text == "" and "deadline" in out.error and rw.stats["failures"] == {"deadline": 1}
     assert wait_for(lambda: not rewrite_threads() - before, 1.0), "a rewrite thread is still reading"
     assert len(server.requests) == 1
+
+
+class Endless:
+    """An answer that never ends (a server ignoring max_tokens, streaming for ever)."""
+
+
+@pytest.mark.parametrize("payload", [Endless(), ok("x" * (3 << 20))[2]])
+def test_an_answer_longer_than_max_tokens_allows_is_abandoned_not_buffered(serve, payload):
+    server = serve(lambda s, n, p, b: (200, {}, payload))
+    rw = rewriter(server, max_retries=2, deadline_s=20.0)
+    out = rw.rewrite(["x"], max_new_tokens=[16])[0]
+    assert out.text == "" and "more than max_tokens allows" in out.error
+    assert rw.stats["failures"] == {"too_large": 1} and len(server.requests) == 1  # the same again would not help
+    from mpdistill.served_rewriter import answer_cap
+
+    assert answer_cap(16) < 2 << 20  # read at most this much of the answer
+    if isinstance(payload, Endless):
+        assert server.sent < 64 << 20  # the server was cut off, not read to the end
 
 
 def test_connection_refused_is_an_error_not_an_exception():
