@@ -55,7 +55,16 @@ def _eval_settings(recipe: Recipe) -> GenerationSettings:
     )
 
 
-def run_demo(out: str | Path, *, quick: bool = False, seed: int | None = None, recipe_path: str | Path | None = None,
+def run_demo(out: str | Path, **options) -> dict:
+    """The demo into ``out`` (options: those of :func:`_run_demo`). The folder is held while it runs:
+    a second one on the same folder is refused, naming this one (mpdistill/run_lock.py)."""
+    from .run_lock import holding
+
+    with holding(out):
+        return _run_demo(out, **options)
+
+
+def _run_demo(out: str | Path, *, quick: bool = False, seed: int | None = None, recipe_path: str | Path | None = None,
              rewrite_backend: str | None = None, world: str = DEFAULT_WORLD, console: Console | None = None) -> dict:
     """``rewrite_backend`` ("transformers" or "vllm") overrides the recipe's ``rewrite.backend``:
     with "vllm" the teacher writes MPD's and rewrite-SFT's rewrites on an in-process vLLM engine

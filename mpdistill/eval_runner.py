@@ -181,6 +181,7 @@ def run_units(
 def run_eval(spec: EvalSpec, out: str | Path, *, console=None) -> dict:
     """Evaluate ``spec.model`` on ``spec.benchmarks`` into ``out``; resumes what ``out`` already holds."""
     from .console import stdout, warn
+    from .run_lock import holding
     from .tasks import get_task
 
     console = console or stdout
@@ -225,34 +226,35 @@ def run_eval(spec: EvalSpec, out: str | Path, *, console=None) -> dict:
         "seed": spec.seed,
         "limit": spec.limit,
     }
-    check_or_write_config(out, config)
+    with holding(out):  # one writer per evaluation folder (mpdistill/run_lock.py)
+        check_or_write_config(out, config)
 
-    units = [Unit(b.name, item.id, k, prompts[b.name, item.id], item.answer, item.reference)
-             for b in benchmarks for item in b.items for k in range(n_samples[b.name])]
+        units = [Unit(b.name, item.id, k, prompts[b.name, item.id], item.answer, item.reference)
+                 for b in benchmarks for item in b.items for k in range(n_samples[b.name])]
 
-    backend = None
-    if not gold:
-        settings = GenerationSettings(max_new_tokens=max_new_tokens, temperature=sampling["temperature"],
-                                      top_p=sampling["top_p"], top_k=sampling["top_k"], batch_size=batch_size)
-        backend = _load_backend(spec, settings, tokenizer)
+        backend = None
+        if not gold:
+            settings = GenerationSettings(max_new_tokens=max_new_tokens, temperature=sampling["temperature"],
+                                          top_p=sampling["top_p"], top_k=sampling["top_k"], batch_size=batch_size)
+            backend = _load_backend(spec, settings, tokenizer)
 
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-    with Progress(TextColumn("eval {task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  TimeRemainingColumn(), console=console) as bar:
-        job = bar.add_task(spec.model, total=len(units))
-        records = run_units(units, backend, task, tokenizer, samples_file(out), seed=spec.seed,
-                            batch_size=batch_size, progress=lambda k: bar.advance(job, k))
+        with Progress(TextColumn("eval {task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      TimeRemainingColumn(), console=console) as bar:
+            job = bar.add_task(spec.model, total=len(units))
+            records = run_units(units, backend, task, tokenizer, samples_file(out), seed=spec.seed,
+                                batch_size=batch_size, progress=lambda k: bar.advance(job, k))
 
-    per_benchmark = summarize_benchmarks(benchmarks, records, gold=gold, seed=spec.seed)
-    summary = {"model": spec.model, "settings": config, "benchmarks": per_benchmark}
-    table = format_summary_table(per_benchmark, gold=gold)
-    write_summary(out, summary, format_summary_markdown(summary, table))
-    console.print(table, markup=False, highlight=False, soft_wrap=True)
-    for line in truncation_warnings(per_benchmark, max_new_tokens) + unread_warnings(per_benchmark, spec):
-        warn(line)
-    console.print(f"wrote {samples_file(out)}, {SUMMARY_FILE}, {SUMMARY_MARKDOWN_FILE}", markup=False, highlight=False)
-    return summary
+        per_benchmark = summarize_benchmarks(benchmarks, records, gold=gold, seed=spec.seed)
+        summary = {"model": spec.model, "settings": config, "benchmarks": per_benchmark}
+        table = format_summary_table(per_benchmark, gold=gold)
+        write_summary(out, summary, format_summary_markdown(summary, table))
+        console.print(table, markup=False, highlight=False, soft_wrap=True)
+        for line in truncation_warnings(per_benchmark, max_new_tokens) + unread_warnings(per_benchmark, spec):
+            warn(line)
+        console.print(f"wrote {samples_file(out)}, {SUMMARY_FILE}, {SUMMARY_MARKDOWN_FILE}", markup=False, highlight=False)
+        return summary
 
 
 def _load_tokenizer_and_config(name: str, trust_remote_code: bool = False):

@@ -26,6 +26,7 @@ from .mpd_config import REWRITE_PREFIX, MPDConfig
 from .nonfinite import NonFiniteHalt
 from .paths import check_output_dir
 from .processes import distributed_state, is_main_process, launch_warnings, on_main_then_share
+from .run_lock import OutputLock
 from .prompts import encode_message, has_thinking_switch
 from .rewriters import get_backend
 from .tasks import get_task
@@ -363,12 +364,22 @@ def train(recipe: Recipe, run_dir: str | Path, *, exclude_prompts: set[str] | No
 
     Everything that can be checked without training — models, vocabularies, data — is checked
     before the first step. With ``resume``, an interrupted run in ``run_dir`` continues from its
-    newest checkpoint (see :func:`prepare_resume`).
+    newest checkpoint (see :func:`prepare_resume`). The main process holds ``run_dir`` while it
+    trains: a second ``train`` on the same folder is refused, naming this one (mpdistill/run_lock.py).
     """
     run_dir = Path(run_dir)
+    lock = OutputLock(run_dir) if is_main_process() else None
+    try:
+        return _train(recipe, run_dir, lock, exclude_prompts=exclude_prompts, resume=resume)
+    finally:
+        if lock is not None:
+            lock.release()
 
+
+def _train(recipe: Recipe, run_dir: Path, lock, *, exclude_prompts: set[str] | None, resume: bool) -> Path:
     def claim_folder() -> Path | None:  # the main process owns the folder; the others learn the outcome
         check_output_dir(run_dir)
+        lock.acquire()  # before it looks at the folder: a second writer is refused here
         if resume:
             return prepare_resume(recipe, run_dir)
         if why := existing_run(run_dir):

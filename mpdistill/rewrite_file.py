@@ -40,6 +40,7 @@ from typing import Callable
 from .config import ConfigError, RewriteConfig, from_options, with_task_defaults
 from .durable import LogError, append_jsonl, changed_settings, cut_torn_tail, read_jsonl_log, write_jsonl, write_text
 from .paths import check_output_file
+from .run_lock import holding
 from .rewrite import Rewriter, RewriteSettings, Sample, encode_completion, rewrite_batch, rewrite_settings_from
 from .rollout import derive_seed
 from .tasks.problems import DataError, iter_jsonl
@@ -386,49 +387,50 @@ def rewrite_file(input_path: str | Path, out: str | Path, spec: RewriteFileSpec,
     out = Path(out)
     check_output_file(out, "--out")  # before the input is read or any model loads
     rows = read_rows(input_path, require_gold=spec.require_gold)
-    done, torn_at = read_done(out, rows)
-    wanted = output_settings(spec, input_path, rows)
-    write_settings = check_settings(out, wanted, has_records=bool(done))
-    # A row the server never answered is not a result: it is asked again (its old record is replaced).
-    retried = failed_rows(done)
-    for i in retried:
-        del done[i]
-    resumed = len(done)
-    task = get_task(spec.task)
-    chunks = [list(range(i, min(i + spec.batch_size, len(rows)))) for i in range(0, len(rows), spec.batch_size)]
-    todo = [(k, chunk) for k, chunk in enumerate(chunks) if any(i not in done for i in chunk)]
+    with holding(out, is_file=True):  # one writer per output file (mpdistill/run_lock.py)
+        done, torn_at = read_done(out, rows)
+        wanted = output_settings(spec, input_path, rows)
+        write_settings = check_settings(out, wanted, has_records=bool(done))
+        # A row the server never answered is not a result: it is asked again (its old record is replaced).
+        retried = failed_rows(done)
+        for i in retried:
+            del done[i]
+        resumed = len(done)
+        task = get_task(spec.task)
+        chunks = [list(range(i, min(i + spec.batch_size, len(rows)))) for i in range(0, len(rows), spec.batch_size)]
+        todo = [(k, chunk) for k, chunk in enumerate(chunks) if any(i not in done for i in chunk)]
 
-    stats = None
-    if todo:
-        make, encode, stats = _backend(spec, config)
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+        stats = None
+        if todo:
+            make, encode, stats = _backend(spec, config)
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-        if write_settings:  # beside the records, before the first of them
-            write_text(settings_path(out), json.dumps(wanted, indent=2, ensure_ascii=False) + "\n")
-        if retried:  # one record per row: the failed ones leave, their redone records are appended
-            write_jsonl(out, sorted(done.values(), key=lambda r: r["index"]))
-        else:
-            cut_torn_tail(out, torn_at)
-        with Progress(TextColumn("rewrite"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                      TimeRemainingColumn(), console=console) as bar:
-            job = bar.add_task("rows", total=len(rows), completed=resumed)
-            for k, chunk in todo:
-                # The whole chunk is rewritten again so its seed gives the same rewrites as before.
-                records = rewrite_chunk(rows, chunk, make(derive_seed(spec.seed, "chunk", k)), settings, task, encode)
-                new = [r for r in records if r["index"] not in done]
-                for r in new:
-                    done[r["index"]] = r
-                append_jsonl(out, new)
-                bar.advance(job, len(new))
-    summary = summarize([done[i] for i in range(len(rows))])
-    summary["generated"] = len(rows) - resumed
-    summary["resumed"] = resumed
-    summary["retried"] = len(retried)
-    summary["failed"] = len(failed_rows(done))
-    summary["sent"] = sum(r["rewrite"] is not None for r in done.values())  # rows the backend was asked to rewrite
-    if stats is not None and stats.get("failures"):
-        summary["backend_failures"] = dict(stats["failures"])
-    return summary
+            if write_settings:  # beside the records, before the first of them
+                write_text(settings_path(out), json.dumps(wanted, indent=2, ensure_ascii=False) + "\n")
+            if retried:  # one record per row: the failed ones leave, their redone records are appended
+                write_jsonl(out, sorted(done.values(), key=lambda r: r["index"]))
+            else:
+                cut_torn_tail(out, torn_at)
+            with Progress(TextColumn("rewrite"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                          TimeRemainingColumn(), console=console) as bar:
+                job = bar.add_task("rows", total=len(rows), completed=resumed)
+                for k, chunk in todo:
+                    # The whole chunk is rewritten again so its seed gives the same rewrites as before.
+                    records = rewrite_chunk(rows, chunk, make(derive_seed(spec.seed, "chunk", k)), settings, task, encode)
+                    new = [r for r in records if r["index"] not in done]
+                    for r in new:
+                        done[r["index"]] = r
+                    append_jsonl(out, new)
+                    bar.advance(job, len(new))
+        summary = summarize([done[i] for i in range(len(rows))])
+        summary["generated"] = len(rows) - resumed
+        summary["resumed"] = resumed
+        summary["retried"] = len(retried)
+        summary["failed"] = len(failed_rows(done))
+        summary["sent"] = sum(r["rewrite"] is not None for r in done.values())  # rows the backend was asked to rewrite
+        if stats is not None and stats.get("failures"):
+            summary["backend_failures"] = dict(stats["failures"])
+        return summary
 
 
 def _backend(spec: RewriteFileSpec, config: RewriteConfig):

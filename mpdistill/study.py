@@ -218,7 +218,16 @@ def rewrite_share(run_dir: Path) -> float:
     return sum(r.get("trained_on") == "rewrite" for r in rows) / len(rows)
 
 
-def run_study(out: str | Path, *, quick: bool = False, seeds: tuple[int, ...] = (0, 1, 2),
+def run_study(out: str | Path, **options) -> dict:
+    """The study into ``out`` (options: those of :func:`_run_study`). The folder is held while it runs:
+    a second one on the same folder is refused, naming this one (mpdistill/run_lock.py)."""
+    from .run_lock import holding
+
+    with holding(out):
+        return _run_study(out, **options)
+
+
+def _run_study(out: str | Path, *, quick: bool = False, seeds: tuple[int, ...] = (0, 1, 2),
               arms: tuple[str, ...] = ARM_NAMES, world: str = DEFAULT_WORLD, console: Console | None = None) -> dict:
     console = console or stdout
     out = Path(out)
