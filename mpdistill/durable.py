@@ -41,6 +41,35 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _read_umask() -> int:
+    """The process's umask, read without changing it where the kernel says it (Linux), else by setting
+    and restoring it once, at import, before any thread of this package writes."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+UMASK = _read_umask()
+FILE_MODE = 0o666 & ~UMASK  # what open() gives a new file: temporary files are made private (0600) instead
+
+
+def honour_umask(path: Path) -> None:
+    """Give a file written through a private temporary file (ours, or one a library made) the mode a
+    plain new file would have, so teammates on a shared machine can read what a run wrote."""
+    try:
+        if os.stat(path).st_mode & 0o777 != FILE_MODE:
+            os.chmod(path, FILE_MODE)
+    except OSError:  # a filesystem without Unix modes: nothing to honour
+        pass
+
+
 def _fsync_file(path: Path) -> None:
     with open(path, "rb") as f:
         os.fsync(f.fileno())
@@ -57,6 +86,7 @@ def atomic_write(path: Path, write: Callable[[Path], Any]) -> None:
     tmp = Path(tmp_name)
     try:
         write(tmp)
+        honour_umask(tmp)
         _fsync_file(tmp)
         os.replace(tmp, path)
     except BaseException:
@@ -76,9 +106,11 @@ def write_jsonl(path: Path, records: Iterable[dict]) -> None:
 
 
 def fsync_tree(root: Path) -> None:
-    """Flush every file and folder under ``root`` to disk (before it is renamed into place)."""
+    """Flush every file and folder under ``root`` to disk (before it is renamed into place), each file
+    with the mode the umask gives (libraries save weights through private temporary files)."""
     for folder, _, files in os.walk(root):
         for name in files:
+            honour_umask(Path(folder) / name)
             _fsync_file(Path(folder) / name)
         fsync_dir(Path(folder))
 

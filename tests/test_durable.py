@@ -93,3 +93,24 @@ def test_jsonl_log_round_trip_torn_tail_and_corrupt_middle(tmp_path, caplog):
     with pytest.raises(LogError, match=r"log.jsonl:2: not a valid JSON record"):
         read_jsonl_log(path)
     assert os.path.getsize(path) > 0  # reading never changes the file
+
+
+def test_a_runs_files_have_the_mode_the_umask_gives(tmp_path):
+    """Weights, card, record, recipe and logs are readable by whom the umask says (0640 under 027), not only
+    by their owner (0600): libraries and the atomic writer save through private temporary files."""
+    import stat
+    import subprocess
+    import sys
+
+    run = tmp_path / "run"
+    code = ("import os, sys; os.umask(0o027); from mpdistill.cli import main; sys.argv = ['mpdistill', 'train', "
+            f"'embedded', '--out', {str(run)!r}, '--set', 'training.steps=1', '--set', 'training.batch_size=4', "
+            "'--set', 'data.n_train=4']; main()")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    files = [p for p in run.rglob("*") if p.is_file()]
+    names = {p.name for p in files}
+    assert {"model.safetensors", "README.md", "mpdistill.json", "recipe.yaml", "train_log.jsonl", "rollouts.jsonl"} <= names
+    modes = {str(p.relative_to(run)): oct(stat.S_IMODE(p.stat().st_mode)) for p in files}
+    assert set(modes.values()) == {"0o640"}, modes
