@@ -110,6 +110,10 @@ class ResumableTraining:
         self.args.output_dir = staging
         try:
             super()._save_checkpoint(model, trial)
+        except BaseException:
+            if self.args.should_save:  # never a half-written checkpoint (a resume ignores .partial anyway)
+                shutil.rmtree(staging, ignore_errors=True)
+            raise
         finally:
             self.args.output_dir = root
         if self.args.should_save:

@@ -77,6 +77,9 @@ def demo(
     except KeyboardInterrupt:
         _interrupted(f"finished trainings and evaluations are kept in {out}; run the same command again to go on "
                      "from there")
+    except Exception as err:  # noqa: BLE001 - only a refused write is said here
+        _storage_failed(err, f"Finished trainings and evaluations are kept in {out}; once it can be written again, run "
+                        "the same command again to go on from there")
 
 
 @app.command()
@@ -106,6 +109,9 @@ def study(
     except KeyboardInterrupt:
         _interrupted(f"finished trainings and evaluations are kept in {out}; run the same command again to go on "
                      "from there")
+    except Exception as err:  # noqa: BLE001 - only a refused write is said here
+        _storage_failed(err, f"Finished trainings and evaluations are kept in {out}; once it can be written again, run "
+                        "the same command again to go on from there")
 
 
 @app.command("train")
@@ -178,6 +184,9 @@ def train_cmd(
               or isinstance(err, (NonFiniteHalt, MixFloorHalt)))
     except KeyboardInterrupt:
         _interrupted(_train_saved(out))
+    except Exception as err:  # noqa: BLE001 - only a refused write is said here; anything else is a bug, shown as such
+        _storage_failed(err, _train_saved(out).replace("The run can continue",
+                                                       "Once it can be written again, the run can continue"))
     from .processes import is_main_process
 
     if is_main_process():  # under a launcher, one line for the run, not one per process
@@ -191,6 +200,17 @@ def _interrupted(saved: str) -> None:
     if os.environ.get("RANK", "0") == "0":
         warn(f"interrupted. {saved}")
     raise typer.Exit(code=130)
+
+
+def _storage_failed(err: BaseException, kept: str) -> None:
+    """A write the storage refused (full disk, quota, read-only): one ``error:`` line saying what is kept
+    and how to go on. Any other exception is re-raised as it is."""
+    from .errors import storage_failure
+
+    said = storage_failure(err)
+    if said is None:
+        raise err
+    _fail(f"{said}. {kept}")
 
 
 def _train_saved(out: Path) -> str:
@@ -281,6 +301,9 @@ def eval_cmd(
         _interrupted(f"{done} graded samples are saved in {samples}; run {command} again to continue "
                      "(finished batches are kept, the rest is drawn as an uninterrupted run would)"
                      if done else f"No sample was finished yet; run {command} again to start")
+    except Exception as err:  # noqa: BLE001 - only a refused write is said here
+        _storage_failed(err, f"The graded samples written so far are kept in {out}; once it can be written again, run "
+                        "the same command again to go on")
 
 
 @app.command("compare")
@@ -526,6 +549,9 @@ def rewrite_cmd(
         _fail(str(err))
     except KeyboardInterrupt:
         _interrupted(f"finished chunks are saved in {out}; run the same command again to continue")
+    except Exception as err:  # noqa: BLE001 - only a refused write is said here
+        _storage_failed(err, f"Finished chunks are kept in {out}; once it can be written again, run the same "
+                        "command again to go on")
     console.print(format_summary(summary), markup=False, highlight=False)
     console.print(f"summary: {json.dumps(summary)}", markup=False, highlight=False, soft_wrap=True)
     console.print(f"wrote {out}", markup=False)

@@ -23,7 +23,9 @@ def warn(message: str) -> None:
 
 
 def error(message: str) -> None:
-    """One ``error:`` line; under a launcher, other processes than the main one say which they are."""
+    """One ``error:`` line; under a launcher, other processes than the main one say which they are.
+    A progress bar the failed work left open is closed first, so the line starts a line of its own."""
+    _close_progress_bars()
     rank = os.environ.get("RANK", "0")
     where = "" if rank == "0" else f"(process {rank}) "
     stderr.print(Text.assemble(("error:", "red"), " ", where, message))
@@ -40,3 +42,16 @@ class WarningLines(logging.Formatter):
         if record.name.split(".")[0] == "mpdistill":
             return f"{record.levelname.lower()}: {record.getMessage()}"
         return super().format(record)
+
+
+def _close_progress_bars() -> None:
+    import sys
+
+    tqdm = sys.modules.get("tqdm.std")
+    if tqdm is None:  # nothing drew a bar
+        return
+    for bar in list(getattr(tqdm.tqdm, "_instances", ())):
+        try:
+            bar.close()
+        except Exception:  # noqa: BLE001 - a bar that cannot close is no reason to lose the error line
+            pass

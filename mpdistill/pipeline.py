@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -465,10 +466,14 @@ def _train(recipe: Recipe, run_dir: Path, lock, *, exclude_prompts: set[str] | N
         _save_final(trainer, run_dir / "adapter", record)
         if trainer.accelerator.is_main_process:
             staged = run_dir / ".model.partial"
-            save_merged(recipe.student, run_dir / "adapter", staged, tokenizer, **trust)
-            write_record(staged, **record)
-            write_card(staged, trainer.model_card(merged=True))
-            replace_dir(staged, model_dir)
+            try:
+                save_merged(recipe.student, run_dir / "adapter", staged, tokenizer, **trust)
+                write_record(staged, **record)
+                write_card(staged, trainer.model_card(merged=True))
+                replace_dir(staged, model_dir)
+            except BaseException:
+                shutil.rmtree(staged, ignore_errors=True)
+                raise
         trainer.accelerator.wait_for_everyone()
     if trainer.args.push_to_hub:
         push_to_hub(trainer, run_dir / "adapter" if recipe.training.lora is not None else model_dir)
@@ -496,9 +501,14 @@ def _save_final(trainer, target: Path, record: dict) -> None:
     """``trainer.save_model`` into a staging folder renamed into place, so ``target`` is whole or absent.
     (As an internal save: a ``push_to_hub`` run pushes once the model is in place, see :func:`push_to_hub`.)"""
     staged = target.with_name(f".{target.name}.partial")
-    trainer.save_model(str(staged), _internal_call=True)
-    if trainer.accelerator.is_main_process:
-        write_record(staged, **record)
-        write_card(staged, trainer.model_card())
-        replace_dir(staged, target)
+    try:
+        trainer.save_model(str(staged), _internal_call=True)
+        if trainer.accelerator.is_main_process:
+            write_record(staged, **record)
+            write_card(staged, trainer.model_card())
+            replace_dir(staged, target)
+    except BaseException:
+        if trainer.accelerator.is_main_process:  # a half-written save is not left behind (it also frees the room)
+            shutil.rmtree(staged, ignore_errors=True)
+        raise
     trainer.accelerator.wait_for_everyone()

@@ -51,7 +51,9 @@ class OutputLock:
         (check_output_file(self.target, self.option) if self.is_file else check_output_dir(self.target, self.option))
         self._made_folder = not self.is_file and not self.path.parent.exists()
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        # Held read-only (an flock needs no write access), so the hold never keeps a file open for
+        # writing: that would stop the file system being remounted, and a run told so.
+        fd = os.open(self.path, os.O_RDONLY | os.O_CREAT, 0o666)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -61,9 +63,9 @@ class OutputLock:
                               f"finish or stop it, or use another {self.option}") from None
         info = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
                 "command": " ".join(os.path.basename(a) if i == 0 else a for i, a in enumerate(sys.argv))[:300]}
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, (json.dumps(info) + "\n").encode(), 0)
         self._fd = fd
+        with open(self.path, "w", encoding="utf-8") as f:  # another open file: closing it keeps the flock
+            f.write(json.dumps(info) + "\n")
         return self
 
     def release(self) -> None:
