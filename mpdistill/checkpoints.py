@@ -121,6 +121,8 @@ class ResumableTraining:
 
             for key, module in self.checkpoint_modules().items():
                 save_model(module, str(Path(staging, name, f"{key}.safetensors")))
+            for file, text in getattr(self, "checkpoint_texts", {}).items():  # the settings it was trained under
+                write_text(Path(staging, name, file), text)
         streams = {key: rng.getstate() for key, rng in self.random_streams().items()}
         if streams:
             rank = self.accelerator.process_index
@@ -185,6 +187,75 @@ def tied_names(model: torch.nn.Module, missing: list[str]) -> set[str]:
 
 def checkpoint_step(path: Path) -> int:
     return int(path.name.rsplit("-", 1)[1])
+
+
+# The recipe a checkpoint was trained under, kept inside it: a resume is checked against what ran,
+# not against a recipe.yaml that may have been edited since.
+CHECKPOINT_RECIPE = "mpdistill_recipe.yaml"
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors", "pytorch_model.bin",
+                "pytorch_model.bin.index.json", "adapter_model.bin")
+
+
+def checkpoint_problem(path: Path) -> str | None:
+    """What makes ``path`` unusable to resume from (a file missing, unreadable or cut short), or None.
+
+    Read before anything loads: the trainer state, the weights (every safetensors file's header must
+    fit its size), the optimizer and scheduler states (a sharded run's engine folder stands for them).
+    """
+    import json as _json
+
+    try:
+        _json.loads((path / "trainer_state.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return "trainer_state.json is missing or unreadable"
+    weights = [name for name in WEIGHT_FILES if (path / name).is_file()]
+    if not weights:
+        return f"it holds no weights ({', '.join(WEIGHT_FILES[:3])}, ...)"
+    for file in sorted(path.glob("*.safetensors")):
+        if (why := _safetensors_problem(file)) is not None:
+            return f"{file.name} {why}"
+    sharded = any(p.is_dir() and (p.name.startswith("global_step") or p.name.startswith("pytorch_model_fsdp"))
+                  for p in path.iterdir())
+    if not sharded:
+        for name in ("optimizer.pt", "scheduler.pt"):
+            state = path / name
+            if not state.is_file() or state.stat().st_size == 0:
+                return f"{name} is missing or empty (a resume would start that state afresh)"
+    return None
+
+
+def _safetensors_problem(file: Path) -> str | None:
+    """Why a safetensors file cannot be read whole (its header says more bytes than it has), or None."""
+    import json as _json
+    import struct
+
+    try:
+        size = file.stat().st_size
+        with file.open("rb") as f:
+            n = struct.unpack("<Q", f.read(8))[0]
+            if n > size - 8:
+                return "is cut short (its header is incomplete)"
+            header = _json.loads(f.read(n))
+    except (OSError, struct.error, ValueError):
+        return "is unreadable"
+    end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+    if 8 + n + end > size:
+        return f"is cut short ({size:,} bytes of {8 + n + end:,})"
+    return None
+
+
+def latest_complete_checkpoint(trainer_dir: Path) -> tuple[Path | None, list[str]]:
+    """The newest checkpoint a run can resume from, and a line for each newer one passed over because it is
+    damaged (a run keeps ``save_total_limit`` checkpoints: an older whole one beats a newer broken one)."""
+    found = sorted((p for p in trainer_dir.glob(f"{PREFIX_CHECKPOINT_DIR}-*")
+                    if p.is_dir() and p.name.rsplit("-", 1)[1].isdigit()), key=checkpoint_step, reverse=True)
+    skipped = []
+    for path in found:
+        why = checkpoint_problem(path)
+        if why is None:
+            return path, skipped
+        skipped.append(f"{path.name}: {why}")
+    return None, skipped
 
 
 def latest_checkpoint(trainer_dir: Path) -> Path | None:
@@ -279,12 +350,58 @@ def prepare_resume(recipe: Recipe, run_dir: Path) -> Path | None:
     trainer_dir = run_dir / "trainer"
     if discard_partial(trainer_dir):
         log.warning("%s: removed a checkpoint that was being written when the run stopped", trainer_dir)
-    checkpoint = latest_checkpoint(trainer_dir)
+    checkpoint, skipped = latest_complete_checkpoint(trainer_dir)
+    if skipped and checkpoint is None:
+        raise ResumeError(f"{run_dir} has no checkpoint to resume from ({'; '.join(skipped)}); move them aside to "
+                          "restart from step 0, or start a new run in another --out")
+    for line in skipped:
+        log.warning("%s: not resumed from %s; going on from %s", trainer_dir, line, checkpoint.name)
+    if checkpoint is not None:
+        check_trained_under(recipe, checkpoint)
     step = checkpoint_step(checkpoint) if checkpoint else 0
     kept, dropped = rewind_rollout_log(run_dir / ROLLOUTS, step)
+    missing = missing_steps(run_dir / ROLLOUTS, step)
+    if missing:
+        log.warning("%s lacks the samples of step(s) %s, which %s trained: the log of this run stays incomplete there",
+                    run_dir / ROLLOUTS, _ranges(missing), checkpoint.name)
     if checkpoint is None:
         log.warning("%s has no checkpoint yet (training.save_steps): training restarts from step 0", run_dir)
     else:
         log.warning("resuming %s from %s (step %d); rollout log: %d records kept, %d from later steps dropped",
                     run_dir, checkpoint.name, step, kept, dropped)
     return checkpoint
+
+
+def check_trained_under(recipe: Recipe, checkpoint: Path) -> None:
+    """The recipe of a resumed run against the one its checkpoint was trained under (kept in it): an
+    edited recipe.yaml cannot change what the rest of the run learns while its record claims the old."""
+    saved = checkpoint / CHECKPOINT_RECIPE
+    if not saved.is_file():  # written by a version that kept no recipe in its checkpoints
+        return
+    changed = recipe_changes(load_recipe(saved), recipe, allowed=RESUMABLE_CHANGES)
+    if changed:
+        raise ResumeError(f"{checkpoint.name} was trained under other settings than the recipe now given "
+                          f"({'; '.join(changed)}); its recipe.yaml was edited since. Put them back, or start a new "
+                          "run in another --out")
+
+
+def missing_steps(path: Path, step: int) -> list[int]:
+    """The steps before ``step`` that have no record in the rollout log (every method logs every step)."""
+    if not path.exists() or step == 0:
+        return []
+    try:
+        records, _ = read_jsonl_log(path)
+    except LogError:
+        return []
+    seen = {r.get("step") for _, r in records}
+    return [s for s in range(step) if s not in seen]
+
+
+def _ranges(steps: list[int]) -> str:
+    parts, start = [], None
+    for i, s in enumerate(steps):
+        start = s if start is None else start
+        if i + 1 == len(steps) or steps[i + 1] != s + 1:
+            parts.append(str(start) if start == s else f"{start}-{s}")
+            start = None
+    return ", ".join(parts)

@@ -214,11 +214,11 @@ def _storage_failed(err: BaseException, kept: str) -> None:
 
 
 def _train_saved(out: Path) -> str:
-    from .checkpoints import ROLLOUTS, latest_checkpoint
+    from .checkpoints import ROLLOUTS, latest_complete_checkpoint
 
     if not (out / "recipe.yaml").exists():
         return f"Training had not started; nothing was written to {out}"
-    checkpoint = latest_checkpoint(out / "trainer")
+    checkpoint = latest_complete_checkpoint(out / "trainer")[0]
     logged = f"; the rollouts so far are in {out / ROLLOUTS}" if (out / ROLLOUTS).exists() else ""
     start = "from step 0 (no checkpoint was saved yet: training.save_steps sets how often)" if checkpoint is None \
         else f"from its newest checkpoint, {checkpoint}"

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import torch
 
-from .checkpoints import ROLLOUTS, TRAIN_LOG, checkpoint_step, existing_run, latest_checkpoint, prepare_resume
+from .checkpoints import (CHECKPOINT_RECIPE, ROLLOUTS, TRAIN_LOG, checkpoint_step, existing_run, latest_checkpoint,
+                          prepare_resume)
 from .config import ConfigError, Recipe, dump_recipe
 from .durable import replace_dir, write_text
 from .errors import HubError, one_line
@@ -428,6 +429,7 @@ def _train(recipe: Recipe, run_dir: Path, lock, *, exclude_prompts: set[str] | N
     on_main_then_share(write_recipe)
     try:
         trainer = build_trainer(recipe, student, teacher, tokenizer, rows, run_dir, teacher_tokenizer=t_tok, args=args)
+        trainer.checkpoint_texts = {CHECKPOINT_RECIPE: dump_recipe(recipe)}  # what each checkpoint was trained under
     except BaseException:
         if not resume and is_main_process():
             (run_dir / "recipe.yaml").unlink(missing_ok=True)  # nothing ran: the folder is free again

@@ -108,13 +108,15 @@ class RunFiles:
     def train(self, resume_from_checkpoint=None, **kwargs):
         """TRL's ``train``; a resumed run's rollout log keeps only the steps its checkpoint holds, and a
         run the NaN/inf guard or the mix monitor stopped raises instead of returning as if it finished."""
+        if getattr(self, "_trained", False):
+            raise RuntimeError(f"{type(self).__name__}.train() was already called on this trainer: build a new trainer "
+                               "for another run (or pass resume_from_checkpoint to go on from a checkpoint of this one)")
+        if resume_from_checkpoint:
+            resume_from_checkpoint = str(self._checkpoint_to_resume(resume_from_checkpoint))
         rollouts = getattr(self, "rollouts_path", None)
         if resume_from_checkpoint and rollouts is not None and self.accelerator.is_main_process:
-            from transformers.trainer_utils import get_last_checkpoint
-
-            found = get_last_checkpoint(self.args.output_dir) if resume_from_checkpoint is True else resume_from_checkpoint
-            if found:
-                rewind_rollout_log(rollouts, checkpoint_step(Path(found)))
+            rewind_rollout_log(rollouts, checkpoint_step(Path(resume_from_checkpoint)))
+        self._trained = True
         output = super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
         for callback in self.callback_handler.callbacks:
             if isinstance(callback, MixMonitor) and callback.halted:
@@ -125,6 +127,25 @@ class RunFiles:
                     f"had a NaN/inf loss or gradient (skipped steps: {callback.skipped[-callback.limit - 1:]}); lower "
                     "the learning rate or check the data")
         return output
+
+    def _checkpoint_to_resume(self, given) -> Path:
+        """``resume_from_checkpoint`` checked before anything loads: ``True`` is the newest whole checkpoint of
+        ``output_dir`` (a damaged newer one is passed over with a warning); a path must be whole."""
+        from .checkpoints import ResumeError, checkpoint_problem, latest_complete_checkpoint
+
+        if given is True:
+            found, skipped = latest_complete_checkpoint(Path(self.args.output_dir))
+            if found is None:
+                raise ResumeError(f"{self.args.output_dir} has no checkpoint to resume from"
+                                  + (f" ({'; '.join(skipped)})" if skipped else ""))
+            for line in skipped:
+                log.warning("not resumed from %s; going on from %s", line, found.name)
+            return found
+        path = Path(given)
+        why = checkpoint_problem(path) if path.is_dir() else "no such folder"
+        if why is not None:
+            raise ResumeError(f"cannot resume from {path}: {why}")
+        return path
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         """TRL's ``save_model``, with the folder's ``mpdistill.json`` (task, prompt) that ``mpdistill eval``
