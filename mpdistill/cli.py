@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import sys
 from pathlib import Path
@@ -472,7 +473,7 @@ def _fractions(option: str, text: str) -> list[float]:
         values = [float(x) for x in text.split(",") if x.strip()]
     except ValueError:
         values = []
-    if not values or min(values) <= 0:
+    if not values or not all(math.isfinite(v) and v > 0 for v in values):  # nan and inf are no fraction
         _fail(f"{option} takes comma-separated positive numbers (fractions of the OPD step), got {text!r}")
     return values
 

@@ -18,7 +18,24 @@ from .prompts import DEFAULT_REWRITE_PROMPT, PROMPT_TEMPLATES, check_template
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_a_number(cls, value, info):
+        """``true`` is not a number: pydantic would read it as 1 (``--set training.steps=true``: one step)."""
+        if isinstance(value, bool) and _numeric(cls.model_fields[info.field_name].annotation):
+            raise ValueError("a number is needed, not true or false")
+        return value
+
+
+def _numeric(annotation) -> bool:
+    """Whether a field holds a number (int or float, optionally None) and not a bool."""
+    import typing
+
+    args = typing.get_args(annotation) or (annotation,)
+    kinds = {a for a in args if a is not type(None)}
+    return bool(kinds) and kinds <= {int, float}
 
 
 class DataConfig(_Strict):
@@ -528,6 +545,15 @@ def recipe_from_dict(data: dict, source: str = "recipe") -> Recipe:
         raise ConfigError(_describe(err, source)) from None
 
 
+def yaml_problem(err: yaml.YAMLError) -> str:
+    """PyYAML's error (several lines: what it was parsing, where, what it found) as one clause."""
+    mark = getattr(err, "problem_mark", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+    context = getattr(err, "context", None)
+    return " ".join(f"{where}{problem}{f' ({context})' if context else ''}".split())
+
+
 def load_recipe(path: str | Path, overrides: dict | None = None, *, paths_from: Path | None = None) -> Recipe:
     """The recipe at ``path``; its relative paths are read from its folder (``paths_from``: from there).
 
@@ -545,7 +571,7 @@ def load_recipe(path: str | Path, overrides: dict | None = None, *, paths_from: 
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+        raise ConfigError(f"{path}: not valid YAML: {yaml_problem(err)}") from None
     except RecursionError:
         raise ConfigError(f"{path}: not valid YAML: nested too deeply") from None
     except (ValueError, TypeError, KeyError, AttributeError, IndexError) as err:
@@ -610,7 +636,7 @@ def parse_overrides(items: list[str]) -> dict:
         try:
             value = yaml.safe_load(text) if text.strip() else None
         except yaml.YAMLError as err:
-            raise ConfigError(f"--set {item!r}: the value is not valid YAML ({str(err).splitlines()[0]})") from None
+            raise ConfigError(f"--set {item!r}: the value is not valid YAML ({yaml_problem(err)})") from None
         holder = out
         for k in keys[:-1]:
             holder = holder.setdefault(k, {})
@@ -620,15 +646,17 @@ def parse_overrides(items: list[str]) -> dict:
     return out
 
 
-def _merge(base: dict, extra: dict) -> dict:
+def _merge(base: dict, extra: dict, prefix: str = "") -> dict:
     out = dict(base)
     for k, v in extra.items():
         if isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = _merge(out[k], v)
+            out[k] = _merge(out[k], v, f"{prefix}{k}.")
         elif isinstance(v, dict) and out.get(k) is None:
             out[k] = v  # a section the file leaves null (training.lora: null) is switched on
         elif isinstance(v, dict) and k in out:
-            continue  # the file's own non-mapping value stays, so validation names that key
+            inner = next(iter(v)) if v else ""
+            raise ConfigError(f"--set {prefix}{k}.{inner}: {prefix}{k} holds a value ({out[k]!r}), not a section with "
+                              "keys")
         else:
             out[k] = v
     return out

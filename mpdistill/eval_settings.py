@@ -163,7 +163,7 @@ def check_references(benchmarks) -> None:
     """``--model gold`` grades reference solutions: every problem needs one."""
     missing = [(b.name, it.id) for b in benchmarks for it in b.items if not it.reference]
     if missing:
-        raise EvalError(f"--model gold needs reference solutions; none for {missing[0][0]} problem {missing[0][1]}")
+        raise EvalError(f"--model gold needs reference solutions; none for {problem_label(*missing[0])}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -204,8 +204,16 @@ def resolve_budget(spec: EvalSpec, benchmarks, prompts: dict, model_config, gene
     if max_new_tokens is None:
         max_new_tokens, source = max_new_tokens_default(
             getattr(model_config, "model_type", None), spec.thinking_on, [b.name for b in benchmarks], generation_config)
-    where = {(b.name, item.id): item.at or f"{b.name} problem {item.id}" for b in benchmarks for item in b.items}
+    where = {(b.name, item.id): item.at or problem_label(b.name, item.id) for b in benchmarks for item in b.items}
     return fit_positions(prompts, max_new_tokens, source, model_config, spec.model, where)
+
+
+def problem_label(benchmark: str, problem_id) -> str:
+    """``BENCHMARK problem ID`` for a message; an id that is a problem's own text (the chain task's, a
+    dataset's) is quoted and cut, so a line break in it cannot split the message's line."""
+    text = str(problem_id)
+    shown = text if text.isprintable() and len(text) <= 40 else repr(text if len(text) <= 40 else text[:40] + "...")
+    return f"{benchmark} problem {shown}"
 
 
 def fit_positions(prompts: dict, max_new_tokens: int, source: str, model_config, model: str,

@@ -316,3 +316,34 @@ def test_no_command_prints_a_traceback_for_the_mistakes_above(here):
         ["rewrite", "--input", "nothere.jsonl", "--out", "x.jsonl"],
     ):
         one_error(args)
+
+
+@pytest.mark.parametrize("args, said", [
+    (["--set", "training.steps=true"], "training.steps: a number is needed, not true or false"),
+    (["--set", "rewrite.max_ratio=false"], "rewrite.max_ratio: a number is needed, not true or false"),
+    (["--set", "training.steps.x=3"], "--set training.steps.x: training.steps holds a value (80), not a section"),
+    (["--set", "training.learning_rate=.nan"], "training.learning_rate: Input should be a finite number"),
+    (["--set", "rewrite.temperature=.inf"], "rewrite.temperature: Input should be a finite number"),
+])
+def test_a_set_that_does_not_fit_its_key_is_named_not_coerced_or_dropped(here, args, said):
+    assert said in one_error(["train", "embedded", "--dry-run", *args])
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "0.5,inf", "-1"])
+def test_bench_latencies_must_be_finite_positive_fractions(value):
+    assert "--served-latency takes comma-separated positive numbers" in one_error(["bench", "--served-latency", value])
+
+
+def test_a_yaml_syntax_error_is_one_line_with_its_place(here):
+    (here / "bad.yaml").write_text("training:\n  steps: 3\n bad: [\n")
+    line = one_error(["train", "bad.yaml", "--dry-run"])
+    assert line == ("error: bad.yaml: not valid YAML: line 3, column 2: expected <block end>, but found "
+                    "'<block mapping start>' (while parsing a block mapping)")
+
+
+def test_a_problem_quoted_in_an_error_keeps_its_line_breaks_inside_the_quotes(here):
+    """The chain task's problem ids are their text, which ends in a line break."""
+    line = one_error(["eval", "--model", "gold", "--benchmarks", "chain", "--task", "chain", "--limit", "3",
+                      "--out", "g"])
+    assert line.startswith("error: --model gold needs reference solutions; none for chain problem 'Q:")
+    assert line.endswith("\\n'")
