@@ -38,7 +38,7 @@ from .nonfinite import NonFiniteGuard
 from .rewrite import answer_section
 from .rollout import GenerationSettings, generate_texts
 from .train_log import TrainLogFile
-from .trainer import RunFiles, _loaded_name, _RolloutLogMixin, check_hub_repository, student_record
+from .trainer import RunFiles, _loaded_name, _RolloutLogMixin, check_hub_repository, check_training_rows, student_record
 
 # How many training problems the initial student answers to measure the reference length.
 REFERENCE_PROBLEMS = 64
@@ -98,6 +98,8 @@ class LengthPenaltyGRPOTrainer(RunFiles, _RolloutLogMixin, ResumableTraining, GR
         if not isinstance(args, MPDConfig):
             raise TypeError(f"{type(self).__name__} takes an mpdistill.MPDConfig (output_dir, task, the sampling and "
                             f"length_penalty settings), got {type(args).__name__}")
+        # Its reward is the answer's correctness: a row without a gold answer would train on length alone.
+        check_training_rows(train_dataset, needs_answer="grpo_length (its reward is the answer's correctness)")
         self.card_facts = CardFacts(student=model if isinstance(model, str) else _loaded_name(model), teacher=None,
                                     problems=len(train_dataset) if hasattr(train_dataset, "__len__") else None)
         config = grpo_config(args)

@@ -102,6 +102,7 @@ class RunFiles:
     ``_card_summary``, ``_kl_loss``, ``_student_samples`` and holds ``card_facts`` and ``task``."""
 
     _kl_loss = True  # trained by KL to the teacher (Rewrite-SFT: cross-entropy)
+    _checks_gold = False  # rewrite_require_gold applies: it trains on text the teacher wrote, vetted by the answer
     _student_samples = True  # the student samples what it trains on (off-policy KD: the teacher does)
     _uses_teacher = True  # GRPO with a length penalty has none
 
@@ -195,6 +196,39 @@ class RunFiles:
                                "turn push_to_hub off")
 
 
+def check_training_rows(dataset, *, needs_answer: str | None = None) -> None:
+    """A training dataset's rows have what every step reads: a ``prompt`` (text, or a chat as a list of
+    messages) in each, and, where ``needs_answer`` (the setting that needs it) is given, a gold
+    ``answer``. Raises a ConfigError naming the field and the first row that lacks it; an empty dataset
+    is refused too (no step could run). A dataset without a length (streamed) is read as it trains."""
+    if dataset is None or not hasattr(dataset, "__len__"):
+        return
+    if len(dataset) == 0:
+        raise ConfigError("train_dataset is empty: no training step could run")
+    columns = getattr(dataset, "column_names", None)
+    if columns is not None and "prompt" not in columns:
+        raise ConfigError(f"train_dataset has no 'prompt' field (its fields: {', '.join(columns) or 'none'}); each row "
+                          "needs the prompt the student answers (text, or a chat as a list of messages)")
+    prompts = dataset["prompt"] if columns is not None else [row.get("prompt") for row in dataset]
+    for i, prompt in enumerate(prompts):
+        if not (isinstance(prompt, str) and prompt.strip()) and not (
+                isinstance(prompt, list) and prompt and all(isinstance(m, dict) for m in prompt)):
+            shown = "missing" if prompt is None else f"a {type(prompt).__name__}" if not isinstance(prompt, str) else "empty"
+            raise ConfigError(f"train_dataset row {i}: 'prompt' is {shown}; it must be text or a chat (a list of "
+                              "messages)")
+    if needs_answer is None:
+        return
+    answers = dataset["answer"] if columns is not None and "answer" in columns else None
+    if answers is None and columns is not None:
+        raise ConfigError(f"train_dataset has no 'answer' field, which {needs_answer} needs (its fields: "
+                          f"{', '.join(columns)})")
+    answers = answers if answers is not None else [row.get("answer") for row in dataset]
+    for i, answer in enumerate(answers):
+        if answer is None or not str(answer).strip():
+            raise ConfigError(f"train_dataset row {i}: 'answer' is missing, and {needs_answer} needs a gold answer "
+                              "in every row")
+
+
 class _Trainer(RunFiles, ResumableTraining, DistillationTrainer):
     """What every method's trainer shares: TRL's constructor with model names (the embedded models'
     included), an :class:`MPDConfig`, resumable checkpoints and the NaN/inf guard.
@@ -217,6 +251,9 @@ class _Trainer(RunFiles, ResumableTraining, DistillationTrainer):
         elif not isinstance(args, MPDConfig):
             raise TypeError(f"{type(self).__name__} takes an mpdistill.MPDConfig (TRL's DistillationConfig plus MPD's "
                             f"settings), got {type(args).__name__}")
+        # The rows, before any model loads: a missing field found mid-step is a bare KeyError after minutes.
+        check_training_rows(train_dataset, needs_answer="rewrite_require_gold" if args.rewrite_require_gold and
+                            self._checks_gold else None)
         if isinstance(model, str):  # loaded by TRL, under mpdistill's loading policy
             model = resolve_model(model)
             # Safetensors only, as models.load_model: pickled weights run code when loaded (use_safetensors=None
@@ -469,6 +506,7 @@ class MPDTrainer(_TeacherPrompts, _RolloutLogMixin, _Trainer):
     """
 
     _tag_names = ["trl", "distillation", "mpd"]
+    _checks_gold = True
     _name = "MPD"
     _card_summary = ("The student samples a solution, the teacher rewrites it concisely, a rewrite that keeps the "
                      "answer is accepted, and the student is trained by token-level KL against the teacher on that "
@@ -821,6 +859,7 @@ class OffPolicyKDTrainer(_RolloutLogMixin, _Trainer):
     reason), so the two methods learn from equally vetted teacher text.
     """
 
+    _checks_gold = True
     _name = "Off-policy KD"
     _student_samples = False
     _card_summary = ("The teacher samples solutions; those cut off or without a readable answer (or, with "

@@ -94,3 +94,39 @@ def test_a_plain_distillation_config_is_refused_with_what_to_use(tiny_pair, tmp_
     with pytest.raises(TypeError, match="takes an mpdistill.MPDConfig"):
         MPDTrainer(model=str(tiny_pair / "student"), teacher_model=str(tiny_pair / "teacher"),
                    args=DistillationConfig(str(tmp_path), use_cpu=True, bf16=False))
+
+
+@pytest.mark.parametrize("rows, settings, said", [
+    ([{"question": "Q:1+2\n", "answer": "3"}] * 4, {}, "train_dataset has no 'prompt' field (its fields: question, answer)"),
+    ([{"prompt": "Q:1+2\n", "answer": "3"}, {"prompt": "", "answer": "3"}], {}, "train_dataset row 1: 'prompt' is empty"),
+    ([{"prompt": "Q:1+2\n"}] * 4, {"rewrite_require_gold": True},
+     "train_dataset has no 'answer' field, which rewrite_require_gold needs"),
+    ([{"prompt": "Q:1+2\n", "answer": "3"}, {"prompt": "Q:1+3\n", "answer": None}], {"rewrite_require_gold": True},
+     "train_dataset row 1: 'answer' is missing, and rewrite_require_gold needs a gold answer"),
+    ([], {}, "train_dataset is empty"),
+])
+def test_the_python_api_checks_its_rows_before_any_model_loads(tmp_path, monkeypatch, rows, settings, said):
+    from datasets import Dataset
+
+    from mpdistill import MPDConfig, MPDTrainer
+    from mpdistill.errors import ConfigError
+    from mpdistill import models
+
+    monkeypatch.setattr(models, "load_tokenizer", lambda *a, **k: pytest.fail("a model loaded before the rows were checked"))
+    args = MPDConfig(output_dir=str(tmp_path / "run"), task="chain", max_steps=1, report_to="none", **settings)
+    with pytest.raises(ConfigError, match=re.escape(said)):
+        MPDTrainer(model="embedded:student", teacher_model="embedded:teacher", args=args,
+                   train_dataset=Dataset.from_list(rows) if rows else Dataset.from_dict({"prompt": []}))
+
+
+def test_grpo_needs_a_gold_answer_in_every_row(tmp_path):
+    from datasets import Dataset
+
+    from mpdistill import LengthPenaltyGRPOTrainer, MPDConfig
+    from mpdistill.errors import ConfigError
+
+    args = MPDConfig(output_dir=str(tmp_path / "run"), task="chain", max_steps=1, report_to="none",
+                     per_device_train_batch_size=8)
+    with pytest.raises(ConfigError, match="no 'answer' field, which grpo_length"):
+        LengthPenaltyGRPOTrainer(model="embedded:student", args=args,
+                                 train_dataset=Dataset.from_list([{"prompt": "Q:1+2\n"}] * 8))
