@@ -240,3 +240,15 @@ def test_a_resumed_refreshed_run_gets_its_refreshed_teacher_back(tmp_path):
     shutil.rmtree(cut / "model")
     with pytest.raises(ResumeError, match="teacher.safetensors"):
         train(recipe, cut, resume=True)
+
+
+def test_grpo_reference_length_is_the_initial_students_measured_once(tmp_path):
+    """The penalty's scale is the initial student's mean length, measured before the first step: not the
+    length of the model being trained (which would move the reward's scale as the model shortens)."""
+    run = tmp_path / "run"
+    train(_recipe("grpo_length", learning_rate=3e-3, steps=3), run)
+    log = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
+    refs = [e["length/reference_tokens"] for e in log if "length/reference_tokens" in e]
+    assert len(refs) == 3 and len(set(refs)) == 1
+    fresh, _ = _grpo_trainer(tmp_path / "fresh", learning_rate=3e-3, steps=3)  # the same seed, nothing trained
+    assert fresh.length_reference == refs[0]

@@ -147,3 +147,12 @@ def test_verify_works_off_the_main_thread():
 )
 def test_normalize_gold(raw, expected):
     assert normalize_gold(raw) == expected
+
+
+@pytest.mark.parametrize("got, gold", [("-3", "3"), ("3", "-3"), ("-\\frac{1}{2}", "\\frac{1}{2}"), ("-0.5", "0.5"),
+                                       ("x=-2", "2"), ("(-1,2)", "(1,2)")])
+def test_an_answer_of_the_other_sign_is_wrong(got, gold):
+    from mpdistill.tasks.math import answers_match
+
+    assert not answers_match(got, gold)
+    assert answers_match(gold, gold)

@@ -319,3 +319,24 @@ def test_run_cost_of_the_mixed_control_counts_both_samples(tmp_path):
     cost = run_cost(tmp_path, load_recipe(shipped_path("embedded"), {"method": "opd_mixed"}), 1.0, tok)
     assert (cost["student_tokens"], cost["teacher_generated_tokens"], cost["loss_tokens"]) == (30, 11, 10 + 7 + 10)
     assert cost["trained_on_teacher_text"] == 1 and cost["accepted"] == 0
+
+
+def test_mpd_is_ahead_of_an_arm_it_beats_and_behind_one_that_beats_it():
+    """The verdict's direction through versus(): MPD more accurate and shorter than OPD on every problem and
+    seed is ahead on both axes; the reverse, behind on both (a swapped argument or sign would flip these)."""
+    import random
+
+    from mpdistill.study import Plan, versus
+
+    rng = random.Random(0)
+
+    def run(p_correct, tokens):
+        return [{"correct": rng.random() < p_correct, "tokens": tokens + rng.randint(-2, 2)} for _ in range(300)]
+
+    plan = Plan(seeds=(0, 1, 2), arms=("mpd", "opd"), n_eval=300)
+    for better, worse, expect in (("mpd", "opd", "ahead"), ("opd", "mpd", "behind")):
+        evals = {better: {str(s): {0.0: run(0.9, 30)} for s in plan.seeds},
+                 worse: {str(s): {0.0: run(0.6, 60)} for s in plan.seeds}}
+        v = versus(evals, 0.0, plan)["opd"]
+        assert (v["accuracy"], v["tokens"]) == (expect, expect), v
+        assert (v["accuracy_delta"] > 0) == (expect == "ahead") and (v["token_delta"] < 0) == (expect == "ahead")

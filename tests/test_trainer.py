@@ -419,3 +419,55 @@ def test_the_mixed_control_is_a_method_of_recipes_and_the_python_api(tiny_pair, 
     assert MPDConfig(output_dir=str(tmp_path / "x"), task="chain", report_to="none").teacher_share == 0.25
     with pytest.raises(ValueError, match="teacher_share"):
         MPDConfig(output_dir=str(tmp_path / "x"), task="chain", report_to="none", teacher_share=1.5)
+
+
+class HalfAcceptingRewriter(OracleRewriter):
+    """Accepts one rewrite in four (the others have no answer): an acceptance rate of 25%."""
+
+    def rewrite(self, prompts, max_new_tokens=None):
+        good = super().rewrite(prompts, max_new_tokens)
+        return [g if i % 4 == 0 else RewriteOutput("no answer") for i, g in enumerate(good)]
+
+
+@pytest.mark.parametrize("floor, stops", [(0.5, True), (0.2, False)])
+def test_the_acceptance_floor_stops_a_run_below_it_and_only_then(tiny_pair, tmp_path, monkeypatch, floor, stops):
+    from trl import DistillationTrainer
+
+    from mpdistill.mix_monitor import MixFloorHalt
+
+    trainer = _trainer(tiny_pair, tmp_path, "mpd", monitor_window=1, min_acceptance_rate=floor)
+    trainer.rewriter = HalfAcceptingRewriter()
+    monkeypatch.setattr(DistillationTrainer, "_generate", _force_answers(trainer))
+    if stops:
+        with pytest.raises(MixFloorHalt, match=r"training stopped at step 1: rewrite.min_acceptance_rate is 0.5: 25% "):
+            trainer.train()
+        assert trainer.state.global_step == 1
+    else:
+        trainer.train()
+        assert trainer.state.global_step == 2
+
+
+class OtherRouteRewriter(OracleRewriter):
+    """A valid concise rewrite, but along the other route than the student's (a step the student never wrote)."""
+
+    def rewrite(self, prompts, max_new_tokens=None):
+        return [RewriteOutput("9+9=8\nA:3") for _ in prompts]
+
+
+def test_an_accepted_rewrite_off_the_students_route_is_trained_on_as_logged(tiny_pair, tmp_path, monkeypatch):
+    """route_kept is a measurement, not a filter: an accepted rewrite that leaves the student's route is what the
+    loss runs on, and the log says both that it was trained on and that it left the route."""
+    from trl import DistillationTrainer
+
+    trainer = _trainer(tiny_pair, tmp_path, "mpd")
+    trainer.rewriter = OtherRouteRewriter()
+    monkeypatch.setattr(DistillationTrainer, "_generate", _force_answers(trainer))
+    trainer.model.train()
+    batch = trainer._generate_and_score_completions([trainer.train_dataset[i] for i in range(4)])
+    rows = [json.loads(line) for line in (tmp_path / "rollouts.jsonl").read_text().splitlines()]
+    assert all(r["trained_on"] == "rewrite" and r["route_kept"] is False for r in rows)
+    tok = trainer._tokenizer
+    rewrite = tok("9+9=8\nA:3", add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    for i in range(4):
+        ids = [t for t, m in zip(batch["completion_ids"][i].tolist(), batch["completion_mask"][i].tolist()) if m]
+        assert ids == rewrite
