@@ -441,7 +441,6 @@ class TeacherRefresh(TrainerCallback):
 
     def __init__(self, trainer, every: int, rate: float) -> None:
         self.trainer, self.every, self.rate = trainer, every, rate
-        self.refreshed_at: list[int] = []
 
     def on_step_end(self, args, state, control, **kwargs):
         if state.global_step % self.every == 0:
@@ -449,7 +448,6 @@ class TeacherRefresh(TrainerCallback):
 
             t = self.trainer
             SyncRefModelCallback.sync_target_model(t.accelerator.unwrap_model(t.model), t.local_teacher(), self.rate)
-            self.refreshed_at.append(state.global_step)
 
 
 class SelfDistillTrainer(_TeacherPrompts, OPDTrainer):
@@ -964,7 +962,7 @@ class MixedOPDTrainer(OffPolicyKDTrainer):
         rows = [i for i, pick in enumerate(picks) if pick]
         gens = dict(zip(rows, self._teacher_samples([list(prompt_ids[i]) for i in rows])))
         golds = [row.get("answer") for row in self._inputs]
-        completion_ids, records, reasons = list(completion_ids), [], []
+        completion_ids, records = list(completion_ids), []
         for i, (prompt, text) in enumerate(zip(prompts, texts, strict=True)):
             record = student_record(self.task, prompt, golds[i], text, len(completion_ids[i]),
                                     self.task.extract_answer(answer_section(text)))
@@ -972,7 +970,6 @@ class MixedOPDTrainer(OffPolicyKDTrainer):
                 g = gens[i]
                 ids = g.token_ids if g.truncated else g.token_ids + [g.end_id]
                 reason = self._vet(g, golds[i])
-                reasons.append(reason)
                 record.update(teacher=g.text, teacher_tokens=len(ids), accepted=reason == "accepted", reason=reason)
                 if reason == "accepted":
                     completion_ids[i] = ids

@@ -113,6 +113,20 @@ def test_what_self_distillation_relies_on():
     assert "split_tensor_dict(generation_batch, self.args.gradient_accumulation_steps)" in prepare
 
 
+def test_what_the_refreshed_self_distillation_and_the_concise_teacher_rely_on():
+    # MPD with rewrite.teacher_context: concise swaps the teacher's prompts through the same hook as
+    # self-distillation (above). The refreshed teacher is copied by TRL's SyncRefModelCallback (it
+    # gathers ZeRO-3 shards): a static method from (model, target model, rate).
+    from trl.trainer.callbacks import SyncRefModelCallback
+
+    assert list(inspect.signature(SyncRefModelCallback.sync_target_model).parameters) == ["model", "target_model",
+                                                                                         "alpha"]
+    assert "mul_(1.0 - alpha).add_(copy_param.data, alpha=alpha)" in inspect.getsource(
+        SyncRefModelCallback._sync_target_model)
+    # The teacher's prompt ids reach the loss because TRL shuffles every tensor of the generated batch alike.
+    assert "shuffle_sequence_dict(generation_batch)" in inspect.getsource(DistillationTrainer._prepare_inputs)
+
+
 def test_what_the_length_penalty_baseline_relies_on():
     from trl import GRPOTrainer
 
