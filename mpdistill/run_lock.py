@@ -4,7 +4,8 @@ names the holder.
 
 The hold is an advisory ``flock`` on a small file (``.mpdistill.lock`` in a folder, ``<file>.lock``
 beside a file) that records who holds it. The kernel releases it when the holder exits, however it
-exits, so a killed run never leaves a stale hold behind; the file itself stays, harmless.
+exits, so a killed run never leaves a stale hold behind (only the small file, which the next holder
+takes over); a run that ends removes the file.
 """
 
 from __future__ import annotations
@@ -69,15 +70,14 @@ class OutputLock:
         return self
 
     def release(self) -> None:
-        """End the hold. A file's lock file goes; a folder's stays with the run, except in a folder this
-        hold made and nothing else wrote into (a run refused before it wrote anything leaves no folder)."""
+        """End the hold and remove its file; and the folder, if this hold made it and nothing else was
+        written into it (a run refused before it wrote anything leaves no folder)."""
         if self._fd is None:
             return
+        self.path.unlink(missing_ok=True)
         folder = self.path.parent
-        if self.is_file or (self._made_folder and [p.name for p in folder.iterdir()] == [self.path.name]):
-            self.path.unlink(missing_ok=True)
-            if not self.is_file:
-                folder.rmdir()
+        if not self.is_file and self._made_folder and not any(folder.iterdir()):
+            folder.rmdir()
         os.close(self._fd)  # closing the descriptor ends the flock
         self._fd = None
 

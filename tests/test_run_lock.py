@@ -97,3 +97,14 @@ def test_two_trainings_started_together_on_one_folder_one_is_refused(tmp_path):
     assert "another process is writing it (process" in refused or "already holds a run" in refused, refused
     rows = [json.loads(line) for line in (tmp_path / "run" / "rollouts.jsonl").read_text().splitlines()]
     assert len({(r["step"], r["index"]) for r in rows}) == len(rows) == 8  # each (step, index) once
+
+
+def test_a_run_that_ends_leaves_no_lock_file(tmp_path):
+    lock = OutputLock(tmp_path / "run").acquire()
+    (tmp_path / "run" / "model").mkdir()
+    lock.release()
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["model"]
+    OutputLock(tmp_path / "fresh").acquire().release()  # nothing was written: no folder is left
+    assert not (tmp_path / "fresh").exists()
+    OutputLock(tmp_path / "out.jsonl", is_file=True).acquire().release()
+    assert list(tmp_path.iterdir()) == [tmp_path / "run"]
