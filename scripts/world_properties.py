@@ -52,7 +52,9 @@ def rewrite_exact(model, tok, n: int, world: str) -> float:
 
 @torch.no_grad()
 def habit_after_steps(model, tok, n: int, verbose: bool) -> list[float]:
-    """Mean probability of a habit's first token right after step k (k = 1..4) of a trace, plain prompt."""
+    """Mean probability of a habit's first token right after step k (k = 1..4) of a trace (the plain
+    problem as prompt): in a concise trace (none before), and in a verbose one (each step re-checked and
+    its total restated before)."""
     rng = random.Random(3)
     habit_ids = [tok.convert_tokens_to_ids(h) for h in HABITS]
     by_k: dict[int, list[float]] = {k: [] for k in range(1, 5)}
@@ -64,9 +66,8 @@ def habit_after_steps(model, tok, n: int, verbose: bool) -> list[float]:
         lines = chain.verbose_trace(problem, route, rng, style).split("\n")
         step_lines = [i for i, line in enumerate(lines) if "=" in line and not line.startswith("check")]
         for k in range(1, 5):
-            # Verbose: after step k's own habits (before the next step); concise: right after step k.
-            end = step_lines[k] if verbose and k < len(step_lines) else step_lines[k - 1] + 1
-            prefix = problem.prompt + "\n".join(lines[:end]) + "\n"
+            # Right after step k's line: where a writer in that style re-checks or restates, or goes on.
+            prefix = problem.prompt + "\n".join(lines[:step_lines[k - 1] + 1]) + "\n"
             ids = torch.tensor([tok(prefix, add_special_tokens=False)["input_ids"]])
             probs = model(input_ids=ids).logits[0, -1].softmax(-1)
             by_k[k].append(float(probs[habit_ids].sum()))
