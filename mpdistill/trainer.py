@@ -269,6 +269,10 @@ class _Trainer(RunFiles, ResumableTraining, DistillationTrainer):
         self._hub_error: str | None = None  # set by init_hf_repo (on the main process, where transformers runs it)
         super().__init__(model, teacher_model, args, train_dataset, eval_dataset, processing_class, **kwargs)
         check_hub_repository(self)
+        if args.use_vllm:
+            from .rollout.vllm import refresh_colocated_engine_in_place
+
+            refresh_colocated_engine_in_place(getattr(self, "vllm_generation", None))
         self.teacher_tokenizer = teacher_processing_class or self._tokenizer
         if self.teacher_model is not None:  # one vocabulary, piece by piece (TRL compares only the sizes)
             check_compatible("the student", self._tokenizer, self.model, "the teacher", self.teacher_tokenizer,

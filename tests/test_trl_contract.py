@@ -127,6 +127,19 @@ def test_what_the_refreshed_self_distillation_and_the_concise_teacher_rely_on():
     assert "shuffle_sequence_dict(generation_batch)" in inspect.getsource(DistillationTrainer._prepare_inputs)
 
 
+def test_what_the_colocated_engine_refresh_on_vllms_cpu_build_relies_on():
+    # rollout/vllm.refresh_colocated_engine_in_place replaces a colocated engine's sync_weights with
+    # vLLM's in-place reload fed by TRL's parameter iterator (which gathers shards and merges PEFT
+    # adapters), and resets the prefix cache as TRL does. The vLLM side is exercised by the vllm tier.
+    from trl.generation.vllm_generation import VLLMGeneration
+
+    assert list(inspect.signature(VLLMGeneration._iter_named_params).parameters) == ["self"]
+    sync = inspect.getsource(VLLMGeneration.sync_weights)
+    assert 'elif self.mode == "colocate":' in sync and "self._iter_named_params()" in sync
+    assert "self.llm.reset_prefix_cache()" in sync
+    assert "self.vllm_generation.sync_weights()" in inspect.getsource(DistillationTrainer._generate_single_turn)
+
+
 def test_what_the_length_penalty_baseline_relies_on():
     from trl import GRPOTrainer
 

@@ -222,3 +222,41 @@ class VLLMGenerator:
             gens.append(Generation(text=done.text, token_ids=ids, truncated=done.finish_reason == "length",
                                    end_id=end_id))
         return gens
+
+
+def refresh_colocated_engine_in_place(generation) -> None:
+    """On vLLM's CPU build, make a colocated engine (TRL's ``vllm_generation``, colocate mode) take
+    the student's new weights through vLLM's in-place reload.
+
+    TRL pushes each parameter through the engine model's ``load_weights``, which writes through the
+    ``weight_loader`` each of vLLM's parameters carries. The CPU build repacks linear weights for its
+    GEMM kernels once they are loaded (oneDNN, AMX or Zen paths, by processor) and drops the loaded
+    parameters, so that push fails on the first refresh. vLLM's ``reload_weights`` restores the
+    layers' loading form, loads and repacks; on GPUs TRL's own push is kept."""
+    if generation is None or getattr(generation, "mode", None) != "colocate" or engine_device() != "cpu":
+        return
+
+    def sync_weights() -> None:
+        runner = generation.llm.llm_engine.model_executor.driver_worker.model_runner
+        # The whole iterator is read: with PEFT, TRL merges the adapter before the first weight and
+        # unmerges it after the last.
+        runner.reload_weights(weights_iterator=generation._iter_named_params(), is_checkpoint_format=True)
+        _reprocess_tied_layers(runner.get_model())
+        generation.llm.reset_prefix_cache()
+
+    generation.sync_weights = sync_weights
+
+
+def _reprocess_tied_layers(model) -> None:
+    """vLLM's reload processes a weight shared by two layers (tied input and output embeddings) for the
+    first layer only; the other keeps kernels built from the old values, so it is processed again."""
+    owners: dict[int, object] = {}
+    for module in model.modules():
+        weight = getattr(module, "weight", None)
+        method = getattr(module, "quant_method", None)
+        if weight is None or method is None:
+            continue
+        if id(weight) in owners:
+            method.process_weights_after_loading(module)
+        else:
+            owners[id(weight)] = module

@@ -1,9 +1,10 @@
 """MPD with student rollouts from TRL's colocated vLLM engine (``training.vllm.mode: colocate``), on
 vLLM's CPU build. Run as a script by test_real_vllm.py; writes what it saw as JSON to argv[1].
 
-Before every rollout it reads one weight matrix from inside the engine and compares it with the
-trainer's student at that moment and at the step before: rollouts must come from the weights the
-student has now, not from the ones it started with.
+After every rollout it scores one fixed token sequence in the engine (its prompt log-probabilities)
+and compares them with the trainer's student at that moment and at the step before: rollouts must
+come from the weights the student has now, not from the ones it started with. (The engine is asked,
+not read: vLLM's CPU build repacks its linear weights for its kernels and keeps no plain copy.)
 """
 
 import json
@@ -31,21 +32,26 @@ def main(out: Path, student_dir: Path) -> None:
     run_dir = out.parent / "run"
     trainer = build_trainer(recipe, student, teacher, tok, training_problems(recipe), run_dir)
     engine = trainer.vllm_generation
-    name = "model.layers.0.mlp.down_proj.weight"
+    from vllm import SamplingParams
 
-    def engine_weight():
-        (w,) = engine.llm.apply_model(lambda m: m.model.layers[0].mlp.down_proj.weight.detach().float().clone())
-        return w
+    ids = tok("What is 12 + 30? 12 + 30 = 42. What is 5*6+4? 5*6 = 30, 30 + 4 = 34.")["input_ids"]
 
-    def trainer_weight():
-        return dict(trainer.model.named_parameters())[name].detach().float().clone()
+    def engine_logprobs():
+        (result,) = engine.llm.generate([{"prompt_token_ids": ids}], SamplingParams(max_tokens=1, prompt_logprobs=0),
+                                        use_tqdm=False)
+        return torch.tensor([lp[t].logprob for lp, t in zip(result.prompt_logprobs[1:], ids[1:])])
 
-    seen, last = [], {"weight": trainer_weight()}
+    def student_logprobs():
+        with torch.no_grad():
+            logits = trainer.model(torch.tensor([ids])).logits[0, :-1].float()
+        return torch.log_softmax(logits, -1).gather(1, torch.tensor(ids[1:])[:, None])[:, 0]
+
+    seen, last = [], {"logprobs": student_logprobs()}
     original = engine.generate
 
     def generate(*args, **kwargs):
         result = original(*args, **kwargs)  # TRL pushes the student's weights first, then samples
-        now, inside, before = trainer_weight(), engine_weight(), last["weight"]
+        now, inside, before = student_logprobs(), engine_logprobs(), last["logprobs"]
         seen.append({
             "step": trainer.state.global_step,
             "engine_vs_student_now": (inside - now).abs().max().item(),
@@ -53,7 +59,7 @@ def main(out: Path, student_dir: Path) -> None:
             "student_moved": (now - before).abs().max().item(),
             "completions": len(result[1]),
         })
-        last["weight"] = now
+        last["logprobs"] = now
         return result
 
     engine.generate = generate

@@ -225,7 +225,11 @@ def test_chat_route_against_a_real_vllm_server_with_the_qwen3_template(tiny_qwen
 
 def test_student_rollouts_from_trls_colocated_engine_follow_the_students_weights(tmp_path, report):
     """The embedded student cannot run here (its head size, refused above); a random student of the
-    same tokenizer with heads 32 wide takes its place, distilled from the embedded teacher."""
+    same tokenizer with heads 32 wide takes its place, distilled from the embedded teacher. Its input
+    and output embeddings are tied, as Qwen3-1.7B's are. On vLLM's CPU build TRL's own weight push
+    cannot refresh the engine (the build repacks its linear weights and drops the loaded ones); the
+    trainer refreshes it through vLLM's in-place reload (rollout/vllm.py), checked here by what the
+    engine computes."""
     import subprocess
 
     from mpdistill import embedded
@@ -241,13 +245,15 @@ def test_student_rollouts_from_trls_colocated_engine_follow_the_students_weights
     seen = json.loads(out.read_text())
     probes = seen["probes"]
     assert seen["steps"] == 3 and seen["rollouts"] == 12 and [p["step"] for p in probes] == [0, 1, 2]
-    # The engine holds the student's current weights (up to its bf16 copy), not those of the step before.
+    # The engine scores as the student does now (up to its bf16 copy: about 3e-3 in a log-probability,
+    # against 0.5 and more that a step moves them), not as the student of the step before.
     for p in probes:
-        assert p["engine_vs_student_now"] < 2e-3, p
+        assert p["engine_vs_student_now"] < 1e-2, probes
     for p in probes[1:]:
-        assert p["student_moved"] > 5e-3 and p["engine_vs_student_before"] > 2.5 * p["engine_vs_student_now"], p
+        assert p["student_moved"] > 0.05 and p["engine_vs_student_before"] > 10 * p["engine_vs_student_now"], probes
     report(f"TRL colocate on vLLM's CPU build ({seen['engine_dtype']}): " + "; ".join(
-        f"step {p['step']}: engine-student {p['engine_vs_student_now']:.1e}, student moved {p['student_moved']:.1e}"
+        f"step {p['step']}: engine-student {p['engine_vs_student_now']:.1e}, student moved {p['student_moved']:.1e} "
+        "(max |log-prob| difference)"
         for p in probes))
 
 
