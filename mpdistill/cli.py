@@ -502,7 +502,7 @@ def rewrite_cmd(
     api_key_env: Optional[str] = typer.Option(None, "--api-key-env", help="Name of the environment variable holding the API key."),
     task: str = typer.Option("math", "--task", help="How answers are read and compared: math or chain."),
     prompt_template: Optional[str] = typer.Option(None, "--prompt-template",
-                                                  help="Rewrite prompt with {problem} and {trace}; default: the task's, as in training."),
+                                                  help="Rewrite prompt with {problem} and {trace} or {thinking}; default: the task's, as in training."),
     chat_template: Optional[bool] = typer.Option(None, "--chat-template/--no-chat-template",
                                                  help="Send the prompt as a chat message (chat template / chat "
                                                  "completions); default: the task's (math: yes, chain: no)."),

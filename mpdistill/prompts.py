@@ -231,18 +231,19 @@ DEFAULT_REWRITE_PROMPT = (
     "Problem:\n{problem}\n\nStudent solution:\n{trace}\n\nShort solution:"
 )
 
-# The same instruction for students that think first (Qwen3 thinking mode): the rewrite keeps the
-# <think> ... </think> block and the final answer section after it, which verification checks.
+# For students that think first (Qwen3 thinking mode): the teacher reads the student's thinking as
+# plain text, without its tags or the answer section after it, and writes a shorter version of that
+# text alone; the rewrite is then <think> + that text + </think> + the student's own answer section
+# (mpdistill.rewrite.ThinkingParts). A teacher with thinking off is never asked to write think tags,
+# which its chat template has just closed for it.
 THINKING_REWRITE_PROMPT = (
-    "Below is a problem and a solution written by a student. The solution has two parts: the "
-    "thinking, between <think> and </think>, and the final answer section after </think>. Rewrite "
-    "it so it is as short as possible while keeping the same approach, the same order of steps and "
-    "the same final answer. Keep exactly one <think> ... </think> block at the start, followed by "
-    "the final answer section. Shorten mainly the thinking: remove repetition, restatements of the "
-    "problem, needless re-checking and abandoned attempts, but keep every step that the answer "
-    "depends on. The final answer section states the result briefly and ends with the final answer "
-    "in \\boxed{{}} exactly as the student gave it.\n\n"
-    "Problem:\n{problem}\n\nStudent solution:\n{trace}\n\nShort solution:"
+    "Below is a problem and the reasoning a student wrote while solving it. Rewrite the reasoning so "
+    "it is as short as possible while keeping the same approach, the same order of steps and the same "
+    "conclusion. Remove repetition, restatements of the problem, needless re-checking and abandoned "
+    "attempts, but keep every step that the conclusion depends on, and end with the result the "
+    "student reached. Write only the shortened reasoning as plain text, with nothing before or after "
+    "it.\n\n"
+    "Problem:\n{problem}\n\nStudent's reasoning:\n{thinking}\n\nShortened reasoning:"
 )
 
 # Named prompts a recipe can select by name in ``rewrite.prompt_template``.
@@ -250,8 +251,11 @@ PROMPT_TEMPLATES = {"default": DEFAULT_REWRITE_PROMPT, "thinking": THINKING_REWR
 
 
 def check_template(template: str) -> str:
-    """A rewrite prompt must show the teacher both the problem and the trace."""
-    for key in ("{problem}", "{trace}"):
-        if key not in template:
-            raise ValueError(f"must contain {key}")
+    """A rewrite prompt shows the teacher the problem and either the student's whole trace
+    (``{trace}``) or its thinking alone (``{thinking}``), never both."""
+    if "{problem}" not in template:
+        raise ValueError("must contain {problem}")
+    if ("{trace}" in template) == ("{thinking}" in template):
+        raise ValueError("must contain one of {trace} (the student's whole trace) and {thinking} (its thinking "
+                         "alone, which the rewrite replaces)")
     return template

@@ -28,7 +28,9 @@ REASONS = (
     "backend_error",
     "empty",
     "truncated",
-    "structure",  # the rewrite's think blocks are not the student's (missing, or the teacher's own thinking)
+    # the rewrite's think blocks are not the student's (missing, or the teacher's own thinking); with a
+    # {thinking} prompt: tags in the teacher's text, or a student trace without one closed block to show
+    "structure",
     "unparsed",
     "student_unparsed",
     "not_shorter",
@@ -60,13 +62,21 @@ class RewriteSettings:
     generation: GenerationSettings = field(default_factory=lambda: GenerationSettings(max_new_tokens=512))
     teacher_thinks: bool = False
 
+    @property
+    def rewrites_thinking(self) -> bool:
+        """The prompt shows the teacher the student's thinking alone (``{thinking}``): the teacher's
+        text replaces that thinking, and the student's answer section is kept as it was."""
+        return "{thinking}" in self.prompt_template
+
     def render(self, problem: str, trace: str) -> str:
+        parts = split_thinking(trace) if self.rewrites_thinking else None
         # Not str.format: a trace full of braces (LaTeX, code) must pass through untouched.
-        fields = {"{problem}": problem, "{trace}": trace, "{{": "{", "}}": "}"}
+        fields = {"{problem}": problem, "{trace}": trace, "{thinking}": parts.thinking if parts else trace,
+                  "{{": "{", "}}": "}"}
         return _FIELD_RE.sub(lambda m: fields[m.group(0)], self.prompt_template)
 
 
-_FIELD_RE = re.compile(r"\{problem\}|\{trace\}|\{\{|\}\}")
+_FIELD_RE = re.compile(r"\{problem\}|\{trace\}|\{thinking\}|\{\{|\}\}")
 
 
 def rewrite_settings_from(r) -> RewriteSettings:
@@ -235,6 +245,36 @@ def keeps_structure(rewrite: str, student: str) -> bool:
 
 
 @dataclass
+class ThinkingParts:
+    """A trace that thinks once, at its start, split around the text of its thinking:
+    ``head + thinking + tail`` is the trace. ``head`` runs to the whitespace after ``<think>``,
+    ``tail`` from the whitespace before ``</think>`` to the end (the answer section)."""
+
+    head: str
+    thinking: str
+    tail: str
+
+    def with_thinking(self, text: str) -> str:
+        """The same trace with other thinking: the tags, their spacing and the answer section kept."""
+        return self.head + text.strip() + self.tail
+
+
+def split_thinking(trace: str) -> ThinkingParts | None:
+    """The parts of a trace with exactly one ``<think>`` block, at its start and closed, with
+    non-empty thinking and an answer section after it; None for any other trace."""
+    if think_tags(trace) != (1, 1) or not trace.lstrip().startswith(THINK_OPEN):
+        return None
+    start = trace.index(THINK_OPEN) + len(THINK_OPEN)
+    close = trace.index(THINK_CLOSE)
+    inner = trace[start:close]
+    thinking = inner.strip()
+    if not thinking or not answer_section(trace).strip():
+        return None
+    lead = len(inner) - len(inner.lstrip())
+    return ThinkingParts(trace[:start + lead], thinking, trace[start + lead + len(thinking):])
+
+
+@dataclass
 class Verdict:
     accepted: bool
     reason: str
@@ -327,6 +367,8 @@ def plan_rewrite(s: Sample, on_policy: bool, settings: RewriteSettings, task: Ta
         s.verdict = Verdict(False, "on_policy")
     elif answer is None:
         s.verdict = Verdict(False, "student_unparsed")
+    elif settings.rewrites_thinking and split_thinking(s.student_text) is None:
+        s.verdict = Verdict(False, "structure")  # no single closed thinking block to show the teacher
     elif settings.require_gold and s.gold is not None and not task.answers_match(answer, s.gold):
         s.verdict = Verdict(False, "wrong_answer")  # the rewrite must keep this answer: it cannot pass
     else:
@@ -342,16 +384,34 @@ def settle_rewrite(
     task: Task,
     encode: Callable[[str, int | None], list[int]],
 ) -> None:
-    """Verify one sample's rewrite and set its verdict."""
+    """Verify one sample's rewrite and set its verdict.
+
+    With a ``{thinking}`` prompt the teacher's text is the new thinking: it may carry no think tags
+    of its own (``structure``), it is put between the student's tags before the student's own answer
+    section, and where the new thinking states a result (a boxed answer, "the answer is ..."), it
+    must be the answer that section gives (``answer_changed``): a trace that concludes one thing and
+    answers another is no target. (The student's own thinking is not the reference: the last result
+    it states may be an attempt it abandoned, which the rewrite is meant to drop.)"""
     if settings.teacher_thinks:
         out = RewriteOutput(drop_own_thinking(out.text), out.truncated, out.error)
+    parts = split_thinking(s.student_text) if settings.rewrites_thinking else None
+    own_tags = parts is not None and think_tags(out.text) != (0, 0)
+    if parts is not None and out.text.strip() and not own_tags:
+        out = RewriteOutput(parts.with_thinking(out.text), out.truncated, out.error)
     s.rewrite_text = out.text
     s.rewrite_ids = encode(out.text, s.end_id) if out.text else []
     if out.truncated and out.error is None and budget < settings.generation.max_new_tokens:
         s.verdict = Verdict(False, "not_shorter")  # stopped at the length it had to stay under
         return
+    if own_tags and out.error is None and not out.truncated:
+        s.verdict = Verdict(False, "structure")
+        return
     s.verdict = verify(task, s.student_text, len(s.student_ids), out, len(s.rewrite_ids), settings.max_ratio,
                        s.gold if settings.require_gold else None)
+    if s.verdict.accepted and parts is not None:
+        stated = task.extract_answer(split_thinking(out.text).thinking)
+        if stated is not None and not task.answers_match(stated, task.extract_answer(answer_section(out.text))):
+            s.verdict = Verdict(False, "answer_changed")
 
 
 def mix(s: Sample, settings: RewriteSettings, task: Task) -> None:

@@ -585,7 +585,9 @@ class MPDTrainer(_TeacherPrompts, _RolloutLogMixin, _Trainer):
 
     def _sample(self, row: dict, ids: list[int], text: str) -> Sample:
         return Sample(
-            problem=row.get("problem") or problem_text(row["prompt"]),
+            # What the rewrite prompt shows: the bare question where the row has one, else the problem
+            # as the student was asked it.
+            problem=row.get("question") or row.get("problem") or problem_text(row["prompt"]),
             student_text=text,
             student_ids=list(ids),
             gold=row.get("answer"),

@@ -100,7 +100,7 @@ def test_rewrite_template_must_keep_the_trace(tmp_path):
     path = write(tmp_path, "rewrite:\n  prompt_template: 'Shorten this: {problem}'\n")
     message = config_error(path)
     assert "rewrite.prompt_template" in message
-    assert "must contain {trace}" in message
+    assert "must contain one of {trace}" in message
 
 
 def test_rewrite_template_must_keep_the_problem():

@@ -22,8 +22,8 @@ def test_valid_rows_load_as_plain_prompts(tmp_path):
     ])
     rows = load_problems(str(path))
     assert rows == [
-        {"prompt": "What is 2+2?", "problem": "What is 2+2?", "answer": "4"},
-        {"prompt": "What is 3*3?", "problem": "What is 3*3?", "answer": "9"},  # numbers become strings
+        {"prompt": "What is 2+2?", "problem": "What is 2+2?", "question": "What is 2+2?", "answer": "4"},
+        {"prompt": "What is 3*3?", "problem": "What is 3*3?", "question": "What is 3*3?", "answer": "9"},  # numbers become strings
     ]
 
 
@@ -31,7 +31,7 @@ def test_chat_style_gives_a_user_message(tmp_path):
     path = write_jsonl(tmp_path / "d.jsonl", [{"problem": "What is 2+2?", "answer": "4"}])
     rows = load_problems(str(path), prompt_style="chat")
     assert rows == [{"prompt": [{"role": "user", "content": "What is 2+2?"}], "problem": "What is 2+2?",
-                     "answer": "4"}]
+                     "question": "What is 2+2?", "answer": "4"}]
 
 
 def test_custom_fields_blank_lines_and_limit(tmp_path):
@@ -44,7 +44,7 @@ def test_custom_fields_blank_lines_and_limit(tmp_path):
 
 def test_no_answer_field_means_no_answer(tmp_path):
     path = write_jsonl(tmp_path / "d.jsonl", [{"problem": "p"}])
-    assert load_problems(str(path), answer_field=None) == [{"prompt": "p", "problem": "p", "answer": None}]
+    assert load_problems(str(path), answer_field=None) == [{"prompt": "p", "problem": "p", "question": "p", "answer": None}]
 
 
 def test_answer_zero_is_an_answer(tmp_path):
@@ -123,8 +123,8 @@ def test_parquet_file_loads(tmp_path):
     pd.DataFrame({"problem": ["1+1?", "2+3?"], "answer": ["2", "5"], "other": [0, 1]}).to_parquet(path)
     rows = load_problems(str(path), prompt_style="chat")
     assert rows == [
-        {"prompt": [{"role": "user", "content": "1+1?"}], "problem": "1+1?", "answer": "2"},
-        {"prompt": [{"role": "user", "content": "2+3?"}], "problem": "2+3?", "answer": "5"},
+        {"prompt": [{"role": "user", "content": "1+1?"}], "problem": "1+1?", "question": "1+1?", "answer": "2"},
+        {"prompt": [{"role": "user", "content": "2+3?"}], "problem": "2+3?", "question": "2+3?", "answer": "5"},
     ]
 
 

@@ -75,7 +75,7 @@ def test_the_task_fills_in_the_rewrite_prompt(tmp_path):
     math_settings = MPDConfig(str(tmp_path)).rewrite_settings()
     assert math_settings.prompt_template == DEFAULT_REWRITE_PROMPT and math_settings.use_chat_template
     named = MPDConfig(str(tmp_path), rewrite_prompt_template="thinking").rewrite_settings()
-    assert named.prompt_template.startswith("Below is a problem") and "<think>" in named.prompt_template
+    assert named.prompt_template.startswith("Below is a problem") and named.rewrites_thinking
 
 
 def test_hf_argument_parser_reads_the_config():

@@ -92,10 +92,14 @@ def test_training_the_rewrite_prompt_and_evaluation_see_the_same_problem_text(qw
     spec.check()
     tok = AutoTokenizer.from_pretrained(qwen3_pair / "student")
     evaluated = PromptEncoder(tok, template=spec.prompt_template).text("What is 0+0?")
-    rewrite_prompt = rewrite_settings_from(recipe.rewrite).render(row["problem"], "some trace")
     expected = "What is 0+0?\nPlease reason step by step, and put your final answer within \\boxed{}."
     assert trained == evaluated == row["problem"] == expected
-    assert f"Problem:\n{expected}\n\nStudent solution:\nsome trace" in rewrite_prompt
+    # The rewrite prompt shows the question alone: an instruction to solve it would invite the
+    # teacher to solve instead of rewrite (the trainer takes the row's question for it).
+    assert row["question"] == "What is 0+0?"
+    rewrite_prompt = rewrite_settings_from(recipe.rewrite).render(row["question"], "some trace")
+    assert "Problem:\nWhat is 0+0?\n\nStudent solution:\nsome trace" in rewrite_prompt
+    assert "Please reason" not in rewrite_prompt
     # One override changes all three for training: the recipe's own template.
     custom = _math_recipe(qwen3_pair, data={"prompt_template": "Solve: {problem} Box it."})
     row = training_problems(custom)[0]

@@ -401,7 +401,7 @@ def test_bad_options(here, no_model):
     assert "--backend must be one of transformers, vllm, openai" in fails(["--out", "o.jsonl", "--backend", "sglang"])
     assert "--teacher is required with --backend vllm" in fails(["--out", "o.jsonl", "--backend", "vllm"])
     assert "--base-url is required" in fails(["--out", "o.jsonl", "--backend", "openai", "--tokenizer", "x"])
-    assert "--prompt-template must contain {trace}" in fails(
+    assert "--prompt-template must contain one of {trace}" in fails(
         ["--out", "o.jsonl", "--teacher", "t", "--prompt-template", "{problem}"])
     assert "--max-ratio: 1.5: Input should be less than or equal to 1" in fails(
         ["--out", "o.jsonl", "--teacher", "t", "--max-ratio", "1.5"])

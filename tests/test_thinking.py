@@ -1,6 +1,7 @@
 """Qwen3 thinking mode in training: recipe keys, chat-template switches and the structure check."""
 
 import random
+import re
 from types import SimpleNamespace
 
 import pytest
@@ -69,7 +70,7 @@ def test_answers_are_read_after_the_think_block():
 def test_student_whose_thinking_never_closes_has_no_answer():
     student = "<think>\nmaybe \\boxed{10}, keep going"
     assert _verify(SHORT, student=student).reason == "structure"  # the rewrite closes what the student did not
-    rw = _Rewriter([SHORT])
+    rw = _Rewriter(["7+3 = 10."])
     samples = [Sample("Q", student, list(range(60)))]
     rewrite_batch(samples, rw, RewriteSettings(prompt_template=THINKING_REWRITE_PROMPT), MATH, _encode, random.Random(0))
     assert rw.calls == [[]] and samples[0].verdict.reason == "student_unparsed"  # asked for nothing
@@ -90,19 +91,20 @@ def test_a_rewrite_has_exactly_the_students_think_blocks():
 
 def test_a_thinking_teachers_own_block_is_removed_before_verification():
     """With rewrite.teacher_enable_thinking: true, the teacher's leading block is its reasoning about
-    the task: without it, the rewrite must still carry the student's block, or it is rejected."""
-    thought = "<think>\nThe student's solution restates the problem; I should drop that.\n</think>\n\n"
-    rw = _Rewriter([thought + SHORT, thought + "The answer is \\boxed{10}."])
+    the task: what follows it is the rewrite, and tags left after it are rejected."""
+    thought = "<think>\nThe student's reasoning restates the problem; I should drop that.\n</think>\n\n"
+    rw = _Rewriter([thought + "7+3 = 10.", thought + SHORT])
     samples = [Sample("What is 7+3?", STUDENT, list(range(60))) for _ in range(2)]
     settings = RewriteSettings(prompt_template=THINKING_REWRITE_PROMPT, teacher_thinks=True)
     rewrite_batch(samples, rw, settings, MATH, _encode, random.Random(0))
     assert [s.verdict.reason for s in samples] == ["accepted", "structure"]
-    assert samples[0].rewrite_text == SHORT and "restates" not in samples[1].rewrite_text
+    assert samples[0].rewrite_text == "<think>\n7+3 = 10.\n</think>\n\nThe sum is 10, so the answer is \\boxed{10}."
+    assert "restates" not in samples[1].rewrite_text
     # Its thinking is not cut by the rewrite's length budget: the whole max_new_tokens is its to use.
     assert rw.budgets == [[settings.generation.max_new_tokens] * 2]
-    rw = _Rewriter([SHORT, SHORT])
+    rw = _Rewriter(["7+3 = 10.", "7+3 = 10."])
     rewrite_batch([Sample("What is 7+3?", STUDENT, list(range(60))) for _ in range(2)], rw,
-               RewriteSettings(prompt_template=THINKING_REWRITE_PROMPT), MATH, _encode, random.Random(0))
+                  RewriteSettings(prompt_template=THINKING_REWRITE_PROMPT), MATH, _encode, random.Random(0))
     assert rw.budgets == [[54, 54]]  # not thinking: stopped once too long to be accepted (0.9 x 60)
 
 
@@ -120,19 +122,78 @@ def _encode(text, end_id=None):
     return list(range(len(text) // 8))
 
 
-def test_rewrite_batch_trains_on_a_rewrite_that_keeps_the_structure():
+def test_whole_trace_prompt_trains_on_a_rewrite_that_keeps_the_structure():
+    """A {trace} prompt shows the whole trace, tags included, and the teacher writes them back."""
+    whole = "Problem:\n{problem}\n\nStudent solution:\n{trace}\n\nShort solution:"
     rw = _Rewriter([SHORT, "The answer is \\boxed{10}."])
     samples = [Sample("What is 7+3?", STUDENT, list(range(60))) for _ in range(2)]
-    rewrite_batch(samples, rw, RewriteSettings(prompt_template=THINKING_REWRITE_PROMPT), MATH, _encode, random.Random(0))
+    rewrite_batch(samples, rw, RewriteSettings(prompt_template=whole), MATH, _encode, random.Random(0))
     assert [s.verdict.reason for s in samples] == ["accepted", "structure"]
     assert [s.trained_on for s in samples] == ["rewrite", "student"]
     assert "<think>" in rw.calls[0][0] and "What is 7+3?" in rw.calls[0][0]
 
 
+def test_thinking_prompt_shows_the_thinking_alone_and_keeps_the_answer_section():
+    """The built-in thinking prompt: the teacher reads the student's thinking without its tags or
+    answer section and writes plain text; the rewrite is that text inside the student's tags, then
+    the student's own answer section."""
+    rw = _Rewriter(["  7+3 = 10, so the answer is \\boxed{10}.  "])
+    samples = [Sample("What is 7+3?", STUDENT, list(range(60)))]
+    rewrite_batch(samples, rw, RewriteSettings(prompt_template=THINKING_REWRITE_PROMPT), MATH, _encode, random.Random(0))
+    shown = rw.calls[0][0]
+    assert "We need 7+3. Let me restate" in shown and "<think>" not in shown and "</think>" not in shown
+    assert "The sum is 10" not in shown  # the answer section is not the teacher's to rewrite
+    assert samples[0].verdict.reason == "accepted" and samples[0].trained_on == "rewrite"
+    assert samples[0].rewrite_text == ("<think>\n7+3 = 10, so the answer is \\boxed{10}.\n</think>\n\n"
+                                       "The sum is 10, so the answer is \\boxed{10}.")
+
+
+@pytest.mark.parametrize("teacher, reason", [
+    ("<think>\n7+3 = 10.\n</think>\n\nThe answer is \\boxed{10}.", "structure"),  # tags of its own
+    ("7+3 = 10. </think> ok", "structure"),
+    ("   ", "empty"),
+    ("7+3 = 11, so the answer is \\boxed{11}.", "answer_changed"),  # the thinking's result moved
+    ("7+3, then check it by subtracting 3 and also by counting on from 7 one by one: eight, nine, ten, "
+     "which makes ten, and that settles that the sum of seven and three is ten.", "not_shorter"),
+])
+def test_thinking_rewrites_are_verified_as_strictly_as_whole_ones(teacher, reason):
+    rw = _Rewriter([teacher])
+    samples = [Sample("What is 7+3?", STUDENT, list(range(22)))]
+    rewrite_batch(samples, rw, RewriteSettings(prompt_template=THINKING_REWRITE_PROMPT), MATH, _encode,
+                  random.Random(0))
+    assert samples[0].verdict.reason == reason and samples[0].trained_on == "student"
+
+
+def test_thinking_that_states_no_result_needs_none_in_its_rewrite():
+    student = "<think>\nSeven and three make ten. Recount: ten.\n</think>\n\nSo \\boxed{10}."
+    rw = _Rewriter(["Seven and three make ten."])
+    samples = [Sample("What is 7+3?", student, list(range(60)))]
+    rewrite_batch(samples, rw, RewriteSettings(prompt_template=THINKING_REWRITE_PROMPT), MATH, _encode, random.Random(0))
+    assert samples[0].verdict.reason == "accepted"
+    assert samples[0].rewrite_text == "<think>\nSeven and three make ten.\n</think>\n\nSo \\boxed{10}."
+
+
+@pytest.mark.parametrize("student", [
+    "No thinking here, \\boxed{10}.",
+    "<think>a</think><think>b</think> \\boxed{10}",
+    "<think>\n\n</think>\n\n\\boxed{10}",  # empty thinking (Qwen3 with thinking off)
+])
+def test_a_thinking_prompt_sends_no_trace_without_one_thinking_block(student):
+    rw = _Rewriter([])
+    samples = [Sample("Q", student, list(range(60)))]
+    rewrite_batch(samples, rw, RewriteSettings(prompt_template=THINKING_REWRITE_PROMPT), MATH, _encode, random.Random(0))
+    assert rw.calls == [[]] and samples[0].verdict.reason == "structure"
+
+
 def test_thinking_prompt_is_selectable_by_name():
     recipe = recipe_from_dict({"rewrite": {"prompt_template": "thinking"}})
     assert recipe.rewrite.prompt_template == THINKING_REWRITE_PROMPT
-    assert "</think>" in THINKING_REWRITE_PROMPT
+    assert "{thinking}" in THINKING_REWRITE_PROMPT and "{trace}" not in THINKING_REWRITE_PROMPT
+    assert "<think>" not in THINKING_REWRITE_PROMPT  # the teacher is never asked to write tags
+    for bad, says in (("{problem} {trace} {thinking}", "one of {trace}"), ("{problem}", "one of {trace}"),
+                      ("{thinking}", "must contain {problem}")):
+        with pytest.raises(ConfigError, match=re.escape(says)):
+            recipe_from_dict({"rewrite": {"prompt_template": bad}})
 
 
 @pytest.mark.parametrize(
@@ -195,3 +256,51 @@ def test_switches_reach_the_student_and_teacher_prompts(qwen3_pair, tmp_path):  
     trainer = build_trainer(thinking, student, teacher, tok, training_problems(thinking), tmp_path / "thinking")
     assert tok.decode(trainer.rewriter._encode("Rewrite this.")).endswith("<|im_start|>assistant\n")
     assert trainer.rewrite_settings.teacher_thinks
+
+
+@pytest.mark.parametrize("teacher_thinks", [False, True])
+def test_thinking_rewrite_through_the_real_qwen3_template(qwen3_pair, teacher_thinks, tmp_path):  # noqa: F811
+    """The shipped recipe's rewrite settings with Qwen3's real template, the teacher's thinking off
+    and on: the teacher reads the question and the student's thinking without tags; its answer, with
+    no tags at all, is accepted and trained as <think>rewrite</think> and the student's answer section."""
+    from transformers import AutoTokenizer
+
+    from mpdistill.prompts import encode_message
+    from mpdistill.rewrite import encode_completion, rewrite_settings_from
+    from mpdistill.config import load_recipe
+    from mpdistill.recipes import recipe_file
+
+    shipped = load_recipe(recipe_file("qwen3-1.7b_from_qwen3-8b")).rewrite
+    recipe = recipe_from_dict({
+        "method": "mpd", "task": "math",
+        "student": str(qwen3_pair / "student"), "teacher": str(qwen3_pair / "teacher"),
+        "data": {"train": str(qwen3_pair / "problems.jsonl"), "question_field": "question", "answer_field": "final",
+                 "prompt_style": "chat", "n_train": 4},
+        "training": {"steps": 1, "batch_size": 2, "max_completion_length": 4, "student_enable_thinking": True},
+        "rewrite": {"prompt_template": shipped.prompt_template, "use_chat_template": shipped.use_chat_template,
+                    "max_ratio": shipped.max_ratio, "teacher_enable_thinking": teacher_thinks, "max_new_tokens": 64},
+    })
+    assert shipped.prompt_template == THINKING_REWRITE_PROMPT and shipped.teacher_enable_thinking is False
+    tok = AutoTokenizer.from_pretrained(qwen3_pair / "teacher")
+    row = training_problems(recipe)[1]
+    student, tok_s = load_model(recipe.student)
+    teacher, _ = load_model(recipe.teacher)
+    trainer = build_trainer(recipe, student, teacher, tok_s, training_problems(recipe), tmp_path)
+    trace = ("<think>\nOkay, the question asks for 1+1. Let me restate it: one plus one. One plus one is two. "
+             "Let me double-check: 2 - 1 = 1, yes. So it is 2.\n</think>\n\n1+1 = 2, so the answer is \\boxed{2}.")
+    ids = encode_completion(tok, trace, tok.convert_tokens_to_ids("<|im_end|>"))
+    sample = trainer._sample(row, ids, trace)
+    assert sample.problem == "What is 1+1?"  # the question, not the message with its solving instruction
+    settings = rewrite_settings_from(recipe.rewrite)
+    prompt = tok.decode(encode_message(tok, settings.render(sample.problem, trace), chat=True,
+                                       template_kwargs={"enable_thinking": teacher_thinks}))
+    assert "What is 1+1?" in prompt and "Please reason" not in prompt
+    assert "Okay, the question asks" in prompt and "so the answer is" not in prompt  # thinking only, no tags
+    assert prompt.count("<think>") == (0 if teacher_thinks else 1)  # only the template's own empty block
+    assert prompt.endswith("<|im_start|>assistant\n" if teacher_thinks else "<|im_start|>assistant\n<think>\n\n</think>\n\n")
+    answer = ("<think>\nThe student restates and re-checks; drop both.\n</think>\n\n" if teacher_thinks else "")
+    rw = _Rewriter([answer + "One plus one is two."])
+    rewrite_batch([sample], rw, settings, MATH, trainer._encode, random.Random(0))
+    assert sample.verdict.reason == "accepted" and sample.trained_on == "rewrite"
+    assert sample.rewrite_text == "<think>\nOne plus one is two.\n</think>\n\n1+1 = 2, so the answer is \\boxed{2}."
+    assert tok.decode(sample.rewrite_ids) == sample.rewrite_text + "<|im_end|>"  # what the loss runs on

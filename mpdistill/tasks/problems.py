@@ -158,8 +158,9 @@ def load_problems(
     """Rows from a local JSONL/Parquet file or a Hugging Face dataset name, validated up front.
 
     ``prompt_template`` (the task's, e.g. the math instruction to box the answer) turns each
-    question into the user message the student is given; ``problem`` is that same message, which
-    the rewrite prompt shows the teacher. Gold answers are normalised as evaluation's are
+    question into the user message the student is given; ``problem`` is that same message and
+    ``question`` the question alone, which the rewrite prompt shows the teacher (the instruction to
+    solve it would invite the teacher to solve instead of rewrite). Gold answers are normalised as evaluation's are
     (a GSM8K-style solution ``... #### 1,234`` becomes ``1234``).
     """
     from ..prompts import user_message
@@ -186,7 +187,7 @@ def load_problems(
                 raise DataError(f"{at}: field {answer_field!r}: {str(err).split(': ', 1)[-1]}") from None
         message = user_message(prompt_template, q)
         prompt = [{"role": "user", "content": message}] if prompt_style == "chat" else message
-        rows.append({"prompt": prompt, "problem": message, "answer": a})
+        rows.append({"prompt": prompt, "problem": message, "question": q, "answer": a})
         if limit is not None and len(rows) >= limit:
             break
     return rows
