@@ -87,6 +87,35 @@ def describe_data(recipe: Recipe) -> tuple[dict, list[str]]:
     return info, []
 
 
+def local_tokenizer(info: dict):
+    """The tokenizer of a model described by :func:`describe_model` when it is a local folder that
+    has one (tokenizers load without the weights); None otherwise."""
+    from transformers import AutoTokenizer
+
+    if info["path"] is None or not looks_local(info["path"]):
+        return None
+    try:
+        return AutoTokenizer.from_pretrained(str(Path(info["path"]).expanduser()), local_files_only=True)
+    except Exception:  # noqa: BLE001 - a folder without tokenizer files is reported when the run loads it
+        return None
+
+
+def template_problems(recipe: Recipe, student: dict, teacher: dict) -> list[str]:
+    """What the run would refuse about the chat templates it can read here: a thinking switch set for
+    a template without one (:func:`mpdistill.pipeline.check_thinking`)."""
+    from .config import ConfigError
+    from .pipeline import check_thinking
+
+    tokenizer = local_tokenizer(student)
+    if tokenizer is None:
+        return []
+    try:
+        check_thinking(recipe, tokenizer, local_tokenizer(teacher) if teacher["path"] else None)
+    except ConfigError as err:
+        return [str(err)]
+    return []
+
+
 def backend_problems(recipe: Recipe, *, gpus_here: bool) -> tuple[list[str], list[str]]:
     """What :func:`mpdistill.pipeline.check_generation_backends` would refuse, as (errors, warnings).
 
@@ -129,9 +158,14 @@ def describe_run(recipe: Recipe, out: str | Path | None = None) -> dict:
 
     data, e = describe_data(recipe)
     errors += e
+    errors += template_problems(recipe, student, teacher)
 
     t = recipe.training
     warnings: list[str] = []
+    from .pipeline import same_model_problem
+
+    if same := same_model_problem(recipe):
+        warnings.append(same)
     devices = probe_devices()
     devices["bf16_requested"] = t.bf16
     if t.bf16 and not devices["bf16_supported"]:

@@ -58,6 +58,7 @@ class Unit:
     prompt_ids: tuple[int, ...]
     gold: str
     reference: str | None = None  # graded instead of a generation by the "gold" backend
+    problem: str | None = None  # the question, written with the sample (what `mpdistill rewrite` reads)
 
     @property
     def key(self) -> tuple[str, str, int]:
@@ -108,6 +109,7 @@ def grade(unit: Unit, gen: Generation | None, task: Task, tokenizer) -> dict:
         "benchmark": unit.benchmark,
         "id": unit.id,
         "sample": unit.sample,
+        "problem": unit.problem,
         "response": response,
         "tokens": None if token_ids is None else len(token_ids),
         "thinking_tokens": parts.thinking_tokens,
@@ -229,7 +231,7 @@ def run_eval(spec: EvalSpec, out: str | Path, *, console=None) -> dict:
     with holding(out):  # one writer per evaluation folder (mpdistill/run_lock.py)
         check_or_write_config(out, config)
 
-        units = [Unit(b.name, item.id, k, prompts[b.name, item.id], item.answer, item.reference)
+        units = [Unit(b.name, item.id, k, prompts[b.name, item.id], item.answer, item.reference, item.problem)
                  for b in benchmarks for item in b.items for k in range(n_samples[b.name])]
 
         backend = None

@@ -26,7 +26,7 @@ from .model_record import write_record
 from .models import check_compatible, load_model, model_path, resolve_model
 from .mpd_config import REWRITE_PREFIX, MPDConfig
 from .nonfinite import NonFiniteHalt
-from .paths import check_output_dir
+from .paths import check_output_dir, looks_local
 from .processes import distributed_state, is_main_process, launch_warnings, on_main_then_share
 from .run_lock import OutputLock
 from .prompts import encode_message, has_thinking_switch
@@ -203,14 +203,35 @@ def save_merged(student_name: str, adapter_dir: Path, model_dir: Path, tokenizer
 def check_thinking(recipe: Recipe, tokenizer, teacher_tokenizer=None) -> None:
     """A thinking switch set in the recipe needs a chat template that has one: the student's for
     ``training.student_enable_thinking``, the local teacher's for ``rewrite.teacher_enable_thinking``
-    (a served teacher's template is the server's, not checked here)."""
+    (a served teacher's template is the server's, not checked here; nor one not given)."""
     keys = [("training.student_enable_thinking", recipe.training.student_enable_thinking, tokenizer)]
-    if get_method(recipe.method).rewrites and get_backend(recipe.rewrite.backend).local_template:
-        keys.append(("rewrite.teacher_enable_thinking", recipe.rewrite.teacher_enable_thinking,
-                     teacher_tokenizer if teacher_tokenizer is not None else tokenizer))
+    if (teacher_tokenizer is not None and get_method(recipe.method).rewrites
+            and get_backend(recipe.rewrite.backend).local_template):
+        keys.append(("rewrite.teacher_enable_thinking", recipe.rewrite.teacher_enable_thinking, teacher_tokenizer))
     for key, value, tok in keys:
         if value is not None and not has_thinking_switch(tok):
             raise ConfigError(f"{key} is set but the tokenizer's chat template has no enable_thinking switch")
+
+
+def same_model_problem(recipe: Recipe) -> str | None:
+    """A warning when the teacher a recipe distills from is the student itself (one folder, or one
+    Hub name): the loss compares the student with itself, starts near zero and teaches nothing.
+    Self-distillation, whose teacher is the student by design, is not warned."""
+    method = get_method(recipe.method)
+    if not method.uses_teacher or method.self_teacher:
+        return None
+    names = []
+    for name in (recipe.student, recipe.teacher):
+        try:
+            path = resolve_model(name)
+        except ValueError:
+            return None
+        names.append(str(Path(path).expanduser().resolve()) if looks_local(path) else path)
+    if names[0] != names[1]:
+        return None
+    return (f"student and teacher are the same model ({recipe.student}): the loss compares the student with itself, "
+            "starts near zero and moves nothing toward a teacher; give a stronger teacher (or use method "
+            "self_distill, whose teacher is the student asked to be concise)")
 
 
 def warn_if_templates_differ(recipe: Recipe, student_tokenizer, teacher_tokenizer) -> bool:
@@ -421,6 +442,8 @@ def _train(recipe: Recipe, run_dir: Path, lock, *, exclude_prompts: set[str] | N
         check_prompt_lengths(recipe, rows, tokenizer, student.config)
     if is_main_process() and teacher is not None:
         warn_if_templates_differ(recipe, tokenizer, t_tok)
+        if same := same_model_problem(recipe):
+            log.warning(same)
 
     def write_recipe() -> None:
         run_dir.mkdir(parents=True, exist_ok=True)

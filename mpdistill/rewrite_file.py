@@ -144,8 +144,13 @@ OPTIONS = {"use_chat_template": "--chat-template", "timeout_s": "--timeout", "te
 
 
 def read_rows(path: str | Path, *, require_gold: bool = False) -> list[dict]:
-    """The input rows ``{"problem", "trace", "answer"}`` (answer ``None`` when absent), checked."""
+    """The input rows ``{"problem", "trace", "answer"}`` (answer ``None`` when absent), checked.
+
+    An evaluation's samples are read as they are (``mpdistill eval`` folder or its samples.jsonl):
+    ``response`` is the trace and ``gold`` the answer where a record has no ``trace`` or ``answer``."""
     path = Path(path)
+    if path.is_dir() and (path / "samples.jsonl").is_file():
+        path = path / "samples.jsonl"
     if not path.is_file():
         raise RewriteFileError(f"--input {path}: no such file")
     rows = []
@@ -154,6 +159,12 @@ def read_rows(path: str | Path, *, require_gold: bool = False) -> list[dict]:
     except DataError as err:
         raise RewriteFileError(str(err)) from None
     for lineno, record in records:
+        if isinstance(record, dict) and "trace" not in record and "response" in record:  # an evaluation's sample
+            record = {**record, "trace": record["response"],
+                      **({"answer": record.get("gold")} if "answer" not in record else {})}
+            if record.get("problem") is None:
+                raise RewriteFileError(f"{path}:{lineno}: field 'problem' is missing: this evaluation's samples do "
+                                       "not carry their question (written by an older mpdistill); evaluate again")
         for key in ("problem", "trace"):
             value = record.get(key)
             if not isinstance(value, str) or not value.strip():

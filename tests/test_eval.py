@@ -191,7 +191,32 @@ def test_eval_end_to_end_on_tiny_qwen3(tiny_qwen3, problems_file, tmp_path, thin
     assert len(rows) == 10
     assert {(r["id"], r["sample"]) for r in rows} == {(f"p{i}", k) for i in range(5) for k in range(2)}
     assert all(1 <= r["tokens"] <= 6 and r["gold"] == str(2 * int(r["id"][1:])) for r in rows)
+    assert all(r["problem"] == f"What is {r['id'][1:]}+{r['id'][1:]}?" for r in rows)  # the question, as asked
     assert "| sums | 5 × 2 |" in (out / "summary.md").read_text()
+
+
+def test_an_evaluation_folder_is_a_rewrite_input(tiny_qwen3, problems_file, tmp_path, monkeypatch):
+    """`mpdistill rewrite --input EVAL_DIR` reads the samples as they are: problem, response as the
+    trace, gold as the answer; a sample without its problem (an older evaluation) is named."""
+    from typer.testing import CliRunner
+
+    from mpdistill.cli import app
+
+    out = tmp_path / "eval"
+    run_eval(_spec(tiny_qwen3, problems_file, thinking=False), out)
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["rewrite", "--input", "eval", "--out", "rw.jsonl", "--teacher", str(tiny_qwen3),
+                                      "--task", "math", "--max-new-tokens", "4", "--require-gold"])
+    assert result.exit_code == 0, result.output
+    samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    rewrites = [json.loads(line) for line in (tmp_path / "rw.jsonl").read_text().splitlines()]
+    assert [(r["problem"], r["trace"], r["answer"]) for r in rewrites] == [
+        (s["problem"], s["response"], s["gold"]) for s in samples]
+    old = out / "samples.jsonl"
+    old.write_text("".join(json.dumps({k: v for k, v in s.items() if k != "problem"}) + "\n" for s in samples))
+    result = CliRunner().invoke(app, ["rewrite", "--input", "eval/samples.jsonl", "--out", "rw2.jsonl", "--teacher",
+                                      str(tiny_qwen3), "--task", "math"])
+    assert result.exit_code == 2 and "samples.jsonl:1: field 'problem' is missing" in result.output
 
 
 def test_an_interrupted_eval_resumes_to_the_same_samples(tiny_qwen3, problems_file, tmp_path):

@@ -175,7 +175,7 @@ def test_bf16_planned_on_a_machine_without_a_gpu_is_a_warning(tiny_qwen3, tmp_pa
     path = _qwen3_recipe(tmp_path, tiny_qwen3, tiny_qwen3, bf16=True)
     output = dry_run(path, code=0)
     assert "bf16 NOT usable" in output and errors(output) == []
-    assert [line for line in output.splitlines() if line.startswith("warning:")] == [
+    assert [line for line in output.splitlines() if line.startswith("warning:") and "same model" not in line] == [
         "warning: training.bf16: no CUDA device is visible here, so bf16 is not checked; the run needs GPUs that "
         "support it (or training.bf16: false)"]
 
@@ -207,8 +207,49 @@ def test_dry_run_loads_no_weights(tiny_qwen3, tmp_path, no_gpu, monkeypatch):
         raise AssertionError("a dry run must not load weights")
 
     monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", refuse)
-    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", refuse)
+    monkeypatch.setattr(transformers.PreTrainedModel, "from_pretrained", refuse)
+    # Tokenizers hold no weights: the dry run reads local ones to check the chat templates.
     dry_run(_qwen3_recipe(tmp_path, tiny_qwen3, tiny_qwen3))
+
+
+def _without_thinking_switch(tmp_path, model):
+    """A copy of a model folder whose chat template has no enable_thinking switch (config and
+    tokenizer only: a dry run reads nothing else)."""
+    from transformers import AutoTokenizer
+
+    folder = tmp_path / "no-switch"
+    folder.mkdir()
+    (folder / "config.json").write_bytes((model / "config.json").read_bytes())
+    tok = AutoTokenizer.from_pretrained(model)
+    tok.chat_template = "{% for m in messages %}{{ m['content'] }}\n{% endfor %}"
+    tok.save_pretrained(folder)
+    return folder
+
+
+def test_dry_run_reads_the_local_templates_thinking_switch(tiny_qwen3, tmp_path, no_gpu):
+    """The run refuses a thinking switch its template cannot take; the dry run says so first."""
+    plain = _without_thinking_switch(tmp_path, tiny_qwen3)
+    path = _qwen3_recipe(tmp_path, plain, tiny_qwen3, student_enable_thinking=True)
+    assert errors(dry_run(path, code=2)) == [
+        "error: training.student_enable_thinking is set but the tokenizer's chat template has no enable_thinking switch"]
+    import yaml
+
+    recipe = yaml.safe_load(path.read_text())
+    recipe.update(student=str(tiny_qwen3), teacher=str(plain), rewrite={"teacher_enable_thinking": False})
+    path.write_text(yaml.safe_dump(recipe))
+    assert errors(dry_run(path, code=2)) == [
+        "error: rewrite.teacher_enable_thinking is set but the tokenizer's chat template has no enable_thinking switch"]
+
+
+def test_student_as_its_own_teacher_is_warned(tiny_qwen3, tmp_path, no_gpu, monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    same = "student and teacher are the same model"
+    assert same in dry_run(_qwen3_recipe(tmp_path, tiny_qwen3, tiny_qwen3))
+    # Another path to the same folder is the same model; self-distillation's teacher is the student by design.
+    (tmp_path / "link").symlink_to(tiny_qwen3)
+    assert same in dry_run(_qwen3_recipe(tmp_path, tiny_qwen3, tmp_path / "link"))
+    assert same not in dry_run(tmp_path / "r.yaml", "--set", "method=self_distill")
+    assert same not in dry_run("embedded")
 
 
 def test_served_rewriter_is_shown(tmp_path, no_gpu):
