@@ -525,10 +525,13 @@ def push_to_hub(trainer, folder: Path) -> None:
 def _save_final(trainer, target: Path, record: dict) -> None:
     """``trainer.save_model`` into a staging folder renamed into place, so ``target`` is whole or absent.
     (As an internal save: a ``push_to_hub`` run pushes once the model is in place, see :func:`push_to_hub`.)"""
+    from .trainer import drop_training_arguments
+
     staged = target.with_name(f".{target.name}.partial")
     try:
         trainer.save_model(str(staged), _internal_call=True)
         if trainer.accelerator.is_main_process:
+            drop_training_arguments(staged)
             write_record(staged, **record)
             write_card(staged, trainer.model_card())
             replace_dir(staged, target)

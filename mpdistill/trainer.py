@@ -150,10 +150,21 @@ class RunFiles:
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         """TRL's ``save_model``, with the folder's ``mpdistill.json`` (task, prompt) that ``mpdistill eval``
-        reads and its model card (``README.md``)."""
-        super().save_model(output_dir, _internal_call)
+        reads and its model card (``README.md``). The saved config generates with its KV cache, which
+        training turns off for gradient checkpointing; a folder saved by the user holds no pickle."""
+        config = getattr(self.accelerator.unwrap_model(self.model), "config", None)
+        cache_off = getattr(config, "use_cache", None) is False
+        if cache_off:
+            config.use_cache = True
+        try:
+            super().save_model(output_dir, _internal_call)
+        finally:
+            if cache_off:
+                config.use_cache = False
         if not _internal_call and self.accelerator.is_main_process:
-            self._describe_folder(output_dir or self.args.output_dir)
+            folder = output_dir or self.args.output_dir
+            drop_training_arguments(folder)
+            self._describe_folder(folder)
 
     def _describe_folder(self, folder: str) -> None:
         """``mpdistill.json`` and the model card beside saved weights."""
@@ -194,6 +205,15 @@ class RunFiles:
             self._hub_error = (f"push_to_hub: cannot create the Hub repository {self.args.hub_model_id or ''} "
                                f"({type(err).__name__}: {one_line(err)}); check hub_model_id, HF_TOKEN and the network, or "
                                "turn push_to_hub off")
+
+
+def drop_training_arguments(folder: str | Path) -> None:
+    """Remove transformers' ``training_args.bin`` from a model folder meant to be shared: a pickle runs
+    code when loaded, and the run's settings are in its ``recipe.yaml`` and model card. (Checkpoints
+    keep theirs.)"""
+    from transformers.trainer import TRAINING_ARGS_NAME
+
+    (Path(folder) / TRAINING_ARGS_NAME).unlink(missing_ok=True)
 
 
 def check_training_rows(dataset, *, needs_answer: str | None = None) -> None:

@@ -1,5 +1,7 @@
 """Every saved student carries a model card: the models, method, settings, data, steps, license, citation."""
 
+import json
+
 import pytest
 from huggingface_hub import ModelCard
 
@@ -25,7 +27,11 @@ def _recipe(tiny_pair, method="mpd", **training):
 
 @pytest.mark.parametrize("method", ["mpd", "opd"])
 def test_a_trained_model_folder_has_a_card_saying_how_it_was_made(tiny_pair, tmp_path, method):
-    model_dir = train(_recipe(tiny_pair, method), tmp_path / "run")
+    # Gradient checkpointing turns the model's KV cache off while it trains; the saved folder is for
+    # generation, and for sharing: no pickle in it (a checkpoint keeps transformers' training_args.bin).
+    model_dir = train(_recipe(tiny_pair, method, gradient_checkpointing=True, save_steps=1), tmp_path / "run")
+    assert json.loads((model_dir / "config.json").read_text())["use_cache"] is True
+    assert not (model_dir / "training_args.bin").exists() and (tmp_path / "run" / "trainer" / "checkpoint-2" / "training_args.bin").exists()
     card = ModelCard.load(model_dir / "README.md")
     assert card.data.library_name == "transformers" and card.data.pipeline_tag == "text-generation"
     assert {"mpdistill", "distillation", method} <= set(card.data.tags)
@@ -86,3 +92,20 @@ def test_a_local_base_models_own_card_gives_the_license(tmp_path):
     (base / "README.md").write_text("# no metadata\n")
     unknown = render_card(method="MPD", rewrites=True, args=args, steps=5, facts=CardFacts(student=str(base)))
     assert ModelCard(unknown).data.license is None and "The base model's license applies: see `my-base`" in unknown
+
+
+def test_a_folder_saved_through_the_python_api_is_the_same(tiny_pair, tmp_path):
+    from datasets import Dataset
+
+    from mpdistill import OPDTrainer
+    from mpdistill.tasks import get_task
+
+    args = MPDConfig(str(tmp_path / "run"), task="chain", max_steps=1, per_device_train_batch_size=2,
+                     max_completion_length=8, gradient_checkpointing=True, report_to="none")
+    trainer = OPDTrainer(str(tiny_pair / "student"), str(tiny_pair / "teacher"), args,
+                         train_dataset=Dataset.from_list(get_task("chain").problems(2, 0)))
+    trainer.train()
+    trainer.save_model(str(tmp_path / "saved"))
+    assert json.loads((tmp_path / "saved" / "config.json").read_text())["use_cache"] is True
+    assert not (tmp_path / "saved" / "training_args.bin").exists()
+    assert trainer.model.config.use_cache is False  # training's own setting is left as it was
