@@ -255,6 +255,9 @@ class RewriteConfig(_Strict):
     prompt_template: str | None = None
     max_ratio: float = Field(default=0.9, gt=0, le=1)
     require_gold: bool = False
+    # Reject (reason route_changed) a rewrite that leaves the student's route, by the task's test
+    # (chain: its steps in the student's order; math: its numbers in the student's order).
+    require_route_kept: bool = False
     on_reject: Literal["student", "drop"] = "student"
     on_policy_fraction: float = Field(default=0.0, ge=0, le=1)
     use_chat_template: bool | None = None  # absent: the task's (chain: no; math: yes)

@@ -121,7 +121,7 @@ def render_card(*, method: str, summary: str = "", rewrites: bool, facts: CardFa
     if rewrites:
         sections.append("### Rewrites\n\n" + _settings_table([
             ("backend", rewrite.backend), ("max_ratio", rewrite.max_ratio), ("require_gold", rewrite.require_gold),
-            ("on_reject", rewrite.on_reject), ("on_policy_fraction", rewrite.on_policy_fraction),
+            ("require_route_kept", rewrite.require_route_kept), ("on_reject", rewrite.on_reject), ("on_policy_fraction", rewrite.on_policy_fraction),
             ("teacher temperature", rewrite.temperature), ("max_new_tokens", rewrite.max_new_tokens)]))
     data = f"{facts.problems} training problems" if facts.problems else "the training problems"
     sections.append(f"## Data\n\n{data} of the `{args.task}` task"

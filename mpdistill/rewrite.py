@@ -31,11 +31,14 @@ REASONS = (
     # the rewrite's think blocks are not the student's (missing, or the teacher's own thinking); with a
     # {thinking} prompt: tags in the teacher's text, or a student trace without one closed block to show
     "structure",
+    "prompt_echo",  # the rewrite repeats a line of the rewrite prompt's own text ("Student solution:", ...)
     "unparsed",
+    "two_answers",  # its answer section states two different final answers (the student's states one)
     "student_unparsed",
     "not_shorter",
     "answer_changed",
     "wrong_answer",
+    "route_changed",  # rewrite.require_route_kept: it leaves the student's route (Task.route_kept)
 )
 
 
@@ -51,16 +54,28 @@ class RewriteSettings:
     ``teacher_thinks``: the teacher thinks before it answers (``rewrite.teacher_enable_thinking:
     true``); its leading think block is its own reasoning about the task and is removed from the
     rewrite before verification, so what remains must carry the student's structure by itself.
+    ``require_route_kept``: an otherwise acceptable rewrite that leaves the student's route (the
+    task's ``route_kept``) is rejected as ``route_changed``.
     """
 
     prompt_template: str = DEFAULT_REWRITE_PROMPT
     max_ratio: float = 0.9
     require_gold: bool = False
+    require_route_kept: bool = False
     on_reject: Literal["student", "drop"] = "student"
     on_policy_fraction: float = 0.0
     use_chat_template: bool = True
     generation: GenerationSettings = field(default_factory=lambda: GenerationSettings(max_new_tokens=512))
     teacher_thinks: bool = False
+
+    @property
+    def echo_lines(self) -> list[str]:
+        """Lines of the prompt's own text (not the fields) that a rewrite should never contain: a
+        teacher that writes "Student solution:" or the instruction back has not written a rewrite.
+        Lines under 8 characters or without a letter are too common to tell."""
+        text = _FIELD_RE.sub("\n", self.prompt_template.replace("{{", "{").replace("}}", "}"))
+        lines = (line.strip() for line in text.splitlines())
+        return [line for line in dict.fromkeys(lines) if len(line) >= 8 and any(c.isalpha() for c in line)]
 
     @property
     def rewrites_thinking(self) -> bool:
@@ -86,6 +101,7 @@ def rewrite_settings_from(r) -> RewriteSettings:
         prompt_template=r.prompt_template,  # a built-in name is already its text
         max_ratio=r.max_ratio,
         require_gold=r.require_gold,
+        require_route_kept=r.require_route_kept,
         on_reject=r.on_reject,
         on_policy_fraction=r.on_policy_fraction,
         use_chat_template=r.use_chat_template,
@@ -288,9 +304,14 @@ def verify(
     rewrite_tokens: int,
     max_ratio: float,
     gold: str | None = None,
+    *,
+    echo_lines: Sequence[str] = (),
+    require_route_kept: bool = False,
 ) -> Verdict:
-    """Accept a rewrite only if it is complete, keeps the student's thinking structure, is shorter,
-    and reaches the student's answer.
+    """Accept a rewrite only if it is complete, keeps the student's thinking structure, repeats no
+    line of the rewrite prompt (``echo_lines``, where the student did not write it), states one final
+    answer, is shorter, reaches the student's answer and, with ``require_route_kept``, walks the
+    student's route.
 
     The rewrite must have the student's think blocks and no others (see :func:`keeps_structure`);
     both answers are read from the section after the last ``</think>`` (the whole text without one).
@@ -303,9 +324,13 @@ def verify(
         return Verdict(False, "truncated")
     if not keeps_structure(rewrite.text, student_text):
         return Verdict(False, "structure")
+    if any(line in rewrite.text and line not in student_text for line in echo_lines):
+        return Verdict(False, "prompt_echo")
     new_answer = task.extract_answer(answer_section(rewrite.text))
     if new_answer is None:
         return Verdict(False, "unparsed")
+    if _distinct_answers(task, answer_section(rewrite.text)) > max(1, _distinct_answers(task, answer_section(student_text))):
+        return Verdict(False, "two_answers")
     if rewrite_tokens > max_ratio * student_tokens:
         return Verdict(False, "not_shorter")
     old_answer = task.extract_answer(answer_section(student_text))
@@ -315,7 +340,20 @@ def verify(
         return Verdict(False, "answer_changed")
     if gold is not None and not task.answers_match(new_answer, gold):
         return Verdict(False, "wrong_answer")
+    if require_route_kept and task.route_kept is not None and not task.route_kept(student_text, rewrite.text):
+        return Verdict(False, "route_changed")
     return Verdict(True, "accepted")
+
+
+def _distinct_answers(task: Task, text: str) -> int:
+    """How many different final answers ``text`` states (0 where the task cannot tell)."""
+    if task.stated_answers is None:
+        return 0
+    distinct: list[str] = []
+    for answer in task.stated_answers(text):
+        if not any(task.answers_match(answer, seen) for seen in distinct):
+            distinct.append(answer)
+    return len(distinct)
 
 
 @dataclass
@@ -407,7 +445,8 @@ def settle_rewrite(
         s.verdict = Verdict(False, "structure")
         return
     s.verdict = verify(task, s.student_text, len(s.student_ids), out, len(s.rewrite_ids), settings.max_ratio,
-                       s.gold if settings.require_gold else None)
+                       s.gold if settings.require_gold else None, echo_lines=settings.echo_lines,
+                       require_route_kept=settings.require_route_kept)
     if s.verdict.accepted and parts is not None:
         stated = task.extract_answer(split_thinking(out.text).thinking)
         if stated is not None and not task.answers_match(stated, task.extract_answer(answer_section(out.text))):

@@ -54,6 +54,7 @@ OUTPUT_SETTINGS = {
     "model": "--model", "task": "--task", "prompt_template": "--prompt-template", "chat_template": "--chat-template",
     "max_ratio": "--max-ratio", "max_new_tokens": "--max-new-tokens", "temperature": "--temperature",
     "top_p": "--top-p", "top_k": "--top-k", "seed": "--seed", "require_gold": "--require-gold",
+    "require_route_kept": "--require-route-kept",
     "teacher_thinking": "--teacher-thinking", "send_chat_template_kwargs": "--send-chat-template-kwargs",
 }
 
@@ -83,6 +84,7 @@ class RewriteFileSpec:
     batch_size: int = 64
     seed: int = 0
     require_gold: bool = False
+    require_route_kept: bool = False
     max_concurrency: int = 8
     timeout_s: float = 60.0
     max_retries: int = 3
@@ -128,7 +130,8 @@ class RewriteFileSpec:
             model=self.model if self.backend == "openai" else None,  # a local backend writes with --teacher
             prompt_template=self.prompt_template, use_chat_template=self.chat_template, max_ratio=self.max_ratio,
             max_new_tokens=self.max_new_tokens, temperature=self.temperature, top_p=self.top_p, top_k=self.top_k,
-            batch_size=self.batch_size, require_gold=self.require_gold, max_concurrency=self.max_concurrency,
+            batch_size=self.batch_size, require_gold=self.require_gold, require_route_kept=self.require_route_kept,
+            max_concurrency=self.max_concurrency,
             timeout_s=self.timeout_s, max_retries=self.max_retries, tensor_parallel_size=self.tensor_parallel_size,
             teacher_enable_thinking=self.teacher_thinking, send_chat_template_kwargs=self.send_chat_template_kwargs,
             gpu_memory_utilization=None,  # the engine's default share: a rewrite job has the machine to itself
@@ -239,6 +242,7 @@ def output_settings(spec: RewriteFileSpec, input_path: str | Path, rows: list[di
         "top_k": spec.top_k,
         "seed": spec.seed,
         "require_gold": spec.require_gold,
+        "require_route_kept": spec.require_route_kept,
         "teacher_thinking": spec.teacher_thinking,
         "send_chat_template_kwargs": spec.send_chat_template_kwargs if served else None,
     }

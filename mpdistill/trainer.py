@@ -539,6 +539,9 @@ class MPDTrainer(_TeacherPrompts, _RolloutLogMixin, _Trainer):
         if self.tools:
             raise ValueError("MPD does not support tool calling: a rewrite cannot replay tool results")
         self.rewrite_settings = self._rewrite_settings()
+        if self.rewrite_settings.require_route_kept and self.task.route_kept is None:
+            raise ConfigError(f"rewrite.require_route_kept: the task {self.task.name!r} cannot tell whether a rewrite "
+                              "keeps the student's route (its route_kept is not set)")
         # The instruction the teacher reads before an accepted rewrite when it gives the loss's targets (None: none).
         self.scoring_instruction = (concise_instruction(self.args, self.task)
                                     if self.args.rewrite_teacher_context == "concise" else None)

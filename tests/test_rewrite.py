@@ -133,3 +133,61 @@ def test_a_rewrite_ends_with_the_token_the_students_trace_stopped_on():
                RewriteSettings(prompt_template="{problem}{trace}"), TASK, encode, random.Random(0))
     assert [s.rewrite_ids[-1] for s in samples] == [end_of_turn, tok.eos_token_id]
     assert samples[0].rewrite_ids[:-1] == tok("7+3=0\nA:0", add_special_tokens=False)["input_ids"]
+
+
+# -- gates for what the other checks let through ------------------------------------------------------------
+
+
+def _gate(text, student="We add: 7+3 = 10. Check: 10 - 3 = 7. So \\boxed{10}.", **kw):
+    from mpdistill.prompts import DEFAULT_REWRITE_PROMPT
+    from mpdistill.rewrite import RewriteOutput, RewriteSettings, verify
+    from mpdistill.tasks import get_task
+
+    settings = RewriteSettings(prompt_template=DEFAULT_REWRITE_PROMPT, **kw)
+    return verify(get_task("math"), student, 40, RewriteOutput(text), 10, 0.9, echo_lines=settings.echo_lines,
+                  require_route_kept=settings.require_route_kept).reason
+
+
+def test_a_rewrite_that_repeats_the_prompts_own_lines_is_an_echo():
+    from mpdistill.prompts import DEFAULT_REWRITE_PROMPT, THINKING_REWRITE_PROMPT
+    from mpdistill.rewrite import RewriteSettings
+
+    assert RewriteSettings(prompt_template=DEFAULT_REWRITE_PROMPT).echo_lines[1:] == [
+        "Problem:", "Student solution:", "Short solution:"]
+    assert "Student's reasoning:" in RewriteSettings(prompt_template=THINKING_REWRITE_PROMPT).echo_lines
+    assert _gate("7+3 = 10. So \\boxed{10}.") == "accepted"
+    # Seen from the 135M plumbing model: a rewrite that trails the prompt's own headers.
+    assert _gate("7+3 = 10. So \\boxed{10}.\n\nStudent solution:") == "prompt_echo"
+    assert _gate("Short solution:\n7+3 = 10. So \\boxed{10}.") == "prompt_echo"
+    # A line the student wrote itself is the student's, not an echo.
+    assert _gate("Problem: 7+3. \\boxed{10}", student="Problem: 7+3. Add: 7+3 = 10, check 10-3 = 7. \\boxed{10}") == "accepted"
+
+
+def test_a_rewrite_that_states_two_answers_is_refused():
+    assert _gate("7+3 = 10, or \\boxed{11}? So \\boxed{10}.") == "two_answers"
+    assert _gate("\\boxed{10} and again \\boxed{10.0}") == "accepted"  # the same answer twice
+    # A student that stated two already: the rewrite may keep them.
+    assert _gate("\\boxed{11}? \\boxed{10}", student="Maybe \\boxed{11}? No: 7+3 = 10, check 10-3 = 7, \\boxed{10}") \
+        == "accepted"
+
+
+def test_the_route_gate_rejects_a_rewrite_off_the_students_route_only_when_asked():
+    other_route = "3+7 = 10, so \\boxed{10}."  # numbers the student never wrote in that order
+    assert _gate(other_route) == "accepted"
+    assert _gate(other_route, require_route_kept=True) == "route_changed"
+    assert _gate("7+3 = 10. \\boxed{10}", require_route_kept=True) == "accepted"
+
+
+def test_the_route_gate_needs_a_task_that_can_tell(tiny_pair, tmp_path):
+    import dataclasses
+
+    from mpdistill import MPDConfig, MPDTrainer
+    from mpdistill.config import ConfigError
+    from mpdistill.tasks import get_task, register_task
+
+    register_task("routeless", lambda: dataclasses.replace(get_task("chain"), name="routeless", route_kept=None),
+                  replace=True)
+    args = MPDConfig(str(tmp_path), task="routeless", rewrite_require_route_kept=True, max_steps=1, report_to="none")
+    with pytest.raises(ConfigError, match="rewrite.require_route_kept: the task 'routeless' cannot tell"):
+        MPDTrainer(str(tiny_pair / "student"), str(tiny_pair / "teacher"), args,
+                   train_dataset=__import__("datasets").Dataset.from_list(get_task("chain").problems(4, 0)))

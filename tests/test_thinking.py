@@ -221,8 +221,9 @@ def test_switch_without_template_support_is_refused_before_training(key):
     recipe = recipe_from_dict(data)
     for tok in (SimpleNamespace(chat_template=None), SimpleNamespace(chat_template="{{ messages }}")):
         with pytest.raises(ConfigError, match=f"{key}_enable_thinking is set but the tokenizer's chat template"):
-            check_thinking(recipe, tok)
-    check_thinking(recipe, SimpleNamespace(chat_template="{% if enable_thinking %}{% endif %}"))
+            check_thinking(recipe, tok, tok)
+    switch = SimpleNamespace(chat_template="{% if enable_thinking %}{% endif %}")
+    check_thinking(recipe, switch, switch)
 
 
 def test_switches_reach_the_student_and_teacher_prompts(qwen3_pair, tmp_path):  # noqa: F811

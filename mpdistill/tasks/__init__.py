@@ -29,6 +29,9 @@ class Task:
     prompt_template: str = "{problem}"
     # Whether an accepted rewrite keeps the student's route: (student trace, rewrite) -> bool.
     route_kept: Callable[[str, str], bool] | None = None
+    # Every final answer a text states (math: each boxed one), for rejecting a rewrite that gives
+    # two; None: the task cannot tell.
+    stated_answers: Callable[[str], list[str]] | None = None
     # The rewrite instruction a teacher gets when a run names none ({problem} and {trace}), and
     # whether it is sent through the teacher's chat template.
     rewrite_prompt: str | None = None
@@ -63,10 +66,11 @@ def chain_task() -> Task:
 
 def math_task() -> Task:
     from ..prompts import CONCISE_INSTRUCTION, DEFAULT_REWRITE_PROMPT, MATH_PROMPT
-    from .math import answers_match, extract_answer, numbers_kept
+    from .math import answers_match, boxed_answers, extract_answer, numbers_kept
 
     return Task(name="math", extract_answer=extract_answer, answers_match=answers_match,
-                prompt_template=MATH_PROMPT, route_kept=numbers_kept, rewrite_prompt=DEFAULT_REWRITE_PROMPT,
+                prompt_template=MATH_PROMPT, route_kept=numbers_kept, stated_answers=boxed_answers,
+                rewrite_prompt=DEFAULT_REWRITE_PROMPT,
                 concise_instruction=CONCISE_INSTRUCTION)
 
 

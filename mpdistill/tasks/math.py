@@ -77,17 +77,29 @@ def extract_answer(response: str) -> str | None:
 
 
 def _last_boxed_content(text: str) -> str | None:
-    """Content of the complete boxed group that starts last, stripped; None if there is none.
+    """Content of the complete boxed group that starts last, stripped; None if there is none."""
+    boxes = _boxed_groups(text)
+    return (boxes[-1] or None) if boxes else None
+
+
+def boxed_answers(text: str) -> list[str]:
+    """The non-empty contents of every complete boxed group, in the order they start."""
+    return [box for box in _boxed_groups(text) if box]
+
+
+def _boxed_groups(text: str) -> list[str]:
+    """The contents of every complete boxed group (``\\boxed{}``, ``\\fbox{}``, ``\\framebox{}``), stripped,
+    in the order they start.
 
     One pass over the characters with a stack of open braces, so the cost is linear however the
     braces nest. Escaped ``\\{``, ``\\}`` are literal characters in LaTeX, not groups, so they are
     skipped (an answer like ``\\left\\{ ... \\right.`` stays balanced).
     """
     if not any(f"\\{name}" in text for name in _BOX_NAMES):
-        return None
+        return []
     # For each open brace: where the box content starts if it opens a box, else -1.
     stack: list[int] = []
-    best_start, best_end = -1, -1
+    groups: list[tuple[int, int]] = []
     skip_to = 0
     for i, ch in enumerate(text):
         if i < skip_to:
@@ -97,8 +109,8 @@ def _last_boxed_content(text: str) -> str | None:
         elif ch == "}":
             if stack:  # a stray "}" with nothing open is ignored
                 start = stack.pop()
-                if start > best_start:
-                    best_start, best_end = start, i
+                if start >= 0:
+                    groups.append((start, i))
         elif ch == "\\":
             opener = _BOX_OPEN.match(text, i) if text.startswith(_BOX_NAMES, i + 1) else None
             if opener:
@@ -107,9 +119,7 @@ def _last_boxed_content(text: str) -> str | None:
             else:
                 # Skip the escaped character: "\{", "\}" and "\\" are not grouping braces.
                 skip_to = i + 2
-    if best_start < 0:
-        return None
-    return text[best_start:best_end].strip() or None
+    return [text[start:end].strip() for start, end in sorted(groups)]
 
 
 def _after_last_hashes(text: str) -> str | None:
