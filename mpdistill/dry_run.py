@@ -10,6 +10,7 @@ what depends on the devices of the machine it will run on, when checked on one w
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 from .config import Recipe
@@ -225,6 +226,7 @@ def describe_run(recipe: Recipe, out: str | Path | None = None) -> dict:
     return {
         "method": recipe.method,
         "method_settings": method_settings(recipe),
+        "sampling": describe_sampling(recipe, student, teacher),
         "task": recipe.task,
         "seed": recipe.seed,
         "student": student,
@@ -243,6 +245,60 @@ def describe_run(recipe: Recipe, out: str | Path | None = None) -> dict:
         "errors": errors,
         "warnings": warnings,
     }
+
+
+def describe_sampling(recipe: Recipe, student: dict, teacher: dict) -> dict:
+    """How the student's rollouts and the teacher's rewrites are sampled, beside what each model's
+    card recommends for the mode it runs in (``card`` None where the family's card is not known)."""
+    from .prompts import FAMILY_SAMPLING
+
+    def family(info: dict) -> str | None:
+        """The model's type from its config, else from a Hub name that says it (a plan made offline)."""
+        if info["model_type"] is not None:
+            return info["model_type"]
+        return "qwen3" if re.search(r"(^|/)qwen3[-_]", info["name"] or "", re.IGNORECASE) else None
+
+    def recommended(info: dict, thinking: bool) -> tuple[dict | None, str | None]:
+        """The model's own generation_config where it samples (a model of its own says how it is meant
+        to be sampled, as `mpdistill eval` reads it), else its family's card."""
+        if info["path"] is not None and looks_local(info["path"]):
+            import json
+
+            try:
+                own = json.loads((Path(info["path"]).expanduser() / "generation_config.json").read_text())
+            except (OSError, ValueError):
+                own = {}
+            if isinstance(own, dict) and own.get("do_sample"):
+                return ({"temperature": own.get("temperature", 1.0), "top_p": own.get("top_p", 1.0),
+                         "top_k": own.get("top_k", 50)}, "its generation_config")
+        name = family(info)
+        card = FAMILY_SAMPLING.get((name or "", thinking))
+        return card, (f"the {name} card" if card else None)
+
+    t, r = recipe.training, recipe.rewrite
+    # Qwen3's template thinks unless switched off; a rewriting teacher writes directly unless switched on.
+    student_thinks = t.student_enable_thinking is not False
+    teacher_thinks = r.teacher_enable_thinking is True
+    card, source = recommended(student, student_thinks)
+    out = {"student": {"temperature": t.temperature, "top_p": t.top_p, "top_k": t.top_k, "thinking": student_thinks,
+                       "card": card, "source": source}}
+    if get_method(recipe.method).rewrites:
+        # A served teacher's card is the server's model's, not known here.
+        card, source = recommended(teacher, teacher_thinks) if r.backend != "openai" else (None, None)
+        out["rewrites"] = {"temperature": r.temperature, "top_p": r.top_p, "top_k": r.top_k, "thinking": teacher_thinks,
+                           "card": card, "source": source}
+    return out
+
+
+def _sampling_line(role: str, s: dict, note: str = "") -> str:
+    line = f"{role} sampling: temperature {s['temperature']:g}, top-p {s['top_p']:g}, top-k {s['top_k']}"
+    card = s["card"]
+    if card is None:
+        return line + note
+    mode = (" for " + ("thinking" if s["thinking"] else "non-thinking") + " mode") if "card" in s["source"] else ""
+    same = (card["temperature"], card["top_p"], card["top_k"]) == (s["temperature"], s["top_p"], s["top_k"])
+    return line + (f" (as {s['source']} recommends{mode})" if same else
+                   f" ({s['source']} recommends {card['temperature']:g} / {card['top_p']:g} / {card['top_k']}{mode})") + note
 
 
 def method_settings(recipe: Recipe) -> str | None:
@@ -304,9 +360,13 @@ def format_run_description(p: dict) -> str:
     lines.append(f"steps: {p['steps']}, learning rate {p['learning_rate']:g}, "
                  f"completion length {p['max_completion_length']}")
     lines.append(f"student rollouts: {p['rollouts']}")
+    sampling = p["sampling"]
+    lines.append(_sampling_line("student", sampling["student"], "; the loss reads the logits at that temperature too"))
     rw = p["rewrite"]
     extra = f" (max_new_tokens {rw['max_new_tokens']}, chat template {'on' if rw['use_chat_template'] else 'off'})"
     lines.append(f"rewrites: {rw['detail']}" + (extra if rw["backend"] else ""))
+    if "rewrites" in sampling:
+        lines.append(_sampling_line("rewrite", sampling["rewrites"]))
     lo = p["lora"]
     lines.append("lora: off (full fine-tuning)" if lo is None else
                  f"lora: r {lo['r']}, alpha {lo['alpha']}, dropout {lo['dropout']}, on {', '.join(lo['target_modules'])}")

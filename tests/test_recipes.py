@@ -192,6 +192,13 @@ def test_the_qwen3_recipe_dry_runs_with_exit_0_on_a_cpu_machine(no_gpu, monkeypa
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     output = dry_run("qwen3-1.7b_from_qwen3-8b", code=0)
     assert errors(output) == [] and "warning: training.bf16" in output
+    # The sampling in use beside Qwen3's card (known offline from the Hub names), for each model's mode.
+    assert ("student sampling: temperature 1, top-p 0.95, top-k 20 (the qwen3 card recommends 0.6 / 0.95 / 20 for "
+            "thinking mode); the loss reads the logits at that temperature too") in output
+    assert "rewrite sampling: temperature 0.7, top-p 0.8, top-k 20 (as the qwen3 card recommends for non-thinking mode)" \
+        in output
+    # A model of its own says how it is sampled in its generation_config (the embedded ones: 1 / 1 / 0).
+    assert "student sampling: temperature 1, top-p 1, top-k 0 (as its generation_config recommends)" in dry_run("embedded")
 
 
 def test_dry_run_refuses_an_out_folder_that_holds_a_run(tmp_path):
