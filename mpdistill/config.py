@@ -480,6 +480,12 @@ class Recipe(_Strict):
     def _student_thinking_needs_chat_prompts(self):
         if self.training.student_enable_thinking is not None and self.data.prompt_style != "chat":
             raise ValueError("training.student_enable_thinking needs chat prompts (data.prompt_style: chat)")
+        # A {thinking} prompt shows the teacher the student's thinking: a student told not to think has
+        # none, and every sample would fall back to on-policy distillation.
+        if self.training.student_enable_thinking is False and "{thinking}" in (self.rewrite.prompt_template or ""):
+            raise ValueError("rewrite.prompt_template shows the teacher the student's {thinking}, but "
+                             "training.student_enable_thinking is false, so the student writes none; use a prompt "
+                             "with {trace} (the built-in 'default')")
         return self
 
 

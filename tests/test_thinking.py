@@ -205,6 +205,8 @@ def test_thinking_prompt_is_selectable_by_name():
         ({"rewrite": {"backend": "openai", "base_url": "http://x", "model": "m", "extra_body": {"max_tokens": 9}}},
          "'max_tokens' is set from the recipe's own keys; extra_body may only add other fields"),
         ({"training": {"student_enable_thinking": "maybe"}}, "training.student_enable_thinking"),
+        ({"data": {"prompt_style": "chat"}, "training": {"student_enable_thinking": False},
+          "rewrite": {"prompt_template": "thinking"}}, "but training.student_enable_thinking is false"),
     ],
 )
 def test_recipe_validation(data, message):
