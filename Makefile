@@ -60,6 +60,8 @@ test-wheel:
 	  *) echo "test-wheel: the recipe is not read from the installed wheel"; exit 1;; esac; \
 	venv/bin/mpdistill recipes; \
 	venv/bin/mpdistill train embedded --dry-run; \
+	venv/bin/mpdistill train qwen3-1.7b_from_qwen3-8b --dry-run | grep -q "its config shipped with mpdistill" \
+	  || { echo "test-wheel: the shipped Qwen3 configs are not in the wheel"; exit 1; }; \
 	venv/bin/mpdistill demo --quick --out "$$tmp/demo"; \
 	echo "test-wheel: the installed wheel ran its commands from $$tmp"
 

@@ -17,6 +17,9 @@ from .config import Recipe
 from .methods import get_method, teacher_source
 from .models import resolve_model
 from .paths import ROLLOUTS, TRAIN_LOG, looks_local
+
+# Configs of Hub models the shipped recipes name, for a plan made offline (assets/configs/SOURCE.md).
+SHIPPED_CONFIGS = Path(__file__).parent / "assets" / "configs"
 from .rewriters import get_backend
 
 NOT_OFFLINE = "not available offline; checked at load time"
@@ -40,7 +43,7 @@ def describe_model(key: str, name: str) -> tuple[dict, list[str]]:
     from transformers import AutoConfig
 
     info: dict = {"name": name, "path": None, "source": None, "model_type": None, "parameters": None,
-                  "vocab_size": None, "note": None}
+                  "vocab_size": None, "note": None, "config": None}
     try:
         path = resolve_model(name)
     except ValueError as err:
@@ -50,15 +53,20 @@ def describe_model(key: str, name: str) -> tuple[dict, list[str]]:
     info["source"] = "local folder" if local else "Hugging Face Hub"
     if local and not Path(path).expanduser().is_dir():
         return info, [f"{key}: model folder not found: {path}"]
+    shipped = SHIPPED_CONFIGS / path
     try:
         config = AutoConfig.from_pretrained(str(Path(path).expanduser()) if local else path, local_files_only=True)
+        info["source"] = "local folder" if local else "Hugging Face Hub (config in the local cache)"
     except Exception as err:  # noqa: BLE001 - reported, never raised: nothing is loaded in a dry run
         if local:
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             return info, [f"{key}: cannot read the model config in {path}: {first}"]
-        info["note"] = NOT_OFFLINE
-        return info, []
-    info["source"] = "local folder" if local else "Hugging Face Hub (config in the local cache)"
+        if not (shipped / "config.json").is_file():
+            info["note"] = NOT_OFFLINE
+            return info, []
+        config = AutoConfig.from_pretrained(str(shipped))
+        info["source"] = "Hugging Face Hub (its config shipped with mpdistill)"
+    info["config"] = config
     text = config.get_text_config()
     info["model_type"] = config.model_type
     info["vocab_size"] = getattr(text, "vocab_size", None)
@@ -137,7 +145,8 @@ def probe_devices() -> dict:
 
     n = torch.cuda.device_count() if torch.cuda.is_available() else 0
     names = [torch.cuda.get_device_name(i) for i in range(n)]
-    return {"cuda": n, "names": names, "bf16_supported": bool(n and torch.cuda.is_bf16_supported())}
+    memory = [torch.cuda.get_device_properties(i).total_memory for i in range(n)]
+    return {"cuda": n, "names": names, "memory": memory, "bf16_supported": bool(n and torch.cuda.is_bf16_supported())}
 
 
 def describe_run(recipe: Recipe, out: str | Path | None = None) -> dict:
@@ -148,7 +157,7 @@ def describe_run(recipe: Recipe, out: str | Path | None = None) -> dict:
     teacher_name = teacher_source(recipe)
     if teacher_name is None:  # a method without a teacher (grpo_length): nothing to load or compare
         teacher, e = {"name": None, "path": None, "source": None, "model_type": None, "parameters": None,
-                      "vocab_size": None, "note": f"not used by {recipe.method}"}, []
+                      "vocab_size": None, "note": f"not used by {recipe.method}", "config": None}, []
     else:
         teacher, e = describe_model("teacher", teacher_name)
     errors += e
@@ -223,10 +232,13 @@ def describe_run(recipe: Recipe, out: str | Path | None = None) -> dict:
             if why := existing_run(run):
                 errors.append(f"--out: {why}")
 
+    memory, memory_errors = describe_memory(recipe, student, teacher, data, processes, devices)
+    errors += memory_errors
     return {
         "method": recipe.method,
         "method_settings": method_settings(recipe),
         "sampling": describe_sampling(recipe, student, teacher),
+        "memory": memory,
         "task": recipe.task,
         "seed": recipe.seed,
         "student": student,
@@ -245,6 +257,54 @@ def describe_run(recipe: Recipe, out: str | Path | None = None) -> dict:
         "errors": errors,
         "warnings": warnings,
     }
+
+
+def longest_prompt(recipe: Recipe, student: dict) -> int | None:
+    """Tokens of the longest training prompt, where the data and the student's tokenizer are here."""
+    from .pipeline import training_problems
+    from .prompts import encode_message
+
+    tokenizer = local_tokenizer(student)
+    if tokenizer is None:
+        return None
+    try:
+        rows = training_problems(recipe)
+    except Exception:  # noqa: BLE001 - the data line reports what is wrong with the data
+        return None
+    chat = recipe.data.prompt_style == "chat"
+    thinking = recipe.training.student_enable_thinking
+    kwargs = None if thinking is None else {"enable_thinking": thinking}
+    return max((len(encode_message(tokenizer, r["problem"], chat=chat, template_kwargs=kwargs)) for r in rows), default=0)
+
+
+def describe_memory(recipe: Recipe, student: dict, teacher: dict, data: dict, processes: int,
+                    devices: dict) -> tuple[dict | None, list[str]]:
+    """The estimate of :mod:`mpdistill.memory` for this run (None without the student's config), and an
+    error when its peak passes the memory of the GPU visible here."""
+    from .memory import ASSUMED_PROMPT_TOKENS, estimate, format_table, peak
+
+    if student["config"] is None or (teacher["name"] is not None and teacher["config"] is None):
+        return None, []
+    measured = longest_prompt(recipe, student) if data["rows"] is not None else None
+    prompt = measured if measured is not None else ASSUMED_PROMPT_TOKENS
+    method = get_method(recipe.method)
+    parts = estimate(recipe, student["config"], teacher["config"], prompt_tokens=prompt,
+                     rewrites=method.rewrites and get_backend(recipe.rewrite.backend).local_template,
+                     teacher_samples=method.teacher_text and not method.rewrites)
+    gpu = min(devices.get("memory") or [0]) or None  # the smallest visible GPU bounds the run
+    lines = format_table(parts, processes, gpu, devices["names"][0] if devices["names"] else None)
+    lines.insert(1, f"  (prompts: {prompt} tokens, " + ("the longest training prompt)" if measured is not None else
+                                                          "assumed: the training prompts are not readable here)"))
+    v = recipe.training.vllm
+    if v is not None and v.mode == "colocate":
+        lines.append(f"  plus the colocated vLLM engine (the student's rollouts and their KV cache): "
+                     f"{v.gpu_memory_utilization:g} of each GPU's memory, reserved when it starts")
+    errors = []
+    if gpu and peak(parts, processes, sharded=processes > 1) > gpu:
+        errors.append(f"memory: the estimated peak, {peak(parts, processes, sharded=processes > 1) / 1e9:.1f} GB per "
+                      f"device, passes the {gpu / 1e9:.1f} GB of the visible GPU; lower training.batch_size, "
+                      "training.gradient_accumulation_steps or rewrite.batch_size, use LoRA, or shard over more GPUs")
+    return {"lines": lines, "peak_bytes": peak(parts), "prompt_tokens": prompt}, errors
 
 
 def describe_sampling(recipe: Recipe, student: dict, teacher: dict) -> dict:
@@ -367,6 +427,8 @@ def format_run_description(p: dict) -> str:
     lines.append(f"rewrites: {rw['detail']}" + (extra if rw["backend"] else ""))
     if "rewrites" in sampling:
         lines.append(_sampling_line("rewrite", sampling["rewrites"]))
+    if p.get("memory"):
+        lines += p["memory"]["lines"]
     lo = p["lora"]
     lines.append("lora: off (full fine-tuning)" if lo is None else
                  f"lora: r {lo['r']}, alpha {lo['alpha']}, dropout {lo['dropout']}, on {', '.join(lo['target_modules'])}")

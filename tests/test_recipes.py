@@ -110,11 +110,15 @@ def test_qwen3_recipe_says_what_cannot_be_checked_offline(bf16_gpu, monkeypatch)
     from mpdistill.config import load_recipe
 
     p = dry_run_mod.describe_run(load_recipe(shipped.shipped_path("qwen3-1.7b_from_qwen3-8b")))
-    assert p["student"]["note"] == p["teacher"]["note"] == dry_run_mod.NOT_OFFLINE
-    assert p["student"]["parameters"] is None and p["vocab_match"] is None
+    # The two Qwen3 configs ship with the package (assets/configs): parameters and vocabularies are known.
+    assert p["student"]["source"] == p["teacher"]["source"] == "Hugging Face Hub (its config shipped with mpdistill)"
+    assert p["student"]["parameters"] == 1_720_574_976 and p["vocab_match"] is True
     assert p["data"]["rows"] is None and p["data"]["note"] == "not counted offline"
     assert p["batch"]["effective"] == 16 and p["max_completion_length"] == 4096 and p["devices"]["bf16_requested"]
     assert p["errors"] == []
+    other = load_recipe(shipped.shipped_path("qwen3-1.7b_from_qwen3-8b"), {"teacher": "Qwen/Qwen3-32B"})
+    q = dry_run_mod.describe_run(other)
+    assert q["teacher"]["note"] == dry_run_mod.NOT_OFFLINE and q["memory"] is None
 
 
 def test_embedded_recipe_counts_rows_and_parameters(tmp_path):
@@ -199,6 +203,19 @@ def test_the_qwen3_recipe_dry_runs_with_exit_0_on_a_cpu_machine(no_gpu, monkeypa
         in output
     # A model of its own says how it is sampled in its generation_config (the embedded ones: 1 / 1 / 0).
     assert "student sampling: temperature 1, top-p 1, top-k 0 (as its generation_config recommends)" in dry_run("embedded")
+
+
+def test_the_qwen3_recipe_prints_its_memory_offline(no_gpu, monkeypatch):
+    """The estimate of mpdistill/memory.py (tests/test_memory.py holds its terms to real tensors)."""
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    out = dry_run("qwen3-1.7b_from_qwen3-8b")
+    assert "Qwen/Qwen3-8B [Hugging Face Hub (its config shipped with mpdistill)]" in out
+    for line in ("student weights, fp32: 6.9 GB (1.72 B × 4 B)", "AdamW states (m, v): 13.8 GB (1.72 B × 8 B)",
+                 "teacher weights, bf16: 16.4 GB (8.19 B × 2 B)",
+                 "student KV cache while sampling: 8.0 GB (112 KiB/token × 16 sequences × 4,352 tokens) [phase]",
+                 "teacher KV cache while rewriting: 20.4 GB (144 KiB/token × 16 rewrites × 8,648 tokens) [phase]",
+                 "peak: 64.3 GB on one device"):
+        assert line in out, out
 
 
 def test_dry_run_refuses_an_out_folder_that_holds_a_run(tmp_path):
