@@ -46,6 +46,9 @@ class DataConfig(_Strict):
     config: str | None = None  # a Hub dataset's configuration, where it has several (openai/gsm8k: main)
     question_field: str = "problem"
     answer_field: str | None = "answer"
+    # How the gold answer is read from answer_field: the field as it is, or the last \boxed{} in it
+    # (a worked solution, as MATH's `solution` field carries its answer).
+    answer_from: Literal["field", "boxed"] = "field"
     n_train: int = Field(default=2048, gt=0)
     prompt_style: Literal["plain", "chat"] = "plain"
     # The user message a question becomes, with {problem}. Absent: the task's, which evaluation

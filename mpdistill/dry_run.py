@@ -289,7 +289,7 @@ def describe_memory(recipe: Recipe, student: dict, teacher: dict, data: dict, pr
     prompt = measured if measured is not None else ASSUMED_PROMPT_TOKENS
     method = get_method(recipe.method)
     parts = estimate(recipe, student["config"], teacher["config"], prompt_tokens=prompt,
-                     rewrites=method.rewrites and get_backend(recipe.rewrite.backend).local_template,
+                     rewrites=method.rewrites and recipe.rewrite.backend == "transformers",
                      teacher_samples=method.teacher_text and not method.rewrites)
     gpu = min(devices.get("memory") or [0]) or None  # the smallest visible GPU bounds the run
     lines = format_table(parts, processes, gpu, devices["names"][0] if devices["names"] else None)
@@ -299,11 +299,22 @@ def describe_memory(recipe: Recipe, student: dict, teacher: dict, data: dict, pr
     if v is not None and v.mode == "colocate":
         lines.append(f"  plus the colocated vLLM engine (the student's rollouts and their KV cache): "
                      f"{v.gpu_memory_utilization:g} of each GPU's memory, reserved when it starts")
+    r = recipe.rewrite
+    if method.rewrites and r.backend == "vllm":
+        share = f"{r.gpu_memory_utilization:g} of each GPU's memory" if r.gpu_memory_utilization else "its default share"
+        lines.append(f"  plus the in-process vLLM rewriter (its own copy of the rewriting model and the rewrites' KV "
+                     f"cache): {share}, reserved when it starts")
     errors = []
-    if gpu and peak(parts, processes, sharded=processes > 1) > gpu:
-        errors.append(f"memory: the estimated peak, {peak(parts, processes, sharded=processes > 1) / 1e9:.1f} GB per "
-                      f"device, passes the {gpu / 1e9:.1f} GB of the visible GPU; lower training.batch_size, "
-                      "training.gradient_accumulation_steps or rewrite.batch_size, use LoRA, or shard over more GPUs")
+    # vLLM engines on the training GPUs reserve their share of each GPU when they start.
+    engines = ((v.gpu_memory_utilization if v is not None and v.mode == "colocate" else 0)
+               + ((r.gpu_memory_utilization or 0.9) if method.rewrites and r.backend == "vllm" else 0))
+    if gpu:
+        need = peak(parts, processes, sharded=processes > 1) + engines * gpu
+        if need > gpu:
+            with_engines = f" with the vLLM engines' {engines:g} share" if engines else ""
+            errors.append(f"memory: the estimated peak, {need / 1e9:.1f} GB per device{with_engines}, passes the "
+                          f"{gpu / 1e9:.1f} GB of the visible GPU; lower training.batch_size, "
+                          "training.gradient_accumulation_steps or rewrite.batch_size, use LoRA, or shard over more GPUs")
     return {"lines": lines, "peak_bytes": peak(parts), "prompt_tokens": prompt}, errors
 
 

@@ -76,6 +76,7 @@ def training_problems(recipe: Recipe, exclude: set[str] | None = None) -> list[d
         limit=d.n_train,
         config=d.config,
         prompt_template=prompt_template(recipe),
+        answer_from=d.answer_from,
     )
     if exclude:
         rows = [r for r in rows if r["problem"] not in exclude]

@@ -200,3 +200,29 @@ def test_chain_problem_splits_are_disjoint():
 def test_chain_problems_unknown_split():
     with pytest.raises(ValueError, match="unknown split 'test'"):
         chain_problems(1, seed=0, split="test")
+
+
+def test_a_worked_solution_gives_its_last_boxed_answer_as_gold(tmp_path):
+    """The MATH recipe's data: lighteval's layout, the gold answer read from the solution's last
+    \\boxed{} (data.answer_from: boxed), as MATH-500's own answer field has it."""
+    import json
+    from pathlib import Path
+
+    from mpdistill.config import load_recipe
+    from mpdistill.pipeline import training_problems
+    from mpdistill.recipes import shipped_path
+    from mpdistill.tasks import get_task
+
+    sample = Path(__file__).parent / "fixtures" / "math_lighteval" / "train_sample.jsonl"
+    recipe = load_recipe(shipped_path("qwen3-1.7b_from_qwen3-8b_math"), {"data": {"train": str(sample), "n_train": 6}})
+    rows = training_problems(recipe)
+    shipped = Path(__file__).parents[1] / "mpdistill" / "assets" / "benchmarks" / "math500" / "test.jsonl"
+    math500 = [json.loads(line) for line in shipped.read_text().splitlines()[:6]]
+    math = get_task("math")
+    assert [r["question"] for r in rows] == [m["problem"] for m in math500]
+    assert all(math.answers_match(r["answer"], m["answer"]) for r, m in zip(rows, math500)), [r["answer"] for r in rows]
+    assert rows[0]["prompt"][0]["content"].endswith("put your final answer within \\boxed{}.")
+    no_box = tmp_path / "d.jsonl"
+    no_box.write_text(json.dumps({"problem": "p", "solution": "It is 4."}) + "\n")
+    with pytest.raises(DataError, match=r"d\.jsonl:1: field 'solution' has no \\boxed\{\} answer to read"):
+        load_problems(str(no_box), answer_field="solution", answer_from="boxed")

@@ -96,10 +96,20 @@ def test_every_shipped_recipe_exists():
 
 @pytest.mark.parametrize("recipe", RECIPES)
 def test_every_shipped_recipe_plans_offline_without_errors(recipe, bf16_gpu, monkeypatch, tmp_path):
+    import importlib.util
+
+    from mpdistill.config import load_recipe
+
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     monkeypatch.chdir(tmp_path)  # by name, from anywhere
-    output = dry_run(recipe)
-    assert not errors(output)
+    r = load_recipe(shipped.shipped_path(recipe))
+    if (r.training.vllm is not None or r.rewrite.backend == "vllm") and importlib.util.find_spec("vllm") is None:
+        # Planned where vLLM is not installed: that, and only that, is what the plan refuses.
+        output = dry_run(recipe, code=2)
+        assert errors(output) and all("needs the vllm package" in line for line in errors(output)), errors(output)
+    else:
+        output = dry_run(recipe)
+        assert not errors(output)
     for field in ("method:", "student:", "teacher:", "data:", "devices:", "batch:", "steps:", "rewrites:", "lora:",
                   "outputs:"):
         assert any(line.startswith(field) for line in output.splitlines()), field
@@ -376,7 +386,8 @@ def test_an_unknown_recipe_name_is_one_error_listing_the_shipped_ones(args, tmp_
     assert result.exit_code == 2, result.output
     assert errors(result.output) == [
         "error: 'embeded' is neither a recipe file nor a shipped recipe; shipped recipes: embedded, "
-        "embedded-verbose-teacher, qwen3-1.7b_from_qwen3-8b (`mpdistill recipes` lists them)"]
+        "embedded-verbose-teacher, qwen3-1.7b_from_qwen3-8b, qwen3-1.7b_from_qwen3-8b_math (`mpdistill recipes` lists "
+        "them)"]
     assert not (tmp_path / "out").exists()
 
 
@@ -386,9 +397,9 @@ def test_recipes_lists_every_shipped_file_with_its_first_comment_line():
     lines = result.output.splitlines()
     for name in shipped.names():
         assert any(line.split() and line.split()[0] == name for line in lines), name
-    assert "  embedded                  The demo's MPD recipe" in lines
-    assert "  accelerate/single_gpu     One GPU" in lines
-    assert "  accelerate/multinode      Two machines x 8 GPUs (16 processes), DeepSpeed ZeRO-3" in lines
+    assert "  embedded                       The demo's MPD recipe" in lines
+    assert "  accelerate/single_gpu          One GPU" in lines
+    assert "  accelerate/multinode           Two machines x 8 GPUs (16 processes), DeepSpeed ZeRO-3" in lines
 
 
 def test_recipes_path_prints_the_file_for_accelerate_launch():
@@ -397,7 +408,8 @@ def test_recipes_path_prints_the_file_for_accelerate_launch():
     assert result.output == f"{shipped.HERE / 'accelerate' / 'single_gpu.yaml'}\n"
     result = runner.invoke(app, ["recipes", "path", "single_gpu"], env={"COLUMNS": "400"})
     assert result.exit_code == 2 and "error: no shipped recipe or accelerate config is named 'single_gpu'; shipped: " \
-        "embedded, embedded-verbose-teacher, qwen3-1.7b_from_qwen3-8b, accelerate/cpu_2proc" in result.output
+        "embedded, embedded-verbose-teacher, qwen3-1.7b_from_qwen3-8b, qwen3-1.7b_from_qwen3-8b_math, " \
+        "accelerate/cpu_2proc" in result.output
 
 
 def test_recipes_copy_writes_an_editable_copy_that_runs_from_anywhere(tmp_path, monkeypatch):

@@ -154,6 +154,7 @@ def load_problems(
     limit: int | None = None,
     config: str | None = None,
     prompt_template: str = "{problem}",
+    answer_from: str = "field",
 ) -> list[dict]:
     """Rows from a local JSONL/Parquet file or a Hugging Face dataset name, validated up front.
 
@@ -181,6 +182,14 @@ def load_problems(
                 a = int(a)
             if a is None or (isinstance(a, str) and not a.strip()):
                 raise DataError(f"{at}: missing answer field {answer_field!r}")
+            if answer_from == "boxed":
+                from .math import boxed_answers
+
+                boxes = boxed_answers(a) if isinstance(a, str) else []
+                if not boxes:
+                    raise DataError(f"{at}: field {answer_field!r} has no \\boxed{{}} answer to read "
+                                    "(data.answer_from: boxed)")
+                a = boxes[-1]
             try:
                 a = normalize_gold_answer(a, "custom", "custom")
             except DataError as err:
