@@ -20,6 +20,25 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=N
                   help="Mixed-Policy Distillation for reasoning compression.")
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        import torch
+        import transformers
+        import trl
+
+        from . import __version__
+
+        print(f"mpdistill {__version__} (torch {torch.__version__}, transformers {transformers.__version__}, "
+              f"trl {trl.__version__})")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                          help="Print the version of mpdistill and of the libraries it runs on.")) -> None:
+    """Mixed-Policy Distillation for reasoning compression."""
+
+
 # Both run code from the checkpoint when a model loads: off unless asked for (see models.load_model).
 ALLOW_PICKLE = typer.Option(False, "--allow-pickle-checkpoints",
                             help="Also load .bin/.pt weights (pickle can run code); default safetensors only.")

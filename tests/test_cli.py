@@ -38,6 +38,22 @@ def test_help_lists_the_commands():
     assert "Mixed-Policy Distillation" in result.output
 
 
+def test_version_and_python_dash_m():
+    import subprocess
+    import sys
+
+    import torch
+    import transformers
+    import trl
+
+    from mpdistill import __version__
+
+    proc = subprocess.run([sys.executable, "-m", "mpdistill", "--version"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == (f"mpdistill {__version__} (torch {torch.__version__}, transformers {transformers.__version__}, "
+                           f"trl {trl.__version__})\n")
+
+
 @pytest.mark.parametrize("command, option", [("train", "--out"), ("demo", "--recipe"), ("bootstrap", "--only"),
                                              ("recipes", "copy")])
 def test_each_command_has_help(command, option):
