@@ -92,7 +92,8 @@ def render_card(*, method: str, summary: str = "", rewrites: bool, facts: CardFa
         library_name="peft" if lora == "adapter" else "transformers",
         pipeline_tag="text-generation",
         datasets=[facts.dataset] if is_hub_id(facts.dataset) else None,
-        tags=list(dict.fromkeys(["mpdistill", *(["distillation"] if uses_teacher else []), re.sub(r"\W+", "-", method.lower()), *facts.extra_tags])),
+        tags=list(dict.fromkeys(["mpdistill", "trl", *(["distillation"] if uses_teacher else []),
+                                 re.sub(r"\W+", "-", method.lower()), *facts.extra_tags])),
     )
     batch = args.per_device_train_batch_size * args.gradient_accumulation_steps * processes
     training = [("method", method), ("optimizer steps", steps), ("samples per step", batch),
@@ -126,12 +127,27 @@ def render_card(*, method: str, summary: str = "", rewrites: bool, facts: CardFa
     data = f"{facts.problems} training problems" if facts.problems else "the training problems"
     sections.append(f"## Data\n\n{data} of the `{args.task}` task"
                     + (f", from {_shown(facts.dataset)}" if facts.dataset else "") + ".")
-    sections.append(f"{EVALUATION_HEADING}\n\n" + (evaluation or "Not evaluated yet: `mpdistill eval MODEL_DIR`."))
+    sections.append(f"{EVALUATION_HEADING}\n\n" + (evaluation or (
+        "Not evaluated yet: `mpdistill eval --model MODEL_DIR --benchmarks gsm8k,math500 --out EVAL_DIR` evaluates "
+        "it, and `mpdistill compare BASE_EVAL_DIR EVAL_DIR` compares it with the model it started from.")))
+    sections.append("## Framework versions\n\n" + "\n".join(f"- {name} {version}" for name, version in _versions()))
     sections.append("## License\n\n" + (
         f"`{license_id}`, the base model's license." if license_id else
         f"The base model's license applies: see {_shown(facts.student)}."))
     sections.append(f"## Citation\n\n```bibtex\n{CITATION}\n```")
     return "\n\n".join(sections) + "\n"
+
+
+def _versions() -> list[tuple[str, str]]:
+    """The libraries the model was trained with, as TRL's cards list them."""
+    import torch
+    import transformers
+    import trl
+
+    from . import __version__
+
+    return [("mpdistill", __version__), ("TRL", trl.__version__), ("Transformers", transformers.__version__),
+            ("PyTorch", torch.__version__)]
 
 
 def _value(v):

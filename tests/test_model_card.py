@@ -41,7 +41,8 @@ def test_a_trained_model_folder_has_a_card_saying_how_it_was_made(tiny_pair, tmp
     assert "| `learning_rate` | 0.0002 |" in text and "| `samples per step` | 4 |" in text
     assert "16 training problems of the `chain` task, from `embedded:chain`" in text
     assert ("### Rewrites" in text and "| `max_ratio` | 0.7 |" in text) == (method == "mpd")
-    assert "Not evaluated yet" in text and "arXiv:2605.08776" in text
+    assert "Not evaluated yet: `mpdistill eval --model MODEL_DIR --benchmarks" in text and "arXiv:2605.08776" in text
+    assert "trl" in card.data.tags and "## Framework versions" in text and "- TRL " in text
     assert str(tmp_path) not in card.content and str(tiny_pair) not in card.content  # no machine paths
 
 
