@@ -232,8 +232,9 @@ def describe_run(recipe: Recipe, out: str | Path | None = None) -> dict:
             if why := existing_run(run):
                 errors.append(f"--out: {why}")
 
-    memory, memory_errors = describe_memory(recipe, student, teacher, data, processes, devices)
+    memory, memory_errors, memory_warnings = describe_memory(recipe, student, teacher, data, processes, devices)
     errors += memory_errors
+    warnings += memory_warnings
     return {
         "method": recipe.method,
         "method_settings": method_settings(recipe),
@@ -278,13 +279,14 @@ def longest_prompt(recipe: Recipe, student: dict) -> int | None:
 
 
 def describe_memory(recipe: Recipe, student: dict, teacher: dict, data: dict, processes: int,
-                    devices: dict) -> tuple[dict | None, list[str]]:
-    """The estimate of :mod:`mpdistill.memory` for this run (None without the student's config), and an
-    error when its peak passes the memory of the GPU visible here."""
+                    devices: dict) -> tuple[dict | None, list[str], list[str]]:
+    """The estimate of :mod:`mpdistill.memory` for this run (None without the student's config), an
+    error when its peak passes the memory of the GPU visible here even sharded, and a warning when it
+    fits only sharded."""
     from .memory import ASSUMED_PROMPT_TOKENS, estimate, format_table, peak
 
     if student["config"] is None or (teacher["name"] is not None and teacher["config"] is None):
-        return None, []
+        return None, [], []
     measured = longest_prompt(recipe, student) if data["rows"] is not None else None
     prompt = measured if measured is not None else ASSUMED_PROMPT_TOKENS
     method = get_method(recipe.method)
@@ -308,14 +310,21 @@ def describe_memory(recipe: Recipe, student: dict, teacher: dict, data: dict, pr
     # vLLM engines on the training GPUs reserve their share of each GPU when they start.
     engines = ((v.gpu_memory_utilization if v is not None and v.mode == "colocate" else 0)
                + ((r.gpu_memory_utilization or 0.9) if method.rewrites and r.backend == "vllm" else 0))
+    warnings = []
     if gpu:
-        need = peak(parts, processes, sharded=processes > 1) + engines * gpu
-        if need > gpu:
-            with_engines = f" with the vLLM engines' {engines:g} share" if engines else ""
-            errors.append(f"memory: the estimated peak, {need / 1e9:.1f} GB per device{with_engines}, passes the "
-                          f"{gpu / 1e9:.1f} GB of the visible GPU; lower training.batch_size, "
+        with_engines = f" with the vLLM engines' {engines:g} share" if engines else ""
+        # The launch's accelerate config says whether the held parts are sharded; a dry run does not know it.
+        whole, sharded = (peak(parts) + engines * gpu, peak(parts, processes, sharded=True) + engines * gpu)
+        if sharded > gpu:
+            errors.append(f"memory: the estimated peak, {sharded / 1e9:.1f} GB per device{with_engines}"
+                          f"{' even sharded over ' + str(processes) + ' processes' if processes > 1 else ''}, passes "
+                          f"the {gpu / 1e9:.1f} GB of the visible GPU; lower training.batch_size, "
                           "training.gradient_accumulation_steps or rewrite.batch_size, use LoRA, or shard over more GPUs")
-    return {"lines": lines, "peak_bytes": peak(parts), "prompt_tokens": prompt}, errors
+        elif whole > gpu:
+            warnings.append(f"memory: the estimated peak, {whole / 1e9:.1f} GB per device{with_engines}, fits the "
+                            f"{gpu / 1e9:.1f} GB of the visible GPU only with ZeRO-3 or FSDP over the {processes} "
+                            f"processes ({sharded / 1e9:.1f} GB); launch with one of those accelerate configs")
+    return {"lines": lines, "peak_bytes": peak(parts), "prompt_tokens": prompt}, errors, warnings
 
 
 def describe_sampling(recipe: Recipe, student: dict, teacher: dict) -> dict:
