@@ -10,6 +10,7 @@ mixing rule decides what the student is trained on.
 
 from __future__ import annotations
 
+import functools
 import math
 import random
 import re
@@ -68,7 +69,7 @@ class RewriteSettings:
     generation: GenerationSettings = field(default_factory=lambda: GenerationSettings(max_new_tokens=512))
     teacher_thinks: bool = False
 
-    @property
+    @functools.cached_property
     def echo_lines(self) -> list[str]:
         """Lines of the prompt's own text (not the fields) that a rewrite should never contain: a
         teacher that writes "Student solution:" or the instruction back has not written a rewrite.
@@ -422,7 +423,8 @@ def settle_rewrite(
     task: Task,
     encode: Callable[[str, int | None], list[int]],
 ) -> None:
-    """Verify one sample's rewrite and set its verdict.
+    """Verify one sample's rewrite (planned by :func:`plan_rewrite`, which read the student's answer)
+    and set its verdict.
 
     With a ``{thinking}`` prompt the teacher's text is the new thinking: it may carry no think tags
     of its own (``structure``), it is put between the student's tags before the student's own answer
@@ -433,9 +435,10 @@ def settle_rewrite(
     if settings.teacher_thinks:
         out = RewriteOutput(drop_own_thinking(out.text), out.truncated, out.error)
     parts = split_thinking(s.student_text) if settings.rewrites_thinking else None
+    thinking = out.text.strip() if parts is not None else None  # the teacher's text: the new thinking
     own_tags = parts is not None and think_tags(out.text) != (0, 0)
-    if parts is not None and out.text.strip() and not own_tags:
-        out = RewriteOutput(parts.with_thinking(out.text), out.truncated, out.error)
+    if thinking and not own_tags:
+        out = RewriteOutput(parts.with_thinking(thinking), out.truncated, out.error)
     s.rewrite_text = out.text
     s.rewrite_ids = encode(out.text, s.end_id) if out.text else []
     if out.truncated and out.error is None and budget < settings.generation.max_new_tokens:
@@ -447,9 +450,9 @@ def settle_rewrite(
     s.verdict = verify(task, s.student_text, len(s.student_ids), out, len(s.rewrite_ids), settings.max_ratio,
                        s.gold if settings.require_gold else None, echo_lines=settings.echo_lines,
                        require_route_kept=settings.require_route_kept)
-    if s.verdict.accepted and parts is not None:
-        stated = task.extract_answer(split_thinking(out.text).thinking)
-        if stated is not None and not task.answers_match(stated, task.extract_answer(answer_section(out.text))):
+    if s.verdict.accepted and parts is not None:  # accepted: the answer section, the student's, kept its answer
+        stated = task.extract_answer(thinking)
+        if stated is not None and not task.answers_match(stated, s.student_answer):
             s.verdict = Verdict(False, "answer_changed")
 
 
