@@ -17,25 +17,21 @@ from .config import Recipe
 from .methods import get_method, teacher_source
 from .models import resolve_model
 from .paths import ROLLOUTS, TRAIN_LOG, looks_local
-
-# Configs of Hub models the shipped recipes name, for a plan made offline (assets/configs/SOURCE.md).
-SHIPPED_CONFIGS = Path(__file__).parent / "assets" / "configs"
 from .rewriters import get_backend
 
 NOT_OFFLINE = "not available offline; checked at load time"
+# Configs of Hub models the shipped recipes name, for a plan made offline (assets/configs/SOURCE.md).
+SHIPPED_CONFIGS = Path(__file__).parent / "assets" / "configs"
 
 
 def count_parameters(config) -> int | None:
     """Parameters of the model ``config`` describes, counted on an empty (meta-device) model."""
-    import torch
-    from transformers import AutoModelForCausalLM
+    from .memory import parameter_count
 
     try:
-        with torch.device("meta"):
-            model = AutoModelForCausalLM.from_config(config)
+        return parameter_count(config)
     except Exception:  # an architecture without a causal-LM class: leave the count out
         return None
-    return sum(p.numel() for p in model.parameters())  # tied weights are counted once
 
 
 def describe_model(key: str, name: str) -> tuple[dict, list[str]]:
@@ -285,14 +281,15 @@ def describe_memory(recipe: Recipe, student: dict, teacher: dict, data: dict, pr
     fits only sharded."""
     from .memory import ASSUMED_PROMPT_TOKENS, estimate, format_table, peak
 
-    if student["config"] is None or (teacher["name"] is not None and teacher["config"] is None):
-        return None, [], []
+    if student["parameters"] is None or (teacher["name"] is not None and teacher["parameters"] is None):
+        return None, [], []  # a config not readable here, or of no causal LM
     measured = longest_prompt(recipe, student) if data["rows"] is not None else None
     prompt = measured if measured is not None else ASSUMED_PROMPT_TOKENS
     method = get_method(recipe.method)
     parts = estimate(recipe, student["config"], teacher["config"], prompt_tokens=prompt,
                      rewrites=method.rewrites and recipe.rewrite.backend == "transformers",
-                     teacher_samples=method.teacher_text and not method.rewrites)
+                     teacher_samples=method.teacher_text and not method.rewrites,
+                     student_parameters=student["parameters"], teacher_parameters=teacher["parameters"])
     gpu = min(devices.get("memory") or [0]) or None  # the smallest visible GPU bounds the run
     lines = format_table(parts, processes, gpu, devices["names"][0] if devices["names"] else None)
     lines.insert(1, f"  (prompts: {prompt} tokens, " + ("the longest training prompt)" if measured is not None else

@@ -58,38 +58,37 @@ def kv_bytes_per_token(config, dtype_bytes: int) -> int:
     return text.num_hidden_layers * 2 * kv_heads * head_dim * dtype_bytes
 
 
-def parameter_count(config) -> int:
-    """Parameters of a causal LM built from ``config`` (tied weights once), without allocating it."""
+def _meta_model(config):
+    """The causal LM ``config`` describes, on the meta device: shapes without memory."""
     import torch
     from transformers import AutoModelForCausalLM
 
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config)
-    return sum(p.numel() for p in model.parameters())
+        return AutoModelForCausalLM.from_config(config)
+
+
+def parameter_count(config) -> int:
+    """Parameters of a causal LM built from ``config`` (tied weights once), without allocating it."""
+    return sum(p.numel() for p in _meta_model(config).parameters())
 
 
 def lora_parameter_count(config, r: int, target_modules: list[str]) -> int:
     """Adapter parameters LoRA adds: ``r × (in + out)`` for every targeted linear layer."""
     import torch
-    from transformers import AutoModelForCausalLM
 
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config)
-    total = 0
-    for name, module in model.named_modules():
-        if isinstance(module, torch.nn.Linear) and name.rsplit(".", 1)[-1] in target_modules:
-            total += r * (module.in_features + module.out_features)
-    return total
+    return sum(r * (module.in_features + module.out_features) for name, module in _meta_model(config).named_modules()
+               if isinstance(module, torch.nn.Linear) and name.rsplit(".", 1)[-1] in target_modules)
 
 
-def estimate(recipe, student_config, teacher_config, *, prompt_tokens: int, rewrites: bool,
-             teacher_samples: bool) -> list[Part]:
+def estimate(recipe, student_config, teacher_config, *, prompt_tokens: int, rewrites: bool, teacher_samples: bool,
+             student_parameters: int | None = None, teacher_parameters: int | None = None) -> list[Part]:
     """The terms for one device. ``teacher_config`` None: a method without a teacher. ``rewrites``:
     the method's teacher rewrites on this device (a local transformers rewriter); ``teacher_samples``:
-    it samples completions (off-policy KD and the mixed control)."""
+    it samples completions (off-policy KD and the mixed control). The parameter counts, where already
+    known, save counting them again."""
     t, r = recipe.training, recipe.rewrite
     compute = 2 if t.bf16 else 4
-    student = parameter_count(student_config)
+    student = student_parameters or parameter_count(student_config)
     trainable = (lora_parameter_count(student_config, t.lora.r, list(t.lora.target_modules)) if t.lora else student)
     which = "adapter" if t.lora else "student"
     parts = [
@@ -100,7 +99,7 @@ def estimate(recipe, student_config, teacher_config, *, prompt_tokens: int, rewr
     if t.lora:
         parts.append(Part("adapter weights, fp32", f"{count(trainable)} × 4 B", trainable * 4, True, True))
     if teacher_config is not None:
-        teacher = parameter_count(teacher_config)
+        teacher = teacher_parameters or parameter_count(teacher_config)
         parts.append(Part(f"teacher weights, {'bf16' if t.bf16 else 'fp32'}", f"{count(teacher)} × {compute} B",
                           teacher * compute, True, True))
     step = t.batch_size * t.gradient_accumulation_steps
