@@ -491,15 +491,9 @@ def _train(recipe: Recipe, run_dir: Path, lock, *, exclude_prompts: set[str] | N
         # The adapter as trained, then (once, on the main process) the merged student for eval.
         _save_final(trainer, run_dir / "adapter", record)
         if trainer.accelerator.is_main_process:
-            staged = run_dir / ".model.partial"
-            try:
+            with _staged(model_dir) as staged:
                 save_merged(recipe.student, run_dir / "adapter", staged, tokenizer, **trust)
-                write_record(staged, **record)
-                write_card(staged, trainer.model_card(merged=True))
-                replace_dir(staged, model_dir)
-            except BaseException:
-                shutil.rmtree(staged, ignore_errors=True)
-                raise
+                _describe_saved(staged, record, trainer.model_card(merged=True))
         trainer.accelerator.wait_for_everyone()
     if trainer.args.push_to_hub:
         push_to_hub(trainer, run_dir / "adapter" if recipe.training.lora is not None else model_dir)
@@ -528,16 +522,32 @@ def _save_final(trainer, target: Path, record: dict) -> None:
     (As an internal save: a ``push_to_hub`` run pushes once the model is in place, see :func:`push_to_hub`.)"""
     from .trainer import drop_training_arguments
 
+    main = trainer.accelerator.is_main_process
+    with _staged(target, owner=main) as staged:
+        trainer.save_model(str(staged), _internal_call=True)
+        if main:
+            drop_training_arguments(staged)
+            _describe_saved(staged, record, trainer.model_card())
+    trainer.accelerator.wait_for_everyone()
+
+
+@contextmanager
+def _staged(target: Path, *, owner: bool = True):
+    """A staging folder beside ``target``, renamed into place when the block ends: ``target`` is whole
+    or absent. A half-written one is removed at once, which also frees the room a full disk needs.
+    Only the ``owner`` (the main process, under a launcher) renames or removes it."""
     staged = target.with_name(f".{target.name}.partial")
     try:
-        trainer.save_model(str(staged), _internal_call=True)
-        if trainer.accelerator.is_main_process:
-            drop_training_arguments(staged)
-            write_record(staged, **record)
-            write_card(staged, trainer.model_card())
+        yield staged
+        if owner:
             replace_dir(staged, target)
     except BaseException:
-        if trainer.accelerator.is_main_process:  # a half-written save is not left behind (it also frees the room)
+        if owner:
             shutil.rmtree(staged, ignore_errors=True)
         raise
-    trainer.accelerator.wait_for_everyone()
+
+
+def _describe_saved(folder: Path, record: dict, card: str) -> None:
+    """A saved model's ``mpdistill.json`` (how ``mpdistill eval`` prompts it) and its model card."""
+    write_record(folder, **record)
+    write_card(folder, card)
