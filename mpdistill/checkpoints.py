@@ -247,10 +247,8 @@ def _safetensors_problem(file: Path) -> str | None:
 def latest_complete_checkpoint(trainer_dir: Path) -> tuple[Path | None, list[str]]:
     """The newest checkpoint a run can resume from, and a line for each newer one passed over because it is
     damaged (a run keeps ``save_total_limit`` checkpoints: an older whole one beats a newer broken one)."""
-    found = sorted((p for p in trainer_dir.glob(f"{PREFIX_CHECKPOINT_DIR}-*")
-                    if p.is_dir() and p.name.rsplit("-", 1)[1].isdigit()), key=checkpoint_step, reverse=True)
     skipped = []
-    for path in found:
+    for path in _checkpoints_newest_first(trainer_dir):
         why = checkpoint_problem(path)
         if why is None:
             return path, skipped
@@ -259,12 +257,15 @@ def latest_complete_checkpoint(trainer_dir: Path) -> tuple[Path | None, list[str
 
 
 def latest_checkpoint(trainer_dir: Path) -> Path | None:
-    """The newest complete checkpoint under ``trainer_dir`` (staged ones never count)."""
-    found = [
-        p for p in trainer_dir.glob(f"{PREFIX_CHECKPOINT_DIR}-*")
-        if p.is_dir() and p.name.rsplit("-", 1)[1].isdigit() and (p / "trainer_state.json").is_file()
-    ]
-    return max(found, key=checkpoint_step, default=None)
+    """The newest checkpoint under ``trainer_dir`` that transformers finished (staged ones never count);
+    :func:`latest_complete_checkpoint` also reads that its files are whole."""
+    return next((p for p in _checkpoints_newest_first(trainer_dir) if (p / "trainer_state.json").is_file()), None)
+
+
+def _checkpoints_newest_first(trainer_dir: Path) -> list[Path]:
+    """The ``checkpoint-N`` folders under ``trainer_dir``, by step (numeric, not lexical), newest first."""
+    found = (p for p in trainer_dir.glob(f"{PREFIX_CHECKPOINT_DIR}-*") if p.is_dir() and p.name.rsplit("-", 1)[1].isdigit())
+    return sorted(found, key=checkpoint_step, reverse=True)
 
 
 def discard_partial(trainer_dir: Path) -> bool:
