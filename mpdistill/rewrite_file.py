@@ -163,8 +163,7 @@ def read_rows(path: str | Path, *, require_gold: bool = False) -> list[dict]:
         raise RewriteFileError(str(err)) from None
     for lineno, record in records:
         if isinstance(record, dict) and "trace" not in record and "response" in record:  # an evaluation's sample
-            record = {**record, "trace": record["response"],
-                      **({"answer": record.get("gold")} if "answer" not in record else {})}
+            record = {"answer": record.get("gold"), **record, "trace": record["response"]}
             if record.get("problem") is None:
                 raise RewriteFileError(f"{path}:{lineno}: field 'problem' is missing: this evaluation's samples do "
                                        "not carry their question (written by an older mpdistill); evaluate again")
