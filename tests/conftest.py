@@ -10,6 +10,25 @@ torch.set_num_threads(1)
 
 from mpdistill import embedded  # noqa: E402
 
+# What a tier measured (the real-engine and real-model tiers), printed at the end of its run under
+# its title: a test passes each line to the ``report`` fixture.
+TIER_TITLES = {"real_engine": "vLLM tier: measured", "real_lm": "real-model tier: measured"}
+FIGURES: dict[str, list[str]] = {}
+
+
+def pytest_terminal_summary(terminalreporter):
+    for title, lines in FIGURES.items():
+        terminalreporter.section(title)
+        for line in lines:
+            terminalreporter.write_line(line)
+
+
+@pytest.fixture
+def report(request):
+    """``report(line)``: a figure this test measured, listed under its tier's title at the end."""
+    return FIGURES.setdefault(TIER_TITLES.get(request.path.parent.name, "measured"), []).append
+
+
 TINY = embedded.ModelShape(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
                            num_key_value_heads=1, head_dim=16)
 

@@ -250,5 +250,8 @@ def test_grpo_reference_length_is_the_initial_students_measured_once(tmp_path):
     log = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
     refs = [e["length/reference_tokens"] for e in log if "length/reference_tokens" in e]
     assert len(refs) == 3 and len(set(refs)) == 1
+    # ...while the lengths of the model being trained moved (a reference measured from it would have too).
+    lengths = [e["completions/mean_length"] for e in log if "completions/mean_length" in e]
+    assert len(set(lengths)) == 3 and refs[0] not in lengths
     fresh, _ = _grpo_trainer(tmp_path / "fresh", learning_rate=3e-3, steps=3)  # the same seed, nothing trained
     assert fresh.length_reference == refs[0]

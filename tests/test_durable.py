@@ -99,8 +99,6 @@ def test_a_runs_files_have_the_mode_the_umask_gives(tmp_path):
     """Weights, card, record, recipe and logs are readable by whom the umask says (0640 under 027), not only
     by their owner (0600): libraries and the atomic writer save through private temporary files."""
     import stat
-    import subprocess
-    import sys
 
     run = tmp_path / "run"
     code = ("import os, sys; os.umask(0o027); from mpdistill.cli import main; sys.argv = ['mpdistill', 'train', "

@@ -198,10 +198,6 @@ def test_eval_end_to_end_on_tiny_qwen3(tiny_qwen3, problems_file, tmp_path, thin
 def test_an_evaluation_folder_is_a_rewrite_input(tiny_qwen3, problems_file, tmp_path, monkeypatch):
     """`mpdistill rewrite --input EVAL_DIR` reads the samples as they are: problem, response as the
     trace, gold as the answer; a sample without its problem (an older evaluation) is named."""
-    from typer.testing import CliRunner
-
-    from mpdistill.cli import app
-
     out = tmp_path / "eval"
     run_eval(_spec(tiny_qwen3, problems_file, thinking=False), out)
     monkeypatch.chdir(tmp_path)

@@ -6,7 +6,8 @@ import torch
 from transformers import Qwen3Config, Qwen3ForCausalLM
 
 from mpdistill.config import recipe_from_dict
-from mpdistill.memory import estimate, kv_bytes_per_token, lora_parameter_count, parameter_count, peak
+from mpdistill.memory import (REWRITE_INSTRUCTION_TOKENS, estimate, kv_bytes_per_token, lora_parameter_count,
+                              parameter_count, peak)
 
 SMALL = dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
              num_key_value_heads=2, head_dim=16, max_position_embeddings=256, tie_word_embeddings=True,
@@ -61,10 +62,12 @@ def test_the_phases_are_sized_as_trl_samples_and_the_rewriter_batches():
                                          teacher_samples=False)}
     # 2 x 8 accumulation: the whole step's 16 sequences at once; 16 rewrites of prompt + instruction + trace + rewrite.
     assert parts["student KV cache while sampling"].bytes == kv_bytes_per_token(student, 2) * 16 * (100 + 4096)
-    assert parts["teacher KV cache while rewriting"].bytes == kv_bytes_per_token(teacher, 2) * 16 * (100 + 200 + 4096 * 2)
+    assert parts["teacher KV cache while rewriting"].bytes == kv_bytes_per_token(teacher, 2) * 16 * (
+        100 + REWRITE_INSTRUCTION_TOKENS + 4096 * 2)
     fewer = {p.name: p for p in estimate(_recipe(gradient_accumulation_steps=1), student, teacher, prompt_tokens=100,
                                          rewrites=True, teacher_samples=False)}
-    assert fewer["teacher KV cache while rewriting"].bytes == kv_bytes_per_token(teacher, 2) * 2 * (100 + 200 + 8192)
+    assert fewer["teacher KV cache while rewriting"].bytes == kv_bytes_per_token(teacher, 2) * 2 * (
+        100 + REWRITE_INSTRUCTION_TOKENS + 8192)
     # The peak: everything held all run, plus the largest phase once; sharding divides the held parts.
     static = sum(p.bytes for p in parts.values() if p.static)
     assert peak(list(parts.values())) == static + parts["teacher KV cache while rewriting"].bytes
@@ -72,7 +75,24 @@ def test_the_phases_are_sized_as_trl_samples_and_the_rewriter_batches():
         static / 4 + parts["teacher KV cache while rewriting"].bytes, abs=1)
 
 
-def test_a_peak_past_the_visible_gpu_is_an_error(monkeypatch, tmp_path):
+def test_the_rewrite_instruction_allowance_covers_the_built_in_prompts():
+    """What a rewrite prompt adds to the problem and the trace, counted with Qwen3's tokenizer and chat
+    template (the teacher's thinking off, as the recipes ask): the estimate's allowance is not less."""
+    from pathlib import Path
+
+    from transformers import AutoTokenizer
+
+    from mpdistill.prompts import PROMPT_TEMPLATES, encode_message
+    from mpdistill.rewrite import RewriteSettings
+
+    tok = AutoTokenizer.from_pretrained(Path(__file__).parent / "fixtures" / "qwen3")
+    for name, template in PROMPT_TEMPLATES.items():
+        rendered = RewriteSettings(prompt_template=template).render("", "")
+        added = len(encode_message(tok, rendered, chat=True, template_kwargs={"enable_thinking": False}))
+        assert added <= REWRITE_INSTRUCTION_TOKENS, (name, added)
+
+
+def test_a_peak_past_the_visible_gpu_is_an_error():
     from mpdistill import dry_run
 
     recipe = _recipe()
@@ -81,6 +101,7 @@ def test_a_peak_past_the_visible_gpu_is_an_error(monkeypatch, tmp_path):
     devices = {"cuda": 1, "names": ["a 40 GB GPU"], "memory": [40e9]}
     memory, errors, warnings = dry_run.describe_memory(recipe, student, teacher, {"rows": None}, 1, devices)
     assert errors and "passes the 40.0 GB of the visible GPU" in errors[0] and not warnings
+    assert memory["peak_bytes"] > 40e9 and memory["prompt_tokens"] == 256  # the assumed prompt: no data here
     # Over 8 processes the held parts shrink below it, if the launch shards them (ZeRO-3, FSDP): a warning.
     _, errors, warnings = dry_run.describe_memory(recipe, student, teacher, {"rows": None}, 8, devices)
     assert errors == [] and "fits the 40.0 GB of the visible GPU only with ZeRO-3 or FSDP" in warnings[0]

@@ -205,9 +205,6 @@ def test_chain_problems_unknown_split():
 def test_a_worked_solution_gives_its_last_boxed_answer_as_gold(tmp_path):
     """The MATH recipe's data: lighteval's layout, the gold answer read from the solution's last
     \\boxed{} (data.answer_from: boxed), as MATH-500's own answer field has it."""
-    import json
-    from pathlib import Path
-
     from mpdistill.config import load_recipe
     from mpdistill.pipeline import training_problems
     from mpdistill.recipes import shipped_path

@@ -108,9 +108,8 @@ def test_a_plain_distillation_config_is_refused_with_what_to_use(tiny_pair, tmp_
 def test_the_python_api_checks_its_rows_before_any_model_loads(tmp_path, monkeypatch, rows, settings, said):
     from datasets import Dataset
 
-    from mpdistill import MPDConfig, MPDTrainer
+    from mpdistill import MPDTrainer, models
     from mpdistill.errors import ConfigError
-    from mpdistill import models
 
     monkeypatch.setattr(models, "load_tokenizer", lambda *a, **k: pytest.fail("a model loaded before the rows were checked"))
     args = MPDConfig(output_dir=str(tmp_path / "run"), task="chain", max_steps=1, report_to="none", **settings)
@@ -122,7 +121,7 @@ def test_the_python_api_checks_its_rows_before_any_model_loads(tmp_path, monkeyp
 def test_grpo_needs_a_gold_answer_in_every_row(tmp_path):
     from datasets import Dataset
 
-    from mpdistill import LengthPenaltyGRPOTrainer, MPDConfig
+    from mpdistill import LengthPenaltyGRPOTrainer
     from mpdistill.errors import ConfigError
 
     args = MPDConfig(output_dir=str(tmp_path / "run"), task="chain", max_steps=1, report_to="none",

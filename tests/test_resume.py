@@ -341,7 +341,7 @@ def test_a_damaged_newest_checkpoint_is_passed_over_for_the_whole_one_before_it(
     damage(run / "trainer" / "checkpoint-4")
     result = _run("train", "--resume", "--out", str(run))
     assert result.returncode == 0, result.stderr[-2000:]
-    assert f"not resumed from checkpoint-4: " in result.stderr and said in result.stderr
+    assert "not resumed from checkpoint-4: " in result.stderr and said in result.stderr
     assert "going on from checkpoint-2" in result.stderr
     rows = [json.loads(x) for x in (run / "rollouts.jsonl").read_text().splitlines()]
     assert sorted((r["step"], r["index"]) for r in rows) == [(s, i) for s in range(4) for i in range(4)]

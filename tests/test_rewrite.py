@@ -2,6 +2,7 @@ import random
 
 import pytest
 
+from mpdistill.prompts import DEFAULT_REWRITE_PROMPT, THINKING_REWRITE_PROMPT
 from mpdistill.rewrite import RewriteOutput, RewriteSettings, Sample, length_budget, rewrite_batch, verify
 from mpdistill.tasks import get_task
 
@@ -139,19 +140,12 @@ def test_a_rewrite_ends_with_the_token_the_students_trace_stopped_on():
 
 
 def _gate(text, student="We add: 7+3 = 10. Check: 10 - 3 = 7. So \\boxed{10}.", **kw):
-    from mpdistill.prompts import DEFAULT_REWRITE_PROMPT
-    from mpdistill.rewrite import RewriteOutput, RewriteSettings, verify
-    from mpdistill.tasks import get_task
-
     settings = RewriteSettings(prompt_template=DEFAULT_REWRITE_PROMPT, **kw)
     return verify(get_task("math"), student, 40, RewriteOutput(text), 10, 0.9, echo_lines=settings.echo_lines,
                   require_route_kept=settings.require_route_kept).reason
 
 
 def test_a_rewrite_that_repeats_the_prompts_own_lines_is_an_echo():
-    from mpdistill.prompts import DEFAULT_REWRITE_PROMPT, THINKING_REWRITE_PROMPT
-    from mpdistill.rewrite import RewriteSettings
-
     assert RewriteSettings(prompt_template=DEFAULT_REWRITE_PROMPT).echo_lines[1:] == [
         "Problem:", "Student solution:", "Short solution:"]
     assert "Student's reasoning:" in RewriteSettings(prompt_template=THINKING_REWRITE_PROMPT).echo_lines
@@ -178,16 +172,18 @@ def test_the_route_gate_rejects_a_rewrite_off_the_students_route_only_when_asked
     assert _gate("7+3 = 10. \\boxed{10}", require_route_kept=True) == "accepted"
 
 
-def test_the_route_gate_needs_a_task_that_can_tell(tiny_pair, tmp_path):
+def test_the_route_gate_needs_a_task_that_can_tell(tiny_pair, tmp_path, monkeypatch):
     import dataclasses
+
+    from datasets import Dataset
 
     from mpdistill import MPDConfig, MPDTrainer
     from mpdistill.config import ConfigError
-    from mpdistill.tasks import get_task, register_task
+    from mpdistill.tasks import TASKS
 
-    register_task("routeless", lambda: dataclasses.replace(get_task("chain"), name="routeless", route_kept=None),
-                  replace=True)
+    monkeypatch.setitem(TASKS, "routeless", lambda: dataclasses.replace(get_task("chain"), name="routeless",
+                                                                        route_kept=None))
     args = MPDConfig(str(tmp_path), task="routeless", rewrite_require_route_kept=True, max_steps=1, report_to="none")
     with pytest.raises(ConfigError, match="rewrite.require_route_kept: the task 'routeless' cannot tell"):
         MPDTrainer(str(tiny_pair / "student"), str(tiny_pair / "teacher"), args,
-                   train_dataset=__import__("datasets").Dataset.from_list(get_task("chain").problems(4, 0)))
+                   train_dataset=Dataset.from_list(get_task("chain").problems(4, 0)))

@@ -280,11 +280,9 @@ def test_served_rewriter_failures_are_recorded_and_redone_by_a_rerun(here, serve
 
 def test_some_failed_rows_are_a_warning_and_only_they_are_redone(here, serve):
     write_rows(here / "in.jsonl", chain_rows()[:4])
-    calls = []
 
     def flaky(body):  # the second row's request fails, the others are answered
         prompt = body["messages"][0]["content"]
-        calls.append(prompt)
         if prompt.startswith(chain_rows()[1]["problem"]):
             return 500, {"error": {"message": "boom"}}
         return concise_answer(body)
@@ -297,11 +295,21 @@ def test_some_failed_rows_are_a_warning_and_only_they_are_redone(here, serve):
         "again by the same command"]
     first = read_out(here / "out.jsonl")
     assert [r["reason"] == "backend_error" for r in first] == [False, True, False, False]
-    result = runner.invoke(app, served_args(serve(concise_answer)))
+    def only_the_failed_row(body):  # any other row asked again would now be recorded as a failure
+        prompt = body["messages"][0]["content"]
+        if prompt.startswith(chain_rows()[1]["problem"]) or "rewrite:" not in prompt:
+            return concise_answer(body)
+        return 500, {"error": {"message": "this row was answered already"}}
+
+    healthy = serve(only_the_failed_row)
+    result = runner.invoke(app, served_args(healthy))
     assert result.exit_code == 0, result.output
+    # The failed row's chunk is asked again whole, so its seed draws as before (1 server check + 4 rows)...
+    assert len(healthy.requests) == 1 + 4
     again = sorted(read_out(here / "out.jsonl"), key=lambda r: r["index"])  # the redone row is appended
     assert [r["index"] for r in again] == [0, 1, 2, 3] and again[1]["reason"] != "backend_error"
-    assert [again[i] for i in (0, 2, 3)] == [first[i] for i in (0, 2, 3)]  # the answered rows are kept as they were
+    # ...but only its record is replaced: the answered rows keep theirs, not this server's refusals.
+    assert [again[i] for i in (0, 2, 3)] == [first[i] for i in (0, 2, 3)]
 
 
 def test_served_rewriter_needs_a_tokenizer(here, serve):

@@ -228,15 +228,21 @@ def test_switch_without_template_support_is_refused_before_training(key):
     check_thinking(recipe, switch, switch)
 
 
-def test_switches_reach_the_student_and_teacher_prompts(qwen3_pair, tmp_path):  # noqa: F811
-    recipe = recipe_from_dict({
+def _qwen3_recipe(qwen3_pair, *, student_thinks, rewrite):
+    """An MPD recipe on the tiny Qwen3 pair with the real template and chat prompts, one step of 2."""
+    return recipe_from_dict({
         "method": "mpd", "task": "math",
         "student": str(qwen3_pair / "student"), "teacher": str(qwen3_pair / "teacher"),
         "data": {"train": str(qwen3_pair / "problems.jsonl"), "question_field": "question", "answer_field": "final",
                  "prompt_style": "chat", "n_train": 4},
-        "training": {"steps": 1, "batch_size": 2, "max_completion_length": 4, "student_enable_thinking": False},
-        "rewrite": {"max_new_tokens": 4, "batch_size": 2, "teacher_enable_thinking": False},
+        "training": {"steps": 1, "batch_size": 2, "max_completion_length": 4, "student_enable_thinking": student_thinks},
+        "rewrite": rewrite,
     })
+
+
+def test_switches_reach_the_student_and_teacher_prompts(qwen3_pair, tmp_path):  # noqa: F811
+    recipe = _qwen3_recipe(qwen3_pair, student_thinks=False,
+                           rewrite={"max_new_tokens": 4, "batch_size": 2, "teacher_enable_thinking": False})
     student, tok = load_model(recipe.student)
     teacher, _ = load_model(recipe.teacher)
     trainer = build_trainer(recipe, student, teacher, tok, training_problems(recipe), tmp_path)
@@ -266,35 +272,27 @@ def test_thinking_rewrite_through_the_real_qwen3_template(qwen3_pair, teacher_th
     """The shipped recipe's rewrite settings with Qwen3's real template, the teacher's thinking off
     and on: the teacher reads the question and the student's thinking without tags; its answer, with
     no tags at all, is accepted and trained as <think>rewrite</think> and the student's answer section."""
-    from transformers import AutoTokenizer
-
-    from mpdistill.prompts import encode_message
-    from mpdistill.rewrite import encode_completion, rewrite_settings_from
     from mpdistill.config import load_recipe
+    from mpdistill.prompts import encode_message
     from mpdistill.recipes import recipe_file
+    from mpdistill.rewrite import encode_completion
 
     shipped = load_recipe(recipe_file("qwen3-1.7b_from_qwen3-8b")).rewrite
-    recipe = recipe_from_dict({
-        "method": "mpd", "task": "math",
-        "student": str(qwen3_pair / "student"), "teacher": str(qwen3_pair / "teacher"),
-        "data": {"train": str(qwen3_pair / "problems.jsonl"), "question_field": "question", "answer_field": "final",
-                 "prompt_style": "chat", "n_train": 4},
-        "training": {"steps": 1, "batch_size": 2, "max_completion_length": 4, "student_enable_thinking": True},
-        "rewrite": {"prompt_template": shipped.prompt_template, "use_chat_template": shipped.use_chat_template,
-                    "max_ratio": shipped.max_ratio, "teacher_enable_thinking": teacher_thinks, "max_new_tokens": 64},
-    })
     assert shipped.prompt_template == THINKING_REWRITE_PROMPT and shipped.teacher_enable_thinking is False
-    tok = AutoTokenizer.from_pretrained(qwen3_pair / "teacher")
-    row = training_problems(recipe)[1]
-    student, tok_s = load_model(recipe.student)
+    recipe = _qwen3_recipe(qwen3_pair, student_thinks=True, rewrite={
+        "prompt_template": shipped.prompt_template, "use_chat_template": shipped.use_chat_template,
+        "max_ratio": shipped.max_ratio, "teacher_enable_thinking": teacher_thinks, "max_new_tokens": 64})
+    rows = training_problems(recipe)
+    student, tok = load_model(recipe.student)
     teacher, _ = load_model(recipe.teacher)
-    trainer = build_trainer(recipe, student, teacher, tok_s, training_problems(recipe), tmp_path)
+    trainer = build_trainer(recipe, student, teacher, tok, rows, tmp_path)
+    row = rows[1]
     trace = ("<think>\nOkay, the question asks for 1+1. Let me restate it: one plus one. One plus one is two. "
              "Let me double-check: 2 - 1 = 1, yes. So it is 2.\n</think>\n\n1+1 = 2, so the answer is \\boxed{2}.")
     ids = encode_completion(tok, trace, tok.convert_tokens_to_ids("<|im_end|>"))
     sample = trainer._sample(row, ids, trace)
     assert sample.problem == "What is 1+1?"  # the question, not the message with its solving instruction
-    settings = rewrite_settings_from(recipe.rewrite)
+    settings = trainer.rewrite_settings
     prompt = tok.decode(encode_message(tok, settings.render(sample.problem, trace), chat=True,
                                        template_kwargs={"enable_thinking": teacher_thinks}))
     assert "What is 1+1?" in prompt and "Please reason" not in prompt

@@ -421,7 +421,7 @@ def test_the_mixed_control_is_a_method_of_recipes_and_the_python_api(tiny_pair, 
         MPDConfig(output_dir=str(tmp_path / "x"), task="chain", report_to="none", teacher_share=1.5)
 
 
-class HalfAcceptingRewriter(OracleRewriter):
+class QuarterAcceptingRewriter(OracleRewriter):
     """Accepts one rewrite in four (the others have no answer): an acceptance rate of 25%."""
 
     def rewrite(self, prompts, max_new_tokens=None):
@@ -436,7 +436,7 @@ def test_the_acceptance_floor_stops_a_run_below_it_and_only_then(tiny_pair, tmp_
     from mpdistill.mix_monitor import MixFloorHalt
 
     trainer = _trainer(tiny_pair, tmp_path, "mpd", monitor_window=1, min_acceptance_rate=floor)
-    trainer.rewriter = HalfAcceptingRewriter()
+    trainer.rewriter = QuarterAcceptingRewriter()
     monkeypatch.setattr(DistillationTrainer, "_generate", _force_answers(trainer))
     if stops:
         with pytest.raises(MixFloorHalt, match=r"training stopped at step 1: rewrite.min_acceptance_rate is 0.5: 25% "):

