@@ -18,6 +18,7 @@ from .methods import get_method, teacher_source
 from .models import resolve_model
 from .paths import ROLLOUTS, TRAIN_LOG, looks_local
 from .rewriters import get_backend
+from .tasks import get_task
 
 NOT_OFFLINE = "not available offline; checked at load time"
 # Configs of Hub models the shipped recipes name, for a plan made offline (assets/configs/SOURCE.md).
@@ -327,41 +328,43 @@ def describe_memory(recipe: Recipe, student: dict, teacher: dict, data: dict, pr
 def describe_sampling(recipe: Recipe, student: dict, teacher: dict) -> dict:
     """How the student's rollouts and the teacher's rewrites are sampled, beside what each model's
     card recommends for the mode it runs in (``card`` None where the family's card is not known)."""
-    from .prompts import FAMILY_SAMPLING
-
     def family(info: dict) -> str | None:
         """The model's type from its config, else from a Hub name that says it (a plan made offline)."""
         if info["model_type"] is not None:
             return info["model_type"]
         return "qwen3" if re.search(r"(^|/)qwen3[-_]", info["name"] or "", re.IGNORECASE) else None
 
-    def recommended(info: dict, thinking: bool) -> tuple[dict | None, str | None]:
-        """The model's own generation_config where it samples (a model of its own says how it is meant
-        to be sampled, as `mpdistill eval` reads it), else its family's card."""
-        if info["path"] is not None and looks_local(info["path"]):
-            import json
+    def recommended(info: dict, thinking: bool, switched: bool) -> tuple[dict | None, str | None]:
+        """What `mpdistill eval` would sample the model with in that mode (prompts.sampling_defaults: its
+        own generation_config where it samples, else its family's card), and where that comes from."""
+        from transformers import GenerationConfig
 
+        from .prompts import sampling_defaults
+
+        own = None
+        if info["path"] is not None and looks_local(info["path"]):
             try:
-                own = json.loads((Path(info["path"]).expanduser() / "generation_config.json").read_text())
-            except (OSError, ValueError):
-                own = {}
-            if isinstance(own, dict) and own.get("do_sample"):
-                return ({"temperature": own.get("temperature", 1.0), "top_p": own.get("top_p", 1.0),
-                         "top_k": own.get("top_k", 50)}, "its generation_config")
-        name = family(info)
-        card = FAMILY_SAMPLING.get((name or "", thinking))
-        return card, (f"the {name} card" if card else None)
+                own = GenerationConfig.from_pretrained(str(Path(info["path"]).expanduser()), local_files_only=True)
+            except Exception:  # noqa: BLE001 - a folder without one: the family's card, if any
+                own = None
+        values, label = sampling_defaults(family(info), thinking, own, thinking_given=switched)
+        if label == "the model's generation_config":
+            return values, "its generation_config"
+        return (values, f"the {family(info)} card") if family(info) and not label.startswith("greedy") else (None, None)
 
     t, r = recipe.training, recipe.rewrite
     # Qwen3's template thinks unless switched off; a rewriting teacher writes directly unless switched on.
     student_thinks = t.student_enable_thinking is not False
     teacher_thinks = r.teacher_enable_thinking is True
-    card, source = recommended(student, student_thinks)
+    card, source = recommended(student, student_thinks, t.student_enable_thinking is not None)
     out = {"student": {"temperature": t.temperature, "top_p": t.top_p, "top_k": t.top_k, "thinking": student_thinks,
                        "card": card, "source": source}}
     if get_method(recipe.method).rewrites:
         # A served teacher's card is the server's model's, not known here.
-        card, source = recommended(teacher, teacher_thinks) if r.backend != "openai" else (None, None)
+        # Its thinking is switched (off unless asked for) wherever its prompt goes through its chat template.
+        chat = r.use_chat_template if r.use_chat_template is not None else get_task(recipe.task).rewrite_chat
+        switched = r.teacher_enable_thinking is not None or chat
+        card, source = recommended(teacher, teacher_thinks, switched) if r.backend != "openai" else (None, None)
         out["rewrites"] = {"temperature": r.temperature, "top_p": r.top_p, "top_k": r.top_k, "thinking": teacher_thinks,
                            "card": card, "source": source}
     return out

@@ -231,6 +231,28 @@ def test_the_qwen3_recipe_prints_its_memory_offline(no_gpu, monkeypatch):
         assert line in out, out
 
 
+def test_the_sampling_beside_a_local_qwen3_is_what_eval_would_use_in_its_mode(tiny_qwen3, tmp_path, no_gpu):
+    """A local Qwen3 folder's generation_config samples as its card says for thinking mode: the student,
+    thinking, is compared with it; the teacher, writing with its thinking off, with the card's
+    non-thinking values, as `mpdistill eval --no-thinking` would sample it."""
+    import shutil
+
+    import yaml
+
+    student, teacher = (shutil.copytree(tiny_qwen3, tmp_path / role) for role in ("student", "teacher"))
+    for folder in (student, teacher):
+        shutil.copy(Path(__file__).parent / "fixtures" / "qwen3" / "generation_config.json", folder)
+    path = _qwen3_recipe(tmp_path, student, teacher)
+    recipe = yaml.safe_load(path.read_text())
+    recipe["rewrite"] = {"teacher_enable_thinking": False}
+    path.write_text(yaml.safe_dump(recipe))
+    output = dry_run(path)
+    assert ("student sampling: temperature 1, top-p 1, top-k 0 (its generation_config recommends 0.6 / 0.95 / 20); "
+            "the loss reads the logits at that temperature too") in output
+    assert "rewrite sampling: temperature 0.6, top-p 0.95, top-k 20 (the qwen3 card recommends 0.7 / 0.8 / 20 for " \
+        "non-thinking mode)" in output
+
+
 def test_dry_run_refuses_an_out_folder_that_holds_a_run(tmp_path):
     (tmp_path / "run" / "model").mkdir(parents=True)
     lines = errors(dry_run("embedded", "--out", str(tmp_path / "run"), code=2))
