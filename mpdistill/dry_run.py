@@ -71,13 +71,15 @@ def describe_model(key: str, name: str) -> tuple[dict, list[str]]:
     return info, []
 
 
-def describe_data(recipe: Recipe) -> tuple[dict, list[str]]:
-    from .pipeline import training_problems
+def describe_data(recipe: Recipe, student: dict) -> tuple[dict, list[str]]:
+    """The training data: its kind and row count where it is here, and its longest prompt in tokens
+    where the student's tokenizer is here too (``longest_prompt``, None otherwise)."""
+    from .pipeline import longest_prompt, training_problems
     from .tasks.problems import DataError
 
     d = recipe.data
     info = {"source": d.train, "kind": None, "split": d.split, "rows": None, "n_train": d.n_train,
-            "prompt_style": d.prompt_style, "note": None}
+            "prompt_style": d.prompt_style, "note": None, "longest_prompt": None}
     if d.train == "embedded:chain":
         info["kind"] = "embedded chain task (generated)"
     elif looks_local(d.train, data_file=True):
@@ -87,9 +89,13 @@ def describe_data(recipe: Recipe) -> tuple[dict, list[str]]:
         info["note"] = "not counted offline"
         return info, []
     try:
-        info["rows"] = len(training_problems(recipe))
+        rows = training_problems(recipe)
     except (DataError, ValueError, OSError) as err:
         return info, [f"data.train: {err}"]
+    info["rows"] = len(rows)
+    tokenizer = local_tokenizer(student)
+    if rows and tokenizer is not None:
+        info["longest_prompt"] = longest_prompt(recipe, rows, tokenizer)[1]
     return info, []
 
 
@@ -163,7 +169,7 @@ def describe_run(recipe: Recipe, out: str | Path | None = None) -> dict:
     if vocab_match is False:
         errors.append(f"teacher: vocab_size {tv} differs from the student's {sv}; both must share one tokenizer")
 
-    data, e = describe_data(recipe)
+    data, e = describe_data(recipe, student)
     errors += e
     errors += template_problems(recipe, student, teacher)
 
@@ -257,24 +263,6 @@ def describe_run(recipe: Recipe, out: str | Path | None = None) -> dict:
     }
 
 
-def longest_prompt(recipe: Recipe, student: dict) -> int | None:
-    """Tokens of the longest training prompt, where the data and the student's tokenizer are here."""
-    from .pipeline import training_problems
-    from .prompts import encode_message
-
-    tokenizer = local_tokenizer(student)
-    if tokenizer is None:
-        return None
-    try:
-        rows = training_problems(recipe)
-    except Exception:  # noqa: BLE001 - the data line reports what is wrong with the data
-        return None
-    chat = recipe.data.prompt_style == "chat"
-    thinking = recipe.training.student_enable_thinking
-    kwargs = None if thinking is None else {"enable_thinking": thinking}
-    return max((len(encode_message(tokenizer, r["problem"], chat=chat, template_kwargs=kwargs)) for r in rows), default=0)
-
-
 def describe_memory(recipe: Recipe, student: dict, teacher: dict, data: dict, processes: int,
                     devices: dict) -> tuple[dict | None, list[str], list[str]]:
     """The estimate of :mod:`mpdistill.memory` for this run (None without the student's config), an
@@ -284,7 +272,7 @@ def describe_memory(recipe: Recipe, student: dict, teacher: dict, data: dict, pr
 
     if student["parameters"] is None or (teacher["name"] is not None and teacher["parameters"] is None):
         return None, [], []  # a config not readable here, or of no causal LM
-    measured = longest_prompt(recipe, student) if data["rows"] is not None else None
+    measured = data["longest_prompt"]
     prompt = measured if measured is not None else ASSUMED_PROMPT_TOKENS
     method = get_method(recipe.method)
     parts = estimate(recipe, student["config"], teacher["config"], prompt_tokens=prompt,

@@ -104,16 +104,24 @@ def check_prompt_lengths(recipe: Recipe, rows: list[dict], tokenizer, model_conf
     positions = max_positions(model_config)
     if not positions:
         return
-    t, chat = recipe.training, recipe.data.prompt_style == "chat"
-    kwargs = None if t.student_enable_thinking is None else {"enable_thinking": t.student_enable_thinking}
-    lengths = [len(encode_message(tokenizer, r["problem"], chat=chat, template_kwargs=kwargs)) for r in rows]
-    i = max(range(len(lengths)), key=lengths.__getitem__)
-    if lengths[i] + t.max_completion_length > positions:
+    t = recipe.training
+    i, length = longest_prompt(recipe, rows, tokenizer)
+    if length + t.max_completion_length > positions:
         raise ConfigError(
-            f"training problem {i + 1} of {len(rows)} ({_brief(rows[i]['problem'])}): its prompt is {lengths[i]:,} "
+            f"training problem {i + 1} of {len(rows)} ({_brief(rows[i]['problem'])}): its prompt is {length:,} "
             f"tokens, which with training.max_completion_length "
             f"{t.max_completion_length:,} passes the {positions:,} positions the student reads; shorten or leave out "
-            f"that problem, or lower training.max_completion_length to at most {max(positions - lengths[i], 0):,}")
+            f"that problem, or lower training.max_completion_length to at most {max(positions - length, 0):,}")
+
+
+def longest_prompt(recipe: Recipe, rows: list[dict], tokenizer) -> tuple[int, int]:
+    """The training prompt with the most tokens, as the student reads it: (its row, its token count)."""
+    chat = recipe.data.prompt_style == "chat"
+    thinking = recipe.training.student_enable_thinking
+    kwargs = None if thinking is None else {"enable_thinking": thinking}
+    lengths = [len(encode_message(tokenizer, r["problem"], chat=chat, template_kwargs=kwargs)) for r in rows]
+    i = max(range(len(lengths)), key=lengths.__getitem__)
+    return i, lengths[i]
 
 
 def _brief(text: str, width: int = 40) -> str:

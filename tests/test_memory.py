@@ -99,9 +99,9 @@ def test_a_peak_past_the_visible_gpu_is_an_error():
     student, teacher = (dry_run.describe_model(key, f"Qwen/{name}")[0]
                         for key, name in (("student", "Qwen3-1.7B"), ("teacher", "Qwen3-8B")))
     devices = {"cuda": 1, "names": ["a 40 GB GPU"], "memory": [40e9]}
-    memory, errors, warnings = dry_run.describe_memory(recipe, student, teacher, {"rows": None}, 1, devices)
+    memory, errors, warnings = dry_run.describe_memory(recipe, student, teacher, {"rows": None, "longest_prompt": None}, 1, devices)
     assert errors and "passes the 40.0 GB of the visible GPU" in errors[0] and not warnings
     assert memory["peak_bytes"] > 40e9 and memory["prompt_tokens"] == 256  # the assumed prompt: no data here
     # Over 8 processes the held parts shrink below it, if the launch shards them (ZeRO-3, FSDP): a warning.
-    _, errors, warnings = dry_run.describe_memory(recipe, student, teacher, {"rows": None}, 8, devices)
+    _, errors, warnings = dry_run.describe_memory(recipe, student, teacher, {"rows": None, "longest_prompt": None}, 8, devices)
     assert errors == [] and "fits the 40.0 GB of the visible GPU only with ZeRO-3 or FSDP" in warnings[0]

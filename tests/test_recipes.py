@@ -134,6 +134,14 @@ def test_qwen3_recipe_says_what_cannot_be_checked_offline(bf16_gpu, monkeypatch)
 def test_embedded_recipe_counts_rows_and_parameters(tmp_path):
     output = dry_run("embedded", "--out", str(tmp_path / "run"))
     assert "2048 rows" in output and "vocab sizes: match" in output and "335,952 parameters" in output
+    # The memory estimate reads the longest of those prompts, as the student's tokenizer counts it.
+    from mpdistill.config import load_recipe
+    from mpdistill.models import load_tokenizer
+
+    tok = load_tokenizer("embedded:student")
+    rows = training_problems(load_recipe(shipped.shipped_path("embedded")))
+    longest = max(len(tok(r["problem"], add_special_tokens=False)["input_ids"]) for r in rows)
+    assert f"(prompts: {longest} tokens, the longest training prompt)" in output
     assert f"outputs: {tmp_path / 'run'}/ -> model/" in output
 
 
