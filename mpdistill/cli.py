@@ -22,14 +22,10 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=N
 
 def _print_version(value: bool) -> None:
     if value:
-        import torch
-        import transformers
-        import trl
+        from .model_card import framework_versions
 
-        from . import __version__
-
-        print(f"mpdistill {__version__} (torch {torch.__version__}, transformers {transformers.__version__}, "
-              f"trl {trl.__version__})")
+        (_, version), *libraries = framework_versions()
+        print(f"mpdistill {version} ({', '.join(f'{name} {v}' for name, v in libraries)})")
         raise typer.Exit()
 
 

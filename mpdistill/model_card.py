@@ -130,7 +130,7 @@ def render_card(*, method: str, summary: str = "", rewrites: bool, facts: CardFa
     sections.append(f"{EVALUATION_HEADING}\n\n" + (evaluation or (
         "Not evaluated yet: `mpdistill eval --model MODEL_DIR --benchmarks gsm8k,math500 --out EVAL_DIR` evaluates "
         "it, and `mpdistill compare BASE_EVAL_DIR EVAL_DIR` compares it with the model it started from.")))
-    sections.append("## Framework versions\n\n" + "\n".join(f"- {name} {version}" for name, version in _versions()))
+    sections.append("## Framework versions\n\n" + "\n".join(f"- {name} {version}" for name, version in framework_versions()))
     sections.append("## License\n\n" + (
         f"`{license_id}`, the base model's license." if license_id else
         f"The base model's license applies: see {_shown(facts.student)}."))
@@ -138,8 +138,8 @@ def render_card(*, method: str, summary: str = "", rewrites: bool, facts: CardFa
     return "\n\n".join(sections) + "\n"
 
 
-def _versions() -> list[tuple[str, str]]:
-    """The libraries the model was trained with, as TRL's cards list them."""
+def framework_versions() -> list[tuple[str, str]]:
+    """mpdistill and the libraries it runs on (a card's "Framework versions", ``mpdistill --version``)."""
     import torch
     import transformers
     import trl

@@ -50,8 +50,8 @@ def test_version_and_python_dash_m():
 
     proc = subprocess.run([sys.executable, "-m", "mpdistill", "--version"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout == (f"mpdistill {__version__} (torch {torch.__version__}, transformers {transformers.__version__}, "
-                           f"trl {trl.__version__})\n")
+    assert proc.stdout == (f"mpdistill {__version__} (TRL {trl.__version__}, Transformers {transformers.__version__}, "
+                           f"PyTorch {torch.__version__})\n")
 
 
 @pytest.mark.parametrize("command, option", [("train", "--out"), ("demo", "--recipe"), ("bootstrap", "--only"),
