@@ -1,6 +1,6 @@
 """``python -m mpdistill``: the same commands as the ``mpdistill`` script."""
 
-from .cli import main
+from mpdistill.cli import main
 
 if __name__ == "__main__":
     main()

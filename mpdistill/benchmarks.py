@@ -16,8 +16,8 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from .tasks.math import answers_match, extract_answer
-from .tasks.problems import DataError, normalize_gold_answer, read_source
+from mpdistill.tasks.math import answers_match, extract_answer
+from mpdistill.tasks.problems import DataError, normalize_gold_answer, read_source
 
 __all__ = [
     "Benchmark",

@@ -26,9 +26,9 @@ from torch.utils.data import Sampler
 
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
-from .config import Recipe, load_recipe
-from .durable import LogError, changed_settings, fsync_dir, fsync_tree, read_jsonl_log, write_jsonl, write_text
-from .paths import ROLLOUTS, TRAIN_LOG
+from mpdistill.config import Recipe, load_recipe
+from mpdistill.durable import LogError, changed_settings, fsync_dir, fsync_tree, read_jsonl_log, write_jsonl, write_text
+from mpdistill.paths import ROLLOUTS, TRAIN_LOG
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from typing import Optional
 
 import typer
 
-from .console import stdout as console
+from mpdistill.console import stdout as console
 
 # Plain click help: rich's help cuts long option names at the terminal's width (80 when piped);
 # a traceback is only ever a bug, shown as Python writes it.
@@ -22,7 +22,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=N
 
 def _print_version(value: bool) -> None:
     if value:
-        from .model_card import framework_versions
+        from mpdistill.model_card import framework_versions
 
         (_, version), *libraries = framework_versions()
         print(f"mpdistill {version} ({', '.join(f'{name} {v}' for name, v in libraries)})")
@@ -46,7 +46,7 @@ WORLD = typer.Option("concise-teacher", "--world", help="The embedded world: con
 
 
 def _world(name: str) -> str:
-    from .embedded import WORLDS
+    from mpdistill.embedded import WORLDS
 
     if name not in WORLDS:
         _fail(f"--world must be one of {', '.join(WORLDS)}; got {name!r}")
@@ -57,7 +57,7 @@ def _fail(message: str, *, shared: bool = False) -> None:
     """One ``error:`` line, exit code 2. Under a launcher, an error every process shares (the main
     process decided it, see mpdistill/processes.py) is said once, by the main process; one raised
     on another process alone is said by that process, naming it."""
-    from .console import error
+    from mpdistill.console import error
 
     if os.environ.get("RANK", "0") == "0" or not shared:
         error(message)
@@ -78,10 +78,10 @@ def demo(
     world: str = WORLD,
 ) -> None:
     """Train MPD and the three distillation baselines on an embedded world and compare them on held-out problems."""
-    from .config import ConfigError
-    from .demo import run_demo
-    from .recipes import RecipeNotFound
-    from .tasks.problems import DataError
+    from mpdistill.config import ConfigError
+    from mpdistill.demo import run_demo
+    from mpdistill.recipes import RecipeNotFound
+    from mpdistill.tasks.problems import DataError
 
     try:
         if rewrite_backend not in (None, "transformers", "vllm"):
@@ -108,9 +108,9 @@ def study(
     world: str = WORLD,
 ) -> None:
     """MPD, its controls and every baseline on an embedded world: tuned on validation, several seeds, three decodings, costs."""
-    from .config import ConfigError
-    from .study import ARM_NAMES, run_study
-    from .tasks.problems import DataError
+    from mpdistill.config import ConfigError
+    from mpdistill.study import ARM_NAMES, run_study
+    from mpdistill.tasks.problems import DataError
 
     try:
         seed_list = tuple(int(s) for s in seeds.split(",") if s.strip())
@@ -149,12 +149,12 @@ def train_cmd(
         "recipe.yaml records the result."),
 ) -> None:
     """Train one method from a recipe."""
-    from .checkpoints import ResumeError
-    from .config import ConfigError, load_recipe, parse_overrides
-    from .errors import HubError
-    from .mix_monitor import MixFloorHalt
-    from .nonfinite import NonFiniteHalt
-    from .tasks.problems import DataError
+    from mpdistill.checkpoints import ResumeError
+    from mpdistill.config import ConfigError, load_recipe, parse_overrides
+    from mpdistill.errors import HubError
+    from mpdistill.mix_monitor import MixFloorHalt
+    from mpdistill.nonfinite import NonFiniteHalt
+    from mpdistill.tasks.problems import DataError
 
     if config is None:
         if not (resume and out is not None):
@@ -163,15 +163,15 @@ def train_cmd(
         if not config.exists():
             _fail(f"{out} has no recipe.yaml: it is not a run folder")
     else:
-        from .recipes import RecipeNotFound, recipe_file
+        from mpdistill.recipes import RecipeNotFound, recipe_file
 
         try:
             config = recipe_file(config)
         except RecipeNotFound as err:
             _fail(str(err))
     if dry_run:
-        from .console import error, warn
-        from .dry_run import describe_run, format_run_description
+        from mpdistill.console import error, warn
+        from mpdistill.dry_run import describe_run, format_run_description
 
         try:
             p = describe_run(load_recipe(config, parse_overrides(overrides)), out)
@@ -187,7 +187,7 @@ def train_cmd(
         return
     if out is None:
         _fail("--out is required (or use --dry-run to only check the recipe)")
-    from .pipeline import train
+    from mpdistill.pipeline import train
 
     own = out is not None and config == out / "recipe.yaml"
     try:
@@ -203,7 +203,7 @@ def train_cmd(
     except Exception as err:  # noqa: BLE001 - only a refused write is said here; anything else is a bug, shown as such
         _storage_failed(err, _train_saved(out).replace("The run can continue",
                                                        "Once it can be written again, the run can continue"))
-    from .processes import is_main_process
+    from mpdistill.processes import is_main_process
 
     if is_main_process():  # under a launcher, one line for the run, not one per process
         console.print(f"saved {recipe.method} student to {model_dir}")
@@ -211,7 +211,7 @@ def train_cmd(
 
 def _interrupted(saved: str) -> None:
     """Ctrl-C: what is on disk and how to go on, then exit 130 (the shell's code for SIGINT)."""
-    from .console import warn
+    from mpdistill.console import warn
 
     if os.environ.get("RANK", "0") == "0":
         warn(f"interrupted. {saved}")
@@ -221,7 +221,7 @@ def _interrupted(saved: str) -> None:
 def _storage_failed(err: BaseException, kept: str) -> None:
     """A write the storage refused (full disk, quota, read-only): one ``error:`` line saying what is kept
     and how to go on. Any other exception is re-raised as it is."""
-    from .errors import storage_failure
+    from mpdistill.errors import storage_failure
 
     said = storage_failure(err)
     if said is None:
@@ -230,7 +230,7 @@ def _storage_failed(err: BaseException, kept: str) -> None:
 
 
 def _train_saved(out: Path) -> str:
-    from .checkpoints import ROLLOUTS, latest_complete_checkpoint
+    from mpdistill.checkpoints import ROLLOUTS, latest_complete_checkpoint
 
     if not (out / "recipe.yaml").exists():
         return f"Training had not started; nothing was written to {out}"
@@ -286,12 +286,12 @@ def eval_cmd(
     trust_remote_code: bool = TRUST_REMOTE_CODE,
 ) -> None:
     """Accuracy and response tokens of a model on benchmarks: samples.jsonl, summary.json, summary.md."""
-    from .config import ConfigError
-    from .eval_folder import EvalError
-    from .eval_runner import run_eval
-    from .eval_settings import EvalSpec
-    from .rollout.vllm import BackendUnavailable
-    from .tasks.problems import DataError
+    from mpdistill.config import ConfigError
+    from mpdistill.eval_folder import EvalError
+    from mpdistill.eval_runner import run_eval
+    from mpdistill.eval_settings import EvalSpec
+    from mpdistill.rollout.vllm import BackendUnavailable
+    from mpdistill.tasks.problems import DataError
 
     spec = EvalSpec(
         model=model, benchmarks=None if benchmarks is None else [b.strip() for b in benchmarks.split(",") if b.strip()],
@@ -309,7 +309,7 @@ def eval_cmd(
     except KeyboardInterrupt:
         import shlex
 
-        from .eval_folder import samples_file
+        from mpdistill.eval_folder import samples_file
 
         samples = samples_file(out)
         done = sum(1 for _ in samples.open(encoding="utf-8", errors="replace")) if samples.exists() else 0
@@ -329,10 +329,10 @@ def compare_cmd(
     out: Optional[Path] = typer.Option(None, "--out", help="Write compare.json, compare.md, compare.png here."),
 ) -> None:
     """Per benchmark: accuracy change with a paired CI, token reduction and AES, base -> new."""
-    from .compare import CompareError, compare_runs, format_comparison, write_comparison
-    from .config import ConfigError
-    from .console import warn
-    from .paths import check_output_dir
+    from mpdistill.compare import CompareError, compare_runs, format_comparison, write_comparison
+    from mpdistill.config import ConfigError
+    from mpdistill.console import warn
+    from mpdistill.paths import check_output_dir
 
     try:
         if out is not None:
@@ -358,9 +358,9 @@ def view_cmd(
                                   "(every sample's metadata always does)."),
 ) -> None:
     """One self-contained HTML page of runs and evaluations: curves, every sample with its diff, and comparisons."""
-    from .errors import ConfigError  # not from .config, which loads transformers
-    from .paths import check_output_file
-    from .view import ViewError, default_output, write_view
+    from mpdistill.errors import ConfigError  # not from .config, which loads transformers
+    from mpdistill.paths import check_output_file
+    from mpdistill.view import ViewError, default_output, write_view
 
     try:
         target = out if out is not None else default_output(paths)
@@ -412,12 +412,12 @@ def bench_cmd(
     """MPD's training step against TRL's on-policy distillation step, phase by phase, in one process."""
     import json
 
-    from .bench.generation import bench_eval, bench_rollouts, format_eval, format_rollouts
-    from .bench.memory import bench_loss_memory, bench_memory, format_loss_memory, format_memory
-    from .bench.reduction import format_time_to_reduction, time_to_reduction
-    from .bench.steps import format_bench, run_bench
-    from .bench.trainers import QUICK, BenchSettings
-    from .config import ConfigError
+    from mpdistill.bench.generation import bench_eval, bench_rollouts, format_eval, format_rollouts
+    from mpdistill.bench.memory import bench_loss_memory, bench_memory, format_loss_memory, format_memory
+    from mpdistill.bench.reduction import format_time_to_reduction, time_to_reduction
+    from mpdistill.bench.steps import format_bench, run_bench
+    from mpdistill.bench.trainers import QUICK, BenchSettings
+    from mpdistill.config import ConfigError
 
     given = {"batch_size": batch_size, "completion_length": completion_length, "rewrite_tokens": rewrite_tokens,
              "prompt_length": prompt_length, "warmup": warmup, "repeats": repeats}
@@ -430,7 +430,7 @@ def bench_cmd(
     settings = BenchSettings(student=student, teacher=teacher, tokenizer=tokenizer, seed=seed,
                              rewrite_budgets=rewrite_budgets, **chosen)
     if json_out is not None:  # before the bench runs, not after
-        from .paths import check_output_file
+        from mpdistill.paths import check_output_file
 
         try:
             check_output_file(json_out, "--json")
@@ -440,8 +440,8 @@ def bench_cmd(
     if demo_dir is not None and not (demo_dir / "results.json").exists():
         _fail(f"--demo-dir {demo_dir}: no results.json there (run mpdistill demo first)")
     if rollout_throughput:  # before anything runs: vLLM and its device can serve the model
-        from .models import resolve_model
-        from .rollout.vllm import BackendUnavailable, check_engine
+        from mpdistill.models import resolve_model
+        from mpdistill.rollout.vllm import BackendUnavailable, check_engine
 
         try:
             check_engine("--rollout-throughput", 1, tp_key="tensor parallel size",
@@ -454,7 +454,7 @@ def bench_cmd(
             result["steps"] = run_bench(settings, progress=lambda msg: console.print(msg, highlight=False))
             console.print(format_bench(result["steps"]), markup=False, soft_wrap=True)
         if fractions:
-            from .bench.served_steps import format_served, run_served_bench
+            from mpdistill.bench.served_steps import format_served, run_served_bench
 
             result["served"] = run_served_bench(settings, fractions, accumulation=accumulation,
                                                 progress=lambda msg: console.print(msg, highlight=False))
@@ -548,8 +548,8 @@ def rewrite_cmd(
     """Rewrite a file of traces with the training prompt, length budget and verification."""
     import json
 
-    from .config import ConfigError
-    from .rewrite_file import RewriteFileError, RewriteFileSpec, format_summary, rewrite_file
+    from mpdistill.config import ConfigError
+    from mpdistill.rewrite_file import RewriteFileError, RewriteFileSpec, format_summary, rewrite_file
 
     spec = RewriteFileSpec(
         backend=backend, teacher=teacher, tokenizer=tokenizer, base_url=base_url, model=model, api_key_env=api_key_env,
@@ -575,7 +575,7 @@ def rewrite_cmd(
     console.print(f"summary: {json.dumps(summary)}", markup=False, highlight=False, soft_wrap=True)
     console.print(f"wrote {out}", markup=False)
     if summary["failed"]:
-        from .console import warn
+        from mpdistill.console import warn
 
         kinds = ", ".join(f"{k} {v}" for k, v in sorted(summary.get("backend_failures", {}).items()))
         said = (f"{summary['failed']} of {summary['n']} rows got no rewrite from the backend"
@@ -600,8 +600,8 @@ def bootstrap(
     """Train an embedded world's student and teacher from scratch (deterministic from the seed)."""
     from dataclasses import asdict, replace
 
-    from .embedded import WORLDS, BootstrapPlan
-    from .embedded import bootstrap as run
+    from mpdistill.embedded import WORLDS, BootstrapPlan
+    from mpdistill.embedded import bootstrap as run
 
     _world(world)
     # The world's own plan (its stop rules and checks), with this seed and these options.
@@ -613,7 +613,7 @@ def bootstrap(
     ):
         if value is not None:
             plan = replace(plan, **{field: value})
-    from .embedded import STAGES
+    from mpdistill.embedded import STAGES
 
     if only is not None and only not in STAGES:
         _fail(f"--only must be one of {', '.join(STAGES)}; got {only!r}")
@@ -643,7 +643,7 @@ def recipes_cmd(ctx: typer.Context) -> None:
     """The shipped recipes and accelerate configs: lists them; `path NAME` prints one's file, `copy NAME` writes a copy to edit."""
     if ctx.invoked_subcommand is not None:
         return
-    from . import recipes as shipped
+    from mpdistill import recipes as shipped
 
     width = max(len(name) for name in shipped.names()) + 2
     for title, names in (
@@ -660,7 +660,7 @@ def recipes_cmd(ctx: typer.Context) -> None:
 @recipes_app.command("path")
 def recipes_path(name: str = typer.Argument(..., help="e.g. embedded or accelerate/single_gpu.")) -> None:
     """Print a shipped file's path: accelerate launch --config_file "$(mpdistill recipes path accelerate/single_gpu)" ..."""
-    from .recipes import RecipeNotFound, shipped_path
+    from mpdistill.recipes import RecipeNotFound, shipped_path
 
     try:
         console.print(str(shipped_path(name)))
@@ -674,7 +674,7 @@ def recipes_copy(
     dest: Path = typer.Argument(Path("."), help="File, or existing folder, to write (default: the file's own name here)."),
 ) -> None:
     """Write an editable copy of a shipped recipe or accelerate config; an existing file is never overwritten."""
-    from .recipes import RecipeNotFound, shipped_path
+    from mpdistill.recipes import RecipeNotFound, shipped_path
 
     try:
         source = shipped_path(name)
@@ -692,17 +692,17 @@ def recipes_copy(
 
 
 def main() -> None:
-    from .console import WarningLines
+    from mpdistill.console import WarningLines
 
     handler = logging.StreamHandler()
     handler.setFormatter(WarningLines())
     logging.basicConfig(level=logging.WARNING, handlers=[handler])
-    from .plugins import PluginError, load_plugins
+    from mpdistill.plugins import PluginError, load_plugins
 
     try:
         load_plugins()  # tasks, rewriter backends and methods other packages add
     except PluginError as err:
-        from .console import error
+        from mpdistill.console import error
 
         error(str(err))
         sys.exit(2)

@@ -22,9 +22,9 @@ import statistics
 from pathlib import Path
 from typing import Any, Iterable
 
-from .durable import atomic_write, write_text
-from .eval_folder import EvalError, read_eval_folder
-from .evaluate import AES_COEFFICIENTS, aes, nan_to_none, paired_delta_ci, wilson_interval_mean
+from mpdistill.durable import atomic_write, write_text
+from mpdistill.eval_folder import EvalError, read_eval_folder
+from mpdistill.evaluate import AES_COEFFICIENTS, aes, nan_to_none, paired_delta_ci, wilson_interval_mean
 
 __all__ = [
     "CompareError",

@@ -12,9 +12,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_serializer, model_validator
 
-from .errors import ConfigError
-from .paths import looks_local
-from .prompts import DEFAULT_REWRITE_PROMPT, PROMPT_TEMPLATES, check_template
+from mpdistill.errors import ConfigError
+from mpdistill.paths import looks_local
+from mpdistill.prompts import DEFAULT_REWRITE_PROMPT, PROMPT_TEMPLATES, check_template
 
 
 class _Strict(BaseModel):
@@ -243,7 +243,7 @@ def with_task_defaults(section: dict, task: str) -> dict:
     """A ``rewrite:`` section's values with what it leaves out taken from ``task``: its rewrite prompt
     and whether that goes through the chat template. Filled in before the section is checked, so a
     recipe, ``MPDConfig`` and ``mpdistill rewrite`` check (and record) the values they use, once."""
-    from .tasks import get_task
+    from mpdistill.tasks import get_task
 
     t = get_task(task)
     chat = section.get("use_chat_template")
@@ -331,7 +331,7 @@ class RewriteConfig(_Strict):
     @field_validator("backend")
     @classmethod
     def _known_backend(cls, v: str) -> str:
-        from .rewriters import BACKENDS
+        from mpdistill.rewriters import BACKENDS
 
         return BACKENDS.check(v)
 
@@ -352,7 +352,7 @@ class RewriteConfig(_Strict):
     @field_validator("extra_body")
     @classmethod
     def _extra_body_adds_only(cls, v: dict) -> dict:
-        from .served_rewriter import REQUEST_FIELDS
+        from mpdistill.served_rewriter import REQUEST_FIELDS
 
         taken = sorted(set(v) & set(REQUEST_FIELDS))
         if taken:
@@ -404,14 +404,14 @@ class Recipe(_Strict):
     @field_validator("method")
     @classmethod
     def _known_method(cls, v: str) -> str:
-        from .methods import METHODS
+        from mpdistill.methods import METHODS
 
         return METHODS.check(v)
 
     @field_validator("task")
     @classmethod
     def _known_task(cls, v: str | None) -> str | None:
-        from .tasks import TASKS
+        from mpdistill.tasks import TASKS
 
         return v if v is None else TASKS.check(v)
 
@@ -433,7 +433,7 @@ class Recipe(_Strict):
         data = cls._choose_task(data)
         if not isinstance(data, dict) or not isinstance(data.get("task"), str):
             return data  # the fields' own checks name what is wrong
-        from .tasks import TASKS
+        from mpdistill.tasks import TASKS
 
         section = data.get("rewrite", {})
         if isinstance(section, BaseModel):  # Recipe(rewrite=RewriteConfig(...)) from Python

@@ -9,8 +9,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .paths import TRAIN_LOG
-from .view.load import read_train_log
+from mpdistill.paths import TRAIN_LOG
+from mpdistill.view.load import read_train_log
 
 # Per-step series: (metric key, what it is). The first present in a run's log is drawn.
 STUDENT_LENGTH = ("mpd/student_tokens", "completions/mean_length")

@@ -18,24 +18,24 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.text import Text
 
-from .config import Recipe, load_recipe
-from .console import stdout
-from .curves import plot_training_curves
-from .durable import atomic_write, replace_dir
-from .embedded import DEFAULT_WORLD, get_world, world_of
-from .eval_folder import EvalError
-from .eval_runner import TransformersBackend, Unit, run_units
-from .evaluate import build_results, format_table, paired_delta_ci, write_report
-from .model_card import set_card_evaluation
-from .model_record import write_record
-from .models import load_model
-from .paths import TRAIN_LOG, check_output_dir
-from .pipeline import check_generation_backends, prompt_record, train
-from .recipes import recipe_file, shipped_path
-from .rollout import GenerationSettings
-from .tasks import get_task
-from .tasks.problems import chain_problems
-from .view import write_view
+from mpdistill.config import Recipe, load_recipe
+from mpdistill.console import stdout
+from mpdistill.curves import plot_training_curves
+from mpdistill.durable import atomic_write, replace_dir
+from mpdistill.embedded import DEFAULT_WORLD, get_world, world_of
+from mpdistill.eval_folder import EvalError
+from mpdistill.eval_runner import TransformersBackend, Unit, run_units
+from mpdistill.evaluate import build_results, format_table, paired_delta_ci, write_report
+from mpdistill.model_card import set_card_evaluation
+from mpdistill.model_record import write_record
+from mpdistill.models import load_model
+from mpdistill.paths import TRAIN_LOG, check_output_dir
+from mpdistill.pipeline import check_generation_backends, prompt_record, train
+from mpdistill.recipes import recipe_file, shipped_path
+from mpdistill.rollout import GenerationSettings
+from mpdistill.tasks import get_task
+from mpdistill.tasks.problems import chain_problems
+from mpdistill.view import write_view
 
 METHODS = ("mpd", "opd", "offpolicy_kd", "rewrite_sft")
 EVAL_ORDER = ("base", *METHODS, "teacher")
@@ -58,7 +58,7 @@ def _eval_settings(recipe: Recipe) -> GenerationSettings:
 def run_demo(out: str | Path, **options) -> dict:
     """The demo into ``out`` (options: those of :func:`_run_demo`). The folder is held while it runs:
     a second one on the same folder is refused, naming this one (mpdistill/run_lock.py)."""
-    from .run_lock import holding
+    from mpdistill.run_lock import holding
 
     with holding(out):
         return _run_demo(out, **options)
@@ -215,8 +215,8 @@ def compare_to_baselines(results: dict, records: dict[str, list[dict]]) -> dict:
 def check_same_demo(out: Path, recipe: Recipe) -> None:
     """A re-run keeps the models already trained in ``out``: only if they were trained with this
     recipe (another seed, --quick or recipe would mix two demos in one table)."""
-    from .checkpoints import recipe_changes
-    from .config import ConfigError
+    from mpdistill.checkpoints import recipe_changes
+    from mpdistill.config import ConfigError
 
     for method in METHODS:
         saved = out / "runs" / method / "recipe.yaml"

@@ -13,12 +13,12 @@ import os
 import re
 from pathlib import Path
 
-from .config import Recipe
-from .methods import get_method, teacher_source
-from .models import resolve_model
-from .paths import ROLLOUTS, TRAIN_LOG, looks_local
-from .rewriters import get_backend
-from .tasks import get_task
+from mpdistill.config import Recipe
+from mpdistill.methods import get_method, teacher_source
+from mpdistill.models import resolve_model
+from mpdistill.paths import ROLLOUTS, TRAIN_LOG, looks_local
+from mpdistill.rewriters import get_backend
+from mpdistill.tasks import get_task
 
 NOT_OFFLINE = "not available offline; checked at load time"
 # Configs of Hub models the shipped recipes name, for a plan made offline (assets/configs/SOURCE.md).
@@ -27,7 +27,7 @@ SHIPPED_CONFIGS = Path(__file__).parent / "assets" / "configs"
 
 def count_parameters(config) -> int | None:
     """Parameters of the model ``config`` describes, counted on an empty (meta-device) model."""
-    from .memory import parameter_count
+    from mpdistill.memory import parameter_count
 
     try:
         return parameter_count(config)
@@ -74,8 +74,8 @@ def describe_model(key: str, name: str) -> tuple[dict, list[str]]:
 def describe_data(recipe: Recipe, student: dict) -> tuple[dict, list[str]]:
     """The training data: its kind and row count where it is here, and its longest prompt in tokens
     where the student's tokenizer is here too (``longest_prompt``, None otherwise)."""
-    from .pipeline import longest_prompt, training_problems
-    from .tasks.problems import DataError
+    from mpdistill.pipeline import longest_prompt, training_problems
+    from mpdistill.tasks.problems import DataError
 
     d = recipe.data
     info = {"source": d.train, "kind": None, "split": d.split, "rows": None, "n_train": d.n_train,
@@ -115,8 +115,8 @@ def local_tokenizer(info: dict):
 def template_problems(recipe: Recipe, student: dict, teacher: dict) -> list[str]:
     """What the run would refuse about the chat templates it can read here: a thinking switch set for
     a template without one (:func:`mpdistill.pipeline.check_thinking`)."""
-    from .config import ConfigError
-    from .pipeline import check_thinking
+    from mpdistill.config import ConfigError
+    from mpdistill.pipeline import check_thinking
 
     tokenizer = local_tokenizer(student)
     if tokenizer is None:
@@ -134,7 +134,7 @@ def backend_problems(recipe: Recipe, *, gpus_here: bool) -> tuple[list[str], lis
     Servers are not contacted (they may not be up yet when a run is planned). On a machine without
     a GPU (a login node planning for GPU nodes), problems with this machine's devices are warnings;
     where GPUs are visible, the run is for them and every problem is an error."""
-    from .pipeline import generation_problems
+    from mpdistill.pipeline import generation_problems
 
     errors, warnings = [], []
     for problem in generation_problems(recipe, servers=False):
@@ -175,7 +175,7 @@ def describe_run(recipe: Recipe, out: str | Path | None = None) -> dict:
 
     t = recipe.training
     warnings: list[str] = []
-    from .pipeline import same_model_problem
+    from mpdistill.pipeline import same_model_problem
 
     if same := same_model_problem(recipe):
         warnings.append(same)
@@ -189,8 +189,8 @@ def describe_run(recipe: Recipe, out: str | Path | None = None) -> dict:
             warnings.append("training.bf16: no CUDA device is visible here, so bf16 is not checked; the run needs "
                             "GPUs that support it (or training.bf16: false)")
 
-    from .config import ConfigError
-    from .pipeline import check_batch_fits
+    from mpdistill.config import ConfigError
+    from mpdistill.pipeline import check_batch_fits
 
     processes = int(os.environ.get("WORLD_SIZE", "1") or 1)
     if data["rows"] is not None:
@@ -224,8 +224,8 @@ def describe_run(recipe: Recipe, out: str | Path | None = None) -> dict:
         run = Path(out)
         names = ["model/", ROLLOUTS, TRAIN_LOG, "recipe.yaml"] + (["adapter/"] if t.lora else [])
         outputs = {"run_dir": str(run), "files": names}
-        from .checkpoints import existing_run
-        from .paths import check_output_dir
+        from mpdistill.checkpoints import existing_run
+        from mpdistill.paths import check_output_dir
 
         try:
             check_output_dir(run)
@@ -268,7 +268,7 @@ def describe_memory(recipe: Recipe, student: dict, teacher: dict, data: dict, pr
     """The estimate of :mod:`mpdistill.memory` for this run (None without the student's config), an
     error when its peak passes the memory of the GPU visible here even sharded, and a warning when it
     fits only sharded."""
-    from .memory import ASSUMED_PROMPT_TOKENS, estimate, format_table, peak
+    from mpdistill.memory import ASSUMED_PROMPT_TOKENS, estimate, format_table, peak
 
     if student["parameters"] is None or (teacher["name"] is not None and teacher["parameters"] is None):
         return None, [], []  # a config not readable here, or of no causal LM
@@ -327,7 +327,7 @@ def describe_sampling(recipe: Recipe, student: dict, teacher: dict) -> dict:
         own generation_config where it samples, else its family's card), and where that comes from."""
         from transformers import GenerationConfig
 
-        from .prompts import sampling_defaults
+        from mpdistill.prompts import sampling_defaults
 
         own = None
         if info["path"] is not None and looks_local(info["path"]):

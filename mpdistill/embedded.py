@@ -32,8 +32,8 @@ import torch
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import GenerationConfig, PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
 
-from .paths import EMBEDDED_PREFIX
-from .tasks import chain
+from mpdistill.paths import EMBEDDED_PREFIX
+from mpdistill.tasks import chain
 
 log = logging.getLogger(__name__)
 
@@ -368,7 +368,7 @@ def world_of(model_name: str) -> tuple[World, str] | None:
 
 def validation_scores(model, tokenizer, n: int, seed: int, rewrites: bool, temperature: float = 1.0) -> dict:
     """Accuracy (and rewrite exactness) on validation-split problems, sampled at ``temperature`` (0: greedy)."""
-    from .rollout import GenerationSettings, generate_texts
+    from mpdistill.rollout import GenerationSettings, generate_texts
 
     rng = random.Random(seed)
     problems = [chain.sample_problem(rng, "validation") for _ in range(n)]
@@ -415,7 +415,7 @@ def embedded_dir() -> Path:
 
 
 def _save(model: Qwen3ForCausalLM, tokenizer: PreTrainedTokenizerFast, path: Path) -> None:
-    from .model_record import write_record
+    from mpdistill.model_record import write_record
 
     model.save_pretrained(path, safe_serialization=True)
     tokenizer.save_pretrained(path)

@@ -18,7 +18,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .durable import LogError, changed_settings, read_jsonl_log, write_text
+from mpdistill.durable import LogError, changed_settings, read_jsonl_log, write_text
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ def check_or_write_config(out: Path, config: dict) -> None:
 
 def write_summary(out: Path, summary: dict, markdown: str) -> None:
     """``summary.json`` (NaN written as null) and ``summary.md``, each atomically."""
-    from .evaluate import nan_to_none
+    from mpdistill.evaluate import nan_to_none
 
     text = json.dumps(nan_to_none(summary), indent=2, allow_nan=False) + "\n"
     write_text(out / SUMMARY_FILE, text)

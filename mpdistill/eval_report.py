@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .evaluate import format_benchmark_table, summarize_benchmark
+from mpdistill.evaluate import format_benchmark_table, summarize_benchmark
 
 if TYPE_CHECKING:
-    from .eval_settings import EvalSpec
+    from mpdistill.eval_settings import EvalSpec
 
 # More than this share of a benchmark's samples cut at the budget is warned about: their answers are lost.
 TRUNCATION_WARNING = 0.05
@@ -22,7 +22,7 @@ def summarize_benchmarks(benchmarks, records: list[dict], *, gold: bool, seed: i
         mine = [r for r in records if r["benchmark"] == b.name]  # in item order: one sample each for gold
         per_benchmark[b.name] = summarize_benchmark(mine)
         if gold:
-            from .benchmarks import shuffled_gold_check
+            from mpdistill.benchmarks import shuffled_gold_check
 
             extracted = [r["extracted"] for r in mine]
             per_benchmark[b.name]["shuffled_gold"] = shuffled_gold_check(b, extracted, shuffle_seed=seed)

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Protocol, Sequence
 
-from .durable import append_jsonl, cut_torn_tail
-from .eval_folder import (
+from mpdistill.durable import append_jsonl, cut_torn_tail
+from mpdistill.eval_folder import (
     SUMMARY_FILE,
     SUMMARY_MARKDOWN_FILE,
     EvalError,
@@ -25,14 +25,14 @@ from .eval_folder import (
     samples_file,
     write_summary,
 )
-from .eval_report import (
+from mpdistill.eval_report import (
     format_summary_markdown,
     format_summary_table,
     summarize_benchmarks,
     truncation_warnings,
     unread_warnings,
 )
-from .eval_settings import (
+from mpdistill.eval_settings import (
     DEFAULT_BATCH,
     NO_SAMPLING,
     EvalSpec,
@@ -42,10 +42,10 @@ from .eval_settings import (
     resolve_sampling,
     samples_per_problem,
 )
-from .paths import check_output_dir
-from .prompts import PromptEncoder, split_response
-from .rollout.hf import Generation, GenerationSettings, derive_seed, generate_texts
-from .tasks import Task
+from mpdistill.paths import check_output_dir
+from mpdistill.prompts import PromptEncoder, split_response
+from mpdistill.rollout.hf import Generation, GenerationSettings, derive_seed, generate_texts
+from mpdistill.tasks import Task
 
 
 @dataclass(frozen=True)
@@ -182,9 +182,9 @@ def run_units(
 
 def run_eval(spec: EvalSpec, out: str | Path, *, console=None) -> dict:
     """Evaluate ``spec.model`` on ``spec.benchmarks`` into ``out``; resumes what ``out`` already holds."""
-    from .console import stdout, warn
-    from .run_lock import holding
-    from .tasks import get_task
+    from mpdistill.console import stdout, warn
+    from mpdistill.run_lock import holding
+    from mpdistill.tasks import get_task
 
     console = console or stdout
     spec.check()
@@ -262,8 +262,8 @@ def run_eval(spec: EvalSpec, out: str | Path, *, console=None) -> dict:
 def _load_tokenizer_and_config(name: str, trust_remote_code: bool = False):
     from transformers import AutoConfig
 
-    from .config import ConfigError
-    from .models import load_tokenizer, model_path
+    from mpdistill.config import ConfigError
+    from mpdistill.models import load_tokenizer, model_path
 
     tokenizer = load_tokenizer(name, trust_remote_code=trust_remote_code)
     try:
@@ -275,7 +275,7 @@ def _load_tokenizer_and_config(name: str, trust_remote_code: bool = False):
 def _generation_config(name: str):
     from transformers import GenerationConfig
 
-    from .models import resolve_model
+    from mpdistill.models import resolve_model
 
     try:
         return GenerationConfig.from_pretrained(resolve_model(name))
@@ -285,15 +285,15 @@ def _generation_config(name: str):
 
 def _load_backend(spec: EvalSpec, settings: GenerationSettings, tokenizer) -> Backend:
     if spec.backend == "vllm":
-        from .models import resolve_model
-        from .rollout.vllm import VLLMGenerator
+        from mpdistill.models import resolve_model
+        from mpdistill.rollout.vllm import VLLMGenerator
 
         generator = VLLMGenerator(resolve_model(spec.model), seed=spec.seed, tensor_parallel_size=spec.tensor_parallel_size,
                                   gpu_memory_utilization=spec.gpu_memory_utilization)
         return VLLMBackend(generator, settings)
     import torch
 
-    from .models import load_model
+    from mpdistill.models import load_model
 
     cuda = torch.cuda.is_available()
     model, _ = load_model(spec.model, dtype=torch.bfloat16 if cuda else torch.float32,

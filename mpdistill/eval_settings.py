@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .eval_folder import EvalError
+from mpdistill.eval_folder import EvalError
 
 GOLD = "gold"  # the model name that grades each benchmark's reference solutions (grader check)
 BACKENDS = ("transformers", "vllm")
@@ -54,10 +54,10 @@ class EvalSpec:
 
     def check(self) -> None:
         """Fill in what the model's own record decides and refuse impossible settings, before anything loads."""
-        from .model_record import read_record
-        from .tasks import TASKS, get_task
+        from mpdistill.model_record import read_record
+        from mpdistill.tasks import TASKS, get_task
 
-        from .models import resolve_model
+        from mpdistill.models import resolve_model
 
         record = {} if self.model == GOLD else read_record(resolve_model(self.model))
         given_task = self.task is not None
@@ -100,15 +100,15 @@ class EvalSpec:
             if value is not None and value < 1:
                 raise EvalError(f"{name} must be at least 1, got {value}")
         # Sampling and budget: the rules of a recipe's eval: section (absent: resolved for the model later).
-        from .config import EvalConfig, from_options
+        from mpdistill.config import EvalConfig, from_options
 
         from_options(EvalConfig, {key: value for key in ("max_new_tokens", "temperature", "top_p", "top_k", "batch_size")
                                   if (value := getattr(self, key)) is not None}, EvalError)
         if self.gpu_memory_utilization is not None and not 0 < self.gpu_memory_utilization <= 1:
             raise EvalError(f"--gpu-memory-utilization must be in (0, 1], got {self.gpu_memory_utilization}")
         if self.model != GOLD and self.backend == "vllm":
-            from .models import resolve_model
-            from .rollout.vllm import check_engine
+            from mpdistill.models import resolve_model
+            from mpdistill.rollout.vllm import check_engine
 
             check_engine("--backend vllm", self.tensor_parallel_size, tp_key="--tensor-parallel-size",
                          models={f"--model {self.model!r}": resolve_model(self.model)})
@@ -129,8 +129,8 @@ class EvalSpec:
 
 def load_benchmarks(spec: EvalSpec):
     """Each ``--benchmarks`` entry: a shipped name, else a local file or Hugging Face dataset."""
-    from .benchmarks import known_benchmarks, load_benchmark, load_custom_benchmark
-    from .paths import looks_local
+    from mpdistill.benchmarks import known_benchmarks, load_benchmark, load_custom_benchmark
+    from mpdistill.paths import looks_local
 
     loaded = []
     for entry in spec.benchmarks:
@@ -151,8 +151,8 @@ def load_benchmarks(spec: EvalSpec):
 
 def chain_benchmark(seed: int, limit: int | None):
     """The demo's held-out chain problems for ``seed`` (ids are the prompts, as the demo writes them)."""
-    from .benchmarks import Benchmark, BenchmarkItem
-    from .tasks.problems import chain_problems
+    from mpdistill.benchmarks import Benchmark, BenchmarkItem
+    from mpdistill.tasks.problems import chain_problems
 
     problems = chain_problems(CHAIN_SIZE, seed, split="eval")
     items = tuple(BenchmarkItem(CHAIN, p["prompt"], p["prompt"], p["answer"], None) for p in problems[:limit])
@@ -175,7 +175,7 @@ NO_SAMPLING = "none (reference solutions)"  # the sampling source of the grader 
 def resolve_sampling(spec: EvalSpec, model_config, generation_config) -> tuple[dict, str]:
     """Temperature, top-p and top-k: those given, else the model's generation_config or its family's
     card (:func:`mpdistill.prompts.sampling_defaults`); and where they came from."""
-    from .prompts import sampling_defaults
+    from mpdistill.prompts import sampling_defaults
 
     sampling, source = sampling_defaults(getattr(model_config, "model_type", None), spec.thinking_on,
                                          generation_config, thinking_given=spec.thinking is not None)
@@ -198,7 +198,7 @@ def samples_per_problem(spec: EvalSpec, benchmarks, sampling: dict) -> dict[str,
 def resolve_budget(spec: EvalSpec, benchmarks, prompts: dict, model_config, generation_config) -> tuple[int, str]:
     """The response budget (given, else the family's card or generation_config), fit to the model's
     positions after the longest prompt; and where it came from."""
-    from .prompts import max_new_tokens_default
+    from mpdistill.prompts import max_new_tokens_default
 
     max_new_tokens, source = spec.max_new_tokens, spec.budget_source
     if max_new_tokens is None:
@@ -224,7 +224,7 @@ def fit_positions(prompts: dict, max_new_tokens: int, source: str, model_config,
     A prompt that alone fills them is an error naming it; a budget the user gave that the longest
     prompt would push past them is an error; a default budget is cut to fit, and says so.
     """
-    from .rollout.hf import max_positions
+    from mpdistill.rollout.hf import max_positions
 
     positions = max_positions(model_config)
     if not positions or not prompts:

@@ -15,7 +15,7 @@ import statistics
 from pathlib import Path
 from typing import Any, Sequence
 
-from .durable import atomic_write, write_text
+from mpdistill.durable import atomic_write, write_text
 
 __all__ = [
     "AES_COEFFICIENTS",

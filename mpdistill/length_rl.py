@@ -30,15 +30,15 @@ import random
 
 from trl import GRPOConfig, GRPOTrainer
 
-from .checkpoints import ResumableTraining
-from .errors import ConfigError
-from .model_card import CardFacts
-from .mpd_config import MPDConfig
-from .nonfinite import NonFiniteGuard
-from .rewrite import answer_section
-from .rollout import GenerationSettings, generate_texts
-from .train_log import TrainLogFile
-from .trainer import RunFiles, _loaded_name, _RolloutLogMixin, check_hub_repository, check_training_rows, student_record
+from mpdistill.checkpoints import ResumableTraining
+from mpdistill.errors import ConfigError
+from mpdistill.model_card import CardFacts
+from mpdistill.mpd_config import MPDConfig
+from mpdistill.nonfinite import NonFiniteGuard
+from mpdistill.rewrite import answer_section
+from mpdistill.rollout import GenerationSettings, generate_texts
+from mpdistill.train_log import TrainLogFile
+from mpdistill.trainer import RunFiles, _loaded_name, _RolloutLogMixin, check_hub_repository, check_training_rows, student_record
 
 # How many training problems the initial student answers to measure the reference length.
 REFERENCE_PROBLEMS = 64
@@ -93,7 +93,7 @@ class LengthPenaltyGRPOTrainer(RunFiles, _RolloutLogMixin, ResumableTraining, GR
 
     def __init__(self, model, teacher_model=None, args: MPDConfig | None = None, train_dataset=None, eval_dataset=None,
                  processing_class=None, *, teacher_processing_class=None, peft_config=None, **kwargs) -> None:
-        from .models import load_tokenizer, resolve_model
+        from mpdistill.models import load_tokenizer, resolve_model
 
         if not isinstance(args, MPDConfig):
             raise TypeError(f"{type(self).__name__} takes an mpdistill.MPDConfig (output_dir, task, the sampling and "

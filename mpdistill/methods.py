@@ -19,7 +19,7 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass
 
-from .registry import Registry
+from mpdistill.registry import Registry
 
 
 @dataclass(frozen=True)

@@ -13,8 +13,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .durable import write_text
-from .paths import EMBEDDED_PREFIX, looks_local
+from mpdistill.durable import write_text
+from mpdistill.paths import EMBEDDED_PREFIX, looks_local
 
 CARD = "README.md"
 EVALUATION_HEADING = "## Evaluation"
@@ -144,7 +144,7 @@ def framework_versions() -> list[tuple[str, str]]:
     import transformers
     import trl
 
-    from . import __version__
+    from mpdistill import __version__
 
     return [("mpdistill", __version__), ("TRL", trl.__version__), ("Transformers", transformers.__version__),
             ("PyTorch", torch.__version__)]

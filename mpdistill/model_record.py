@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .durable import write_text
+from mpdistill.durable import write_text
 
 RECORD = "mpdistill.json"
 

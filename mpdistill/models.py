@@ -15,14 +15,14 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from .errors import ConfigError
-from .paths import EMBEDDED_PREFIX, looks_local
+from mpdistill.errors import ConfigError
+from mpdistill.paths import EMBEDDED_PREFIX, looks_local
 
 
 def resolve_model(name: str) -> str:
     """A local path for ``name``: the embedded models, an existing folder, or a Hub name as is."""
     if name.startswith(EMBEDDED_PREFIX):
-        from .embedded import WORLDS, world_dir, world_of
+        from mpdistill.embedded import WORLDS, world_dir, world_of
 
         found = world_of(name)
         if found is None:

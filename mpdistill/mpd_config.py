@@ -23,10 +23,10 @@ from typing import Any
 from pydantic import ValidationError
 from trl import DistillationConfig
 
-from .config import RewriteConfig, with_task_defaults
-from .paths import ROLLOUTS, TRAIN_LOG
-from .rewrite import RewriteSettings, rewrite_settings_from
-from .tasks import TASKS, Task, get_task
+from mpdistill.config import RewriteConfig, with_task_defaults
+from mpdistill.paths import ROLLOUTS, TRAIN_LOG
+from mpdistill.rewrite import RewriteSettings, rewrite_settings_from
+from mpdistill.tasks import TASKS, Task, get_task
 
 REWRITE_PREFIX = "rewrite_"
 

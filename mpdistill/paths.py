@@ -12,7 +12,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from .errors import ConfigError
+from mpdistill.errors import ConfigError
 
 DATA_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
 EMBEDDED_PREFIX = "embedded:"  # the shipped models and problems: embedded:student, embedded:teacher, embedded:chain

@@ -14,26 +14,26 @@ from pathlib import Path
 
 import torch
 
-from .checkpoints import (CHECKPOINT_RECIPE, ROLLOUTS, TRAIN_LOG, checkpoint_step, existing_run, latest_checkpoint,
+from mpdistill.checkpoints import (CHECKPOINT_RECIPE, ROLLOUTS, TRAIN_LOG, checkpoint_step, existing_run, latest_checkpoint,
                           prepare_resume)
-from .config import ConfigError, Recipe, dump_recipe
-from .durable import replace_dir, write_text
-from .errors import HubError, one_line
-from .methods import get_method, teacher_source
-from .mix_monitor import MixFloorHalt
-from .model_card import write_card
-from .model_record import write_record
-from .models import check_compatible, load_model, model_path, resolve_model
-from .mpd_config import REWRITE_PREFIX, MPDConfig
-from .nonfinite import NonFiniteHalt
-from .paths import check_output_dir, looks_local
-from .processes import distributed_state, is_main_process, launch_warnings, on_main_then_share
-from .run_lock import OutputLock
-from .prompts import encode_message, has_thinking_switch
-from .rewriters import get_backend
-from .tasks import get_task
-from .tasks.problems import DataError, chain_problems, load_problems
-from .train_log import write_train_log
+from mpdistill.config import ConfigError, Recipe, dump_recipe
+from mpdistill.durable import replace_dir, write_text
+from mpdistill.errors import HubError, one_line
+from mpdistill.methods import get_method, teacher_source
+from mpdistill.mix_monitor import MixFloorHalt
+from mpdistill.model_card import write_card
+from mpdistill.model_record import write_record
+from mpdistill.models import check_compatible, load_model, model_path, resolve_model
+from mpdistill.mpd_config import REWRITE_PREFIX, MPDConfig
+from mpdistill.nonfinite import NonFiniteHalt
+from mpdistill.paths import check_output_dir, looks_local
+from mpdistill.processes import distributed_state, is_main_process, launch_warnings, on_main_then_share
+from mpdistill.run_lock import OutputLock
+from mpdistill.prompts import encode_message, has_thinking_switch
+from mpdistill.rewriters import get_backend
+from mpdistill.tasks import get_task
+from mpdistill.tasks.problems import DataError, chain_problems, load_problems
+from mpdistill.train_log import write_train_log
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ def check_batch_fits(recipe: Recipe, n_rows: int, processes: int) -> None:
 
 def check_prompt_lengths(recipe: Recipe, rows: list[dict], tokenizer, model_config) -> None:
     """Every training prompt and its completion fit in the positions the student reads."""
-    from .rollout.hf import max_positions
+    from mpdistill.rollout.hf import max_positions
 
     positions = max_positions(model_config)
     if not positions:
@@ -134,7 +134,7 @@ def generation_problems(recipe: Recipe, *, servers: bool = True) -> list[Excepti
     ``servers``, a served rewriter and a vLLM rollout server answer (and the key variable is set).
     Each problem is an exception whose message is one line saying what to fix; a
     :class:`~mpdistill.rollout.vllm.BackendUnavailable` says whether it is about this machine's devices."""
-    from .rollout.vllm import BackendUnavailable, check_engine
+    from mpdistill.rollout.vllm import BackendUnavailable, check_engine
 
     r, v = recipe.rewrite, recipe.training.vllm
     rewrites = get_method(recipe.method).rewrites
@@ -160,7 +160,7 @@ def generation_problems(recipe: Recipe, *, servers: bool = True) -> list[Excepti
 
 
 def _rollout_server(v, reachable: bool) -> None:
-    from .rollout.vllm import BackendUnavailable, check_server
+    from mpdistill.rollout.vllm import BackendUnavailable, check_server
 
     if not torch.cuda.is_available():
         # TRL pushes the student's new weights to the server after every step through vLLM's NCCL
@@ -373,7 +373,7 @@ def build_trainer(recipe: Recipe, student, teacher, tokenizer, rows: list[dict],
     # The card names the models and data as the recipe does (the loaded models know only their folders).
     facts = trainer.card_facts
     facts.student, facts.teacher, facts.dataset = recipe.student, teacher_source(recipe), recipe.data.train
-    from .console_log import use_console_log
+    from mpdistill.console_log import use_console_log
 
     # One short line per logging step instead of the whole metrics dict (all of it stays in train_log.jsonl).
     use_console_log(trainer)
@@ -528,7 +528,7 @@ def push_to_hub(trainer, folder: Path) -> None:
 def _save_final(trainer, target: Path, record: dict) -> None:
     """``trainer.save_model`` into a staging folder renamed into place, so ``target`` is whole or absent.
     (As an internal save: a ``push_to_hub`` run pushes once the model is in place, see :func:`push_to_hub`.)"""
-    from .trainer import drop_training_arguments
+    from mpdistill.trainer import drop_training_arguments
 
     main = trainer.accelerator.is_main_process
     with _staged(target, owner=main) as staged:

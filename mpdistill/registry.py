@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Generic, TypeVar
 
-from .errors import ConfigError
+from mpdistill.errors import ConfigError
 
 T = TypeVar("T")
 

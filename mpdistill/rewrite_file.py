@@ -37,13 +37,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from .config import ConfigError, RewriteConfig, from_options, with_task_defaults
-from .durable import LogError, append_jsonl, changed_settings, cut_torn_tail, read_jsonl_log, write_jsonl, write_text
-from .paths import check_output_file
-from .run_lock import holding
-from .rewrite import Rewriter, RewriteSettings, Sample, encode_completion, rewrite_batch, rewrite_settings_from
-from .rollout import derive_seed
-from .tasks.problems import DataError, iter_jsonl
+from mpdistill.config import ConfigError, RewriteConfig, from_options, with_task_defaults
+from mpdistill.durable import LogError, append_jsonl, changed_settings, cut_torn_tail, read_jsonl_log, write_jsonl, write_text
+from mpdistill.paths import check_output_file
+from mpdistill.run_lock import holding
+from mpdistill.rewrite import Rewriter, RewriteSettings, Sample, encode_completion, rewrite_batch, rewrite_settings_from
+from mpdistill.rollout import derive_seed
+from mpdistill.tasks.problems import DataError, iter_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ class RewriteFileSpec:
 
     def check(self) -> RewriteConfig:
         """These options as a checked ``rewrite:`` section, or a :class:`RewriteFileError` naming the option."""
-        from .rewriters import BACKENDS
+        from mpdistill.rewriters import BACKENDS
 
         if self.backend not in BACKENDS:
             raise RewriteFileError(f"--backend must be one of {BACKENDS.known()}; got {self.backend!r}")
@@ -112,7 +112,7 @@ class RewriteFileSpec:
                 f"--backend {self.backend} needs a tokenizer to count trace and rewrite tokens: "
                 "give --tokenizer DIR (or --teacher MODEL, whose tokenizer is then used)"
             )
-        from .tasks import TASKS
+        from mpdistill.tasks import TASKS
 
         if self.task not in TASKS:
             raise RewriteFileError(f"--task must be one of {TASKS.known()}; got {self.task!r}")
@@ -336,7 +336,7 @@ def rewrite_chunk(
 
 def summarize(records: list[dict]) -> dict:
     """Acceptance (with a 95% Wilson interval), token means, compression and rejection reasons."""
-    from .evaluate import wilson_interval
+    from mpdistill.evaluate import wilson_interval
 
     n = len(records)
     accepted = [r for r in records if r["accepted"]]
@@ -392,8 +392,8 @@ def rewrite_file(input_path: str | Path, out: str | Path, spec: RewriteFileSpec,
     Every option, the input and the existing output are checked before a model is loaded or the
     rewrite server is contacted.
     """
-    from .console import stdout
-    from .tasks import get_task
+    from mpdistill.console import stdout
+    from mpdistill.tasks import get_task
 
     console = console or stdout
     config = spec.check()
@@ -449,9 +449,9 @@ def rewrite_file(input_path: str | Path, out: str | Path, spec: RewriteFileSpec,
 
 def _backend(spec: RewriteFileSpec, config: RewriteConfig):
     """``(rewriter for a chunk seed, token encoder, backend statistics or None)``; loads what is needed."""
-    from .models import load_model, load_tokenizer
-    from .rewriters import Teacher, get_backend
-    from .rollout.vllm import BackendUnavailable
+    from mpdistill.models import load_model, load_tokenizer
+    from mpdistill.rewriters import Teacher, get_backend
+    from mpdistill.rollout.vllm import BackendUnavailable
 
     backend = get_backend(spec.backend)
     try:

@@ -17,10 +17,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from .errors import ConfigError
-from .registry import Registry
-from .prompts import teacher_template_kwargs
-from .rewrite import Rewriter, rewrite_settings_from
+from mpdistill.errors import ConfigError
+from mpdistill.registry import Registry
+from mpdistill.prompts import teacher_template_kwargs
+from mpdistill.rewrite import Rewriter, rewrite_settings_from
 
 # A run's rewrite settings: a recipe's rewrite: section (mpdistill.config.RewriteConfig), read by field
 # name; not imported, so that the settings module may look backends up here.
@@ -82,7 +82,7 @@ def template_kwargs(config: RewriteSection, tokenizer) -> dict | None:
 
 
 def _teacher_tokenizer(teacher: Teacher, name: str | None = None):
-    from .models import load_tokenizer
+    from mpdistill.models import load_tokenizer
 
     if teacher.tokenizer is not None and (name is None or name == teacher.name):
         return teacher.tokenizer
@@ -92,7 +92,7 @@ def _teacher_tokenizer(teacher: Teacher, name: str | None = None):
 # --- transformers: the local teacher -------------------------------------------------------------
 
 def _make_local(config: RewriteSection, teacher: Teacher, seed: int):
-    from .rewrite import TransformersRewriter
+    from mpdistill.rewrite import TransformersRewriter
 
     if teacher.model is None:
         raise ConfigError("the transformers rewriter writes with the loaded teacher, and none was given")
@@ -109,9 +109,9 @@ register_backend(RewriterBackend(
 # --- vllm: an in-process engine ------------------------------------------------------------------
 
 def _make_vllm(config: RewriteSection, teacher: Teacher, seed: int):
-    from .models import model_path
-    from .rewrite import VLLMRewriter
-    from .rollout.vllm import VLLMGenerator
+    from mpdistill.models import model_path
+    from mpdistill.rewrite import VLLMRewriter
+    from mpdistill.rollout.vllm import VLLMGenerator
 
     name = config.model or teacher.name
     engine = VLLMGenerator(model_path(name), seed=seed, tensor_parallel_size=config.tensor_parallel_size,
@@ -123,8 +123,8 @@ def _make_vllm(config: RewriteSection, teacher: Teacher, seed: int):
 
 
 def _check_vllm(config: RewriteSection, teacher_name: str, contact: bool) -> None:
-    from .models import resolve_model
-    from .rollout.vllm import check_engine
+    from mpdistill.models import resolve_model
+    from mpdistill.rollout.vllm import check_engine
 
     name = config.model or teacher_name
     check_engine("rewrite.backend vllm", config.tensor_parallel_size, tp_key="rewrite.tensor_parallel_size",
@@ -141,7 +141,7 @@ register_backend(RewriterBackend(
 # --- openai: a served model ----------------------------------------------------------------------
 
 def served_rewriter(config: RewriteSection, seed: int):
-    from .served_rewriter import OpenAIRewriter
+    from mpdistill.served_rewriter import OpenAIRewriter
 
     return OpenAIRewriter(
         config.base_url, config.model, api_key_env=config.api_key_env, chat=config.use_chat_template,
@@ -160,7 +160,7 @@ def _make_served(config: RewriteSection, teacher: Teacher, seed: int):
 def _check_served(config: RewriteSection, teacher_name: str, contact: bool) -> None:
     if not contact:
         return
-    from .served_rewriter import check_endpoint
+    from mpdistill.served_rewriter import check_endpoint
 
     # It answers, serves the model, and accepts a request of the run's shape.
     check_endpoint(config.base_url, min(config.timeout_s, 30.0), model=config.model, api_key_env=config.api_key_env)

@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from .errors import ConfigError
+from mpdistill.errors import ConfigError
 
 FOLDER_LOCK = ".mpdistill.lock"
 
@@ -46,7 +46,7 @@ class OutputLock:
     def acquire(self) -> "OutputLock":
         import fcntl
 
-        from .paths import check_output_dir, check_output_file
+        from mpdistill.paths import check_output_dir, check_output_file
 
         # A place that cannot be written is named as such, not found out by the lock's own file.
         (check_output_file(self.target, self.option) if self.is_file else check_output_dir(self.target, self.option))

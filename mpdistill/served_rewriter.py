@@ -23,8 +23,8 @@ import urllib.error
 import urllib.request
 from typing import Sequence
 
-from .errors import ConfigError
-from .rewrite import RewriteOutput
+from mpdistill.errors import ConfigError
+from mpdistill.rewrite import RewriteOutput
 
 # Request fields set from the recipe's own keys (``rewrite.extra_body`` may add others, not these).
 REQUEST_FIELDS = ("model", "messages", "prompt", "max_tokens", "temperature", "top_p", "top_k", "seed",

@@ -55,21 +55,21 @@ from typing import Callable
 from rich.console import Console
 from rich.text import Text
 
-from .config import Recipe, load_recipe
-from .console import stdout
-from .demo import evaluate_chain, save_model_folder
-from .durable import atomic_write, replace_dir, write_text
-from .embedded import DEFAULT_WORLD, get_world
-from .evaluate import paired_delta_ci, summarize, wilson_interval_mean
-from .methods import get_method
-from .models import load_model, load_tokenizer
-from .paths import ROLLOUTS, TRAIN_LOG, check_output_dir
-from .pipeline import check_generation_backends, prompt_record, train
-from .recipes import shipped_path
-from .rewrite import rewrite_settings_from
-from .rollout import GenerationSettings
-from .tasks import get_task
-from .tasks.problems import chain_problems
+from mpdistill.config import Recipe, load_recipe
+from mpdistill.console import stdout
+from mpdistill.demo import evaluate_chain, save_model_folder
+from mpdistill.durable import atomic_write, replace_dir, write_text
+from mpdistill.embedded import DEFAULT_WORLD, get_world
+from mpdistill.evaluate import paired_delta_ci, summarize, wilson_interval_mean
+from mpdistill.methods import get_method
+from mpdistill.models import load_model, load_tokenizer
+from mpdistill.paths import ROLLOUTS, TRAIN_LOG, check_output_dir
+from mpdistill.pipeline import check_generation_backends, prompt_record, train
+from mpdistill.recipes import shipped_path
+from mpdistill.rewrite import rewrite_settings_from
+from mpdistill.rollout import GenerationSettings
+from mpdistill.tasks import get_task
+from mpdistill.tasks.problems import chain_problems
 
 
 @dataclass(frozen=True)
@@ -221,7 +221,7 @@ def rewrite_share(run_dir: Path) -> float:
 def run_study(out: str | Path, **options) -> dict:
     """The study into ``out`` (options: those of :func:`_run_study`). The folder is held while it runs:
     a second one on the same folder is refused, naming this one (mpdistill/run_lock.py)."""
-    from .run_lock import holding
+    from mpdistill.run_lock import holding
 
     with holding(out):
         return _run_study(out, **options)
@@ -358,8 +358,8 @@ def _settings(recipe: Recipe, temperature: float) -> GenerationSettings:
 def _train_once(out: Path, run: str, recipe: Recipe, held_out: set[str], console: Console) -> None:
     """Train ``run`` unless its model is there, trained with this very recipe; its wall time is kept in
     the run folder (``cost.json``). A run trained again loses its evaluations (they were of the old model)."""
-    from .checkpoints import recipe_changes
-    from .config import ConfigError
+    from mpdistill.checkpoints import recipe_changes
+    from mpdistill.config import ConfigError
 
     run_dir = out / "runs" / run
     cost_file = run_dir / "cost.json"
@@ -429,7 +429,7 @@ def run_cost(run_dir: Path, recipe: Recipe, seconds: float, tokenizer) -> dict:
             route_kept += bool(r.get("route_kept"))
         c["trained_on_teacher_text"] += trained_on in ("rewrite", "teacher")
     if recipe.method == "grpo_length":  # the reference length: REFERENCE_PROBLEMS samples before the first step
-        from .length_rl import REFERENCE_PROBLEMS
+        from mpdistill.length_rl import REFERENCE_PROBLEMS
 
         logged = [e["length/reference_tokens"] for e in _train_log(run_dir) if "length/reference_tokens" in e]
         if logged:
@@ -655,8 +655,8 @@ def _check_same_study(out: Path, plan: Plan, recipe: Recipe) -> None:
     against its own recipe when it is reused (``_train_once``)."""
     import hashlib
 
-    from .config import ConfigError
-    from .models import resolve_model
+    from mpdistill.config import ConfigError
+    from mpdistill.models import resolve_model
 
     def digest(name: str) -> str:
         return hashlib.sha256((Path(resolve_model(name)) / "model.safetensors").read_bytes()).hexdigest()[:16]

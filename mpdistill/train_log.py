@@ -15,7 +15,7 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
-from .durable import append_jsonl, write_jsonl
+from mpdistill.durable import append_jsonl, write_jsonl
 
 
 class TrainLogFile(TrainerCallback):

@@ -37,21 +37,21 @@ from accelerate.utils import gather_object
 from transformers import TrainerCallback
 from trl import DistillationTrainer
 
-from .checkpoints import ResumableTraining, checkpoint_step, rewind_rollout_log
-from .durable import append_jsonl
-from .errors import ConfigError, HubError, one_line
-from .mix_monitor import MixFloorHalt, MixMonitor
-from .model_card import CardFacts, render_card, write_card
-from .model_record import write_record
-from .mpd_config import MPDConfig
-from .nonfinite import NonFiniteGuard, NonFiniteHalt
-from .processes import count_on_every_process
-from .overlap import FinishWatcher, finish_order, micro_batch_inputs, pad_prompts, rescale_gradients, watching_generate
-from .rewrite import (REASONS, Rewriter, RewriteSettings, Sample, answer_section, encode_completion, mix,
+from mpdistill.checkpoints import ResumableTraining, checkpoint_step, rewind_rollout_log
+from mpdistill.durable import append_jsonl
+from mpdistill.errors import ConfigError, HubError, one_line
+from mpdistill.mix_monitor import MixFloorHalt, MixMonitor
+from mpdistill.model_card import CardFacts, render_card, write_card
+from mpdistill.model_record import write_record
+from mpdistill.mpd_config import MPDConfig
+from mpdistill.nonfinite import NonFiniteGuard, NonFiniteHalt
+from mpdistill.processes import count_on_every_process
+from mpdistill.overlap import FinishWatcher, finish_order, micro_batch_inputs, pad_prompts, rescale_gradients, watching_generate
+from mpdistill.rewrite import (REASONS, Rewriter, RewriteSettings, Sample, answer_section, encode_completion, mix,
                       on_policy_picks, plan_rewrite, rewrite_batch, settle_rewrite)
-from .rewriters import Teacher, build_rewriter
-from .rollout import generate_texts, pad_generate_calls
-from .train_log import TrainLogFile
+from mpdistill.rewriters import Teacher, build_rewriter
+from mpdistill.rollout import generate_texts, pad_generate_calls
+from mpdistill.train_log import TrainLogFile
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +132,7 @@ class RunFiles:
     def _checkpoint_to_resume(self, given) -> Path:
         """``resume_from_checkpoint`` checked before anything loads: ``True`` is the newest whole checkpoint of
         ``output_dir`` (a damaged newer one is passed over with a warning); a path must be whole."""
-        from .checkpoints import ResumeError, checkpoint_problem, latest_complete_checkpoint
+        from mpdistill.checkpoints import ResumeError, checkpoint_problem, latest_complete_checkpoint
 
         if given is True:
             found, skipped = latest_complete_checkpoint(Path(self.args.output_dir))
@@ -259,7 +259,7 @@ class _Trainer(RunFiles, ResumableTraining, DistillationTrainer):
 
     def __init__(self, model, teacher_model=None, args: MPDConfig | None = None, train_dataset=None,
                  eval_dataset=None, processing_class=None, *, teacher_processing_class=None, **kwargs) -> None:
-        from .models import check_compatible, load_tokenizer, resolve_model
+        from mpdistill.models import check_compatible, load_tokenizer, resolve_model
 
         # The names as the user gave them, for the model card (a loaded model knows only its folder).
         self.card_facts = CardFacts(student=model if isinstance(model, str) else _loaded_name(model),
@@ -290,7 +290,7 @@ class _Trainer(RunFiles, ResumableTraining, DistillationTrainer):
         super().__init__(model, teacher_model, args, train_dataset, eval_dataset, processing_class, **kwargs)
         check_hub_repository(self)
         if args.use_vllm:
-            from .rollout.vllm import refresh_colocated_engine_in_place
+            from mpdistill.rollout.vllm import refresh_colocated_engine_in_place
 
             refresh_colocated_engine_in_place(getattr(self, "vllm_generation", None))
         self.teacher_tokenizer = teacher_processing_class or self._tokenizer

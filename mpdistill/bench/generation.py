@@ -8,7 +8,7 @@ import time
 
 import torch
 
-from .device import describe_device
+from mpdistill.bench.device import describe_device
 
 
 def bench_eval(model_name: str = "embedded:student", n: int = 200, max_new_tokens: int = 256, batch_size: int = 250,
@@ -19,9 +19,9 @@ def bench_eval(model_name: str = "embedded:student", n: int = 200, max_new_token
     cache on. Both decode greedily, so their outputs should match token for token; the number of
     responses that differ is reported rather than assumed.
     """
-    from ..models import load_model
-    from ..rollout import GenerationSettings, generate_texts
-    from ..tasks.problems import chain_problems
+    from mpdistill.models import load_model
+    from mpdistill.rollout import GenerationSettings, generate_texts
+    from mpdistill.tasks.problems import chain_problems
 
     model, tok = load_model(model_name)
     model.eval()
@@ -84,10 +84,10 @@ def bench_rollouts(model_name: str = "embedded:teacher", n: int = 256, max_new_t
     turns (ABAB...) for ``repeats`` rounds and each figure is the median of its rounds. Samples are
     drawn at ``temperature``, as rollouts are, so the two backends' token counts differ a little.
     """
-    from ..models import load_model, resolve_model
-    from ..rollout import GenerationSettings, generate_texts
-    from ..rollout.vllm import VLLMGenerator
-    from ..tasks.problems import chain_problems
+    from mpdistill.models import load_model, resolve_model
+    from mpdistill.rollout import GenerationSettings, generate_texts
+    from mpdistill.rollout.vllm import VLLMGenerator
+    from mpdistill.tasks.problems import chain_problems
 
     model, tok = load_model(model_name)
     if torch.cuda.is_available():  # each backend on the machine's accelerator, as a run would use it

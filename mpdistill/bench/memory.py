@@ -14,9 +14,9 @@ from typing import Callable
 
 import torch
 
-from .device import describe_device
-from .phases import PhaseClock, prepare_to_step, run_step
-from .trainers import BenchSettings, build_pair
+from mpdistill.bench.device import describe_device
+from mpdistill.bench.phases import PhaseClock, prepare_to_step, run_step
+from mpdistill.bench.trainers import BenchSettings, build_pair
 
 
 def _in_fresh_process(fn: Callable, *args):

@@ -23,7 +23,7 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from ..tasks import chain
+from mpdistill.tasks import chain
 
 _REWRITE_RE = re.compile(r"^(Q:[^\n]*\n)rewrite:\n(.*)\nshort:\n$", re.S)
 

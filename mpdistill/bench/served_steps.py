@@ -18,10 +18,10 @@ from typing import Callable
 
 import torch
 
-from .device import describe_device
-from .phases import PHASES, PhaseClock, prepare_to_step, run_step
-from .served import ServedRewriter
-from .trainers import BenchSettings, build_pair
+from mpdistill.bench.device import describe_device
+from mpdistill.bench.phases import PHASES, PhaseClock, prepare_to_step, run_step
+from mpdistill.bench.served import ServedRewriter
+from mpdistill.bench.trainers import BenchSettings, build_pair
 
 ARMS = ("opd", "serial", "overlap")
 CALIBRATION_STEPS = 3
@@ -129,8 +129,8 @@ def _by_stage(rows: dict[str, list[dict]], accumulation: int) -> list[dict]:
 
 def _micro_batch(settings: BenchSettings, accumulation: int) -> int:
     """The recipe's batch split into ``accumulation`` micro-batches: the same samples per optimizer step."""
-    from ..config import load_recipe
-    from ..demo import RECIPE
+    from mpdistill.config import load_recipe
+    from mpdistill.demo import RECIPE
 
     batch = load_recipe(Path(settings.recipe) if settings.recipe else RECIPE).training.batch_size
     return max(1, batch // accumulation)

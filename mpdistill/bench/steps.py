@@ -13,9 +13,9 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
-from .device import describe_device
-from .phases import PHASES, PhaseClock, prepare_to_step, run_step
-from .trainers import BenchSettings, build_pair
+from mpdistill.bench.device import describe_device
+from mpdistill.bench.phases import PHASES, PhaseClock, prepare_to_step, run_step
+from mpdistill.bench.trainers import BenchSettings, build_pair
 
 
 def run_bench(settings: BenchSettings, *, progress: Callable[[str], None] | None = None) -> dict:

@@ -38,8 +38,8 @@ def _load(name: str, tokenizer_path: str | None, dtype: torch.dtype, seed: int):
     """A model by name, or a randomly initialised one from a config ``.json`` (with ``tokenizer_path``)."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    from ..config import ConfigError
-    from ..models import load_model
+    from mpdistill.config import ConfigError
+    from mpdistill.models import load_model
 
     if name.endswith(".json"):
         if tokenizer_path is None:
@@ -53,7 +53,7 @@ def _load(name: str, tokenizer_path: str | None, dtype: torch.dtype, seed: int):
 
 def _accept_all_task():
     """With random weights nothing parses: every text 'has' the same answer, so every rewrite runs."""
-    from ..tasks import Task
+    from mpdistill.tasks import Task
 
     return Task(name="bench", extract_answer=lambda text: "x", answers_match=lambda a, b: True)
 
@@ -77,10 +77,10 @@ def build_pair(settings: BenchSettings, run_dir: Path, methods: tuple[str, ...] 
     ``variants``: trainers by name, each from the recipe with these overrides (``method`` among them)
     instead of one per method; the returned recipe is the first variant's.
     """
-    from ..config import _merge, load_recipe
-    from ..demo import RECIPE
-    from ..models import check_compatible
-    from ..pipeline import build_trainer, training_problems
+    from mpdistill.config import _merge, load_recipe
+    from mpdistill.demo import RECIPE
+    from mpdistill.models import check_compatible
+    from mpdistill.pipeline import build_trainer, training_problems
 
     overrides: dict = {"training": {}, "rewrite": {}, **settings.overrides}
     if settings.batch_size:

@@ -1,5 +1,5 @@
 """Generation backends. ``generate_texts`` is the one entry point the pipeline uses."""
 
-from .hf import GenerationSettings, derive_seed, generate_texts, pad_generate_calls
+from mpdistill.rollout.hf import GenerationSettings, derive_seed, generate_texts, pad_generate_calls
 
 __all__ = ["GenerationSettings", "derive_seed", "generate_texts", "pad_generate_calls"]

@@ -17,7 +17,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from .hf import Generation, GenerationSettings
+from mpdistill.rollout.hf import Generation, GenerationSettings
 
 INSTALL_HINT = "GPU machines: pip install 'mpdistill[vllm]'; CPU only: vLLM's CPU build, see docs/VLLM.md"
 # Share of the device's memory an engine may take when the caller does not say. On the CPU build

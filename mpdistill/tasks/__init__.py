@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from ..registry import Registry
+from mpdistill.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -55,8 +55,8 @@ class Task:
 
 
 def chain_task() -> Task:
-    from . import chain
-    from .problems import chain_problems
+    from mpdistill.tasks import chain
+    from mpdistill.tasks.problems import chain_problems
 
     return Task(name="chain", extract_answer=chain.extract_answer, answers_match=lambda a, b: a.strip() == b.strip(),
                 route_kept=chain.route_kept, rewrite_prompt=chain.REWRITE_PROMPT, rewrite_chat=False,
@@ -65,8 +65,8 @@ def chain_task() -> Task:
 
 
 def math_task() -> Task:
-    from ..prompts import CONCISE_INSTRUCTION, DEFAULT_REWRITE_PROMPT, MATH_PROMPT
-    from .math import answers_match, boxed_answers, extract_answer, numbers_kept
+    from mpdistill.prompts import CONCISE_INSTRUCTION, DEFAULT_REWRITE_PROMPT, MATH_PROMPT
+    from mpdistill.tasks.math import answers_match, boxed_answers, extract_answer, numbers_kept
 
     return Task(name="math", extract_answer=extract_answer, answers_match=answers_match,
                 prompt_template=MATH_PROMPT, route_kept=numbers_kept, stated_answers=boxed_answers,

@@ -14,8 +14,8 @@ import re
 from pathlib import Path
 from typing import Iterator
 
-from . import chain
-from .math import normalize_gold
+from mpdistill.tasks import chain
+from mpdistill.tasks.math import normalize_gold
 
 
 class DataError(ValueError):
@@ -123,7 +123,7 @@ def read_source(source: str, *, split: str = "train", config: str | None = None)
     path = Path(source).expanduser()
     if path.is_dir():
         raise DataError(f"{path}: is a folder; expected a .jsonl or .parquet file")
-    from ..paths import looks_local
+    from mpdistill.paths import looks_local
 
     if path.exists():
         raw = _read_rows(path)
@@ -164,7 +164,7 @@ def load_problems(
     solve it would invite the teacher to solve instead of rewrite). Gold answers are normalised as evaluation's are
     (a GSM8K-style solution ``... #### 1,234`` becomes ``1234``).
     """
-    from ..prompts import user_message
+    from mpdistill.prompts import user_message
 
     raw, _ = read_source(source, split=split, config=config)
     rows = []
@@ -183,7 +183,7 @@ def load_problems(
             if a is None or (isinstance(a, str) and not a.strip()):
                 raise DataError(f"{at}: missing answer field {answer_field!r}")
             if answer_from == "boxed":
-                from .math import boxed_answers
+                from mpdistill.tasks.math import boxed_answers
 
                 boxes = boxed_answers(a) if isinstance(a, str) else []
                 if not boxes:

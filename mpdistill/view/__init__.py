@@ -11,11 +11,11 @@ from __future__ import annotations
 import datetime
 from pathlib import Path
 
-from ..durable import atomic_write
-from .flips import compare_problems
-from .load import Evaluation, ViewError, read_path
-from .page import render_page
-from .sections import comparison_section, eval_section, flipped_samples, run_section
+from mpdistill.durable import atomic_write
+from mpdistill.view.flips import compare_problems
+from mpdistill.view.load import Evaluation, ViewError, read_path
+from mpdistill.view.page import render_page
+from mpdistill.view.sections import comparison_section, eval_section, flipped_samples, run_section
 
 __all__ = ["OUTPUT_NAME", "ViewError", "build_page", "default_output", "write_view"]
 

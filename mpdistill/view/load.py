@@ -18,10 +18,10 @@ from array import array
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..durable import LogError, read_jsonl_log
-from ..eval_folder import SAMPLES_FILE, EvalError, read_eval_folder, read_sample_records
-from ..model_record import RECORD
-from ..paths import ROLLOUTS, TRAIN_LOG
+from mpdistill.durable import LogError, read_jsonl_log
+from mpdistill.eval_folder import SAMPLES_FILE, EvalError, read_eval_folder, read_sample_records
+from mpdistill.model_record import RECORD
+from mpdistill.paths import ROLLOUTS, TRAIN_LOG
 
 log = logging.getLogger(__name__)
 
@@ -178,7 +178,7 @@ def _read_recipe(path: Path) -> dict:
 
 
 def _registered_method(name):
-    from ..methods import METHODS
+    from mpdistill.methods import METHODS
 
     return METHODS.get(name) if isinstance(name, str) else None
 

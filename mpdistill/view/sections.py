@@ -11,10 +11,10 @@ import math
 import statistics
 from collections.abc import Collection
 
-from ..evaluate import wilson_interval_mean
-from .flips import FLIP_KINDS, RIGHT_TO_WRONG, WRONG_TO_RIGHT
-from .load import MISSING, Evaluation, Run, as_text, read_rollout_texts, short_answer
-from .sampling import choose_texts
+from mpdistill.evaluate import wilson_interval_mean
+from mpdistill.view.flips import FLIP_KINDS, RIGHT_TO_WRONG, WRONG_TO_RIGHT
+from mpdistill.view.load import MISSING, Evaluation, Run, as_text, read_rollout_texts, short_answer
+from mpdistill.view.sampling import choose_texts
 
 
 def run_section(run: Run, label: str, max_texts: int) -> dict:
