@@ -78,7 +78,7 @@ def demo(
     world: str = WORLD,
 ) -> None:
     """Train MPD and the three distillation baselines on an embedded world and compare them on held-out problems."""
-    from mpdistill.config import ConfigError
+    from mpdistill.errors import ConfigError
     from mpdistill.demo import run_demo
     from mpdistill.recipes import RecipeNotFound
     from mpdistill.tasks.problems import DataError
@@ -108,7 +108,7 @@ def study(
     world: str = WORLD,
 ) -> None:
     """MPD, its controls and every baseline on an embedded world: tuned on validation, several seeds, three decodings, costs."""
-    from mpdistill.config import ConfigError
+    from mpdistill.errors import ConfigError
     from mpdistill.study import ARM_NAMES, run_study
     from mpdistill.tasks.problems import DataError
 
@@ -150,7 +150,8 @@ def train_cmd(
 ) -> None:
     """Train one method from a recipe."""
     from mpdistill.checkpoints import ResumeError
-    from mpdistill.config import ConfigError, load_recipe, parse_overrides
+    from mpdistill.errors import ConfigError
+    from mpdistill.config import load_recipe, parse_overrides
     from mpdistill.errors import HubError
     from mpdistill.mix_monitor import MixFloorHalt
     from mpdistill.nonfinite import NonFiniteHalt
@@ -286,7 +287,7 @@ def eval_cmd(
     trust_remote_code: bool = TRUST_REMOTE_CODE,
 ) -> None:
     """Accuracy and response tokens of a model on benchmarks: samples.jsonl, summary.json, summary.md."""
-    from mpdistill.config import ConfigError
+    from mpdistill.errors import ConfigError
     from mpdistill.eval_folder import EvalError
     from mpdistill.eval_runner import run_eval
     from mpdistill.eval_settings import EvalSpec
@@ -330,7 +331,7 @@ def compare_cmd(
 ) -> None:
     """Per benchmark: accuracy change with a paired CI, token reduction and AES, base -> new."""
     from mpdistill.compare import CompareError, compare_runs, format_comparison, write_comparison
-    from mpdistill.config import ConfigError
+    from mpdistill.errors import ConfigError
     from mpdistill.console import warn
     from mpdistill.paths import check_output_dir
 
@@ -417,7 +418,7 @@ def bench_cmd(
     from mpdistill.bench.reduction import format_time_to_reduction, time_to_reduction
     from mpdistill.bench.steps import format_bench, run_bench
     from mpdistill.bench.trainers import QUICK, BenchSettings
-    from mpdistill.config import ConfigError
+    from mpdistill.errors import ConfigError
 
     given = {"batch_size": batch_size, "completion_length": completion_length, "rewrite_tokens": rewrite_tokens,
              "prompt_length": prompt_length, "warmup": warmup, "repeats": repeats}
@@ -548,7 +549,7 @@ def rewrite_cmd(
     """Rewrite a file of traces with the training prompt, length budget and verification."""
     import json
 
-    from mpdistill.config import ConfigError
+    from mpdistill.errors import ConfigError
     from mpdistill.rewrite_file import RewriteFileError, RewriteFileSpec, format_summary, rewrite_file
 
     spec = RewriteFileSpec(

@@ -10,35 +10,16 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_serializer, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_serializer, model_validator
 
 from mpdistill.errors import ConfigError
+from mpdistill.eval_settings import EvalConfig
 from mpdistill.paths import looks_local
-from mpdistill.prompts import DEFAULT_REWRITE_PROMPT, PROMPT_TEMPLATES, check_template
+from mpdistill.rewrite_config import RewriteConfig, with_task_defaults
+from mpdistill.settings_base import StrictSettings, describe_validation_error
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
-
-    @field_validator("*", mode="before")
-    @classmethod
-    def _no_bool_for_a_number(cls, value, info):
-        """``true`` is not a number: pydantic would read it as 1 (``--set training.steps=true``: one step)."""
-        if isinstance(value, bool) and _numeric(cls.model_fields[info.field_name].annotation):
-            raise ValueError("a number is needed, not true or false")
-        return value
-
-
-def _numeric(annotation) -> bool:
-    """Whether a field holds a number (int or float, optionally None) and not a bool."""
-    import typing
-
-    args = typing.get_args(annotation) or (annotation,)
-    kinds = {a for a in args if a is not type(None)}
-    return bool(kinds) and kinds <= {int, float}
-
-
-class DataConfig(_Strict):
+class DataConfig(StrictSettings):
     # "embedded:chain" draws problems from the embedded task; otherwise a JSONL/Parquet path or
     # a Hugging Face dataset name with ``question_field`` / ``answer_field``.
     train: str = "embedded:chain"
@@ -71,7 +52,7 @@ class DataConfig(_Strict):
         return v
 
 
-class LoraConfig(_Strict):
+class LoraConfig(StrictSettings):
     """Train low-rank adapters (``peft`` LoRA) instead of every student weight."""
 
     r: int = Field(default=16, gt=0)
@@ -92,7 +73,7 @@ class LoraConfig(_Strict):
         return v
 
 
-class VLLMRolloutConfig(_Strict):
+class VLLMRolloutConfig(StrictSettings):
     """Student rollouts on vLLM through TRL's own ``use_vllm`` (GPU; needs the vllm package).
 
     ``colocate`` runs a vLLM engine inside each training process, sharing its GPU(s);
@@ -115,7 +96,7 @@ class VLLMRolloutConfig(_Strict):
         return self
 
 
-class TrainingConfig(_Strict):
+class TrainingConfig(StrictSettings):
     steps: int = Field(default=40, gt=0)
     batch_size: int = Field(default=32, gt=0)
     gradient_accumulation_steps: int = Field(default=1, gt=0)
@@ -239,153 +220,14 @@ def trl_fields() -> set[str]:
     return {f.name for f in fields(DistillationConfig)}
 
 
-def with_task_defaults(section: dict, task: str) -> dict:
-    """A ``rewrite:`` section's values with what it leaves out taken from ``task``: its rewrite prompt
-    and whether that goes through the chat template. Filled in before the section is checked, so a
-    recipe, ``MPDConfig`` and ``mpdistill rewrite`` check (and record) the values they use, once."""
-    from mpdistill.tasks import get_task
-
-    t = get_task(task)
-    chat = section.get("use_chat_template")
-    return {**section, "prompt_template": section.get("prompt_template") or t.rewrite_prompt or DEFAULT_REWRITE_PROMPT,
-            "use_chat_template": t.rewrite_chat if chat is None else chat}
-
-
-class RewriteConfig(_Strict):
-    # The rewrite instruction, or the name of a built-in one: "default" or "thinking" (for students
-    # that think in a <think> block; keeps the block and the answer section after it). Absent: the
-    # task's (chain: the layout the embedded teacher was trained on; math: "default").
-    prompt_template: str | None = None
-    max_ratio: float = Field(default=0.9, gt=0, le=1)
-    require_gold: bool = False
-    # Reject (reason route_changed) a rewrite that leaves the student's route, by the task's test
-    # (chain: its steps in the student's order; math: its numbers in the student's order).
-    require_route_kept: bool = False
-    on_reject: Literal["student", "drop"] = "student"
-    on_policy_fraction: float = Field(default=0.0, ge=0, le=1)
-    use_chat_template: bool | None = None  # absent: the task's (chain: no; math: yes)
-    # Whether the teacher thinks before it writes a rewrite (the chat template's enable_thinking).
-    # Absent: it writes the rewrite directly wherever that can be switched: a local teacher whose
-    # template has the switch, and a served chat model (sent chat_template_kwargs, which vLLM and
-    # SGLang read). Its own thinking is about the rewrite task and never a target for the student:
-    # a rewrite with other think blocks than the student's trace is rejected (reason "structure").
-    teacher_enable_thinking: bool | None = None
-    # openai, chat: send that switch as chat_template_kwargs (vLLM and SGLang read it); false for a
-    # server that refuses request fields it does not know (the served teacher then thinks by its default).
-    send_chat_template_kwargs: bool = True
-    max_new_tokens: int = Field(default=512, gt=0)
-    temperature: float = Field(default=0.6, ge=0)
-    top_p: float = Field(default=0.95, gt=0, le=1)
-    top_k: int = Field(default=20, ge=0)
-    batch_size: int = Field(default=64, gt=0)
-    # Watching the mix (mpdistill/mix_monitor.py): every monitor_window steps, a warning on the console
-    # and in the training log when most student traces have no answer the task can read, or no
-    # rewrite was accepted (MPD then trains as OPD). The floors stop the run instead, naming the
-    # cause; absent, it only warns.
-    monitor_window: int = Field(default=5, gt=0)
-    min_parsed_fraction: float | None = Field(default=None, ge=0, le=1)
-    min_acceptance_rate: float | None = Field(default=None, ge=0, le=1)
-    # Where rewrites come from: the local teacher ("transformers") or an OpenAI-compatible server
-    # ("openai", e.g. `vllm serve`), which may run another, larger model. The local teacher still
-    # scores the divergence either way. The API key is read from the environment variable named
-    # by api_key_env; keys never live in recipe files.
-    backend: str = "transformers"  # a registered backend (mpdistill/rewriters.py)
-    base_url: str | None = None
-    # openai: the served model's name. vllm: the rewriting model (default: the teacher) for an
-    # in-process vLLM engine on the training GPU(s), with this share of their memory and this many GPUs.
-    model: str | None = None
-    # None: the engine's own default share (a machine of its own, as for `mpdistill rewrite`).
-    gpu_memory_utilization: float | None = Field(default=0.3, gt=0, le=1)
-    tensor_parallel_size: int = Field(default=1, gt=0)
-    api_key_env: str | None = None
-    # openai: fields added to every request body, for options of a particular server.
-    extra_body: dict[str, Any] = Field(default_factory=dict)
-    max_concurrency: int = Field(default=8, gt=0)
-    timeout_s: float = Field(default=60.0, gt=0)
-    max_retries: int = Field(default=3, ge=0)
-    deadline_s: float = Field(default=600.0, gt=0)
-    # What the teacher reads before an accepted rewrite when it gives the loss's targets: the problem
-    # alone (problem; the paper's, and what every other sample gets), or the problem followed by the
-    # concise instruction (concise: training.teacher_instruction, else the task's), as OPSDC conditions
-    # its teacher. A verbose teacher's targets inside a concise rewrite still lean verbose; this asks
-    # for concise ones.
-    teacher_context: Literal["problem", "concise"] = "problem"
-    # openai: send each student trace to the server the moment it ends and train each micro-batch as
-    # soon as its rewrites are in, within the same optimizer step (mpdistill/overlap.py). The loss
-    # overlaps the rewrites only with training.gradient_accumulation_steps >= 2.
-    overlap: bool = False
-
-    _template = field_validator("prompt_template")(
-        lambda cls, v: v if v is None else check_template(PROMPT_TEMPLATES.get(v, v)))
-
-    @model_validator(mode="before")
-    @classmethod
-    def _no_key_in_files(cls, data):
-        if isinstance(data, dict) and "api_key" in data:
-            raise ValueError(
-                "rewrite.api_key is not accepted: API keys never live in recipe files; put the key in an "
-                "environment variable and name that variable in rewrite.api_key_env"
-            )
-        return data
-
-    @field_validator("backend")
-    @classmethod
-    def _known_backend(cls, v: str) -> str:
-        from mpdistill.rewriters import BACKENDS
-
-        return BACKENDS.check(v)
-
-    @model_validator(mode="after")
-    def _served_needs_endpoint(self):
-        if self.backend == "openai":
-            for key in ("base_url", "model"):
-                if not getattr(self, key):
-                    raise ValueError(f"rewrite.{key} is required when rewrite.backend is 'openai'")
-        elif self.overlap:
-            raise ValueError(f"rewrite.overlap needs rewrite.backend: openai (a rewriter on its own hardware); the "
-                             f"{self.backend!r} backend writes on the training hardware, so nothing can overlap")
-        if self.overlap and self.teacher_context != "problem":
-            raise ValueError("rewrite.teacher_context: concise is not available with rewrite.overlap (the overlapped "
-                             "step lays out the teacher's prompts as the student's); set one of them back")
-        return self
-
-    @field_validator("extra_body")
-    @classmethod
-    def _extra_body_adds_only(cls, v: dict) -> dict:
-        from mpdistill.served_rewriter import REQUEST_FIELDS
-
-        taken = sorted(set(v) & set(REQUEST_FIELDS))
-        if taken:
-            raise ValueError(f"{taken[0]!r} is set from the recipe's own keys; extra_body may only add other fields")
-        return v
-
-    @model_validator(mode="after")
-    def _thinking_needs_chat(self):
-        if self.teacher_enable_thinking is not None and self.use_chat_template is False:
-            raise ValueError("rewrite.teacher_enable_thinking needs rewrite.use_chat_template: true")
-        if self.teacher_enable_thinking is not None and self.backend == "openai" and not self.send_chat_template_kwargs:
-            raise ValueError("rewrite.teacher_enable_thinking is sent to a served teacher as chat_template_kwargs, "
-                             "which rewrite.send_chat_template_kwargs: false turns off; keep one of the two")
-        return self
-
-
-class EvalConfig(_Strict):
-    n: int = Field(default=1000, gt=0)
-    max_new_tokens: int = Field(default=256, gt=0)
-    temperature: float = Field(default=1.0, ge=0)
-    top_p: float = Field(default=1.0, gt=0, le=1)
-    top_k: int = Field(default=0, ge=0)
-    batch_size: int = Field(default=250, gt=0)
-
-
-class SecurityConfig(_Strict):
+class SecurityConfig(StrictSettings):
     """What loading a model may do beyond reading tensors. Both run code from the checkpoint: off by default."""
 
     allow_pickle_checkpoints: bool = False  # .bin/.pt weights; otherwise safetensors only
     trust_remote_code: bool = False  # Python files shipped with a model (transformers' trust_remote_code)
 
 
-class Recipe(_Strict):
+class Recipe(StrictSettings):
     method: str = "mpd"  # a registered method (mpdistill/methods.py): mpd, opd, offpolicy_kd, rewrite_sft
     seed: int = 0
     # How answers are read and compared, and the prompt a question becomes. Absent: chosen from the
@@ -492,69 +334,13 @@ class Recipe(_Strict):
         return self
 
 
-def _describe(err: ValidationError, source: str, max_lines: int = 20) -> str:
-    import reprlib
-
-    # A value is quoted cut to 200 characters: it may be a 1 MB string, a list nested past the
-    # recursion limit, or a YAML alias bomb with billions of elements (reprlib reads only a few).
-    brief = reprlib.Repr()
-    brief.maxstring = brief.maxother = 200
-
-    def shown(value) -> str:
-        try:
-            text = brief.repr(value)
-        except ValueError:  # an int with more digits than Python writes out (sys.get_int_max_str_digits)
-            return f"a {type(value).__name__} too large to show"
-        return text if len(text) <= 200 else text[:200] + "..."
-
-    def name(part) -> str:
-        # Quoted when it would not read as a key: "", " a", "a\nb" (a line break would split the message).
-        text = str(part)
-        text = text if text and text.isprintable() and text == text.strip() else shown(part)
-        return text if len(text) <= 100 else text[:100] + "..."
-
-    errors = err.errors()
-    lines = []
-    for e in errors[:max_lines]:
-        key = ".".join(name(p) for p in e["loc"]) or "(top level)"
-        if e["type"] == "extra_forbidden":
-            lines.append(f"{source}: {key}: unknown key")
-        else:
-            got = e.get("input")
-            got_text = "" if isinstance(got, dict) else f" (got {shown(got)})"
-            msg = e["msg"].removeprefix("Value error, ")  # pydantic's wrapping of our own checks' messages
-            # A check of the whole recipe names its keys itself.
-            lines.append(f"{source}: {msg}{got_text}" if not e["loc"] else f"{source}: {key}: {msg}{got_text}")
-    if len(errors) > max_lines:
-        lines.append(f"{source}: ... and {len(errors) - max_lines} more errors")
-    return "\n".join(lines)
-
-
-def from_options(model: type[BaseModel], values: dict, error: type[Exception], options: dict | None = None):
-    """``values`` given on a command line, checked by the rules of the recipe section ``model``, so a
-    setting has one check whether it comes from a recipe or a flag. The first problem is raised as
-    ``error``, naming the flag (``--top-p: 1.5: Input should be less than or equal to 1``)."""
-    try:
-        return model.model_validate(values)
-    except ValidationError as err:
-        e = err.errors()[0]
-        message = e["msg"].removeprefix("Value error, ")
-        if not e["loc"]:  # a rule across settings: its own words name them
-            raise error(message) from None
-        key = str(e["loc"][0])
-        option = (options or {}).get(key) or "--" + key.replace("_", "-")
-        if message.startswith("must"):  # our own checks read as a sentence: "--prompt-template must contain {trace}"
-            raise error(f"{option} {message}") from None
-        raise error(f"{option}: {e['input']!r}: {message}") from None
-
-
 def recipe_from_dict(data: dict, source: str = "recipe") -> Recipe:
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a mapping at the top level, got {type(data).__name__}")
     try:
         return Recipe.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(_describe(err, source)) from None
+        raise ConfigError(describe_validation_error(err, source)) from None
 
 
 def yaml_problem(err: yaml.YAMLError) -> str:

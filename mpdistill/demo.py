@@ -215,8 +215,8 @@ def compare_to_baselines(results: dict, records: dict[str, list[dict]]) -> dict:
 def check_same_demo(out: Path, recipe: Recipe) -> None:
     """A re-run keeps the models already trained in ``out``: only if they were trained with this
     recipe (another seed, --quick or recipe would mix two demos in one table)."""
-    from mpdistill.checkpoints import recipe_changes
-    from mpdistill.config import ConfigError
+    from mpdistill.resume import recipe_changes
+    from mpdistill.errors import ConfigError
 
     for method in METHODS:
         saved = out / "runs" / method / "recipe.yaml"

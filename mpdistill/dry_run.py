@@ -115,7 +115,7 @@ def local_tokenizer(info: dict):
 def template_problems(recipe: Recipe, student: dict, teacher: dict) -> list[str]:
     """What the run would refuse about the chat templates it can read here: a thinking switch set for
     a template without one (:func:`mpdistill.pipeline.check_thinking`)."""
-    from mpdistill.config import ConfigError
+    from mpdistill.errors import ConfigError
     from mpdistill.pipeline import check_thinking
 
     tokenizer = local_tokenizer(student)
@@ -189,7 +189,7 @@ def describe_run(recipe: Recipe, out: str | Path | None = None) -> dict:
             warnings.append("training.bf16: no CUDA device is visible here, so bf16 is not checked; the run needs "
                             "GPUs that support it (or training.bf16: false)")
 
-    from mpdistill.config import ConfigError
+    from mpdistill.errors import ConfigError
     from mpdistill.pipeline import check_batch_fits
 
     processes = int(os.environ.get("WORLD_SIZE", "1") or 1)

@@ -262,7 +262,7 @@ def run_eval(spec: EvalSpec, out: str | Path, *, console=None) -> dict:
 def _load_tokenizer_and_config(name: str, trust_remote_code: bool = False):
     from transformers import AutoConfig
 
-    from mpdistill.config import ConfigError
+    from mpdistill.errors import ConfigError
     from mpdistill.models import load_tokenizer, model_path
 
     tokenizer = load_tokenizer(name, trust_remote_code=trust_remote_code)

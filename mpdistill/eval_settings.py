@@ -6,7 +6,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from pydantic import Field
+
 from mpdistill.eval_folder import EvalError
+from mpdistill.settings_base import StrictSettings
 
 GOLD = "gold"  # the model name that grades each benchmark's reference solutions (grader check)
 BACKENDS = ("transformers", "vllm")
@@ -17,6 +20,17 @@ SMALL_SET, SMALL_SET_SAMPLES = 100, 8
 DEFAULT_BENCHMARKS = {"math": ["gsm8k", "math500", "aime24", "aime25", "amc23"], "chain": ["chain"]}
 CHAIN = "chain"  # the demo's held-out chain problems, drawn from the run's seed (see mpdistill.demo)
 CHAIN_SIZE = 1000
+
+
+class EvalConfig(StrictSettings):
+    """A recipe's ``eval:`` section, and ``mpdistill eval``'s sampling options checked by the same rules."""
+
+    n: int = Field(default=1000, gt=0)
+    max_new_tokens: int = Field(default=256, gt=0)
+    temperature: float = Field(default=1.0, ge=0)
+    top_p: float = Field(default=1.0, gt=0, le=1)
+    top_k: int = Field(default=0, ge=0)
+    batch_size: int = Field(default=250, gt=0)
 
 
 @dataclass
@@ -100,7 +114,7 @@ class EvalSpec:
             if value is not None and value < 1:
                 raise EvalError(f"{name} must be at least 1, got {value}")
         # Sampling and budget: the rules of a recipe's eval: section (absent: resolved for the model later).
-        from mpdistill.config import EvalConfig, from_options
+        from mpdistill.settings_base import from_options
 
         from_options(EvalConfig, {key: value for key in ("max_new_tokens", "temperature", "top_p", "top_k", "batch_size")
                                   if (value := getattr(self, key)) is not None}, EvalError)

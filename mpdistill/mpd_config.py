@@ -23,7 +23,7 @@ from typing import Any
 from pydantic import ValidationError
 from trl import DistillationConfig
 
-from mpdistill.config import RewriteConfig, with_task_defaults
+from mpdistill.rewrite_config import RewriteConfig, with_task_defaults
 from mpdistill.paths import ROLLOUTS, TRAIN_LOG
 from mpdistill.rewrite import RewriteSettings, rewrite_settings_from
 from mpdistill.tasks import TASKS, Task, get_task

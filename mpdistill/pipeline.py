@@ -14,9 +14,10 @@ from pathlib import Path
 
 import torch
 
-from mpdistill.checkpoints import (CHECKPOINT_RECIPE, ROLLOUTS, TRAIN_LOG, checkpoint_step, existing_run, latest_checkpoint,
-                          prepare_resume)
-from mpdistill.config import ConfigError, Recipe, dump_recipe
+from mpdistill.checkpoints import (CHECKPOINT_RECIPE, ROLLOUTS, TRAIN_LOG, checkpoint_step, existing_run,
+                                   latest_checkpoint)
+from mpdistill.errors import ConfigError
+from mpdistill.config import Recipe, dump_recipe
 from mpdistill.durable import replace_dir, write_text
 from mpdistill.errors import HubError, one_line
 from mpdistill.methods import get_method, teacher_source
@@ -27,6 +28,7 @@ from mpdistill.models import check_compatible, load_model, model_path, resolve_m
 from mpdistill.mpd_config import REWRITE_PREFIX, MPDConfig
 from mpdistill.nonfinite import NonFiniteHalt
 from mpdistill.paths import check_output_dir, looks_local
+from mpdistill.resume import prepare_resume
 from mpdistill.processes import distributed_state, is_main_process, launch_warnings, on_main_then_share
 from mpdistill.run_lock import OutputLock
 from mpdistill.prompts import encode_message, has_thinking_switch

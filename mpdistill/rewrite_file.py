@@ -37,7 +37,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from mpdistill.config import ConfigError, RewriteConfig, from_options, with_task_defaults
+from mpdistill.errors import ConfigError
+from mpdistill.rewrite_config import RewriteConfig, with_task_defaults
+from mpdistill.settings_base import from_options
 from mpdistill.durable import LogError, append_jsonl, changed_settings, cut_torn_tail, read_jsonl_log, write_jsonl, write_text
 from mpdistill.paths import check_output_file
 from mpdistill.run_lock import holding

@@ -358,8 +358,8 @@ def _settings(recipe: Recipe, temperature: float) -> GenerationSettings:
 def _train_once(out: Path, run: str, recipe: Recipe, held_out: set[str], console: Console) -> None:
     """Train ``run`` unless its model is there, trained with this very recipe; its wall time is kept in
     the run folder (``cost.json``). A run trained again loses its evaluations (they were of the old model)."""
-    from mpdistill.checkpoints import recipe_changes
-    from mpdistill.config import ConfigError
+    from mpdistill.resume import recipe_changes
+    from mpdistill.errors import ConfigError
 
     run_dir = out / "runs" / run
     cost_file = run_dir / "cost.json"
@@ -655,7 +655,7 @@ def _check_same_study(out: Path, plan: Plan, recipe: Recipe) -> None:
     against its own recipe when it is reused (``_train_once``)."""
     import hashlib
 
-    from mpdistill.config import ConfigError
+    from mpdistill.errors import ConfigError
     from mpdistill.models import resolve_model
 
     def digest(name: str) -> str:

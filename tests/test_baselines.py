@@ -9,7 +9,8 @@ import torch
 from typer.testing import CliRunner
 
 from mpdistill.cli import app
-from mpdistill.config import ConfigError, load_recipe
+from mpdistill.errors import ConfigError
+from mpdistill.config import load_recipe
 from mpdistill.length_rl import grpo_config
 from mpdistill.models import load_model
 from mpdistill.pipeline import train, training_arguments

@@ -223,7 +223,7 @@ def test_the_cli_trains_the_verbose_teacher_world_by_its_own_plan(tmp_path, monk
 
 
 def test_the_worlds_models_resolve_by_name_and_unknown_names_are_refused():
-    from mpdistill.config import ConfigError
+    from mpdistill.errors import ConfigError
     from mpdistill.models import resolve_model
 
     assert resolve_model("embedded:student").endswith("concise-teacher/student")

@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mpdistill.config import ConfigError, Recipe, dump_recipe, load_recipe, recipe_from_dict
+from mpdistill.errors import ConfigError
+from mpdistill.config import Recipe, dump_recipe, load_recipe, recipe_from_dict
 from mpdistill.prompts import DEFAULT_REWRITE_PROMPT
 from mpdistill.tasks import chain
 

@@ -24,7 +24,8 @@ from pydantic import BaseModel
 from mpdistill import prompts, rewrite
 from mpdistill.tasks import math as grading
 from mpdistill.benchmarks import load_custom_benchmark
-from mpdistill.config import ConfigError, Recipe, load_recipe, recipe_from_dict
+from mpdistill.errors import ConfigError
+from mpdistill.config import Recipe, load_recipe, recipe_from_dict
 from mpdistill.tasks import TASKS, chain, get_task
 from mpdistill.tasks.problems import DataError, iter_jsonl, load_problems
 

@@ -9,7 +9,7 @@ import torch
 from mpdistill.checkpoints import latest_checkpoint
 from mpdistill.config import recipe_from_dict
 from mpdistill.nonfinite import NonFiniteGuard, NonFiniteHalt, gradients_finite
-from mpdistill.checkpoints import prepare_resume
+from mpdistill.resume import prepare_resume
 from mpdistill.pipeline import build_trainer, load_model, train, training_problems
 
 

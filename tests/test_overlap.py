@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from mpdistill.bench.served import ServedRewriter, teacher_answer
-from mpdistill.config import ConfigError, load_recipe, recipe_from_dict
+from mpdistill.errors import ConfigError
+from mpdistill.config import load_recipe, recipe_from_dict
 from mpdistill.overlap import FinishWatcher, finish_order, micro_batch_inputs, pad_prompts, watching_generate
 from mpdistill.tasks import chain
 

@@ -136,7 +136,7 @@ def test_the_task_is_chosen_from_the_data_where_that_is_unambiguous(data, expect
     ({"data": {"train": "x.jsonl", "prompt_template": "{problem} {x}"}, "task": "math"}, "cannot be filled in"),
 ])
 def test_an_ambiguous_or_wrong_task_is_refused(data, message):
-    from mpdistill.config import ConfigError
+    from mpdistill.errors import ConfigError
 
     with pytest.raises(ConfigError) as info:
         recipe_from_dict(data)

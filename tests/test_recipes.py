@@ -332,7 +332,7 @@ def test_train_without_out_or_dry_run_exits_2(tmp_path):
 
 
 def test_lora_on_the_output_head_is_refused():
-    from mpdistill.config import ConfigError
+    from mpdistill.errors import ConfigError
 
     with pytest.raises(ConfigError, match="training.lora.target_modules: .*lm_head cannot carry an adapter"):
         recipe_from_dict({"training": {"lora": {"target_modules": ["q_proj", "lm_head"]}}})

@@ -17,11 +17,10 @@ from mpdistill.checkpoints import (
     STAGING,
     EpochOrderSampler,
     ResumeError,
-    check_resumable,
     latest_checkpoint,
-    prepare_resume,
     rewind_rollout_log,
 )
+from mpdistill.resume import check_resumable, prepare_resume
 from mpdistill.config import dump_recipe, load_recipe
 from mpdistill.pipeline import train
 
@@ -196,7 +195,7 @@ def test_resume_refuses_a_finished_run_and_a_folder_that_is_not_a_run(tmp_path):
 
 
 def test_a_new_run_in_an_interrupted_run_folder_points_to_resume(tmp_path):
-    from mpdistill.config import ConfigError
+    from mpdistill.errors import ConfigError
 
     run, recipe = _run_dir(tmp_path)
     with pytest.raises(ConfigError, match="add --resume"):

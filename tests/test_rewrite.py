@@ -178,7 +178,7 @@ def test_the_route_gate_needs_a_task_that_can_tell(tiny_pair, tmp_path, monkeypa
     from datasets import Dataset
 
     from mpdistill import MPDConfig, MPDTrainer
-    from mpdistill.config import ConfigError
+    from mpdistill.errors import ConfigError
     from mpdistill.tasks import TASKS
 
     monkeypatch.setitem(TASKS, "routeless", lambda: dataclasses.replace(get_task("chain"), name="routeless",

@@ -11,7 +11,8 @@ import pytest
 import torch
 from loopback import JSONHandler, LoopbackServer
 
-from mpdistill.config import ConfigError, load_recipe
+from mpdistill.errors import ConfigError
+from mpdistill.config import load_recipe
 from mpdistill.models import load_model, load_tokenizer
 from mpdistill.pipeline import train
 from mpdistill.rewrite_file import RewriteFileError, RewriteFileSpec, rewrite_file

@@ -8,7 +8,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from mpdistill.config import ConfigError, recipe_from_dict
+from mpdistill.errors import ConfigError
+from mpdistill.config import recipe_from_dict
 from mpdistill.served_rewriter import OpenAIRewriter, check_endpoint
 
 KEY = "sk-test-5ecret-value"

@@ -42,7 +42,7 @@ def test_any_training_argument_reaches_the_trainer(tmp_path):
 
 
 def test_a_field_set_in_other_words_is_refused_with_the_key_to_use(tmp_path):
-    from mpdistill.config import ConfigError
+    from mpdistill.errors import ConfigError
 
     for key, value, hint in (("max_steps", 3, "training.steps"), ("per_device_train_batch_size", 2, "training.batch_size"),
                              ("output_dir", "x", "mpdistill train --out"), ("seed", 1, "the recipe's seed"),
@@ -56,7 +56,7 @@ def test_a_field_set_in_other_words_is_refused_with_the_key_to_use(tmp_path):
 
 
 def test_a_value_transformers_refuses_is_named(tmp_path):
-    from mpdistill.config import ConfigError
+    from mpdistill.errors import ConfigError
 
     try:
         training_arguments(recipe_from_dict({"training": {"optim": "no-such-optimizer"}}), tmp_path)
@@ -94,7 +94,7 @@ def test_set_mistakes_are_one_line_naming_the_key(tmp_path, tiny_pair):
 
 
 def test_trl_args_is_not_a_recipe_key():
-    from mpdistill.config import ConfigError
+    from mpdistill.errors import ConfigError
 
     # Its contents are checked as if written under training: directly.
     for value, message in (({"max_steps": 3}, "max_steps is set by training.steps"),
@@ -126,7 +126,7 @@ def test_a_value_transformers_refuses_stops_train_before_anything_is_written(tmp
 
 
 def test_operational_fields_may_change_on_resume():
-    from mpdistill.checkpoints import RESUMABLE_CHANGES, recipe_changes
+    from mpdistill.resume import RESUMABLE_CHANGES, recipe_changes
 
     saved = recipe_from_dict({"training": {"report_to": "none"}})
     given = recipe_from_dict({"training": {"report_to": "tensorboard", "weight_decay": 0.1}})

@@ -7,7 +7,8 @@ from types import SimpleNamespace
 import pytest
 from test_qwen3_path import qwen3_pair  # noqa: F401  (fixture)
 
-from mpdistill.config import ConfigError, recipe_from_dict
+from mpdistill.errors import ConfigError
+from mpdistill.config import recipe_from_dict
 from mpdistill.pipeline import build_trainer, check_thinking, load_model, training_problems
 from mpdistill.prompts import THINKING_REWRITE_PROMPT
 from mpdistill.rewrite import (

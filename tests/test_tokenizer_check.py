@@ -14,7 +14,7 @@ from transformers import AutoConfig
 from typer.testing import CliRunner
 
 from mpdistill.cli import app
-from mpdistill.config import ConfigError
+from mpdistill.errors import ConfigError
 from mpdistill.models import load_model, load_tokenizer, resolve_model
 
 runner = CliRunner()

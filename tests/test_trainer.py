@@ -5,7 +5,8 @@ import json
 import pytest
 import torch
 
-from mpdistill.config import ConfigError, recipe_from_dict
+from mpdistill.errors import ConfigError
+from mpdistill.config import recipe_from_dict
 from mpdistill.pipeline import build_trainer, check_compatible, load_model, train
 from mpdistill.rewrite import RewriteOutput
 from mpdistill.tasks import chain

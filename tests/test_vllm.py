@@ -20,7 +20,8 @@ from trl import DistillationConfig
 from typer.testing import CliRunner
 
 from mpdistill.cli import app
-from mpdistill.config import ConfigError, recipe_from_dict
+from mpdistill.errors import ConfigError
+from mpdistill.config import recipe_from_dict
 from mpdistill.pipeline import build_trainer, check_generation_backends, load_model, training_problems, vllm_rollout_args
 from mpdistill.rewrite import RewriteOutput, VLLMRewriter
 from mpdistill.rollout import GenerationSettings

@@ -38,7 +38,7 @@ def _load(name: str, tokenizer_path: str | None, dtype: torch.dtype, seed: int):
     """A model by name, or a randomly initialised one from a config ``.json`` (with ``tokenizer_path``)."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    from mpdistill.config import ConfigError
+    from mpdistill.errors import ConfigError
     from mpdistill.models import load_model
 
     if name.endswith(".json"):
