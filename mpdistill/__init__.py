@@ -14,26 +14,26 @@ __version__ = "0.1.0"
 
 # Public name -> the module that defines it.
 _EXPORTS = {
-    "MPDConfig": "mpd_config",
-    "MPDTrainer": "trainer",
-    "OPDTrainer": "trainer",
-    "OffPolicyKDTrainer": "trainer",
-    "RewriteSFTTrainer": "trainer",
-    "SelfDistillTrainer": "trainer",
-    "MixedOPDTrainer": "trainer",
-    "LengthPenaltyGRPOTrainer": "length_rl",
-    "Rewriter": "rewrite",
-    "RewriteOutput": "rewrite",
-    "TransformersRewriter": "rewrite",
-    "VLLMRewriter": "rewrite",
-    "OpenAIRewriter": "served_rewriter",
-    "RewriterBackend": "rewriters",
-    "register_backend": "rewriters",
-    "Method": "methods",
-    "register_method": "methods",
-    "Task": "tasks",
-    "get_task": "tasks",
-    "register_task": "tasks",
+    "MPDConfig": "mpdistill.trainers.config",
+    "MPDTrainer": "mpdistill.trainers.trainer",
+    "OPDTrainer": "mpdistill.trainers.trainer",
+    "OffPolicyKDTrainer": "mpdistill.trainers.trainer",
+    "RewriteSFTTrainer": "mpdistill.trainers.trainer",
+    "SelfDistillTrainer": "mpdistill.trainers.trainer",
+    "MixedOPDTrainer": "mpdistill.trainers.trainer",
+    "LengthPenaltyGRPOTrainer": "mpdistill.trainers.grpo_length",
+    "Rewriter": "mpdistill.rewriting.rewrite",
+    "RewriteOutput": "mpdistill.rewriting.rewrite",
+    "TransformersRewriter": "mpdistill.rewriting.rewrite",
+    "VLLMRewriter": "mpdistill.rewriting.rewrite",
+    "OpenAIRewriter": "mpdistill.rewriting.served",
+    "RewriterBackend": "mpdistill.rewriting.backends",
+    "register_backend": "mpdistill.rewriting.backends",
+    "Method": "mpdistill.trainers.methods",
+    "register_method": "mpdistill.trainers.methods",
+    "Task": "mpdistill.tasks",
+    "get_task": "mpdistill.tasks",
+    "register_task": "mpdistill.tasks",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -42,7 +42,7 @@ __all__ = sorted(_EXPORTS)
 def __getattr__(name: str):
     if name not in _EXPORTS:
         raise AttributeError(f"module 'mpdistill' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
     globals()[name] = value
     return value
 

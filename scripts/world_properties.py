@@ -19,8 +19,8 @@ import statistics
 
 import torch
 
-from mpdistill.embedded import WORLDS, verbose_world_style
-from mpdistill.models import load_model
+from mpdistill.models.worlds import WORLDS, verbose_world_style
+from mpdistill.models.loading import load_model
 from mpdistill.rollout import GenerationSettings, generate_texts
 from mpdistill.tasks import chain
 from mpdistill.tasks.problems import chain_problems

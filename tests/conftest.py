@@ -8,7 +8,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 torch.set_num_threads(1)
 
-from mpdistill import embedded  # noqa: E402
+from mpdistill.models import worlds as embedded  # noqa: E402
 
 # What a tier measured (the real-engine and real-model tiers), printed at the end of its run under
 # its title: a test passes each line to the ``report`` fixture.

@@ -6,7 +6,7 @@ from __future__ import annotations
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from mpdistill.bench.served import JSONHandler  # noqa: F401 - the handler base the tests' servers share
+from mpdistill.experiments.bench.served import JSONHandler  # noqa: F401 - the handler base the tests' servers share
 
 
 class LoopbackServer:

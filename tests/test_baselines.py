@@ -10,15 +10,15 @@ from typer.testing import CliRunner
 
 from mpdistill.cli import app
 from mpdistill.errors import ConfigError
-from mpdistill.config import load_recipe
-from mpdistill.length_rl import grpo_config
-from mpdistill.models import load_model
-from mpdistill.pipeline import train, training_arguments
+from mpdistill.run.recipe import load_recipe
+from mpdistill.trainers.grpo_length import grpo_config
+from mpdistill.models.loading import load_model
+from mpdistill.run.pipeline import train, training_arguments
 from mpdistill.recipes import shipped_path
 from mpdistill.rollout import GenerationSettings, generate_texts
 from mpdistill.tasks import chain
 from mpdistill.tasks.problems import chain_problems
-from mpdistill.trainer import SelfDistillTrainer, teacher_prompt
+from mpdistill.trainers.trainer import SelfDistillTrainer, teacher_prompt
 
 TINY = {"training": {"steps": 2, "batch_size": 8, "logging_steps": 1}, "data": {"n_train": 16}}
 
@@ -90,7 +90,7 @@ def test_self_distillation_scores_the_students_sample_after_the_instructed_promp
 
 def test_self_distillation_stops_when_the_teacher_would_read_the_plain_prompt(tmp_path, monkeypatch):
     # As if TRL scored the teacher without the hook: the run must not train on a KL of zero.
-    from mpdistill.trainer import _TeacherPrompts
+    from mpdistill.trainers.trainer import _TeacherPrompts
 
     monkeypatch.setattr(_TeacherPrompts, "_get_last_hidden_state",
                         lambda self, m, ids, mask, k, *a, **kw: super(_TeacherPrompts, self)._get_last_hidden_state(
@@ -158,7 +158,7 @@ def test_dry_run_names_the_teacher_each_baseline_uses():
 
 
 def _grpo_trainer(tmp_path, **training):
-    from mpdistill.pipeline import build_trainer, training_problems
+    from mpdistill.run.pipeline import build_trainer, training_problems
 
     recipe = _recipe("grpo_length", **training)
     student, tok = load_model(recipe.student)
@@ -197,7 +197,7 @@ def test_grpo_gated_penalty_is_the_default_and_its_card_says_so(tmp_path):
 def test_refreshed_self_distillation_copies_the_student_into_its_teacher(tmp_path):
     """training.teacher_sync_steps: after every N steps the teacher is the student as it then is; without
     it, the teacher stays the initial student."""
-    from mpdistill.pipeline import build_trainer, training_problems
+    from mpdistill.run.pipeline import build_trainer, training_problems
 
     for sync, expect_copy in ((1, True), (None, False)):
         recipe = _recipe("self_distill", teacher_sync_steps=sync, beta=1.0)
@@ -217,7 +217,7 @@ def test_refreshed_self_distillation_copies_the_student_into_its_teacher(tmp_pat
 def test_a_resumed_refreshed_run_gets_its_refreshed_teacher_back(tmp_path):
     """The refreshed teacher is no longer the initial student: each checkpoint holds it, and a resume
     loads it, so the resumed run scores with the teacher the uninterrupted run had."""
-    from mpdistill.checkpoints import ResumeError
+    from mpdistill.trainers.checkpoints import ResumeError
 
     recipe = load_recipe(shipped_path("embedded"), {**TINY, "method": "self_distill", "training": {
         **TINY["training"], "steps": 4, "save_steps": 2, "teacher_sync_steps": 1, "beta": 1.0}})

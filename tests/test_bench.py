@@ -6,8 +6,8 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from mpdistill.bench.phases import PHASES
-from mpdistill.bench.reduction import format_time_to_reduction, time_to_reduction
+from mpdistill.experiments.bench.phases import PHASES
+from mpdistill.experiments.bench.reduction import format_time_to_reduction, time_to_reduction
 from mpdistill.cli import app
 
 runner = CliRunner()
@@ -90,7 +90,7 @@ def test_time_to_reduction_on_a_known_log(tmp_path):
 
 
 def test_loss_memory_rows():
-    from mpdistill.bench.memory import bench_loss_memory, format_loss_memory
+    from mpdistill.experiments.bench.memory import bench_loss_memory, format_loss_memory
 
     result = bench_loss_memory([8, 16], vocab_size=1000, hidden_size=8)
     assert [r["tokens"] for r in result["rows"]] == [8, 16]

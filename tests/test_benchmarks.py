@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from mpdistill.benchmarks import (
+from mpdistill.tasks.benchmarks import (
     ASSETS_DIR,
     Benchmark,
     BenchmarkItem,

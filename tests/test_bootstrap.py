@@ -10,9 +10,9 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 from typer.testing import CliRunner
 
-from mpdistill import embedded
+from mpdistill.models import worlds as embedded
 from mpdistill.cli import app
-from mpdistill.embedded import STAGES, BootstrapPlan, bootstrap, build_tokenizer
+from mpdistill.models.worlds import STAGES, BootstrapPlan, bootstrap, build_tokenizer
 from mpdistill.tasks import chain
 
 PLAN = BootstrapPlan(student_max_steps=3, teacher_max_steps=3, first_check=2, check_every=1, validation_n=8,
@@ -224,7 +224,7 @@ def test_the_cli_trains_the_verbose_teacher_world_by_its_own_plan(tmp_path, monk
 
 def test_the_worlds_models_resolve_by_name_and_unknown_names_are_refused():
     from mpdistill.errors import ConfigError
-    from mpdistill.models import resolve_model
+    from mpdistill.models.loading import resolve_model
 
     assert resolve_model("embedded:student").endswith("concise-teacher/student")
     assert resolve_model("embedded:verbose-teacher/teacher").endswith("verbose-teacher/teacher")

@@ -1,4 +1,4 @@
-"""Tests for mpdistill.compare on small evaluation folders written by hand, against values computed by hand."""
+"""Tests for mpdistill.evaluation.compare on small evaluation folders written by hand, against values computed by hand."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import math
 
 import pytest
 
-from mpdistill.compare import (
+from mpdistill.evaluation.compare import (
     CompareError,
     compare_runs,
     format_comparison,
@@ -16,7 +16,7 @@ from mpdistill.compare import (
     plot_comparison,
     write_comparison,
 )
-from mpdistill.evaluate import wilson_interval, wilson_interval_mean
+from mpdistill.evaluation.stats import wilson_interval, wilson_interval_mean
 
 # The shape of the settings ``mpdistill eval`` records.
 SETTINGS = {
@@ -224,7 +224,7 @@ def test_partly_null_tokens_warn(tmp_path):
 def test_torn_last_line_is_skipped_with_a_warning(tmp_path, caplog, tail):
     samples = _problems("gsm8k", {"p0": [(True, 10)], "p1": [(False, 20)]})
     folder = _write_run(tmp_path / "b", samples, tail=tail)
-    with caplog.at_level(logging.WARNING, logger="mpdistill.compare"):
+    with caplog.at_level(logging.WARNING, logger="mpdistill.evaluation.compare"):
         run = load_eval_dir(folder)
     assert len(run["samples"]) == 2
     assert len(run["warnings"]) == 1 and "line 3" in run["warnings"][0]
@@ -262,7 +262,7 @@ def test_unfinished_run_reads_settings_from_eval_config(tmp_path, caplog):
     folder = _write_run(tmp_path / "b", [_sample("gsm8k", "p0", True, 10)], model="qwen")
     (folder / "summary.json").unlink()
     (folder / "eval_config.json").write_text(json.dumps(dict(SETTINGS, model="qwen")))
-    with caplog.at_level(logging.WARNING, logger="mpdistill.compare"):
+    with caplog.at_level(logging.WARNING, logger="mpdistill.evaluation.compare"):
         run = load_eval_dir(folder)
     assert run["model"] == "qwen" and run["settings"]["temperature"] == 0.6
     assert len(run["warnings"]) == 1 and "eval_config.json" in run["warnings"][0]

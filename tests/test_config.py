@@ -6,8 +6,8 @@ import pytest
 import yaml
 
 from mpdistill.errors import ConfigError
-from mpdistill.config import Recipe, dump_recipe, load_recipe, recipe_from_dict
-from mpdistill.prompts import DEFAULT_REWRITE_PROMPT
+from mpdistill.run.recipe import Recipe, dump_recipe, load_recipe, recipe_from_dict
+from mpdistill.tasks.prompts import DEFAULT_REWRITE_PROMPT
 from mpdistill.tasks import chain
 
 EMBEDDED = Path(__file__).resolve().parents[1] / "mpdistill" / "recipes" / "embedded.yaml"

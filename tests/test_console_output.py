@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from mpdistill.checkpoints import tied_names
-from mpdistill.config import load_recipe, recipe_from_dict
-from mpdistill.console_log import ConsoleLog
-from mpdistill.pipeline import build_trainer, load_model, train, training_problems
+from mpdistill.trainers.checkpoints import tied_names
+from mpdistill.run.recipe import load_recipe, recipe_from_dict
+from mpdistill.trainers.console_log import ConsoleLog
+from mpdistill.run.pipeline import build_trainer, load_model, train, training_problems
 
 EMBEDDED_RECIPE = Path(__file__).resolve().parents[1] / "mpdistill" / "recipes" / "embedded.yaml"
 STEPS = 2

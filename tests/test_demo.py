@@ -7,7 +7,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 from typer.testing import CliRunner
 
 from mpdistill.cli import app
-from mpdistill.demo import EVAL_ORDER, QUICK_EVAL_N
+from mpdistill.experiments.demo import EVAL_ORDER, QUICK_EVAL_N
 
 METHOD_FIELDS = {"accuracy", "accuracy_ci95", "mean_tokens", "n", "token_reduction_vs_base", "accuracy_delta_vs_base",
                  "aes"}
@@ -118,8 +118,8 @@ def test_mpdistill_eval_reproduces_the_demo_sample_for_sample(demo_dir, tmp_path
     """The README's command: `mpdistill eval` on a demo model needs no task or sampling flags (the
     model folder records its task and prompt; its generation_config, how it samples) and, with the
     demo's batch size, draws the very same responses as the demo did."""
-    from mpdistill.config import load_recipe
-    from mpdistill.demo import RECIPE
+    from mpdistill.run.recipe import load_recipe
+    from mpdistill.experiments.demo import RECIPE
 
     batch = load_recipe(RECIPE).eval.batch_size
     out = tmp_path / "eval"

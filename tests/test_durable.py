@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from mpdistill.durable import (
+from mpdistill.utils.durable import (
     LogError,
     append_jsonl,
     atomic_write,
@@ -41,7 +41,7 @@ def test_sigkill_during_rewrites_never_leaves_a_partial_file(tmp_path):
     path = tmp_path / "summary.json"
     script = textwrap.dedent(f"""
         import json, sys
-        from mpdistill.durable import write_text
+        from mpdistill.utils.durable import write_text
         path = {str(path)!r}
         i = 0
         while True:

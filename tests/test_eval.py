@@ -11,10 +11,10 @@ from transformers import AutoTokenizer
 from typer.testing import CliRunner
 
 from mpdistill.cli import app
-from mpdistill.eval_folder import EvalError, read_samples
-from mpdistill.eval_runner import Unit, run_eval, run_units
-from mpdistill.eval_settings import EvalSpec
-from mpdistill.prompts import MATH_PROMPT, PromptEncoder, sampling_defaults, split_response
+from mpdistill.evaluation.folder import EvalError, read_samples
+from mpdistill.evaluation.runner import Unit, run_eval, run_units
+from mpdistill.evaluation.settings import EvalSpec
+from mpdistill.tasks.prompts import MATH_PROMPT, PromptEncoder, sampling_defaults, split_response
 from mpdistill.rollout.hf import Generation
 from mpdistill.tasks import get_task
 
@@ -52,7 +52,7 @@ def test_chat_prompt_switches_thinking(qwen_tok, thinking, tail):
 
 
 def test_tokenizer_without_chat_template_prompts_plainly_with_a_warning(caplog):
-    from mpdistill.embedded import build_tokenizer
+    from mpdistill.models.worlds import build_tokenizer
 
     tok = build_tokenizer()
     with caplog.at_level(logging.WARNING):
@@ -71,7 +71,7 @@ def test_sampling_defaults_per_family():
 def test_the_models_generation_config_comes_first_for_sampling_and_the_family_first_for_the_budget():
     from transformers import GenerationConfig
 
-    from mpdistill.prompts import max_new_tokens_default
+    from mpdistill.tasks.prompts import max_new_tokens_default
 
     own = GenerationConfig(do_sample=True, temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=256)
     assert sampling_defaults("qwen3", True, own) == ({"temperature": 1.0, "top_p": 1.0, "top_k": 0},
@@ -91,7 +91,7 @@ def test_a_model_trained_without_thinking_is_evaluated_without_it(tiny_qwen3, pr
     """mpdistill.json records how the student was trained to read its problems; eval follows it."""
     import shutil
 
-    from mpdistill.model_record import write_record
+    from mpdistill.models.record import write_record
 
     model = tmp_path / "student"
     shutil.copytree(tiny_qwen3, model)
@@ -259,7 +259,7 @@ def test_cli_gold_grades_reference_solutions(tmp_path):
         assert s["n_problems"] == 30 and s["accuracy"] >= 0.95 and s["mean_tokens"] is None
         assert s["shuffled_gold"]["rate"] <= 0.1
         # Read from the graded samples, it is the grader check's own number.
-        from mpdistill.benchmarks import check_grader, load_benchmark
+        from mpdistill.tasks.benchmarks import check_grader, load_benchmark
 
         assert s["shuffled_gold"] == check_grader(load_benchmark(name, limit=30))["shuffled"]
 
@@ -345,7 +345,8 @@ def test_vllm_backend_maps_settings_and_accounting(monkeypatch):
 def test_budget_and_samples_default_by_model_family_and_set_size(tiny_qwen3, problems_file, tmp_path, monkeypatch):
     """Qwen3 thinks long: its model card's 32,768-token budget (38,912 on competition sets); a set of
     under 100 problems is sampled 8 times per problem. Sampling is stubbed: only the plan is checked."""
-    from mpdistill import eval_report, eval_runner
+    from mpdistill.evaluation import report as eval_report
+    from mpdistill.evaluation import runner as eval_runner
     from mpdistill.rollout.hf import Generation
 
     budgets = []

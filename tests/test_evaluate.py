@@ -1,4 +1,4 @@
-"""Statistics and report tests for mpdistill.evaluate, against values computed by hand."""
+"""Statistics and report tests for mpdistill.evaluation.stats, against values computed by hand."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from mpdistill.evaluate import (
+from mpdistill.evaluation.stats import (
     aes,
     build_results,
     format_table,

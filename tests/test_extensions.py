@@ -6,12 +6,12 @@ import json
 import pytest
 
 from mpdistill import MPDConfig, MPDTrainer, get_task, register_backend, register_method, register_task
-from mpdistill.config import recipe_from_dict
-from mpdistill.methods import METHODS, Method
-from mpdistill.rewrite import RewriteOutput
-from mpdistill.rewriters import BACKENDS, RewriterBackend
+from mpdistill.run.recipe import recipe_from_dict
+from mpdistill.trainers.methods import METHODS, Method
+from mpdistill.rewriting.rewrite import RewriteOutput
+from mpdistill.rewriting.backends import BACKENDS, RewriterBackend
 from mpdistill.tasks import TASKS, Task, chain
-from mpdistill.trainer import OPDTrainer
+from mpdistill.trainers.trainer import OPDTrainer
 
 
 @pytest.fixture
@@ -69,7 +69,7 @@ def test_a_rewriter_backend_is_one_registration(registries, tiny_pair, tmp_path)
 
 
 def test_a_method_is_one_registration(registries, tiny_pair, tmp_path):
-    from mpdistill.pipeline import train
+    from mpdistill.run.pipeline import train
 
     built = []
 
@@ -117,7 +117,7 @@ def test_the_command_loads_extensions_other_packages_declare(tmp_path, tiny_pair
     (site / "toy_plugin").mkdir(parents=True)
     (site / "toy_plugin" / "__init__.py").write_text(
         "from mpdistill import register_backend\n"
-        "from mpdistill.rewriters import RewriterBackend\n"
+        "from mpdistill.rewriting.backends import RewriterBackend\n"
         "register_backend(RewriterBackend('echo', make=lambda c, t, s: None, describe=lambda c, t: 'echoes the trace'))\n")
     info = site / "toy_plugin-0.1.dist-info"
     info.mkdir()
@@ -148,8 +148,8 @@ def test_the_command_loads_extensions_other_packages_declare(tmp_path, tiny_pair
 
 
 def test_eval_of_a_task_without_default_benchmarks_asks_for_them(registries, tmp_path):
-    from mpdistill.eval_folder import EvalError
-    from mpdistill.eval_settings import EvalSpec
+    from mpdistill.evaluation.folder import EvalError
+    from mpdistill.evaluation.settings import EvalSpec
 
     register_task("units", lambda: Task(name="units", extract_answer=lambda t: None, answers_match=lambda a, b: a == b))
     with pytest.raises(EvalError, match="the units task has no default benchmarks: name them with --benchmarks"):

@@ -21,11 +21,12 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel
 
-from mpdistill import prompts, rewrite
+from mpdistill.tasks import prompts
+from mpdistill.rewriting import rewrite
 from mpdistill.tasks import math as grading
-from mpdistill.benchmarks import load_custom_benchmark
+from mpdistill.tasks.benchmarks import load_custom_benchmark
 from mpdistill.errors import ConfigError
-from mpdistill.config import Recipe, load_recipe, recipe_from_dict
+from mpdistill.run.recipe import Recipe, load_recipe, recipe_from_dict
 from mpdistill.tasks import TASKS, chain, get_task
 from mpdistill.tasks.problems import DataError, iter_jsonl, load_problems
 

@@ -1,12 +1,12 @@
-"""The dry run's memory estimate (mpdistill/memory.py): each term that a CPU can measure is held to
+"""The dry run's memory estimate (mpdistill/run/memory.py): each term that a CPU can measure is held to
 the tensors a real run allocates, and the shipped Qwen3 recipe's plan prints it offline."""
 
 import pytest
 import torch
 from transformers import Qwen3Config, Qwen3ForCausalLM
 
-from mpdistill.config import recipe_from_dict
-from mpdistill.memory import (REWRITE_INSTRUCTION_TOKENS, estimate, kv_bytes_per_token, lora_parameter_count,
+from mpdistill.run.recipe import recipe_from_dict
+from mpdistill.run.memory import (REWRITE_INSTRUCTION_TOKENS, estimate, kv_bytes_per_token, lora_parameter_count,
                               parameter_count, peak)
 
 SMALL = dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
@@ -82,8 +82,8 @@ def test_the_rewrite_instruction_allowance_covers_the_built_in_prompts():
 
     from transformers import AutoTokenizer
 
-    from mpdistill.prompts import PROMPT_TEMPLATES, encode_message
-    from mpdistill.rewrite import RewriteSettings
+    from mpdistill.tasks.prompts import PROMPT_TEMPLATES, encode_message
+    from mpdistill.rewriting.rewrite import RewriteSettings
 
     tok = AutoTokenizer.from_pretrained(Path(__file__).parent / "fixtures" / "qwen3")
     for name, template in PROMPT_TEMPLATES.items():
@@ -93,7 +93,7 @@ def test_the_rewrite_instruction_allowance_covers_the_built_in_prompts():
 
 
 def test_a_peak_past_the_visible_gpu_is_an_error():
-    from mpdistill import dry_run
+    from mpdistill.run import dry_run
 
     recipe = _recipe()
     student, teacher = (dry_run.describe_model(key, f"Qwen/{name}")[0]

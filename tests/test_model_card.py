@@ -5,10 +5,10 @@ import json
 import pytest
 from huggingface_hub import ModelCard
 
-from mpdistill.config import recipe_from_dict
-from mpdistill.model_card import CardFacts, render_card, set_card_evaluation, write_card
-from mpdistill.mpd_config import MPDConfig
-from mpdistill.pipeline import train
+from mpdistill.run.recipe import recipe_from_dict
+from mpdistill.models.card import CardFacts, render_card, set_card_evaluation, write_card
+from mpdistill.trainers.config import MPDConfig
+from mpdistill.run.pipeline import train
 from mpdistill.tasks import chain
 
 

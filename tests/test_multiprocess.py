@@ -244,7 +244,7 @@ def test_overlapped_steps_under_torchrun_train_as_serial_steps_do(recipe, tmp_pa
     rewrites), and the two models end up equal up to float rounding."""
     from safetensors.torch import load_file
 
-    from mpdistill.bench.served import ServedRewriter
+    from mpdistill.experiments.bench.served import ServedRewriter
 
     data = yaml.safe_load(recipe.read_text())
     data["training"]["gradient_accumulation_steps"] = 2
@@ -262,7 +262,7 @@ def test_overlapped_steps_under_torchrun_train_as_serial_steps_do(recipe, tmp_pa
     assert sum(r[5] == "accepted" for r in serial) >= 4
     asked = Counter((r[0], r[2]) for r in serial if r[5] not in ("student_unparsed", "on_policy"))
     assert any(asked[s, 0] != asked[s, 1] for s in range(STEPS)), dict(asked)  # the processes wait unequally
-    from mpdistill.models import load_model
+    from mpdistill.models.loading import load_model
 
     start = dict(load_model("embedded:student")[0].state_dict())
     # The gradients before clipping, gathered over both processes: what the rescale makes of the divisor.

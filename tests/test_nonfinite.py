@@ -6,11 +6,11 @@ import math
 import pytest
 import torch
 
-from mpdistill.checkpoints import latest_checkpoint
-from mpdistill.config import recipe_from_dict
-from mpdistill.nonfinite import NonFiniteGuard, NonFiniteHalt, gradients_finite
-from mpdistill.resume import prepare_resume
-from mpdistill.pipeline import build_trainer, load_model, train, training_problems
+from mpdistill.trainers.checkpoints import latest_checkpoint
+from mpdistill.run.recipe import recipe_from_dict
+from mpdistill.trainers.nonfinite import NonFiniteGuard, NonFiniteHalt, gradients_finite
+from mpdistill.run.resume import prepare_resume
+from mpdistill.run.pipeline import build_trainer, load_model, train, training_problems
 
 
 def _recipe(tiny_pair, **training):
@@ -89,7 +89,7 @@ def test_too_many_in_a_row_stop_with_a_resumable_checkpoint(tiny_pair, tmp_path,
         captured["trainer"] = trainer
         return trainer
 
-    monkeypatch.setattr("mpdistill.pipeline.build_trainer", build_with_faults)
+    monkeypatch.setattr("mpdistill.run.pipeline.build_trainer", build_with_faults)
     with pytest.raises(NonFiniteHalt, match=r"stopped at step 5: more than 2 steps in a row had a NaN/inf") as err:
         train(recipe, run)
     assert "--resume" in str(err.value)
@@ -107,7 +107,7 @@ def test_too_many_in_a_row_stop_with_a_resumable_checkpoint(tiny_pair, tmp_path,
     assert [e["nonfinite/skipped"] for e in log if "nonfinite/skipped" in e] == [0.0, 0.0, 1.0, 1.0, 1.0]
     # The run folder resumes from there once the cause is gone.
     assert prepare_resume(recipe, run) == checkpoint
-    monkeypatch.setattr("mpdistill.pipeline.build_trainer", original)
+    monkeypatch.setattr("mpdistill.run.pipeline.build_trainer", original)
     model_dir = train(recipe, run, resume=True)
     assert (model_dir / "model.safetensors").exists()
 

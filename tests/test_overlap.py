@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from mpdistill.bench.served import ServedRewriter, teacher_answer
+from mpdistill.experiments.bench.served import ServedRewriter, teacher_answer
 from mpdistill.errors import ConfigError
-from mpdistill.config import load_recipe, recipe_from_dict
-from mpdistill.overlap import FinishWatcher, finish_order, micro_batch_inputs, pad_prompts, watching_generate
+from mpdistill.run.recipe import load_recipe, recipe_from_dict
+from mpdistill.trainers.overlap import FinishWatcher, finish_order, micro_batch_inputs, pad_prompts, watching_generate
 from mpdistill.tasks import chain
 
 
@@ -24,9 +24,9 @@ def server():
 
 
 def _run(run_dir: Path, url: str, *, overlap: bool, steps: int = 3, delay_hook=None, **rewrite):
-    from mpdistill.demo import RECIPE
-    from mpdistill.models import load_model
-    from mpdistill.pipeline import build_trainer, training_problems
+    from mpdistill.experiments.demo import RECIPE
+    from mpdistill.models.loading import load_model
+    from mpdistill.run.pipeline import build_trainer, training_problems
 
     recipe = load_recipe(RECIPE, {
         "data": {"n_train": 64},
@@ -83,7 +83,7 @@ def test_overlapped_steps_train_as_the_serial_steps_do(server, tmp_path):
 
 
 def _initial_student():
-    from mpdistill.models import load_model
+    from mpdistill.models.loading import load_model
 
     return load_model("embedded:student")[0]
 
@@ -154,7 +154,7 @@ def test_waiting_on_a_request_ends_at_its_deadline():
     does not end (a connection that hangs below the socket timeouts)."""
     import concurrent.futures
 
-    from mpdistill.served_rewriter import OpenAIRewriter, PendingRewrite
+    from mpdistill.rewriting.served import OpenAIRewriter, PendingRewrite
 
     rewriter = OpenAIRewriter("http://127.0.0.1:9/v1", "m", deadline_s=0.3)
     never: concurrent.futures.Future = concurrent.futures.Future()
@@ -166,7 +166,7 @@ def test_waiting_on_a_request_ends_at_its_deadline():
 
 
 def test_finish_watcher_reports_each_row_as_it_ends():
-    from mpdistill.models import load_model
+    from mpdistill.models.loading import load_model
 
     model, tok = load_model("embedded:student")
     prompts = [chain.sample_problem(__import__("random").Random(i)).prompt for i in range(6)]
@@ -193,8 +193,8 @@ def test_micro_batches_are_laid_out_as_trls_batches(tmp_path):
     """What the overlapped step hands TRL's loss is what TRL's own padding makes of the same rows."""
     from trl import DistillationTrainer
 
-    from mpdistill.models import load_model
-    from mpdistill.pipeline import build_trainer, training_problems
+    from mpdistill.models.loading import load_model
+    from mpdistill.run.pipeline import build_trainer, training_problems
 
     recipe = recipe_from_dict({"task": "chain", "student": "embedded:student", "teacher": "embedded:teacher",
                                "data": {"n_train": 4}, "training": {"steps": 1, "batch_size": 4}})

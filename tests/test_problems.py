@@ -205,8 +205,8 @@ def test_chain_problems_unknown_split():
 def test_a_worked_solution_gives_its_last_boxed_answer_as_gold(tmp_path):
     """The MATH recipe's data: lighteval's layout, the gold answer read from the solution's last
     \\boxed{} (data.answer_from: boxed), as MATH-500's own answer field has it."""
-    from mpdistill.config import load_recipe
-    from mpdistill.pipeline import training_problems
+    from mpdistill.run.recipe import load_recipe
+    from mpdistill.run.pipeline import training_problems
     from mpdistill.recipes import shipped_path
     from mpdistill.tasks import get_task
 

@@ -40,10 +40,10 @@ def test_the_readme_example_runs_as_written(tmp_path):
 def test_a_recipe_and_the_config_fill_in_the_same_task_defaults(tmp_path):
     """The chain task's rewrite layout (plain text) whether the run comes from a recipe, MPDConfig or
     mpdistill rewrite; the math task's default instruction through the chat template."""
-    from mpdistill.config import recipe_from_dict
-    from mpdistill.pipeline import training_arguments
-    from mpdistill.rewrite import rewrite_settings_from
-    from mpdistill.rewrite_file import RewriteFileSpec
+    from mpdistill.run.recipe import recipe_from_dict
+    from mpdistill.run.pipeline import training_arguments
+    from mpdistill.rewriting.rewrite import rewrite_settings_from
+    from mpdistill.rewriting.offline import RewriteFileSpec
 
     for task, data in (("chain", {}), ("math", {"data": {"train": "x.jsonl"}, "student": "s", "teacher": "t"})):
         recipe = recipe_from_dict({"task": task, **data})
@@ -67,7 +67,7 @@ def test_rewrite_settings_are_checked_once_by_the_recipes_rules(tmp_path):
 
 
 def test_the_task_fills_in_the_rewrite_prompt(tmp_path):
-    from mpdistill.prompts import DEFAULT_REWRITE_PROMPT
+    from mpdistill.tasks.prompts import DEFAULT_REWRITE_PROMPT
     from mpdistill.tasks import chain
 
     chain_settings = MPDConfig(str(tmp_path), task="chain").rewrite_settings()
@@ -108,7 +108,8 @@ def test_a_plain_distillation_config_is_refused_with_what_to_use(tiny_pair, tmp_
 def test_the_python_api_checks_its_rows_before_any_model_loads(tmp_path, monkeypatch, rows, settings, said):
     from datasets import Dataset
 
-    from mpdistill import MPDTrainer, models
+    from mpdistill import MPDTrainer
+    from mpdistill.models.loading import loading as models
     from mpdistill.errors import ConfigError
 
     monkeypatch.setattr(models, "load_tokenizer", lambda *a, **k: pytest.fail("a model loaded before the rows were checked"))

@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 from transformers import AutoTokenizer, Qwen3Config, Qwen3ForCausalLM
 
-from mpdistill.config import recipe_from_dict
-from mpdistill.pipeline import load_model, train
-from mpdistill.rewrite import TransformersRewriter
+from mpdistill.run.recipe import recipe_from_dict
+from mpdistill.run.pipeline import load_model, train
+from mpdistill.rewriting.rewrite import TransformersRewriter
 from mpdistill.rollout import GenerationSettings
 
 FIXTURES = Path(__file__).parent / "fixtures" / "qwen3"
@@ -79,10 +79,10 @@ def _math_recipe(qwen3_pair, **extra):
 
 
 def test_training_the_rewrite_prompt_and_evaluation_see_the_same_problem_text(qwen3_pair):
-    from mpdistill.eval_settings import EvalSpec
-    from mpdistill.pipeline import training_problems
-    from mpdistill.rewrite import rewrite_settings_from
-    from mpdistill.prompts import PromptEncoder
+    from mpdistill.evaluation.settings import EvalSpec
+    from mpdistill.run.pipeline import training_problems
+    from mpdistill.rewriting.rewrite import rewrite_settings_from
+    from mpdistill.tasks.prompts import PromptEncoder
 
     recipe = _math_recipe(qwen3_pair)
     assert recipe.task == "math"  # chosen from the data: a dataset for real models
@@ -107,7 +107,7 @@ def test_training_the_rewrite_prompt_and_evaluation_see_the_same_problem_text(qw
 
 
 def test_training_answers_are_normalised_as_evaluation_golds(tmp_path, qwen3_pair):
-    from mpdistill.pipeline import training_problems
+    from mpdistill.run.pipeline import training_problems
 
     data = tmp_path / "gsm8k_train.jsonl"
     data.write_text(json.dumps({"question": "q", "answer": "Natalia sold 48/2 = 24 clips.\n#### 1,072"}) + "\n")
@@ -146,7 +146,7 @@ def test_an_ambiguous_or_wrong_task_is_refused(data, message):
 def test_a_run_whose_traces_have_no_readable_answer_warns_in_the_console_and_the_log(qwen3_pair, tmp_path, caplog):
     """A random model never writes an answer: every trace is student_unparsed, MPD rewrites nothing."""
     recipe = _math_recipe(qwen3_pair, training={"steps": 2}, rewrite={"monitor_window": 1})
-    with caplog.at_level("WARNING", logger="mpdistill.mix_monitor"):
+    with caplog.at_level("WARNING", logger="mpdistill.trainers.mix_monitor"):
         train(recipe, tmp_path)
     log = [json.loads(line) for line in (tmp_path / "train_log.jsonl").read_text().splitlines()]
     warnings = [e["mpd/warning"] for e in log if "mpd/warning" in e]
@@ -156,7 +156,7 @@ def test_a_run_whose_traces_have_no_readable_answer_warns_in_the_console_and_the
 
 
 def test_a_floor_on_readable_answers_stops_the_run_naming_the_cause(qwen3_pair, tmp_path):
-    from mpdistill.mix_monitor import MixFloorHalt
+    from mpdistill.trainers.mix_monitor import MixFloorHalt
 
     recipe = _math_recipe(qwen3_pair, training={"steps": 4},
                           rewrite={"monitor_window": 2, "min_parsed_fraction": 0.5})
@@ -171,13 +171,13 @@ def test_a_floor_on_readable_answers_stops_the_run_naming_the_cause(qwen3_pair, 
 
 
 def test_a_teacher_template_that_renders_training_prompts_differently_is_reported(qwen3_pair, caplog):
-    from mpdistill.pipeline import warn_if_templates_differ
+    from mpdistill.run.pipeline import warn_if_templates_differ
 
     recipe = _math_recipe(qwen3_pair)
     student = AutoTokenizer.from_pretrained(qwen3_pair / "student")
     teacher = AutoTokenizer.from_pretrained(qwen3_pair / "teacher")
     assert not warn_if_templates_differ(recipe, student, teacher)  # one family, one template
     teacher.chat_template = teacher.chat_template.replace("<|im_start|>", "<|im_start|> ")
-    with caplog.at_level("WARNING", logger="mpdistill.pipeline"):
+    with caplog.at_level("WARNING", logger="mpdistill.run.pipeline"):
         assert warn_if_templates_differ(recipe, student, teacher)
     assert "the teacher scores prompts in the student's format" in caplog.text

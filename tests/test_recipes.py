@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from mpdistill import recipes as shipped
-from mpdistill.config import recipe_from_dict
-from mpdistill.pipeline import build_trainer, load_model, train, training_problems
+from mpdistill.run.recipe import recipe_from_dict
+from mpdistill.run.pipeline import build_trainer, load_model, train, training_problems
 from mpdistill.tasks import chain
 
 
@@ -61,7 +61,7 @@ def test_lora_step_trains_only_the_adapter_and_the_run_saves_a_loadable_student(
 
 from typer.testing import CliRunner  # noqa: E402
 
-from mpdistill import dry_run as dry_run_mod  # noqa: E402
+from mpdistill.run import dry_run as dry_run_mod  # noqa: E402
 from mpdistill.cli import app  # noqa: E402
 
 runner = CliRunner()
@@ -98,7 +98,7 @@ def test_every_shipped_recipe_exists():
 def test_every_shipped_recipe_plans_offline_without_errors(recipe, bf16_gpu, monkeypatch, tmp_path):
     import importlib.util
 
-    from mpdistill.config import load_recipe
+    from mpdistill.run.recipe import load_recipe
 
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     monkeypatch.chdir(tmp_path)  # by name, from anywhere
@@ -117,7 +117,7 @@ def test_every_shipped_recipe_plans_offline_without_errors(recipe, bf16_gpu, mon
 
 def test_qwen3_recipe_says_what_cannot_be_checked_offline(bf16_gpu, monkeypatch):
     monkeypatch.delenv("WORLD_SIZE", raising=False)
-    from mpdistill.config import load_recipe
+    from mpdistill.run.recipe import load_recipe
 
     p = dry_run_mod.describe_run(load_recipe(shipped.shipped_path("qwen3-1.7b_from_qwen3-8b")))
     # The two Qwen3 configs ship with the package (assets/configs): parameters and vocabularies are known.
@@ -135,8 +135,8 @@ def test_embedded_recipe_counts_rows_and_parameters(tmp_path):
     output = dry_run("embedded", "--out", str(tmp_path / "run"))
     assert "2048 rows" in output and "vocab sizes: match" in output and "335,952 parameters" in output
     # The memory estimate reads the longest of those prompts, as the student's tokenizer counts it.
-    from mpdistill.config import load_recipe
-    from mpdistill.models import load_tokenizer
+    from mpdistill.run.recipe import load_recipe
+    from mpdistill.models.loading import load_tokenizer
 
     tok = load_tokenizer("embedded:student")
     rows = training_problems(load_recipe(shipped.shipped_path("embedded")))
@@ -172,7 +172,7 @@ def test_tiny_qwen3_plan_shows_parameters_and_matching_vocab(tiny_qwen3, tmp_pat
     assert "devices: CPU (no CUDA device visible)" in output
     assert "= 24 prompts per optimizer step" in output  # 2 x 3 x WORLD_SIZE 4
     assert "lora: r 8, alpha 32" in output
-    from mpdistill.config import load_recipe
+    from mpdistill.run.recipe import load_recipe
 
     p = dry_run_mod.describe_run(load_recipe(path))
     assert p["student"]["parameters"] == expected and p["vocab_match"] is True and p["errors"] == []
@@ -227,7 +227,7 @@ def test_the_qwen3_recipe_dry_runs_with_exit_0_on_a_cpu_machine(no_gpu, monkeypa
 
 
 def test_the_qwen3_recipe_prints_its_memory_offline(no_gpu, monkeypatch):
-    """The estimate of mpdistill/memory.py (tests/test_memory.py holds its terms to real tensors)."""
+    """The estimate of mpdistill/run/memory.py (tests/test_memory.py holds its terms to real tensors)."""
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     out = dry_run("qwen3-1.7b_from_qwen3-8b")
     assert "Qwen/Qwen3-8B [Hugging Face Hub (its config shipped with mpdistill)]" in out
@@ -378,7 +378,7 @@ def test_launch_config_loads_and_every_nested_key_is_a_launch_option(path):
 
 
 def test_bf16_recipes_load_the_frozen_teacher_in_bf16_and_the_student_in_fp32(tiny_pair, tmp_path, monkeypatch):
-    from mpdistill import pipeline
+    from mpdistill.run import pipeline
 
     loaded = []
 

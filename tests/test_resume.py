@@ -13,16 +13,16 @@ import torch
 from safetensors.torch import load_file
 from trl.trainer.utils import RepeatSampler
 
-from mpdistill.checkpoints import (
+from mpdistill.trainers.checkpoints import (
     STAGING,
     EpochOrderSampler,
     ResumeError,
     latest_checkpoint,
     rewind_rollout_log,
 )
-from mpdistill.resume import check_resumable, prepare_resume
-from mpdistill.config import dump_recipe, load_recipe
-from mpdistill.pipeline import train
+from mpdistill.run.resume import check_resumable, prepare_resume
+from mpdistill.run.recipe import dump_recipe, load_recipe
+from mpdistill.run.pipeline import train
 
 MPDISTILL = str(Path(sys.executable).with_name("mpdistill"))
 # One thread, so the killed, resumed and uninterrupted runs do the same float arithmetic.
@@ -244,7 +244,7 @@ def test_epoch_order_is_a_function_of_the_epoch_alone():
 
 
 def test_a_checkpoint_carries_the_mixing_and_rewriter_random_streams(tiny_pair, tmp_path):
-    from mpdistill.pipeline import build_trainer, load_model, training_problems
+    from mpdistill.run.pipeline import build_trainer, load_model, training_problems
 
     recipe = _recipe(steps=1, save_steps=1).model_copy(
         update={"student": str(tiny_pair / "student"), "teacher": str(tiny_pair / "teacher")}
@@ -274,7 +274,7 @@ def test_a_checkpoint_carries_the_mixing_and_rewriter_random_streams(tiny_pair, 
 
 
 def test_a_checkpoint_interrupted_mid_write_never_appears_under_its_final_name(tiny_pair, tmp_path, monkeypatch):
-    from mpdistill.pipeline import build_trainer, load_model, training_problems
+    from mpdistill.run.pipeline import build_trainer, load_model, training_problems
 
     recipe = _recipe(steps=1, save_steps=1).model_copy(
         update={"student": str(tiny_pair / "student"), "teacher": str(tiny_pair / "teacher")}
@@ -369,8 +369,8 @@ def test_a_rollout_log_cut_short_of_its_checkpoint_is_said_when_resuming(stopped
 def test_the_python_api_resumes_from_the_newest_whole_checkpoint_and_rewinds_the_log(stopped, tmp_path):
     """trainer.train(resume_from_checkpoint=True): the damaged newest checkpoint is passed over, the rollout
     log is cut back to the checkpoint used, and every (step, index) ends in it once."""
-    from mpdistill.models import load_model
-    from mpdistill.pipeline import build_trainer, training_problems, training_arguments
+    from mpdistill.models.loading import load_model
+    from mpdistill.run.pipeline import build_trainer, training_problems, training_arguments
 
     run = _copy(stopped, tmp_path)
     (run / "trainer" / "checkpoint-4" / "scheduler.pt").unlink()

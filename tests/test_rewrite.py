@@ -2,8 +2,8 @@ import random
 
 import pytest
 
-from mpdistill.prompts import DEFAULT_REWRITE_PROMPT, THINKING_REWRITE_PROMPT
-from mpdistill.rewrite import RewriteOutput, RewriteSettings, Sample, length_budget, rewrite_batch, verify
+from mpdistill.tasks.prompts import DEFAULT_REWRITE_PROMPT, THINKING_REWRITE_PROMPT
+from mpdistill.rewriting.rewrite import RewriteOutput, RewriteSettings, Sample, length_budget, rewrite_batch, verify
 from mpdistill.tasks import get_task
 
 TASK = get_task("chain")
@@ -122,8 +122,8 @@ def test_a_rewrite_of_exactly_max_ratio_of_the_trace_is_accepted_and_one_token_m
 
 def test_a_rewrite_ends_with_the_token_the_students_trace_stopped_on():
     """A chat model ends its turn with an end-of-turn token that may not be the tokenizer's eos."""
-    from mpdistill.embedded import build_tokenizer
-    from mpdistill.rewrite import encode_completion
+    from mpdistill.models.worlds import build_tokenizer
+    from mpdistill.rewriting.rewrite import encode_completion
 
     tok = build_tokenizer()
     end_of_turn = tok.pad_token_id  # any id other than eos stands in for it

@@ -10,12 +10,12 @@ from loopback import JSONHandler, LoopbackServer
 from transformers import AutoTokenizer
 from typer.testing import CliRunner
 
-from mpdistill import models
-from mpdistill import rewrite as rewrite_mod
+from mpdistill.models.loading import loading as models
+from mpdistill.rewriting import rewrite as rewrite_mod
 from mpdistill.cli import app
-from mpdistill.embedded import embedded_dir
-from mpdistill.evaluate import wilson_interval
-from mpdistill.rewrite import REASONS, RewriteSettings, length_budget
+from mpdistill.models.worlds import embedded_dir
+from mpdistill.evaluation.stats import wilson_interval
+from mpdistill.rewriting.rewrite import REASONS, RewriteSettings, length_budget
 from mpdistill.rollout import GenerationSettings
 from mpdistill.tasks import chain
 from mpdistill.tasks.problems import chain_problems
@@ -473,7 +473,7 @@ def test_output_without_settings_resumes_with_a_warning(here, caplog):
     (here / "out.jsonl.settings.json").unlink()
     lines = (here / "out.jsonl").read_bytes().splitlines(keepends=True)
     (here / "out.jsonl").write_bytes(lines[0])
-    with caplog.at_level("WARNING", logger="mpdistill.rewrite_file"):
+    with caplog.at_level("WARNING", logger="mpdistill.rewriting.offline"):
         again = run_local("out.jsonl", batch_size=2, extra=["--max-ratio", "0.3"])
     assert again["resumed"] == 1 and again["generated"] == 3
     assert "out.jsonl was written without out.jsonl.settings.json, so the settings of its records could not be " \

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from mpdistill.pipeline import load_model
+from mpdistill.run.pipeline import load_model
 from mpdistill.rollout import GenerationSettings, generate_texts
 from mpdistill.tasks.problems import chain_problems
 
@@ -64,7 +64,7 @@ def test_batched_greedy_equals_one_prompt_at_a_time(student):
 def test_a_seeded_generation_leaves_the_processs_random_stream_as_it_was(tiny_pair):
     """The local teacher samples rewrites from its own seeded stream; the student's sampling that
     follows in the same process draws what it would have drawn without it."""
-    from mpdistill.pipeline import load_model
+    from mpdistill.run.pipeline import load_model
     from mpdistill.rollout import GenerationSettings, generate_texts
 
     model, tok = load_model(str(tiny_pair / "teacher"))
@@ -76,8 +76,8 @@ def test_a_seeded_generation_leaves_the_processs_random_stream_as_it_was(tiny_pa
 
 
 def test_local_rewriter_pads_its_generate_calls_to_the_most_any_process_makes(tiny_pair):
-    from mpdistill.pipeline import load_model
-    from mpdistill.rewrite import TransformersRewriter
+    from mpdistill.run.pipeline import load_model
+    from mpdistill.rewriting.rewrite import TransformersRewriter
     from mpdistill.rollout import GenerationSettings
 
     model, tok = load_model(str(tiny_pair / "teacher"))

@@ -11,11 +11,11 @@ import pytest
 from typer.testing import CliRunner
 
 from mpdistill.cli import app
-from mpdistill.run_lock import FOLDER_LOCK, OutputInUse, OutputLock
+from mpdistill.utils.run_lock import FOLDER_LOCK, OutputInUse, OutputLock
 
 HOLD = """
 import sys, time
-from mpdistill.run_lock import OutputLock
+from mpdistill.utils.run_lock import OutputLock
 OutputLock(sys.argv[1], is_file=sys.argv[2] == "file").acquire()
 print("held", flush=True)
 time.sleep(120)

@@ -12,10 +12,10 @@ import torch
 from loopback import JSONHandler, LoopbackServer
 
 from mpdistill.errors import ConfigError
-from mpdistill.config import load_recipe
-from mpdistill.models import load_model, load_tokenizer
-from mpdistill.pipeline import train
-from mpdistill.rewrite_file import RewriteFileError, RewriteFileSpec, rewrite_file
+from mpdistill.run.recipe import load_recipe
+from mpdistill.models.loading import load_model, load_tokenizer
+from mpdistill.run.pipeline import train
+from mpdistill.rewriting.offline import RewriteFileError, RewriteFileSpec, rewrite_file
 
 KEY = "sk-test-4f9c2e1b7a0d-do-not-log"
 ENV = "MPDISTILL_TEST_REWRITER_KEY"
@@ -171,7 +171,7 @@ def test_model_code_never_runs_unless_opted_in(tiny_pair, tmp_path):
 
 
 # The servers the package has, each on 127.0.0.1 only: the bench's loopback rewrite server.
-LOOPBACK_SERVERS = {"mpdistill/bench/served.py"}
+LOOPBACK_SERVERS = {"mpdistill/experiments/bench/served.py"}
 
 
 def test_the_package_opens_no_listening_socket():
@@ -203,7 +203,7 @@ def test_the_package_opens_no_listening_socket():
 def test_the_bench_rewrite_server_listens_on_loopback_only():
     import psutil
 
-    from mpdistill.bench.served import ServedRewriter
+    from mpdistill.experiments.bench.served import ServedRewriter
 
     with ServedRewriter() as server:
         assert server.url.startswith("http://127.0.0.1:")

@@ -9,8 +9,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from mpdistill.errors import ConfigError
-from mpdistill.config import recipe_from_dict
-from mpdistill.served_rewriter import OpenAIRewriter, check_endpoint
+from mpdistill.run.recipe import recipe_from_dict
+from mpdistill.rewriting.served import OpenAIRewriter, check_endpoint
 
 KEY = "sk-test-5ecret-value"
 
@@ -326,7 +326,7 @@ def test_an_answer_longer_than_max_tokens_allows_is_abandoned_not_buffered(serve
     out = rw.rewrite(["x"], max_new_tokens=[16])[0]
     assert out.text == "" and "more than max_tokens allows" in out.error
     assert rw.stats["failures"] == {"too_large": 1} and len(server.requests) == 1  # the same again would not help
-    from mpdistill.served_rewriter import answer_cap
+    from mpdistill.rewriting.served import answer_cap
 
     assert answer_cap(16) < 3 << 20  # the 3 MiB answer is valid JSON past the cap: read whole it would have parsed
     if isinstance(payload, Endless):
@@ -436,9 +436,9 @@ class Run:
                  backoff_s=None, **rewrite):
         from trl import DistillationTrainer
 
-        from mpdistill.pipeline import build_trainer, load_model, training_problems
+        from mpdistill.run.pipeline import build_trainer, load_model, training_problems
         from mpdistill.tasks import chain
-        from mpdistill.trainer import MPDTrainer
+        from mpdistill.trainers.trainer import MPDTrainer
 
         self.recipe = recipe_from_dict({
             "method": "mpd",
@@ -521,7 +521,7 @@ class Run:
 
 
 def test_mpd_step_with_a_failing_server_trains_on_the_student(serve, tiny_pair, tmp_path, monkeypatch):
-    from mpdistill.pipeline import check_generation_backends
+    from mpdistill.run.pipeline import check_generation_backends
 
     server = serve(lambda s, n, p, b: (500, {}, {"error": "down"}))
     run = Run(tiny_pair, tmp_path, monkeypatch, server.url, timeout_s=0.5, max_retries=1, deadline_s=5)
@@ -624,7 +624,7 @@ def test_server_error_then_success_in_a_training_step_is_accepted(serve, tiny_pa
 
 
 def test_train_checks_the_server_before_loading_models(tiny_pair, tmp_path):
-    from mpdistill.pipeline import train
+    from mpdistill.run.pipeline import train
 
     recipe = recipe_from_dict({
         "student": str(tmp_path / "no-student"),  # never reached: the server check comes first
@@ -640,7 +640,7 @@ def test_a_server_that_refuses_the_runs_request_shape_is_one_line_before_loading
                                                                                  monkeypatch):
     """A strict server refusing chat_template_kwargs would fail every rewrite of the run (each one
     falling back to the student's trace): the pre-load check sends one request of the run's shape."""
-    from mpdistill.pipeline import check_generation_backends
+    from mpdistill.run.pipeline import check_generation_backends
 
     server = serve(lambda s, n, p, b: (400, {}, {"error": {"message": "Unrecognized request argument supplied: "
                                                                        "chat_template_kwargs"}}))
@@ -655,6 +655,6 @@ def test_a_server_that_refuses_the_runs_request_shape_is_one_line_before_loading
     # Told not to send the switch, the same server is asked without it.
     quiet = run.recipe.model_copy(update={"rewrite": run.recipe.rewrite.model_copy(
         update={"send_chat_template_kwargs": False})})
-    from mpdistill.rewriters import served_rewriter
+    from mpdistill.rewriting.backends import served_rewriter
 
     assert "chat_template_kwargs" not in served_rewriter(quiet.rewrite, quiet.seed)._body("x", 5)

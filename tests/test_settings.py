@@ -10,8 +10,8 @@ import yaml
 from typer.testing import CliRunner
 
 from mpdistill.cli import app
-from mpdistill.config import load_recipe, recipe_from_dict
-from mpdistill.pipeline import training_arguments
+from mpdistill.run.recipe import load_recipe, recipe_from_dict
+from mpdistill.run.pipeline import training_arguments
 from mpdistill.tasks import chain
 
 runner = CliRunner()
@@ -126,7 +126,7 @@ def test_a_value_transformers_refuses_stops_train_before_anything_is_written(tmp
 
 
 def test_operational_fields_may_change_on_resume():
-    from mpdistill.resume import RESUMABLE_CHANGES, recipe_changes
+    from mpdistill.run.resume import RESUMABLE_CHANGES, recipe_changes
 
     saved = recipe_from_dict({"training": {"report_to": "none"}})
     given = recipe_from_dict({"training": {"report_to": "tensorboard", "weight_decay": 0.1}})

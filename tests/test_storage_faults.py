@@ -69,7 +69,7 @@ def test_train_on_a_disk_that_fills_keeps_its_checkpoint_and_resumes(tmpfs):
 def test_train_on_a_folder_made_read_only_mid_run_says_so_in_one_line(tmpfs, monkeypatch):
     from transformers import TrainerCallback
 
-    from mpdistill import pipeline
+    from mpdistill.run import pipeline
 
     mount, remount = tmpfs
     disk = mount("64m")

@@ -8,10 +8,10 @@ import pytest
 from test_qwen3_path import qwen3_pair  # noqa: F401  (fixture)
 
 from mpdistill.errors import ConfigError
-from mpdistill.config import recipe_from_dict
-from mpdistill.pipeline import build_trainer, check_thinking, load_model, training_problems
-from mpdistill.prompts import THINKING_REWRITE_PROMPT
-from mpdistill.rewrite import (
+from mpdistill.run.recipe import recipe_from_dict
+from mpdistill.run.pipeline import build_trainer, check_thinking, load_model, training_problems
+from mpdistill.tasks.prompts import THINKING_REWRITE_PROMPT
+from mpdistill.rewriting.rewrite import (
     REASONS,
     RewriteOutput,
     RewriteSettings,
@@ -273,10 +273,10 @@ def test_thinking_rewrite_through_the_real_qwen3_template(qwen3_pair, teacher_th
     """The shipped recipe's rewrite settings with Qwen3's real template, the teacher's thinking off
     and on: the teacher reads the question and the student's thinking without tags; its answer, with
     no tags at all, is accepted and trained as <think>rewrite</think> and the student's answer section."""
-    from mpdistill.config import load_recipe
-    from mpdistill.prompts import encode_message
+    from mpdistill.run.recipe import load_recipe
+    from mpdistill.tasks.prompts import encode_message
     from mpdistill.recipes import recipe_file
-    from mpdistill.rewrite import encode_completion
+    from mpdistill.rewriting.rewrite import encode_completion
 
     shipped = load_recipe(recipe_file("qwen3-1.7b_from_qwen3-8b")).rewrite
     assert shipped.prompt_template == THINKING_REWRITE_PROMPT and shipped.teacher_enable_thinking is False

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from mpdistill.cli import app
 from mpdistill.errors import ConfigError
-from mpdistill.models import load_model, load_tokenizer, resolve_model
+from mpdistill.models.loading import load_model, load_tokenizer, resolve_model
 
 runner = CliRunner()
 NO_FILES = r"model '\./bare': its folder has no tokenizer files \(tokenizer\.json, tokenizer_config\.json, .*\): " \

@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from mpdistill.config import recipe_from_dict
-from mpdistill.pipeline import build_trainer, load_model, train, training_problems
+from mpdistill.run.recipe import recipe_from_dict
+from mpdistill.run.pipeline import build_trainer, load_model, train, training_problems
 from mpdistill.tasks import chain
 
 
@@ -109,7 +109,7 @@ def test_weights_and_biases_offline_gets_every_mpd_metric_at_each_logging_step(t
 def test_a_non_finite_value_is_written_as_null_so_every_line_is_json(tmp_path):
     from types import SimpleNamespace
 
-    from mpdistill.train_log import TrainLogFile
+    from mpdistill.trainers.train_log import TrainLogFile
 
     path = tmp_path / "train_log.jsonl"
     state = SimpleNamespace(is_world_process_zero=True, log_history=[])

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from mpdistill.errors import ConfigError
-from mpdistill.config import recipe_from_dict
-from mpdistill.pipeline import build_trainer, check_compatible, load_model, train
-from mpdistill.rewrite import RewriteOutput
+from mpdistill.run.recipe import recipe_from_dict
+from mpdistill.run.pipeline import build_trainer, check_compatible, load_model, train
+from mpdistill.rewriting.rewrite import RewriteOutput
 from mpdistill.tasks import chain
 
 FIELDS = {"step", "index", "prompt", "student", "rewrite", "accepted", "reason", "student_tokens", "rewrite_tokens",
@@ -53,7 +53,7 @@ def _trainer(tiny_pair, tmp_path, method, **rewrite):
     recipe = _recipe(tiny_pair, method, **rewrite)
     student, tok = load_model(recipe.student)
     teacher, _ = load_model(recipe.teacher)
-    from mpdistill.pipeline import training_problems
+    from mpdistill.run.pipeline import training_problems
 
     return build_trainer(recipe, student, teacher, tok, training_problems(recipe), tmp_path)
 
@@ -244,7 +244,7 @@ def test_a_step_whose_samples_are_all_dropped_has_zero_loss_and_leaves_the_weigh
 
 def test_offpolicy_kd_vets_the_teachers_samples_as_mpd_vets_its_rewrites(tiny_pair, tmp_path, monkeypatch):
     """A teacher sample cut at the length limit, or without a final answer, is not trained on."""
-    from mpdistill import trainer as trainer_module
+    from mpdistill.trainers import trainer as trainer_module
     from mpdistill.rollout.hf import Generation
 
     trainer = _trainer(tiny_pair, tmp_path, "offpolicy_kd")
@@ -276,9 +276,9 @@ def test_the_students_answer_is_read_after_its_thinking_as_verification_reads_it
     import random
     from types import SimpleNamespace
 
-    from mpdistill.rewrite import RewriteOutput, RewriteSettings, Sample, rewrite_batch
+    from mpdistill.rewriting.rewrite import RewriteOutput, RewriteSettings, Sample, rewrite_batch
     from mpdistill.tasks import get_task
-    from mpdistill.trainer import MPDTrainer
+    from mpdistill.trainers.trainer import MPDTrainer
 
     task = get_task("math")
     trainer = SimpleNamespace(task=task)
@@ -362,7 +362,7 @@ def test_the_mixed_control_trains_the_picked_share_on_the_teachers_own_samples(t
     per sample from the run's seeded stream); a teacher sample that fails the filter leaves the student's."""
     import random
 
-    from mpdistill import trainer as trainer_module
+    from mpdistill.trainers import trainer as trainer_module
     from mpdistill.rollout.hf import Generation
     from trl import DistillationTrainer
 
@@ -370,7 +370,7 @@ def test_the_mixed_control_trains_the_picked_share_on_the_teachers_own_samples(t
     recipe = recipe.model_copy(update={"training": recipe.training.model_copy(update={"teacher_share": 0.5})})
     student, tok = load_model(recipe.student)
     teacher, _ = load_model(recipe.teacher)
-    from mpdistill.pipeline import training_problems
+    from mpdistill.run.pipeline import training_problems
 
     trainer = build_trainer(recipe, student, teacher, tok, training_problems(recipe), tmp_path)
     monkeypatch.setattr(DistillationTrainer, "_generate", _force_answers(trainer))
@@ -434,7 +434,7 @@ class QuarterAcceptingRewriter(OracleRewriter):
 def test_the_acceptance_floor_stops_a_run_below_it_and_only_then(tiny_pair, tmp_path, monkeypatch, floor, stops):
     from trl import DistillationTrainer
 
-    from mpdistill.mix_monitor import MixFloorHalt
+    from mpdistill.trainers.mix_monitor import MixFloorHalt
 
     trainer = _trainer(tiny_pair, tmp_path, "mpd", monitor_window=1, min_acceptance_rate=floor)
     trainer.rewriter = QuarterAcceptingRewriter()

@@ -75,7 +75,7 @@ def test_transformers_hooks_the_checkpoints_override():
 
 
 def test_what_the_overlapped_step_relies_on():
-    """rewrite.overlap (mpdistill/overlap.py) replaces TRL's _prepare_inputs in training: it draws what
+    """rewrite.overlap (mpdistill/trainers/overlap.py) replaces TRL's _prepare_inputs in training: it draws what
     TRL's shuffle draws, divides by num_items_in_batch as TRL's loss does, and counts micro-batches
     with TRL's _step."""
     import torch

@@ -277,7 +277,7 @@ def test_compare_with_no_benchmark_in_common_is_an_error(here):
 
 
 def test_bench_quick_keeps_the_values_given_and_refuses_zero(monkeypatch):
-    import mpdistill.bench.steps as bench
+    import mpdistill.experiments.bench.steps as bench
 
     seen = {}
 

@@ -21,9 +21,9 @@ from typer.testing import CliRunner
 
 from mpdistill.cli import app
 from mpdistill.errors import ConfigError
-from mpdistill.config import recipe_from_dict
-from mpdistill.pipeline import build_trainer, check_generation_backends, load_model, training_problems, vllm_rollout_args
-from mpdistill.rewrite import RewriteOutput, VLLMRewriter
+from mpdistill.run.recipe import recipe_from_dict
+from mpdistill.run.pipeline import build_trainer, check_generation_backends, load_model, training_problems, vllm_rollout_args
+from mpdistill.rewriting.rewrite import RewriteOutput, VLLMRewriter
 from mpdistill.rollout import GenerationSettings
 from mpdistill.rollout import vllm as vllm_backend
 from mpdistill.tasks import chain
@@ -131,7 +131,7 @@ def test_mpd_rewrites_completions_from_trls_vllm_path(tiny_pair, tmp_path):
 
 
 def test_vllm_rewriter_sends_each_prompt_with_its_budget_and_seed(tiny_qwen3):
-    from mpdistill.models import load_tokenizer
+    from mpdistill.models.loading import load_tokenizer
     from mpdistill.rollout.hf import Generation
 
     tok = load_tokenizer(str(tiny_qwen3))

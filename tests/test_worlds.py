@@ -8,8 +8,8 @@ import pytest
 from typer.testing import CliRunner
 
 from mpdistill.cli import app
-from mpdistill.embedded import WORLDS
-from mpdistill.models import load_model
+from mpdistill.models.worlds import WORLDS
+from mpdistill.models.loading import load_model
 from mpdistill.rollout import GenerationSettings, generate_texts
 from mpdistill.tasks import chain
 from mpdistill.tasks.problems import chain_problems

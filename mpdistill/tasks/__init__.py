@@ -25,7 +25,7 @@ class Task:
     name: str
     extract_answer: Callable[[str], str | None]
     answers_match: Callable[[str, str], bool]
-    # The user message for a problem, with ``{problem}``; see :func:`mpdistill.prompts.user_message`.
+    # The user message for a problem, with ``{problem}``; see :func:`mpdistill.tasks.prompts.user_message`.
     prompt_template: str = "{problem}"
     # Whether an accepted rewrite keeps the student's route: (student trace, rewrite) -> bool.
     route_kept: Callable[[str, str], bool] | None = None
@@ -37,7 +37,7 @@ class Task:
     rewrite_prompt: str | None = None
     rewrite_chat: bool = True
     # What a prompt gains to ask for a concise answer: the self-distillation teacher's prompt is the
-    # problem, then this (see mpdistill.trainer.teacher_prompt).
+    # problem, then this (see mpdistill.trainers.trainer.teacher_prompt).
     concise_instruction: str | None = None
     # (n, seed, split) -> problem rows {"prompt", "problem", "answer"}, for a task that makes its own.
     make_problems: Callable[[int, int, str], list[dict]] | None = None
@@ -65,7 +65,7 @@ def chain_task() -> Task:
 
 
 def math_task() -> Task:
-    from mpdistill.prompts import CONCISE_INSTRUCTION, DEFAULT_REWRITE_PROMPT, MATH_PROMPT
+    from mpdistill.tasks.prompts import CONCISE_INSTRUCTION, DEFAULT_REWRITE_PROMPT, MATH_PROMPT
     from mpdistill.tasks.math import answers_match, boxed_answers, extract_answer, numbers_kept
 
     return Task(name="math", extract_answer=extract_answer, answers_match=answers_match,

@@ -45,7 +45,7 @@ _DIGITS = re.compile(r"[0-9]+")
 
 def normalize_gold_answer(raw, rule: str, label: str) -> str:
     """A gold answer as graded, by ``rule``: a shipped benchmark's name, else the rule for any other
-    set (see :func:`mpdistill.benchmarks.normalize_answer`); ``label`` names the set in errors."""
+    set (see :func:`mpdistill.tasks.benchmarks.normalize_answer`); ``label`` names the set in errors."""
     if isinstance(raw, bool) or not isinstance(raw, (str, numbers.Real)):
         raise DataError(f"{label}: gold answer {raw!r} is not a string or a number")
     if not isinstance(raw, (str, numbers.Integral)) and raw != raw:
@@ -123,7 +123,7 @@ def read_source(source: str, *, split: str = "train", config: str | None = None)
     path = Path(source).expanduser()
     if path.is_dir():
         raise DataError(f"{path}: is a folder; expected a .jsonl or .parquet file")
-    from mpdistill.paths import looks_local
+    from mpdistill.utils.paths import looks_local
 
     if path.exists():
         raw = _read_rows(path)
@@ -164,7 +164,7 @@ def load_problems(
     solve it would invite the teacher to solve instead of rewrite). Gold answers are normalised as evaluation's are
     (a GSM8K-style solution ``... #### 1,234`` becomes ``1234``).
     """
-    from mpdistill.prompts import user_message
+    from mpdistill.tasks.prompts import user_message
 
     raw, _ = read_source(source, split=split, config=config)
     rows = []

@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime
 from pathlib import Path
 
-from mpdistill.durable import atomic_write
+from mpdistill.utils.durable import atomic_write
 from mpdistill.view.flips import compare_problems
 from mpdistill.view.load import Evaluation, ViewError, read_path
 from mpdistill.view.page import render_page

@@ -18,10 +18,10 @@ from array import array
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mpdistill.durable import LogError, read_jsonl_log
-from mpdistill.eval_folder import SAMPLES_FILE, EvalError, read_eval_folder, read_sample_records
-from mpdistill.model_record import RECORD
-from mpdistill.paths import ROLLOUTS, TRAIN_LOG
+from mpdistill.utils.durable import LogError, read_jsonl_log
+from mpdistill.evaluation.folder import SAMPLES_FILE, EvalError, read_eval_folder, read_sample_records
+from mpdistill.models.record import RECORD
+from mpdistill.utils.paths import ROLLOUTS, TRAIN_LOG
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ class Run:
 class Evaluation:
     path: Path
     model: str | None
-    samples: list[dict]  # as mpdistill.eval_folder checks them, in file order
+    samples: list[dict]  # as mpdistill.evaluation.folder checks them, in file order
     warnings: list[str]
 
 
@@ -178,7 +178,7 @@ def _read_recipe(path: Path) -> dict:
 
 
 def _registered_method(name):
-    from mpdistill.methods import METHODS
+    from mpdistill.trainers.methods import METHODS
 
     return METHODS.get(name) if isinstance(name, str) else None
 

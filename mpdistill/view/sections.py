@@ -11,7 +11,7 @@ import math
 import statistics
 from collections.abc import Collection
 
-from mpdistill.evaluate import wilson_interval_mean
+from mpdistill.evaluation.stats import wilson_interval_mean
 from mpdistill.view.flips import FLIP_KINDS, RIGHT_TO_WRONG, WRONG_TO_RIGHT
 from mpdistill.view.load import MISSING, Evaluation, Run, as_text, read_rollout_texts, short_answer
 from mpdistill.view.sampling import choose_texts

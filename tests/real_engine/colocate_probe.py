@@ -15,8 +15,8 @@ from pathlib import Path
 def main(out: Path, student_dir: Path) -> None:
     import torch
 
-    from mpdistill.config import recipe_from_dict
-    from mpdistill.pipeline import build_trainer, check_generation_backends, load_model, training_problems
+    from mpdistill.run.recipe import recipe_from_dict
+    from mpdistill.run.pipeline import build_trainer, check_generation_backends, load_model, training_problems
 
     recipe = recipe_from_dict({
         "method": "mpd", "task": "chain", "student": str(student_dir), "teacher": "embedded:teacher",

@@ -45,7 +45,7 @@ def tiny_qwen3_vllm(tmp_path_factory):
 def chain_traces(tmp_path_factory):
     """The embedded student's own traces of 48 held-out chain problems (sampled at its training
     temperature), as ``mpdistill rewrite`` input: ``{"problem", "trace", "answer"}``."""
-    from mpdistill.pipeline import load_model
+    from mpdistill.run.pipeline import load_model
     from mpdistill.rollout import GenerationSettings, generate_texts
     from mpdistill.tasks.problems import chain_problems
 

@@ -112,7 +112,7 @@ def test_mpd_with_rewrites_from_an_in_process_engine(tmp_path, report):
 
 
 def test_mpd_against_a_real_vllm_server_that_is_killed_mid_run(tmp_path, report):
-    from mpdistill.embedded import embedded_dir
+    from mpdistill.models.worlds import embedded_dir
 
     steps, batch = 8, 8
     with vllm_server(embedded_dir() / "teacher", "teacher", tmp_path / "server.log") as server:
@@ -164,7 +164,7 @@ def test_overlapped_steps_against_a_real_vllm_server(tmp_path, report):
     third or more accepted. The serial run beside it samples the same step-0 traces; how many of the
     server's greedy rewrites of them match is reported (a server batching requests otherwise may
     round otherwise), not asserted."""
-    from mpdistill.embedded import embedded_dir
+    from mpdistill.models.worlds import embedded_dir
 
     steps, batch = 3, 4
     runs = {}
@@ -232,7 +232,7 @@ def test_student_rollouts_from_trls_colocated_engine_follow_the_students_weights
     engine computes."""
     import subprocess
 
-    from mpdistill import embedded
+    from mpdistill.models import worlds as embedded
 
     tok = embedded.build_tokenizer()
     student = tmp_path / "student"

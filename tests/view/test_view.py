@@ -15,7 +15,7 @@ from view_folders import (FLIP_COUNTS, PAIRED, STEPS, eval_samples, jsonl, rollo
                           write_run)
 
 from mpdistill.cli import app
-from mpdistill.evaluate import wilson_interval_mean
+from mpdistill.evaluation.stats import wilson_interval_mean
 from mpdistill.view import build_page, write_view
 from mpdistill.view.flips import BOTH_RIGHT, BOTH_WRONG, RIGHT_TO_WRONG, WRONG_TO_RIGHT, compare_problems, flip_kind
 from mpdistill.view.load import MISSING, Evaluation, Run, ViewError, read_path

@@ -1,0 +1,1 @@
+"""Small utilities the rest stands on: durable files, paths, processes, the console, output locks, settings checks."""
