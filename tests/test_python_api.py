@@ -109,7 +109,7 @@ def test_the_python_api_checks_its_rows_before_any_model_loads(tmp_path, monkeyp
     from datasets import Dataset
 
     from mpdistill import MPDTrainer
-    from mpdistill.models.loading import loading as models
+    from mpdistill.models import loading as models
     from mpdistill.errors import ConfigError
 
     monkeypatch.setattr(models, "load_tokenizer", lambda *a, **k: pytest.fail("a model loaded before the rows were checked"))

@@ -10,7 +10,7 @@ from loopback import JSONHandler, LoopbackServer
 from transformers import AutoTokenizer
 from typer.testing import CliRunner
 
-from mpdistill.models.loading import loading as models
+from mpdistill.models import loading as models
 from mpdistill.rewriting import rewrite as rewrite_mod
 from mpdistill.cli import app
 from mpdistill.models.worlds import embedded_dir
