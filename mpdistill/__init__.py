@@ -15,12 +15,12 @@ __version__ = "0.1.0"
 # Public name -> the module that defines it.
 _EXPORTS = {
     "MPDConfig": "mpdistill.trainers.config",
-    "MPDTrainer": "mpdistill.trainers.trainer",
-    "OPDTrainer": "mpdistill.trainers.trainer",
-    "OffPolicyKDTrainer": "mpdistill.trainers.trainer",
-    "RewriteSFTTrainer": "mpdistill.trainers.trainer",
-    "SelfDistillTrainer": "mpdistill.trainers.trainer",
-    "MixedOPDTrainer": "mpdistill.trainers.trainer",
+    "MPDTrainer": "mpdistill.trainers.mpd",
+    "OPDTrainer": "mpdistill.trainers.opd",
+    "OffPolicyKDTrainer": "mpdistill.trainers.offpolicy_kd",
+    "RewriteSFTTrainer": "mpdistill.trainers.rewrite_sft",
+    "SelfDistillTrainer": "mpdistill.trainers.self_distill",
+    "MixedOPDTrainer": "mpdistill.trainers.opd_mixed",
     "LengthPenaltyGRPOTrainer": "mpdistill.trainers.grpo_length",
     "Rewriter": "mpdistill.rewriting.rewrite",
     "RewriteOutput": "mpdistill.rewriting.rewrite",

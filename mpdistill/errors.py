@@ -1,8 +1,19 @@
-"""The error every check of settings raises: what cannot be run, said in one line that names the
-file, key, option or model to fix. The command line prints it as ``error: ...`` with exit code 2."""
+"""What a user can fix is raised as an :class:`MPDistillError`: one line that names the file, key,
+option, row or model to fix. The command line prints it as ``error: ...`` with exit code 2, whichever
+command raised it; any other exception is a bug and shows its traceback."""
 
 
-class ConfigError(ValueError):
+class MPDistillError(Exception):
+    """The base of every error a user can act on (a recipe, a dataset, a run folder, a halt).
+
+    ``shared_by_main_process``: every process of a launch raises it alike (the main process decided it,
+    or it follows from numbers all of them gathered), so the command line says it once, from the main
+    process; any other is said by the process that raised it."""
+
+    shared_by_main_process: bool = False
+
+
+class ConfigError(MPDistillError, ValueError):
     """A recipe, option or model that cannot be used; the message names the file and the key."""
 
 
@@ -11,7 +22,7 @@ def one_line(text: object) -> str:
     return " ".join(str(text).split())
 
 
-class HubError(RuntimeError):
+class HubError(MPDistillError, RuntimeError):
     """The Hugging Face Hub could not be reached or refused a push; the message says what was kept
     locally and how to push it again."""
 

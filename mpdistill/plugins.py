@@ -14,10 +14,12 @@ from __future__ import annotations
 
 from importlib.metadata import entry_points
 
+from mpdistill.errors import MPDistillError
+
 GROUP = "mpdistill.plugins"
 
 
-class PluginError(RuntimeError):
+class PluginError(MPDistillError, RuntimeError):
     """A plugin that cannot be loaded; the message names it and its package."""
 
 

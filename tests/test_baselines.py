@@ -18,7 +18,8 @@ from mpdistill.recipes import shipped_path
 from mpdistill.rollout import GenerationSettings, generate_texts
 from mpdistill.tasks import chain
 from mpdistill.tasks.problems import chain_problems
-from mpdistill.trainers.trainer import SelfDistillTrainer, teacher_prompt
+from mpdistill.trainers.self_distill import SelfDistillTrainer
+from mpdistill.trainers.teacher_prompts import teacher_prompt
 
 TINY = {"training": {"steps": 2, "batch_size": 8, "logging_steps": 1}, "data": {"n_train": 16}}
 
@@ -90,10 +91,10 @@ def test_self_distillation_scores_the_students_sample_after_the_instructed_promp
 
 def test_self_distillation_stops_when_the_teacher_would_read_the_plain_prompt(tmp_path, monkeypatch):
     # As if TRL scored the teacher without the hook: the run must not train on a KL of zero.
-    from mpdistill.trainers.trainer import _TeacherPrompts
+    from mpdistill.trainers.teacher_prompts import TeacherPrompts
 
-    monkeypatch.setattr(_TeacherPrompts, "_get_last_hidden_state",
-                        lambda self, m, ids, mask, k, *a, **kw: super(_TeacherPrompts, self)._get_last_hidden_state(
+    monkeypatch.setattr(TeacherPrompts, "_get_last_hidden_state",
+                        lambda self, m, ids, mask, k, *a, **kw: super(TeacherPrompts, self)._get_last_hidden_state(
                             m, ids, mask, k, *a, **kw))
     with pytest.raises(RuntimeError, match="did not score the teacher"):
         train(_recipe("self_distill"), tmp_path / "run")

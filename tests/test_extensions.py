@@ -11,7 +11,7 @@ from mpdistill.trainers.methods import METHODS, Method
 from mpdistill.rewriting.rewrite import RewriteOutput
 from mpdistill.rewriting.backends import BACKENDS, RewriterBackend
 from mpdistill.tasks import TASKS, Task, chain
-from mpdistill.trainers.trainer import OPDTrainer
+from mpdistill.trainers.opd import OPDTrainer
 
 
 @pytest.fixture

@@ -171,7 +171,7 @@ def test_a_floor_on_readable_answers_stops_the_run_naming_the_cause(qwen3_pair, 
 
 
 def test_a_teacher_template_that_renders_training_prompts_differently_is_reported(qwen3_pair, caplog):
-    from mpdistill.run.pipeline import warn_if_templates_differ
+    from mpdistill.run.checks import warn_if_templates_differ
 
     recipe = _math_recipe(qwen3_pair)
     student = AutoTokenizer.from_pretrained(qwen3_pair / "student")

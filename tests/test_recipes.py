@@ -181,7 +181,11 @@ def test_tiny_qwen3_plan_shows_parameters_and_matching_vocab(tiny_qwen3, tmp_pat
 def test_missing_local_model_exits_2_with_one_line_naming_the_key(tiny_qwen3, tmp_path, no_gpu):
     path = _qwen3_recipe(tmp_path, tmp_path / "nowhere", tiny_qwen3)
     lines = errors(dry_run(path, code=2))
-    assert lines == [f"error: student: model folder not found: {tmp_path / 'nowhere'}"]
+    nowhere = tmp_path / "nowhere"
+    assert lines == [f"error: student: model {str(nowhere)!r}: no such folder {nowhere}"]
+    # The run itself refuses it with the same line: one pre-run check, raised by train, printed by the dry run.
+    result = runner.invoke(app, ["train", str(path), "--out", str(tmp_path / "run")], env={"COLUMNS": "400"})
+    assert result.exit_code == 2 and errors(result.output) == lines
 
 
 def test_unreadable_data_file_exits_2_naming_data_train(tiny_qwen3, tmp_path, no_gpu):

@@ -438,7 +438,7 @@ class Run:
 
         from mpdistill.run.pipeline import build_trainer, load_model, training_problems
         from mpdistill.tasks import chain
-        from mpdistill.trainers.trainer import MPDTrainer
+        from mpdistill.trainers.mpd import MPDTrainer
 
         self.recipe = recipe_from_dict({
             "method": "mpd",
@@ -521,7 +521,7 @@ class Run:
 
 
 def test_mpd_step_with_a_failing_server_trains_on_the_student(serve, tiny_pair, tmp_path, monkeypatch):
-    from mpdistill.run.pipeline import check_generation_backends
+    from mpdistill.run.checks import check_generation_backends
 
     server = serve(lambda s, n, p, b: (500, {}, {"error": "down"}))
     run = Run(tiny_pair, tmp_path, monkeypatch, server.url, timeout_s=0.5, max_retries=1, deadline_s=5)
@@ -640,7 +640,7 @@ def test_a_server_that_refuses_the_runs_request_shape_is_one_line_before_loading
                                                                                  monkeypatch):
     """A strict server refusing chat_template_kwargs would fail every rewrite of the run (each one
     falling back to the student's trace): the pre-load check sends one request of the run's shape."""
-    from mpdistill.run.pipeline import check_generation_backends
+    from mpdistill.run.checks import check_generation_backends
 
     server = serve(lambda s, n, p, b: (400, {}, {"error": {"message": "Unrecognized request argument supplied: "
                                                                        "chat_template_kwargs"}}))

@@ -9,7 +9,8 @@ from test_qwen3_path import qwen3_pair  # noqa: F401  (fixture)
 
 from mpdistill.errors import ConfigError
 from mpdistill.run.recipe import recipe_from_dict
-from mpdistill.run.pipeline import build_trainer, check_thinking, load_model, training_problems
+from mpdistill.run.checks import check_thinking
+from mpdistill.run.pipeline import build_trainer, load_model, training_problems
 from mpdistill.tasks.prompts import THINKING_REWRITE_PROMPT
 from mpdistill.rewriting.rewrite import (
     REASONS,

@@ -244,7 +244,7 @@ def test_a_step_whose_samples_are_all_dropped_has_zero_loss_and_leaves_the_weigh
 
 def test_offpolicy_kd_vets_the_teachers_samples_as_mpd_vets_its_rewrites(tiny_pair, tmp_path, monkeypatch):
     """A teacher sample cut at the length limit, or without a final answer, is not trained on."""
-    from mpdistill.trainers import trainer as trainer_module
+    from mpdistill.trainers import offpolicy_kd
     from mpdistill.rollout.hf import Generation
 
     trainer = _trainer(tiny_pair, tmp_path, "offpolicy_kd")
@@ -258,7 +258,7 @@ def test_offpolicy_kd_vets_the_teachers_samples_as_mpd_vets_its_rewrites(tiny_pa
         seen["settings"] = settings
         return fake[: len(prompts)]
 
-    monkeypatch.setattr(trainer_module, "generate_texts", generate)
+    monkeypatch.setattr(offpolicy_kd, "generate_texts", generate)
     trainer.model.train()
     batch = trainer._generate_and_score_completions([trainer.train_dataset[i] for i in range(4)])
     rows = [json.loads(line) for line in (tmp_path / "rollouts.jsonl").read_text().splitlines()]
@@ -278,7 +278,7 @@ def test_the_students_answer_is_read_after_its_thinking_as_verification_reads_it
 
     from mpdistill.rewriting.rewrite import RewriteOutput, RewriteSettings, Sample, rewrite_batch
     from mpdistill.tasks import get_task
-    from mpdistill.trainers.trainer import MPDTrainer
+    from mpdistill.trainers.mpd import MPDTrainer
 
     task = get_task("math")
     trainer = SimpleNamespace(task=task)
@@ -362,7 +362,7 @@ def test_the_mixed_control_trains_the_picked_share_on_the_teachers_own_samples(t
     per sample from the run's seeded stream); a teacher sample that fails the filter leaves the student's."""
     import random
 
-    from mpdistill.trainers import trainer as trainer_module
+    from mpdistill.trainers import offpolicy_kd
     from mpdistill.rollout.hf import Generation
     from trl import DistillationTrainer
 
@@ -385,7 +385,7 @@ def test_the_mixed_control_trains_the_picked_share_on_the_teachers_own_samples(t
             out.append(Generation(t, tok(t, add_special_tokens=False)["input_ids"], truncated=False, end_id=tok.eos_token_id))
         return out
 
-    monkeypatch.setattr(trainer_module, "generate_texts", generate)
+    monkeypatch.setattr(offpolicy_kd, "generate_texts", generate)
     trainer.model.train()
     rows_in = [trainer.train_dataset[i] for i in range(4)]
     batch = trainer._generate_and_score_completions(rows_in)

@@ -22,7 +22,8 @@ from typer.testing import CliRunner
 from mpdistill.cli import app
 from mpdistill.errors import ConfigError
 from mpdistill.run.recipe import recipe_from_dict
-from mpdistill.run.pipeline import build_trainer, check_generation_backends, load_model, training_problems, vllm_rollout_args
+from mpdistill.run.checks import check_generation_backends
+from mpdistill.run.pipeline import build_trainer, load_model, training_problems, vllm_rollout_args
 from mpdistill.rewriting.rewrite import RewriteOutput, VLLMRewriter
 from mpdistill.rollout import GenerationSettings
 from mpdistill.rollout import vllm as vllm_backend

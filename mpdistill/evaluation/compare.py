@@ -22,9 +22,10 @@ import statistics
 from pathlib import Path
 from typing import Any, Iterable
 
-from mpdistill.utils.durable import atomic_write, write_text
+from mpdistill.errors import MPDistillError
 from mpdistill.evaluation.folder import EvalError, read_eval_folder
 from mpdistill.evaluation.stats import AES_COEFFICIENTS, aes, nan_to_none, paired_delta_ci, wilson_interval_mean
+from mpdistill.utils.durable import atomic_write, write_text
 
 __all__ = [
     "CompareError",
@@ -60,7 +61,7 @@ COMPARE_NOTE = (
 )
 
 
-class CompareError(ValueError):
+class CompareError(MPDistillError, ValueError):
     """An evaluation folder that cannot be compared; the message names the folder, file or benchmark."""
 
 

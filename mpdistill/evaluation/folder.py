@@ -18,6 +18,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from mpdistill.errors import MPDistillError
 from mpdistill.utils.durable import LogError, changed_settings, read_jsonl_log, write_text
 
 log = logging.getLogger(__name__)
@@ -32,7 +33,7 @@ RESUME_KEYS = ("model", "benchmarks", "task", "backend", "n_samples", "max_new_t
                "top_k", "thinking", "chat_template", "prompt_template", "batch_size", "seed", "limit")
 
 
-class EvalError(ValueError):
+class EvalError(MPDistillError, ValueError):
     """An evaluation that cannot run, resume or be read; the message names the file, line or setting."""
 
 

@@ -15,37 +15,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Protocol, Sequence
 
-from mpdistill.utils.durable import append_jsonl, cut_torn_tail
-from mpdistill.evaluation.folder import (
-    SUMMARY_FILE,
-    SUMMARY_MARKDOWN_FILE,
-    EvalError,
-    check_or_write_config,
-    read_samples,
-    samples_file,
-    write_summary,
-)
-from mpdistill.evaluation.report import (
-    format_summary_markdown,
-    format_summary_table,
-    summarize_benchmarks,
-    truncation_warnings,
-    unread_warnings,
-)
-from mpdistill.evaluation.settings import (
-    DEFAULT_BATCH,
-    NO_SAMPLING,
-    EvalSpec,
-    check_references,
-    load_benchmarks,
-    resolve_budget,
-    resolve_sampling,
-    samples_per_problem,
-)
-from mpdistill.utils.paths import check_output_dir
-from mpdistill.tasks.prompts import PromptEncoder, split_response
+from mpdistill.evaluation.folder import (EvalError, SUMMARY_FILE, SUMMARY_MARKDOWN_FILE, check_or_write_config,
+                                         read_samples, samples_file, write_summary)
+from mpdistill.evaluation.report import (format_summary_markdown, format_summary_table, summarize_benchmarks,
+                                         truncation_warnings, unread_warnings)
+from mpdistill.evaluation.settings import (DEFAULT_BATCH, EvalSpec, NO_SAMPLING, check_references, load_benchmarks,
+                                           resolve_budget, resolve_sampling, samples_per_problem)
 from mpdistill.rollout.hf import Generation, GenerationSettings, derive_seed, generate_texts
 from mpdistill.tasks import Task
+from mpdistill.tasks.prompts import PromptEncoder, split_response
+from mpdistill.utils.durable import append_jsonl, cut_torn_tail
+from mpdistill.utils.paths import check_output_dir
 
 
 @dataclass(frozen=True)

@@ -18,24 +18,25 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.text import Text
 
-from mpdistill.run.recipe import Recipe, load_recipe
-from mpdistill.utils.console import stdout
-from mpdistill.view.curves import plot_training_curves
-from mpdistill.utils.durable import atomic_write, replace_dir
-from mpdistill.models.worlds import DEFAULT_WORLD, get_world, world_of
 from mpdistill.evaluation.folder import EvalError
 from mpdistill.evaluation.runner import TransformersBackend, Unit, run_units
 from mpdistill.evaluation.stats import build_results, format_table, paired_delta_ci, write_report
 from mpdistill.models.card import set_card_evaluation
-from mpdistill.models.record import write_record
 from mpdistill.models.loading import load_model
-from mpdistill.utils.paths import TRAIN_LOG, check_output_dir
-from mpdistill.run.pipeline import check_generation_backends, prompt_record, train
+from mpdistill.models.record import write_record
+from mpdistill.models.worlds import DEFAULT_WORLD, get_world, world_of
 from mpdistill.recipes import recipe_file, shipped_path
 from mpdistill.rollout import GenerationSettings
+from mpdistill.run.checks import check_generation_backends
+from mpdistill.run.pipeline import prompt_record, train
+from mpdistill.run.recipe import Recipe, load_recipe
 from mpdistill.tasks import get_task
 from mpdistill.tasks.problems import chain_problems
+from mpdistill.utils.console import stdout
+from mpdistill.utils.durable import atomic_write, replace_dir
+from mpdistill.utils.paths import TRAIN_LOG, check_output_dir
 from mpdistill.view import write_view
+from mpdistill.view.curves import plot_training_curves
 
 METHODS = ("mpd", "opd", "offpolicy_kd", "rewrite_sft")
 EVAL_ORDER = ("base", *METHODS, "teacher")

@@ -55,21 +55,23 @@ from typing import Callable
 from rich.console import Console
 from rich.text import Text
 
-from mpdistill.run.recipe import Recipe, load_recipe
-from mpdistill.utils.console import stdout
-from mpdistill.experiments.demo import evaluate_chain, save_model_folder
-from mpdistill.utils.durable import atomic_write, replace_dir, write_text
-from mpdistill.models.worlds import DEFAULT_WORLD, get_world
+from mpdistill.errors import ConfigError
 from mpdistill.evaluation.stats import paired_delta_ci, summarize, wilson_interval_mean
-from mpdistill.trainers.methods import get_method
+from mpdistill.experiments.demo import evaluate_chain, save_model_folder
 from mpdistill.models.loading import load_model, load_tokenizer
-from mpdistill.utils.paths import ROLLOUTS, TRAIN_LOG, check_output_dir
-from mpdistill.run.pipeline import check_generation_backends, prompt_record, train
+from mpdistill.models.worlds import DEFAULT_WORLD, get_world
 from mpdistill.recipes import shipped_path
 from mpdistill.rewriting.rewrite import rewrite_settings_from
 from mpdistill.rollout import GenerationSettings
+from mpdistill.run.checks import check_generation_backends
+from mpdistill.run.pipeline import prompt_record, train
+from mpdistill.run.recipe import Recipe, load_recipe
 from mpdistill.tasks import get_task
 from mpdistill.tasks.problems import chain_problems
+from mpdistill.trainers.methods import get_method
+from mpdistill.utils.console import stdout
+from mpdistill.utils.durable import atomic_write, replace_dir, write_text
+from mpdistill.utils.paths import ROLLOUTS, TRAIN_LOG, check_output_dir
 
 
 @dataclass(frozen=True)
@@ -235,7 +237,7 @@ def _run_study(out: str | Path, *, quick: bool = False, seeds: tuple[int, ...] =
     w = get_world(world)
     unknown = [a for a in arms if a not in ARMS_BY_NAME]
     if unknown or "mpd" not in arms:
-        raise ValueError(f"--methods: mpd and any of {', '.join(ARM_NAMES[1:])} (got {', '.join(arms)})")
+        raise ConfigError(f"--methods: mpd and any of {', '.join(ARM_NAMES[1:])} (got {', '.join(arms)})")
     arms = tuple(a for a in ARM_NAMES if a in arms)  # MPD first: the mixed control's share is MPD's
     plan = Plan(world=w.name, seeds=tuple(dict.fromkeys(seeds)), arms=arms,
                 n_validation=QUICK_N_VALIDATION if quick else N_VALIDATION, n_eval=QUICK_N_EVAL if quick else N_EVAL,

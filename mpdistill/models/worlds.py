@@ -32,8 +32,8 @@ import torch
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import GenerationConfig, PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
 
-from mpdistill.utils.paths import ASSETS, EMBEDDED_PREFIX
 from mpdistill.tasks import chain
+from mpdistill.utils.paths import ASSETS, EMBEDDED_PREFIX
 
 log = logging.getLogger(__name__)
 

@@ -11,11 +11,13 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from mpdistill.errors import MPDistillError
+
 HERE = Path(__file__).resolve().parent
 FILE_SUFFIXES = (".yaml", ".yml")
 
 
-class RecipeNotFound(LookupError):
+class RecipeNotFound(MPDistillError, LookupError):
     """A name that is neither a file nor a shipped recipe (or accelerate config)."""
 
 

@@ -19,8 +19,8 @@ from typing import Any, Callable
 
 from mpdistill.errors import ConfigError
 from mpdistill.registry import Registry
-from mpdistill.tasks.prompts import teacher_template_kwargs
 from mpdistill.rewriting.rewrite import Rewriter, rewrite_settings_from
+from mpdistill.tasks.prompts import teacher_template_kwargs
 
 # A run's rewrite settings: a recipe's rewrite: section (mpdistill.run.recipe.RewriteConfig), read by field
 # name; not imported, so that the settings module may look backends up here.

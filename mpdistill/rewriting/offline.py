@@ -37,15 +37,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from mpdistill.errors import ConfigError
+from mpdistill.errors import ConfigError, MPDistillError
+from mpdistill.rewriting.rewrite import (RewriteSettings, Rewriter, Sample, encode_completion, rewrite_batch,
+                                         rewrite_settings_from)
 from mpdistill.rewriting.settings import RewriteConfig, with_task_defaults
-from mpdistill.utils.settings import from_options
-from mpdistill.utils.durable import LogError, append_jsonl, changed_settings, cut_torn_tail, read_jsonl_log, write_jsonl, write_text
-from mpdistill.utils.paths import check_output_file
-from mpdistill.utils.run_lock import holding
-from mpdistill.rewriting.rewrite import Rewriter, RewriteSettings, Sample, encode_completion, rewrite_batch, rewrite_settings_from
 from mpdistill.rollout import derive_seed
 from mpdistill.tasks.problems import DataError, iter_jsonl
+from mpdistill.utils.durable import (LogError, append_jsonl, changed_settings, cut_torn_tail, read_jsonl_log,
+                                     write_jsonl, write_text)
+from mpdistill.utils.paths import check_output_file
+from mpdistill.utils.run_lock import holding
+from mpdistill.utils.settings import from_options
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +63,7 @@ OUTPUT_SETTINGS = {
 }
 
 
-class RewriteFileError(ValueError):
+class RewriteFileError(MPDistillError, ValueError):
     """An input, output or option that cannot be used; the message names the file, line or option."""
 
 
@@ -69,7 +71,9 @@ class RewriteFileError(ValueError):
 class RewriteFileSpec:
     """What ``mpdistill rewrite`` was asked to do (see :func:`rewrite_file`)."""
 
-    backend: str = "transformers"
+    # The rewrite settings: None takes the recipe's default (RewriteConfig), so a file is rewritten as
+    # training rewrites unless an option says otherwise.
+    backend: str | None = None
     teacher: str | None = None
     tokenizer: str | None = None  # counts tokens for the openai backend (default: the teacher's tokenizer)
     base_url: str | None = None
@@ -78,22 +82,22 @@ class RewriteFileSpec:
     task: str = "math"
     prompt_template: str | None = None  # None: the task's (and whether it goes through the chat template)
     chat_template: bool | None = None
-    max_ratio: float = 0.9
-    max_new_tokens: int = 512
-    temperature: float = 0.6
-    top_p: float = 0.95
-    top_k: int = 20
-    batch_size: int = 64
+    max_ratio: float | None = None
+    max_new_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    batch_size: int | None = None
     seed: int = 0
-    require_gold: bool = False
-    require_route_kept: bool = False
-    max_concurrency: int = 8
-    timeout_s: float = 60.0
-    max_retries: int = 3
-    tensor_parallel_size: int = 1  # vllm backend
+    require_gold: bool | None = None
+    require_route_kept: bool | None = None
+    max_concurrency: int | None = None
+    timeout_s: float | None = None
+    max_retries: int | None = None
+    tensor_parallel_size: int | None = None  # vllm backend
     # Whether the teacher thinks before writing (None: off wherever it can be switched, as in training).
     teacher_thinking: bool | None = None
-    send_chat_template_kwargs: bool = True  # openai + chat: send the switch (vLLM, SGLang read it)
+    send_chat_template_kwargs: bool | None = None  # openai + chat: send the switch (vLLM, SGLang read it)
     allow_pickle_checkpoints: bool = False  # see models.load_model: safetensors only unless set
     trust_remote_code: bool = False
 
@@ -101,17 +105,18 @@ class RewriteFileSpec:
         """These options as a checked ``rewrite:`` section, or a :class:`RewriteFileError` naming the option."""
         from mpdistill.rewriting.backends import BACKENDS
 
-        if self.backend not in BACKENDS:
-            raise RewriteFileError(f"--backend must be one of {BACKENDS.known()}; got {self.backend!r}")
-        if BACKENDS[self.backend].local_template and not self.teacher:
-            raise RewriteFileError(f"--teacher is required with --backend {self.backend}")
-        if self.backend == "openai":
+        backend = self.backend or RewriteConfig.model_fields["backend"].default
+        if backend not in BACKENDS:
+            raise RewriteFileError(f"--backend must be one of {BACKENDS.known()}; got {backend!r}")
+        if BACKENDS[backend].local_template and not self.teacher:
+            raise RewriteFileError(f"--teacher is required with --backend {backend}")
+        if backend == "openai":
             for option, value in (("--base-url", self.base_url), ("--model", self.model)):
                 if not value:
                     raise RewriteFileError(f"{option} is required with --backend openai")
-        if not BACKENDS[self.backend].local_template and not self.tokenizer and not self.teacher:
+        if not BACKENDS[backend].local_template and not self.tokenizer and not self.teacher:
             raise RewriteFileError(
-                f"--backend {self.backend} needs a tokenizer to count trace and rewrite tokens: "
+                f"--backend {backend} needs a tokenizer to count trace and rewrite tokens: "
                 "give --tokenizer DIR (or --teacher MODEL, whose tokenizer is then used)"
             )
         from mpdistill.tasks import TASKS
@@ -120,10 +125,7 @@ class RewriteFileSpec:
             raise RewriteFileError(f"--task must be one of {TASKS.known()}; got {self.task!r}")
         if self.teacher_thinking is not None and self.chat_template is False:
             raise RewriteFileError("--teacher-thinking/--no-teacher-thinking needs --chat-template")
-        config = self.rewrite_config()
-        # What the task filled in is what the output's settings record.
-        self.prompt_template, self.chat_template = config.prompt_template, config.use_chat_template
-        return config
+        return self.rewrite_config()
 
     def rewrite_config(self) -> RewriteConfig:
         """These options as a recipe's ``rewrite:`` section, validated by it (errors name the option)."""
@@ -136,9 +138,10 @@ class RewriteFileSpec:
             max_concurrency=self.max_concurrency,
             timeout_s=self.timeout_s, max_retries=self.max_retries, tensor_parallel_size=self.tensor_parallel_size,
             teacher_enable_thinking=self.teacher_thinking, send_chat_template_kwargs=self.send_chat_template_kwargs,
-            gpu_memory_utilization=None,  # the engine's default share: a rewrite job has the machine to itself
         )
-        return from_options(RewriteConfig, with_task_defaults(values, self.task), RewriteFileError, OPTIONS)
+        given = {key: value for key, value in values.items() if value is not None}
+        given["gpu_memory_utilization"] = None  # the engine's default share: a rewrite job has the machine to itself
+        return from_options(RewriteConfig, with_task_defaults(given, self.task), RewriteFileError, OPTIONS)
 
 
 # The option that sets each rewrite setting (where its name is not the setting's).
@@ -222,30 +225,32 @@ def settings_path(out: Path) -> Path:
     return out.with_name(out.name + ".settings.json")
 
 
-def output_settings(spec: RewriteFileSpec, input_path: str | Path, rows: list[dict]) -> dict:
-    """The settings that decide the records of ``out`` (see OUTPUT_SETTINGS); those a backend ignores are None."""
-    served = spec.backend == "openai"
+def output_settings(spec: RewriteFileSpec, config: RewriteConfig, input_path: str | Path, rows: list[dict]) -> dict:
+    """The settings that decide the records of ``out`` (see OUTPUT_SETTINGS), as ``config`` resolved them
+    (the task's prompt filled in, the recipe's defaults where no option was given); those a backend
+    ignores are None."""
+    served = config.backend == "openai"
     digest = hashlib.sha256(json.dumps(rows, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
     return {
         # The rows, not the bytes: a moved file or a reformatted line is the same input.
         "input": {"path": str(input_path), "rows": len(rows), "sha256": digest},
-        "backend": spec.backend,
+        "backend": config.backend,
         "teacher": _model_name(spec.teacher),
         "tokenizer": _model_name(spec.tokenizer) if served else None,
         "model": spec.model if served else None,
         "task": spec.task,
-        "prompt_template": spec.prompt_template,
-        "chat_template": spec.chat_template,
-        "max_ratio": spec.max_ratio,
-        "max_new_tokens": spec.max_new_tokens,
-        "temperature": spec.temperature,
-        "top_p": spec.top_p,
-        "top_k": spec.top_k,
+        "prompt_template": config.prompt_template,
+        "chat_template": config.use_chat_template,
+        "max_ratio": config.max_ratio,
+        "max_new_tokens": config.max_new_tokens,
+        "temperature": config.temperature,
+        "top_p": config.top_p,
+        "top_k": config.top_k,
         "seed": spec.seed,
-        "require_gold": spec.require_gold,
-        "require_route_kept": spec.require_route_kept,
-        "teacher_thinking": spec.teacher_thinking,
-        "send_chat_template_kwargs": spec.send_chat_template_kwargs if served else None,
+        "require_gold": config.require_gold,
+        "require_route_kept": config.require_route_kept,
+        "teacher_thinking": config.teacher_enable_thinking,
+        "send_chat_template_kwargs": config.send_chat_template_kwargs if served else None,
     }
 
 
@@ -402,10 +407,10 @@ def rewrite_file(input_path: str | Path, out: str | Path, spec: RewriteFileSpec,
     settings = rewrite_settings_from(config)
     out = Path(out)
     check_output_file(out, "--out")  # before the input is read or any model loads
-    rows = read_rows(input_path, require_gold=spec.require_gold)
+    rows = read_rows(input_path, require_gold=config.require_gold)
     with holding(out, is_file=True):  # one writer per output file (mpdistill/utils/run_lock.py)
         done, torn_at = read_done(out, rows)
-        wanted = output_settings(spec, input_path, rows)
+        wanted = output_settings(spec, config, input_path, rows)
         write_settings = check_settings(out, wanted, has_records=bool(done))
         # A row the server never answered is not a result: it is asked again (its old record is replaced).
         retried = failed_rows(done)
@@ -413,7 +418,7 @@ def rewrite_file(input_path: str | Path, out: str | Path, spec: RewriteFileSpec,
             del done[i]
         resumed = len(done)
         task = get_task(spec.task)
-        chunks = [list(range(i, min(i + spec.batch_size, len(rows)))) for i in range(0, len(rows), spec.batch_size)]
+        chunks = [list(range(i, min(i + config.batch_size, len(rows)))) for i in range(0, len(rows), config.batch_size)]
         todo = [(k, chunk) for k, chunk in enumerate(chunks) if any(i not in done for i in chunk)]
 
         stats = None
@@ -455,7 +460,7 @@ def _backend(spec: RewriteFileSpec, config: RewriteConfig):
     from mpdistill.rewriting.backends import Teacher, get_backend
     from mpdistill.rollout.vllm import BackendUnavailable
 
-    backend = get_backend(spec.backend)
+    backend = get_backend(config.backend)
     try:
         if backend.check is not None:
             backend.check(config, spec.teacher, True)

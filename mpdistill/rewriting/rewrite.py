@@ -19,9 +19,9 @@ from typing import Callable, Literal, Protocol, Sequence
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from mpdistill.tasks.prompts import DEFAULT_REWRITE_PROMPT, THINK_CLOSE, THINK_OPEN, encode_message
 from mpdistill.rollout import GenerationSettings, generate_texts, pad_generate_calls
 from mpdistill.tasks import Task
+from mpdistill.tasks.prompts import DEFAULT_REWRITE_PROMPT, THINK_CLOSE, THINK_OPEN, encode_message
 
 REASONS = (
     "accepted",

@@ -17,6 +17,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from mpdistill.errors import MPDistillError
 from mpdistill.rollout.hf import Generation, GenerationSettings
 
 INSTALL_HINT = "GPU machines: pip install 'mpdistill[vllm]'; CPU only: vLLM's CPU build, see docs/VLLM.md"
@@ -25,7 +26,7 @@ INSTALL_HINT = "GPU machines: pip install 'mpdistill[vllm]'; CPU only: vLLM's CP
 DEFAULT_MEMORY_SHARE = {"cuda": 0.9, "cpu": 0.3}
 
 
-class BackendUnavailable(RuntimeError):
+class BackendUnavailable(MPDistillError, RuntimeError):
     """The requested generation backend cannot run here; the message says how to fix it.
 
     ``device_dependent``: the problem is this machine's devices (no GPU, too few), which a plan

@@ -13,12 +13,13 @@ import os
 import re
 from pathlib import Path
 
-from mpdistill.run.recipe import Recipe
-from mpdistill.trainers.methods import get_method, teacher_source
 from mpdistill.models.loading import resolve_model
-from mpdistill.utils.paths import ASSETS, ROLLOUTS, TRAIN_LOG, looks_local
 from mpdistill.rewriting.backends import get_backend
+from mpdistill.run.checks import pre_run_problems
+from mpdistill.run.recipe import Recipe
 from mpdistill.tasks import get_task
+from mpdistill.trainers.methods import get_method, teacher_source
+from mpdistill.utils.paths import ASSETS, ROLLOUTS, TRAIN_LOG, looks_local
 
 NOT_OFFLINE = "not available offline; checked at load time"
 # Configs of Hub models the shipped recipes name, for a plan made offline (assets/configs/SOURCE.md).
@@ -43,13 +44,14 @@ def describe_model(key: str, name: str) -> tuple[dict, list[str]]:
                   "vocab_size": None, "note": None, "config": None}
     try:
         path = resolve_model(name)
-    except ValueError as err:
-        return info, [f"{key}: {err}"]
+    except ValueError:  # said by the pre-run checks
+        return info, []
     info["path"] = path
     local = looks_local(path)
     info["source"] = "local folder" if local else "Hugging Face Hub"
-    if local and not Path(path).expanduser().is_dir():
-        return info, [f"{key}: model folder not found: {path}"]
+    if local and not Path(path).expanduser().is_dir():  # said by the pre-run checks
+        info["note"] = "no such folder"
+        return info, []
     shipped = SHIPPED_CONFIGS / path
     try:
         config = AutoConfig.from_pretrained(str(Path(path).expanduser()) if local else path, local_files_only=True)
@@ -71,10 +73,12 @@ def describe_model(key: str, name: str) -> tuple[dict, list[str]]:
     return info, []
 
 
-def describe_data(recipe: Recipe, student: dict) -> tuple[dict, list[str]]:
+def describe_data(recipe: Recipe, student: dict) -> tuple[dict, list[str], list[dict] | None]:
     """The training data: its kind and row count where it is here, and its longest prompt in tokens
-    where the student's tokenizer is here too (``longest_prompt``, None otherwise)."""
-    from mpdistill.run.pipeline import longest_prompt, training_problems
+    where the student's tokenizer is here too (``longest_prompt``, None otherwise); and the rows (None
+    where they are not here to read)."""
+    from mpdistill.run.checks import longest_prompt
+    from mpdistill.run.pipeline import training_problems
     from mpdistill.tasks.problems import DataError
 
     d = recipe.data
@@ -87,16 +91,16 @@ def describe_data(recipe: Recipe, student: dict) -> tuple[dict, list[str]]:
     else:
         info["kind"] = "Hugging Face dataset" + (f" (configuration {d.config})" if d.config else "")
         info["note"] = "not counted offline"
-        return info, []
+        return info, [], None
     try:
         rows = training_problems(recipe)
     except (DataError, ValueError, OSError) as err:
-        return info, [f"data.train: {err}"]
+        return info, [f"data.train: {err}"], None
     info["rows"] = len(rows)
     tokenizer = local_tokenizer(student)
     if rows and tokenizer is not None:
         info["longest_prompt"] = longest_prompt(recipe, rows, tokenizer)[1]
-    return info, []
+    return info, [], rows
 
 
 def local_tokenizer(info: dict):
@@ -110,37 +114,6 @@ def local_tokenizer(info: dict):
         return AutoTokenizer.from_pretrained(str(Path(info["path"]).expanduser()), local_files_only=True)
     except Exception:  # noqa: BLE001 - a folder without tokenizer files is reported when the run loads it
         return None
-
-
-def template_problems(recipe: Recipe, student: dict, teacher: dict) -> list[str]:
-    """What the run would refuse about the chat templates it can read here: a thinking switch set for
-    a template without one (:func:`mpdistill.run.pipeline.check_thinking`)."""
-    from mpdistill.errors import ConfigError
-    from mpdistill.run.pipeline import check_thinking
-
-    tokenizer = local_tokenizer(student)
-    if tokenizer is None:
-        return []
-    try:
-        check_thinking(recipe, tokenizer, local_tokenizer(teacher) if teacher["path"] else None)
-    except ConfigError as err:
-        return [str(err)]
-    return []
-
-
-def backend_problems(recipe: Recipe, *, gpus_here: bool) -> tuple[list[str], list[str]]:
-    """What :func:`mpdistill.run.pipeline.check_generation_backends` would refuse, as (errors, warnings).
-
-    Servers are not contacted (they may not be up yet when a run is planned). On a machine without
-    a GPU (a login node planning for GPU nodes), problems with this machine's devices are warnings;
-    where GPUs are visible, the run is for them and every problem is an error."""
-    from mpdistill.run.pipeline import generation_problems
-
-    errors, warnings = [], []
-    for problem in generation_problems(recipe, servers=False):
-        device = getattr(problem, "device_dependent", False)
-        (warnings if device and not gpus_here else errors).append(str(problem))
-    return errors, warnings
 
 
 def probe_devices() -> dict:
@@ -169,13 +142,12 @@ def describe_run(recipe: Recipe, out: str | Path | None = None) -> dict:
     if vocab_match is False:
         errors.append(f"teacher: vocab_size {tv} differs from the student's {sv}; both must share one tokenizer")
 
-    data, e = describe_data(recipe, student)
+    data, e, rows = describe_data(recipe, student)
     errors += e
-    errors += template_problems(recipe, student, teacher)
 
     t = recipe.training
     warnings: list[str] = []
-    from mpdistill.run.pipeline import same_model_problem
+    from mpdistill.run.checks import same_model_problem
 
     if same := same_model_problem(recipe):
         warnings.append(same)
@@ -190,14 +162,16 @@ def describe_run(recipe: Recipe, out: str | Path | None = None) -> dict:
                             "GPUs that support it (or training.bf16: false)")
 
     from mpdistill.errors import ConfigError
-    from mpdistill.run.pipeline import check_batch_fits
 
     processes = int(os.environ.get("WORLD_SIZE", "1") or 1)
-    if data["rows"] is not None:
-        try:
-            check_batch_fits(recipe, data["rows"], processes)
-        except ConfigError as err:
-            errors.append(str(err))
+    # What the run itself checks before loading, with what can be read here: servers are not contacted
+    # (they may not be up while a run is planned), and on a machine without a GPU (a login node planning
+    # for GPU nodes) a problem with this machine's devices is a warning.
+    problems = pre_run_problems(recipe, rows, processes, servers=False, gpus_here=bool(devices["cuda"]),
+                                tokenizer=local_tokenizer(student),
+                                teacher_tokenizer=local_tokenizer(teacher) if teacher["path"] else None)
+    errors += problems.errors
+    warnings += problems.warnings
     batch = {"per_device": t.batch_size, "gradient_accumulation_steps": t.gradient_accumulation_steps,
              "processes": processes, "effective": t.batch_size * t.gradient_accumulation_steps * processes}
 
@@ -215,9 +189,6 @@ def describe_run(recipe: Recipe, out: str | Path | None = None) -> dict:
                     f"{v.gpu_memory_utilization:g} of GPU memory{', sleep mode' if v.enable_sleep_mode else ''})")
     else:
         rollouts = f"vLLM server at {v.server_base_url} (TRL use_vllm, server mode)"
-    backend_errors, backend_warnings = backend_problems(recipe, gpus_here=bool(devices["cuda"]))
-    errors += backend_errors
-    warnings += backend_warnings
 
     outputs = None
     if out is not None:

@@ -7,35 +7,33 @@ and each baseline run through the same code with the same prompts, teacher and b
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
-from mpdistill.trainers.checkpoints import (CHECKPOINT_RECIPE, ROLLOUTS, TRAIN_LOG, checkpoint_step, existing_run,
-                                   latest_checkpoint)
-from mpdistill.errors import ConfigError
-from mpdistill.run.recipe import Recipe, dump_recipe
-from mpdistill.utils.durable import replace_dir, write_text
-from mpdistill.errors import HubError, one_line
-from mpdistill.trainers.methods import get_method, teacher_source
-from mpdistill.trainers.mix_monitor import MixFloorHalt
+from mpdistill.errors import ConfigError, HubError, one_line
 from mpdistill.models.card import write_card
+from mpdistill.models.loading import check_compatible, load_model
 from mpdistill.models.record import write_record
-from mpdistill.models.loading import check_compatible, load_model, model_path, resolve_model
-from mpdistill.trainers.config import REWRITE_PREFIX, MPDConfig
-from mpdistill.trainers.nonfinite import NonFiniteHalt
-from mpdistill.utils.paths import check_output_dir, looks_local
+from mpdistill.run.checks import (check_prompt_lengths, check_thinking, pre_run_problems, same_model_problem,
+                                  warn_if_templates_differ)
+from mpdistill.run.recipe import Recipe, dump_recipe
 from mpdistill.run.resume import prepare_resume
-from mpdistill.utils.processes import distributed_state, is_main_process, launch_warnings, on_main_then_share
-from mpdistill.utils.run_lock import OutputLock
-from mpdistill.tasks.prompts import encode_message, has_thinking_switch
-from mpdistill.rewriting.backends import get_backend
 from mpdistill.tasks import get_task
 from mpdistill.tasks.problems import DataError, chain_problems, load_problems
+from mpdistill.trainers.checkpoints import (CHECKPOINT_RECIPE, ROLLOUTS, TRAIN_LOG, checkpoint_step, existing_run,
+                                            latest_checkpoint)
+from mpdistill.trainers.config import MPDConfig, REWRITE_PREFIX
+from mpdistill.trainers.methods import get_method, teacher_source
+from mpdistill.trainers.mix_monitor import MixFloorHalt
+from mpdistill.trainers.nonfinite import NonFiniteHalt
 from mpdistill.trainers.train_log import write_train_log
+from mpdistill.utils.durable import replace_dir, write_text
+from mpdistill.utils.paths import check_output_dir
+from mpdistill.utils.processes import distributed_state, is_main_process, launch_warnings, on_main_then_share
+from mpdistill.utils.run_lock import OutputLock
 
 log = logging.getLogger(__name__)
 
@@ -87,103 +85,6 @@ def training_problems(recipe: Recipe, exclude: set[str] | None = None) -> list[d
     return rows
 
 
-def check_batch_fits(recipe: Recipe, n_rows: int, processes: int) -> None:
-    """TRL draws whole steps of batch × accumulation × processes problems and drops the rest of an
-    epoch: with fewer problems than one step takes, no step would run."""
-    t = recipe.training
-    per_step = t.batch_size * t.gradient_accumulation_steps * processes
-    if n_rows < per_step:
-        raise ConfigError(
-            f"data: {n_rows} training problem(s), but one step takes {per_step} (training.batch_size {t.batch_size} "
-            f"x training.gradient_accumulation_steps {t.gradient_accumulation_steps} x {processes} process(es)), so no "
-            "step could run; lower training.batch_size or give more problems")
-
-
-def check_prompt_lengths(recipe: Recipe, rows: list[dict], tokenizer, model_config) -> None:
-    """Every training prompt and its completion fit in the positions the student reads."""
-    from mpdistill.rollout.hf import max_positions
-
-    positions = max_positions(model_config)
-    if not positions:
-        return
-    t = recipe.training
-    i, length = longest_prompt(recipe, rows, tokenizer)
-    if length + t.max_completion_length > positions:
-        raise ConfigError(
-            f"training problem {i + 1} of {len(rows)} ({_brief(rows[i]['problem'])}): its prompt is {length:,} "
-            f"tokens, which with training.max_completion_length "
-            f"{t.max_completion_length:,} passes the {positions:,} positions the student reads; shorten or leave out "
-            f"that problem, or lower training.max_completion_length to at most {max(positions - length, 0):,}")
-
-
-def longest_prompt(recipe: Recipe, rows: list[dict], tokenizer) -> tuple[int, int]:
-    """The training prompt with the most tokens, as the student reads it: (its row, its token count)."""
-    chat = recipe.data.prompt_style == "chat"
-    thinking = recipe.training.student_enable_thinking
-    kwargs = None if thinking is None else {"enable_thinking": thinking}
-    lengths = [len(encode_message(tokenizer, r["problem"], chat=chat, template_kwargs=kwargs)) for r in rows]
-    i = max(range(len(lengths)), key=lengths.__getitem__)
-    return i, lengths[i]
-
-
-def _brief(text: str, width: int = 40) -> str:
-    return repr(text if len(text) <= width else text[:width] + "...")
-
-
-def generation_problems(recipe: Recipe, *, servers: bool = True) -> list[Exception]:
-    """Everything generation needs beyond the models, checked before any model loads: vLLM is
-    installed and its device (GPUs, or vLLM's CPU build) can serve the models asked of it; with
-    ``servers``, a served rewriter and a vLLM rollout server answer (and the key variable is set).
-    Each problem is an exception whose message is one line saying what to fix; a
-    :class:`~mpdistill.rollout.vllm.BackendUnavailable` says whether it is about this machine's devices."""
-    from mpdistill.rollout.vllm import BackendUnavailable, check_engine
-
-    r, v = recipe.rewrite, recipe.training.vllm
-    rewrites = get_method(recipe.method).rewrites
-    checks = []
-    if v is not None and v.mode == "colocate":
-        checks.append(lambda: check_engine(
-            "training.vllm", v.tensor_parallel_size, tp_key="training.vllm.tensor_parallel_size",
-            processes=int(os.environ.get("WORLD_SIZE", "1")),
-            models={f"the student {recipe.student!r}": resolve_model(recipe.student)},
-            without="remove training.vllm to sample the student with transformers"))
-    if v is not None and v.mode == "server":
-        checks.append(lambda: _rollout_server(v, servers))
-    backend = get_backend(r.backend)
-    if rewrites and backend.check is not None:
-        checks.append(lambda: backend.check(r, recipe.teacher, servers))
-    problems = []
-    for check in checks:
-        try:
-            check()
-        except (BackendUnavailable, ConfigError) as err:
-            problems.append(err)
-    return problems
-
-
-def _rollout_server(v, reachable: bool) -> None:
-    from mpdistill.rollout.vllm import BackendUnavailable, check_server
-
-    if not torch.cuda.is_available():
-        # TRL pushes the student's new weights to the server after every step through vLLM's NCCL
-        # weight transfer, which runs between CUDA devices only.
-        raise BackendUnavailable(
-            "training.vllm.mode server: TRL sends the student's new weights to the vLLM server over NCCL, "
-            "which needs a CUDA GPU in the training process and none is visible here; use training.vllm.mode "
-            "colocate, or remove training.vllm to sample the student with transformers",
-            device_dependent=True,
-        )
-    if reachable:
-        check_server("training.vllm.server_base_url", v.server_base_url, min(v.server_timeout_s, 30.0))
-
-
-def check_generation_backends(recipe: Recipe, *, servers: bool = True) -> None:
-    """:func:`generation_problems`, raised as one :class:`ConfigError` (a line per problem)."""
-    problems = generation_problems(recipe, servers=servers)
-    if problems:
-        raise ConfigError("\n".join(map(str, problems)))
-
-
 def peft_config(recipe: Recipe):
     """``peft.LoraConfig`` for ``training.lora``, or None for full fine-tuning."""
     lora = recipe.training.lora
@@ -209,63 +110,6 @@ def save_merged(student_name: str, adapter_dir: Path, model_dir: Path, tokenizer
     merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
     merged.save_pretrained(model_dir)
     tokenizer.save_pretrained(model_dir)
-
-
-def check_thinking(recipe: Recipe, tokenizer, teacher_tokenizer=None) -> None:
-    """A thinking switch set in the recipe needs a chat template that has one: the student's for
-    ``training.student_enable_thinking``, the local teacher's for ``rewrite.teacher_enable_thinking``
-    (a served teacher's template is the server's, not checked here; nor one not given)."""
-    keys = [("training.student_enable_thinking", recipe.training.student_enable_thinking, tokenizer)]
-    if (teacher_tokenizer is not None and get_method(recipe.method).rewrites
-            and get_backend(recipe.rewrite.backend).local_template):
-        keys.append(("rewrite.teacher_enable_thinking", recipe.rewrite.teacher_enable_thinking, teacher_tokenizer))
-    for key, value, tok in keys:
-        if value is not None and not has_thinking_switch(tok):
-            raise ConfigError(f"{key} is set but the tokenizer's chat template has no enable_thinking switch")
-
-
-def same_model_problem(recipe: Recipe) -> str | None:
-    """A warning when the teacher a recipe distills from is the student itself (one folder, or one
-    Hub name): the loss compares the student with itself, starts near zero and teaches nothing.
-    Self-distillation, whose teacher is the student by design, is not warned."""
-    method = get_method(recipe.method)
-    if not method.uses_teacher or method.self_teacher:
-        return None
-    names = []
-    for name in (recipe.student, recipe.teacher):
-        try:
-            path = resolve_model(name)
-        except ValueError:
-            return None
-        names.append(str(Path(path).expanduser().resolve()) if looks_local(path) else path)
-    if names[0] != names[1]:
-        return None
-    return (f"student and teacher are the same model ({recipe.student}): the loss compares the student with itself, "
-            "starts near zero and moves nothing toward a teacher; give a stronger teacher (or use method "
-            "self_distill, whose teacher is the student asked to be concise)")
-
-
-def warn_if_templates_differ(recipe: Recipe, student_tokenizer, teacher_tokenizer) -> bool:
-    """The teacher scores the student's tokens of the training prompt, rendered by the student's
-    chat template. Where the teacher's own template renders the same message differently, say so:
-    the teacher then scores a prompt in a format it was not tuned on. Returns whether they differ."""
-    if recipe.data.prompt_style != "chat":
-        return False
-    kwargs = ({} if recipe.training.student_enable_thinking is None
-              else {"enable_thinking": recipe.training.student_enable_thinking})
-    probe = "What is 12 + 30?"
-    try:
-        renders = [encode_message(tok, probe, chat=True, template_kwargs=kwargs)
-                   for tok in (student_tokenizer, teacher_tokenizer)]
-    except Exception:  # noqa: BLE001 - a tokenizer without a chat template: the prompt style check reports it
-        return False
-    if renders[0] == renders[1]:
-        return False
-    log.warning(
-        "the teacher's chat template renders a training prompt differently from the student's (%d vs %d tokens): "
-        "the teacher scores prompts in the student's format. Use a teacher of the same family, or check that "
-        "the difference does not matter", len(renders[0]), len(renders[1]))
-    return True
 
 
 def vllm_rollout_args(v) -> dict:
@@ -425,21 +269,8 @@ def _train(recipe: Recipe, run_dir: Path, lock, *, exclude_prompts: set[str] | N
         log.warning(warning)
     with same_on_every_process():  # decided from the same recipe and files by every process: said once
         rows = training_problems(recipe, exclude=exclude_prompts)
-        if recipe.rewrite.require_gold and get_method(recipe.method).teacher_text:
-            missing = next((i for i, r in enumerate(rows) if r.get("answer") is None), None)
-            if missing is not None:
-                raise ConfigError(f"rewrite.require_gold is set but training problem {missing + 1} of {len(rows)} has "
-                                  "no answer (data.answer_field)")
-        check_batch_fits(recipe, len(rows), distributed_state().num_processes)
-        check_generation_backends(recipe)
+        pre_run_problems(recipe, rows, distributed_state().num_processes).raise_errors()
         teacher_name = teacher_source(recipe)  # None for a method without a teacher
-        for role, name in (("student", recipe.student), ("teacher", teacher_name)):  # both folders before either loads
-            if name is None:
-                continue
-            try:
-                model_path(name)
-            except ConfigError as err:
-                raise ConfigError(f"{role}: {err}") from None
         args = training_arguments(recipe, run_dir)  # what transformers would refuse, before any weights load
     trust = dict(allow_pickle=recipe.security.allow_pickle_checkpoints, trust_remote_code=recipe.security.trust_remote_code)
     student, tokenizer = load_model(recipe.student, **trust)
@@ -530,7 +361,7 @@ def push_to_hub(trainer, folder: Path) -> None:
 def _save_final(trainer, target: Path, record: dict) -> None:
     """``trainer.save_model`` into a staging folder renamed into place, so ``target`` is whole or absent.
     (As an internal save: a ``push_to_hub`` run pushes once the model is in place, see :func:`push_to_hub`.)"""
-    from mpdistill.trainers.trainer import drop_training_arguments
+    from mpdistill.trainers.base import drop_training_arguments
 
     main = trainer.accelerator.is_main_process
     with _staged(target, owner=main) as staged:

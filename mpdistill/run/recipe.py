@@ -14,8 +14,8 @@ from pydantic import BaseModel, Field, ValidationError, field_validator, model_s
 
 from mpdistill.errors import ConfigError
 from mpdistill.evaluation.settings import EvalConfig
-from mpdistill.utils.paths import looks_local
 from mpdistill.rewriting.settings import RewriteConfig, with_task_defaults
+from mpdistill.utils.paths import looks_local
 from mpdistill.utils.settings import StrictSettings, describe_validation_error
 
 

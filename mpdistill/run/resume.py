@@ -7,9 +7,9 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from mpdistill.trainers.checkpoints import (CHECKPOINT_RECIPE, ResumeError, checkpoint_step, discard_partial,
-                                   latest_complete_checkpoint, rewind_rollout_log)
 from mpdistill.run.recipe import Recipe, load_recipe
+from mpdistill.trainers.checkpoints import (CHECKPOINT_RECIPE, ResumeError, checkpoint_step, discard_partial,
+                                            latest_complete_checkpoint, rewind_rollout_log)
 from mpdistill.utils.durable import LogError, changed_settings, read_jsonl_log
 from mpdistill.utils.paths import ROLLOUTS
 

@@ -37,7 +37,7 @@ class Task:
     rewrite_prompt: str | None = None
     rewrite_chat: bool = True
     # What a prompt gains to ask for a concise answer: the self-distillation teacher's prompt is the
-    # problem, then this (see mpdistill.trainers.trainer.teacher_prompt).
+    # problem, then this (see mpdistill.trainers.teacher_prompts.teacher_prompt).
     concise_instruction: str | None = None
     # (n, seed, split) -> problem rows {"prompt", "problem", "answer"}, for a task that makes its own.
     make_problems: Callable[[int, int, str], list[dict]] | None = None

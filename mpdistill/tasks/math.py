@@ -14,8 +14,7 @@ import math
 import re
 import threading
 
-from math_verify import parse as mv_parse
-from math_verify import verify as mv_verify
+from math_verify import parse as mv_parse, verify as mv_verify
 from math_verify.errors import TimeoutException
 from sympy import Basic, Float, Integer, Integral, Limit, Pow, Product, Rational, Sum, binomial, factorial, gamma
 

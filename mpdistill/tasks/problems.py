@@ -14,11 +14,12 @@ import re
 from pathlib import Path
 from typing import Iterator
 
+from mpdistill.errors import MPDistillError
 from mpdistill.tasks import chain
 from mpdistill.tasks.math import normalize_gold
 
 
-class DataError(ValueError):
+class DataError(MPDistillError, ValueError):
     """A dataset that cannot be used; the message names the file, the row and the field."""
 
 

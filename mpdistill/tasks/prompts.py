@@ -20,7 +20,7 @@ MATH_PROMPT = "{problem}\nPlease reason step by step, and put your final answer 
 
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 
-# Self-distillation's "be concise" request for math, after the problem (mpdistill.trainers.trainer.teacher_prompt).
+# Self-distillation's "be concise" request for math, after the problem (mpdistill.trainers.teacher_prompts.teacher_prompt).
 CONCISE_INSTRUCTION = ("Solve this concisely: reason only as much as the answer needs, without restating the problem, "
                        "re-checking settled steps or exploring abandoned alternatives.")
 

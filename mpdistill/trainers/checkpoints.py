@@ -22,9 +22,9 @@ from pathlib import Path
 
 import torch
 from torch.utils.data import Sampler
-
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
+from mpdistill.errors import MPDistillError
 from mpdistill.utils.durable import LogError, fsync_dir, fsync_tree, read_jsonl_log, write_jsonl, write_text
 from mpdistill.utils.paths import ROLLOUTS, TRAIN_LOG
 
@@ -34,7 +34,7 @@ STAGING = ".partial"
 RNG_FILE = "mpdistill_rng_{rank}.json"
 
 
-class ResumeError(ValueError):
+class ResumeError(MPDistillError, ValueError):
     """A run folder that cannot be resumed; the message says why and what to do."""
 
 

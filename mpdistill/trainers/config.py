@@ -23,10 +23,10 @@ from typing import Any
 from pydantic import ValidationError
 from trl import DistillationConfig
 
-from mpdistill.rewriting.settings import RewriteConfig, with_task_defaults
-from mpdistill.utils.paths import ROLLOUTS, TRAIN_LOG
 from mpdistill.rewriting.rewrite import RewriteSettings, rewrite_settings_from
+from mpdistill.rewriting.settings import RewriteConfig, with_task_defaults
 from mpdistill.tasks import TASKS, Task, get_task
+from mpdistill.utils.paths import ROLLOUTS, TRAIN_LOG
 
 REWRITE_PREFIX = "rewrite_"
 

@@ -30,15 +30,16 @@ import random
 
 from trl import GRPOConfig, GRPOTrainer
 
-from mpdistill.trainers.checkpoints import ResumableTraining
 from mpdistill.errors import ConfigError
 from mpdistill.models.card import CardFacts
-from mpdistill.trainers.config import MPDConfig
-from mpdistill.trainers.nonfinite import NonFiniteGuard
 from mpdistill.rewriting.rewrite import answer_section
 from mpdistill.rollout import GenerationSettings, generate_texts
+from mpdistill.trainers.base import (RolloutLog, RunFiles, check_hub_repository, check_training_rows, loaded_name,
+                                     student_record)
+from mpdistill.trainers.checkpoints import ResumableTraining
+from mpdistill.trainers.config import MPDConfig
+from mpdistill.trainers.nonfinite import NonFiniteGuard
 from mpdistill.trainers.train_log import TrainLogFile
-from mpdistill.trainers.trainer import RunFiles, _loaded_name, _RolloutLogMixin, check_hub_repository, check_training_rows, student_record
 
 # How many training problems the initial student answers to measure the reference length.
 REFERENCE_PROBLEMS = 64
@@ -75,7 +76,7 @@ def grpo_config(args: MPDConfig) -> LengthRLConfig:
     return LengthRLConfig(**values)
 
 
-class LengthPenaltyGRPOTrainer(RunFiles, _RolloutLogMixin, ResumableTraining, GRPOTrainer):
+class LengthPenaltyGRPOTrainer(RunFiles, RolloutLog, ResumableTraining, GRPOTrainer):
     """GRPO with a length penalty, constructed like the distillation trainers (``teacher_model`` is
     accepted for the same call and not used)."""
 
@@ -100,7 +101,7 @@ class LengthPenaltyGRPOTrainer(RunFiles, _RolloutLogMixin, ResumableTraining, GR
                             f"length_penalty settings), got {type(args).__name__}")
         # Its reward is the answer's correctness: a row without a gold answer would train on length alone.
         check_training_rows(train_dataset, needs_answer="grpo_length (its reward is the answer's correctness)")
-        self.card_facts = CardFacts(student=model if isinstance(model, str) else _loaded_name(model), teacher=None,
+        self.card_facts = CardFacts(student=model if isinstance(model, str) else loaded_name(model), teacher=None,
                                     problems=len(train_dataset) if hasattr(train_dataset, "__len__") else None)
         config = grpo_config(args)
         if isinstance(model, str):  # loaded by TRL, under mpdistill's loading policy (safetensors only)

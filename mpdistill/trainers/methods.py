@@ -60,12 +60,12 @@ def teacher_source(recipe) -> str | None:
 
 
 for _method in (
-    Method("mpd", "mpdistill.trainers.trainer:MPDTrainer", rewrites=True, teacher_text=True),
-    Method("opd", "mpdistill.trainers.trainer:OPDTrainer"),
-    Method("offpolicy_kd", "mpdistill.trainers.trainer:OffPolicyKDTrainer", teacher_text=True),
-    Method("opd_mixed", "mpdistill.trainers.trainer:MixedOPDTrainer", teacher_text=True),
-    Method("rewrite_sft", "mpdistill.trainers.trainer:RewriteSFTTrainer", rewrites=True, teacher_text=True),
-    Method("self_distill", "mpdistill.trainers.trainer:SelfDistillTrainer", self_teacher=True),
+    Method("mpd", "mpdistill.trainers.mpd:MPDTrainer", rewrites=True, teacher_text=True),
+    Method("opd", "mpdistill.trainers.opd:OPDTrainer"),
+    Method("offpolicy_kd", "mpdistill.trainers.offpolicy_kd:OffPolicyKDTrainer", teacher_text=True),
+    Method("opd_mixed", "mpdistill.trainers.opd_mixed:MixedOPDTrainer", teacher_text=True),
+    Method("rewrite_sft", "mpdistill.trainers.rewrite_sft:RewriteSFTTrainer", rewrites=True, teacher_text=True),
+    Method("self_distill", "mpdistill.trainers.self_distill:SelfDistillTrainer", self_teacher=True),
     Method("grpo_length", "mpdistill.trainers.grpo_length:LengthPenaltyGRPOTrainer", uses_teacher=False),
 ):
     register_method(_method)

@@ -20,11 +20,15 @@ import logging
 
 from transformers import TrainerCallback
 
+from mpdistill.errors import MPDistillError
+
 log = logging.getLogger(__name__)
 
 
-class MixFloorHalt(RuntimeError):
+class MixFloorHalt(MPDistillError, RuntimeError):
     """The run was stopped because a floor on the mix was not met; the message names the cause."""
+
+    shared_by_main_process = True  # decided from numbers every process gathers alike
 
 
 class MixMonitor(TrainerCallback):

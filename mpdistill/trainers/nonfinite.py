@@ -16,11 +16,15 @@ import logging
 import torch
 from transformers import TrainerCallback
 
+from mpdistill.errors import MPDistillError
+
 log = logging.getLogger(__name__)
 
 
-class NonFiniteHalt(RuntimeError):
+class NonFiniteHalt(MPDistillError, RuntimeError):
     """Training stopped because too many consecutive steps had non-finite gradients."""
+
+    shared_by_main_process = True  # decided from numbers every process gathers alike
 
 
 def gradients_finite(model: torch.nn.Module) -> bool:

@@ -20,10 +20,12 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from mpdistill.errors import MPDistillError
+
 log = logging.getLogger(__name__)
 
 
-class LogError(ValueError):
+class LogError(MPDistillError, ValueError):
     """A JSONL log that cannot be read back; the message names the file and line."""
 
 

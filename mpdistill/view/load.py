@@ -18,9 +18,10 @@ from array import array
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mpdistill.utils.durable import LogError, read_jsonl_log
-from mpdistill.evaluation.folder import SAMPLES_FILE, EvalError, read_eval_folder, read_sample_records
+from mpdistill.errors import MPDistillError
+from mpdistill.evaluation.folder import EvalError, SAMPLES_FILE, read_eval_folder, read_sample_records
 from mpdistill.models.record import RECORD
+from mpdistill.utils.durable import LogError, read_jsonl_log
 from mpdistill.utils.paths import ROLLOUTS, TRAIN_LOG
 
 log = logging.getLogger(__name__)
@@ -39,7 +40,7 @@ RECIPE_KEYS = ("method", "task", "student", "teacher", "training.steps", "traini
                "training.learning_rate", "rewrite.max_ratio", "rewrite.on_reject")
 
 
-class ViewError(ValueError):
+class ViewError(MPDistillError, ValueError):
     """A path ``mpdistill view`` cannot show; the message names the file, and the line where one is bad."""
 
 

@@ -13,7 +13,7 @@ from collections.abc import Collection
 
 from mpdistill.evaluation.stats import wilson_interval_mean
 from mpdistill.view.flips import FLIP_KINDS, RIGHT_TO_WRONG, WRONG_TO_RIGHT
-from mpdistill.view.load import MISSING, Evaluation, Run, as_text, read_rollout_texts, short_answer
+from mpdistill.view.load import Evaluation, MISSING, Run, as_text, read_rollout_texts, short_answer
 from mpdistill.view.sampling import choose_texts
 
 

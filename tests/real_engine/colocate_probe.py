@@ -16,7 +16,8 @@ def main(out: Path, student_dir: Path) -> None:
     import torch
 
     from mpdistill.run.recipe import recipe_from_dict
-    from mpdistill.run.pipeline import build_trainer, check_generation_backends, load_model, training_problems
+    from mpdistill.run.checks import check_generation_backends
+    from mpdistill.run.pipeline import build_trainer, load_model, training_problems
 
     recipe = recipe_from_dict({
         "method": "mpd", "task": "chain", "student": str(student_dir), "teacher": "embedded:teacher",

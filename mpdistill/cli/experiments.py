@@ -1,0 +1,71 @@
+"""``mpdistill demo | study | bench | bootstrap``: the experiments on the embedded worlds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from mpdistill.cli.app import WORLD, app, checked_world, fail, interrupted, one_line_errors, storage_failed
+from mpdistill.utils.console import stdout as console
+
+
+@app.command()
+@one_line_errors
+def demo(
+    out: Path = typer.Option(Path("mpd-demo"), "--out", help="Output folder (re-running with it resumes)."),
+    quick: bool = typer.Option(False, "--quick", help="A small version of the demo (for tests)."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Override the recipe's seed."),
+    recipe: Optional[str] = typer.Option(None, "--recipe", help="Recipe file, or a shipped recipe's name (default: "
+                                         "the world's: embedded or embedded-verbose-teacher; `mpdistill recipes` "
+                                         "lists them)."),
+    rewrite_backend: Optional[str] = typer.Option(
+        None, "--rewrite-backend", help="Where the teacher writes its rewrites: transformers (the recipe's default) or "
+        "vllm (an in-process vLLM engine; its CPU build works on a laptop, see docs/VLLM.md)."),
+    world: str = WORLD,
+) -> None:
+    """Train MPD and the three distillation baselines on an embedded world and compare them on held-out problems."""
+    from mpdistill.experiments.demo import run_demo
+
+    if rewrite_backend not in (None, "transformers", "vllm"):
+        fail(f"--rewrite-backend must be transformers or vllm, got {rewrite_backend!r}")
+    try:
+        run_demo(out, quick=quick, seed=seed, recipe_path=recipe, rewrite_backend=rewrite_backend,
+                 world=checked_world(world), console=console)
+    except KeyboardInterrupt:
+        interrupted(f"finished trainings and evaluations are kept in {out}; run the same command again to go on "
+                     "from there")
+    except Exception as err:  # noqa: BLE001 - only a refused write is said here
+        storage_failed(err, f"Finished trainings and evaluations are kept in {out}; once it can be written again, run "
+                        "the same command again to go on from there")
+
+
+@app.command()
+@one_line_errors
+def study(
+    out: Path = typer.Option(Path("mpd-study"), "--out", help="Output folder (re-running with it resumes)."),
+    quick: bool = typer.Option(False, "--quick", help="A small version of the study (for tests)."),
+    seeds: str = typer.Option("0,1,2", "--seeds", help="Training seeds, comma-separated (0 must be one: tuning uses it)."),
+    methods: Optional[str] = typer.Option(None, "--methods", help="mpd and the arms to compare it with (baselines "
+                                          "and controls, docs/RESULTS.md), comma-separated (default: every one)."),
+    world: str = WORLD,
+) -> None:
+    """MPD, its controls and every baseline on an embedded world: tuned on validation, several seeds, three decodings, costs."""
+    from mpdistill.experiments.study import ARM_NAMES, run_study
+
+    try:
+        seed_list = tuple(int(s) for s in seeds.split(",") if s.strip())
+    except ValueError:
+        fail(f"--seeds takes comma-separated integers, got {seeds!r}")
+    if 0 not in seed_list:
+        fail(f"--seeds must include 0 (each method is tuned with seed 0); got {seeds!r}")
+    chosen = tuple(m.strip() for m in methods.split(",")) if methods else ARM_NAMES
+    try:
+        run_study(out, quick=quick, seeds=seed_list, arms=chosen, world=checked_world(world), console=console)
+    except KeyboardInterrupt:
+        interrupted(f"finished trainings and evaluations are kept in {out}; run the same command again to go on "
+                     "from there")
+    except Exception as err:  # noqa: BLE001 - only a refused write is said here
+        storage_failed(err, f"Finished trainings and evaluations are kept in {out}; once it can be written again, run "
+                        "the same command again to go on from there")
