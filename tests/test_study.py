@@ -12,8 +12,10 @@ from mpdistill.run.recipe import load_recipe
 from mpdistill.models.loading import load_model
 from mpdistill.recipes import shipped_path
 from mpdistill.tasks import chain
-from mpdistill.experiments.study import (ARM_NAMES, ARMS_BY_NAME, QUICK_LADDERS, QUICK_N_EVAL, QUICK_N_VALIDATION, TEMPERATURES,
-                             choose_setting, rewrite_share, run_cost, setting_name, tune, verdict)
+from mpdistill.experiments.study import rewrite_share
+from mpdistill.experiments.study_design import (ARM_NAMES, ARMS_BY_NAME, QUICK_LADDERS, QUICK_N_EVAL, QUICK_N_VALIDATION,
+                                                TEMPERATURES, choose_setting, setting_name, tune)
+from mpdistill.experiments.study_report import run_cost, verdict
 
 SEEDS = (0, 1)
 
@@ -326,7 +328,8 @@ def test_mpd_is_ahead_of_an_arm_it_beats_and_behind_one_that_beats_it():
     seed is ahead on both axes; the reverse, behind on both (a swapped argument or sign would flip these)."""
     import random
 
-    from mpdistill.experiments.study import Plan, versus
+    from mpdistill.experiments.study_design import Plan
+    from mpdistill.experiments.study_report import versus
 
     rng = random.Random(0)
 

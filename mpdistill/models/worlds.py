@@ -21,17 +21,17 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import random
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 import torch
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import GenerationConfig, PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
 
+from mpdistill.models.pretrain import pretrain
 from mpdistill.tasks import chain
 from mpdistill.utils.paths import ASSETS, EMBEDDED_PREFIX
 
@@ -187,86 +187,6 @@ def verbose_world_teacher_example(rng: random.Random) -> tuple[str, str]:
     route = rng.choice(chain.ROUTES)
     trace = chain.verbose_trace(problem, route, rng, verbose_world_style(rng))
     return chain.rewrite_prompt(problem.prompt, trace), chain.concise_trace(problem, route)
-
-
-def _batches(
-    make: Callable[[random.Random], tuple[str, str]],
-    tokenizer: PreTrainedTokenizerFast,
-    rng: random.Random,
-    batch_size: int,
-) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    eos = tokenizer.eos_token_id
-    pool = 8  # batches drawn at once and regrouped by length, so short rows are not padded to long ones
-    while True:
-        rows = []
-        for _ in range(batch_size * pool):
-            prompt, completion = make(rng)
-            p = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-            c = tokenizer(completion, add_special_tokens=False)["input_ids"] + [eos]
-            rows.append((p, c))
-        rows.sort(key=lambda r: len(r[0]) + len(r[1]))
-        groups = [rows[i : i + batch_size] for i in range(0, len(rows), batch_size)]
-        rng.shuffle(groups)
-        for group in groups:
-            yield _collate(group, tokenizer.pad_token_id)
-
-
-def _collate(rows: list[tuple[list[int], list[int]]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    width = max(len(p) + len(c) for p, c in rows)
-    ids = torch.full((len(rows), width), pad_id)
-    labels = torch.full((len(rows), width), -100)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, (p, c) in enumerate(rows):
-        n = len(p) + len(c)
-        ids[i, :n] = torch.tensor(p + c)
-        labels[i, len(p) : n] = torch.tensor(c)
-        mask[i, :n] = 1
-    return ids, mask, labels
-
-
-def pretrain(
-    model: Qwen3ForCausalLM,
-    make: Callable[[random.Random], tuple[str, str]],
-    tokenizer: PreTrainedTokenizerFast,
-    *,
-    steps: int,
-    seed: int,
-    batch_size: int = 64,
-    lr: float = 3e-3,
-    progress: Callable[[int, float], None] | None = None,
-    should_stop: Callable[[int], bool] | None = None,
-) -> list[float]:
-    """Next-token training on a fresh synthetic batch every step (no data is seen twice).
-
-    ``should_stop(step)`` is asked after every step; returning True ends training there.
-    """
-    rng = random.Random(seed)
-    torch.manual_seed(seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
-    warmup = max(1, steps // 20)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt,
-        lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)),
-    )
-    model.train()
-    losses = []
-    batches = _batches(make, tokenizer, rng, batch_size)
-    device = next(model.parameters()).device
-    for step in range(steps):
-        ids, mask, labels = (t.to(device) for t in next(batches))
-        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
-        losses.append(loss.item())
-        if progress is not None:
-            progress(step, loss.item())
-        if should_stop is not None and should_stop(step + 1):
-            break
-    model.eval()
-    return losses
 
 
 # ---------------------------------------------------------------------------------------------

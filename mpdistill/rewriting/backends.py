@@ -1,7 +1,7 @@
 """Where rewrites come from: the registry of rewriter backends.
 
 A backend turns a run's rewrite settings (a recipe's ``rewrite:`` section, ``MPDConfig``'s
-``rewrite_*`` fields, or ``mpdistill rewrite``'s options: all one :class:`~mpdistill.run.recipe.RewriteConfig`)
+``rewrite_*`` fields, or ``mpdistill rewrite``'s options: all one :class:`~mpdistill.rewriting.settings.RewriteConfig`)
 and the teacher into rewriters. Training, ``mpdistill rewrite`` and ``--dry-run`` all go through
 :func:`get_backend`, so a new backend is one :func:`register_backend` call:
 
@@ -15,16 +15,13 @@ Whichever writes them, the local teacher is the model whose logits the student i
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Callable
 
 from mpdistill.errors import ConfigError
 from mpdistill.registry import Registry
 from mpdistill.rewriting.rewrite import Rewriter, rewrite_settings_from
+from mpdistill.rewriting.settings import RewriteConfig as RewriteSection
 from mpdistill.tasks.prompts import teacher_template_kwargs
-
-# A run's rewrite settings: a recipe's rewrite: section (mpdistill.run.recipe.RewriteConfig), read by field
-# name; not imported, so that the settings module may look backends up here.
-RewriteSection = Any
 
 
 @dataclass
@@ -57,6 +54,13 @@ class RewriterBackend:
     local_template: bool = True
     # Writes with the loaded teacher's weights (``Teacher.model`` must be given).
     uses_teacher_weights: bool = False
+    # Writes on hardware of its own, answering in the background: rewrite.overlap can hide it, and
+    # rewrite.model names the server's model (not a path).
+    served: bool = False
+    # Settings it cannot run without (each named in the error), and rules of its own on the others:
+    # ``settings_check(config)`` raises ValueError naming the recipe key.
+    required: tuple[str, ...] = ()
+    settings_check: Callable[[RewriteSection], None] | None = None
 
 
 BACKENDS: Registry[RewriterBackend] = Registry("rewriter backend")
@@ -68,6 +72,30 @@ def register_backend(backend: RewriterBackend, *, replace: bool = False) -> Rewr
 
 def get_backend(name: str) -> RewriterBackend:
     return BACKENDS.lookup(name)
+
+
+def settings_problems(config: RewriteSection) -> list[str]:
+    """What the chosen backend refuses in these settings, one line each in recipe keys (``rewrite.x``):
+    an unknown backend, a setting it requires left out, an overlap it cannot give, its own rules. A
+    recipe, ``MPDConfig`` and ``mpdistill rewrite`` each check their settings with this, once."""
+    if config.backend not in BACKENDS:
+        return [f"rewrite.backend: unknown rewriter backend {config.backend!r}; known: {BACKENDS.known()}"]
+    backend = BACKENDS[config.backend]
+    problems = [f"rewrite.{key} is required when rewrite.backend is {backend.name!r}"
+                for key in backend.required if not getattr(config, key)]
+    if config.overlap and not backend.served:
+        served = " or ".join(name for name, b in BACKENDS.items() if b.served)
+        problems.append(f"rewrite.overlap needs rewrite.backend: {served} (a rewriter on its own hardware); the "
+                        f"{backend.name!r} backend writes on the training hardware, so nothing can overlap")
+    if config.teacher_enable_thinking is not None and not backend.local_template and not config.send_chat_template_kwargs:
+        problems.append("rewrite.teacher_enable_thinking is sent to a served teacher as chat_template_kwargs, which "
+                        "rewrite.send_chat_template_kwargs: false turns off; keep one of the two")
+    if backend.settings_check is not None:
+        try:
+            backend.settings_check(config)
+        except ValueError as err:
+            problems.append(str(err))
+    return problems
 
 
 def build_rewriter(config: RewriteSection, teacher: Teacher, seed: int) -> Rewriter:
@@ -172,5 +200,15 @@ def _describe_served(config: RewriteSection, teacher: str) -> str:
     return f"served: {config.model} at {config.base_url}{key}"
 
 
+def _served_settings(config: RewriteSection) -> None:
+    from mpdistill.rewriting.served import REQUEST_FIELDS
+
+    taken = sorted(set(config.extra_body) & set(REQUEST_FIELDS))
+    if taken:
+        raise ValueError(f"rewrite.extra_body: {taken[0]!r} is set from the recipe's own keys; extra_body may only add "
+                         "other fields")
+
+
 register_backend(RewriterBackend("openai", _make_served, check=_check_served, describe=_describe_served,
-                                 local_template=False))
+                                 local_template=False, served=True, required=("base_url", "model"),
+                                 settings_check=_served_settings))

@@ -32,6 +32,7 @@ import hashlib
 import json
 import logging
 import random
+import re
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -110,10 +111,9 @@ class RewriteFileSpec:
             raise RewriteFileError(f"--backend must be one of {BACKENDS.known()}; got {backend!r}")
         if BACKENDS[backend].local_template and not self.teacher:
             raise RewriteFileError(f"--teacher is required with --backend {backend}")
-        if backend == "openai":
-            for option, value in (("--base-url", self.base_url), ("--model", self.model)):
-                if not value:
-                    raise RewriteFileError(f"{option} is required with --backend openai")
+        for key in BACKENDS[backend].required:
+            if not getattr(self, key):
+                raise RewriteFileError(f"{_option(key)} is required with --backend {backend}")
         if not BACKENDS[backend].local_template and not self.tokenizer and not self.teacher:
             raise RewriteFileError(
                 f"--backend {backend} needs a tokenizer to count trace and rewrite tokens: "
@@ -131,7 +131,7 @@ class RewriteFileSpec:
         """These options as a recipe's ``rewrite:`` section, validated by it (errors name the option)."""
         values = dict(
             backend=self.backend, base_url=self.base_url, api_key_env=self.api_key_env,
-            model=self.model if self.backend == "openai" else None,  # a local backend writes with --teacher
+            model=self.model if served(self.backend) else None,  # a local backend writes with --teacher
             prompt_template=self.prompt_template, use_chat_template=self.chat_template, max_ratio=self.max_ratio,
             max_new_tokens=self.max_new_tokens, temperature=self.temperature, top_p=self.top_p, top_k=self.top_k,
             batch_size=self.batch_size, require_gold=self.require_gold, require_route_kept=self.require_route_kept,
@@ -141,11 +141,29 @@ class RewriteFileSpec:
         )
         given = {key: value for key, value in values.items() if value is not None}
         given["gpu_memory_utilization"] = None  # the engine's default share: a rewrite job has the machine to itself
-        return from_options(RewriteConfig, with_task_defaults(given, self.task), RewriteFileError, OPTIONS)
+        config = from_options(RewriteConfig, with_task_defaults(given, self.task), RewriteFileError, OPTIONS)
+        from mpdistill.rewriting.backends import settings_problems
+
+        if problems := settings_problems(config):  # in recipe keys: named here by their options
+            raise RewriteFileError(re.sub(r"\brewrite\.(\w+)", lambda m: _option(m.group(1)), problems[0]))
+        return config
 
 
 # The option that sets each rewrite setting (where its name is not the setting's).
 OPTIONS = {"use_chat_template": "--chat-template", "timeout_s": "--timeout", "teacher_enable_thinking": "--teacher-thinking"}
+
+
+def _option(key: str) -> str:
+    """The ``mpdistill rewrite`` option that sets the rewrite setting ``key``."""
+    return OPTIONS.get(key) or "--" + key.replace("_", "-")
+
+
+def served(backend: str | None) -> bool:
+    """Whether ``backend`` (None: the default) writes on a server of its own."""
+    from mpdistill.rewriting.backends import BACKENDS
+
+    name = backend or RewriteConfig.model_fields["backend"].default
+    return name in BACKENDS and BACKENDS[name].served
 
 
 # -- input and output files ------------------------------------------------------------------
@@ -229,15 +247,15 @@ def output_settings(spec: RewriteFileSpec, config: RewriteConfig, input_path: st
     """The settings that decide the records of ``out`` (see OUTPUT_SETTINGS), as ``config`` resolved them
     (the task's prompt filled in, the recipe's defaults where no option was given); those a backend
     ignores are None."""
-    served = config.backend == "openai"
+    is_served = served(config.backend)
     digest = hashlib.sha256(json.dumps(rows, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
     return {
         # The rows, not the bytes: a moved file or a reformatted line is the same input.
         "input": {"path": str(input_path), "rows": len(rows), "sha256": digest},
         "backend": config.backend,
         "teacher": _model_name(spec.teacher),
-        "tokenizer": _model_name(spec.tokenizer) if served else None,
-        "model": spec.model if served else None,
+        "tokenizer": _model_name(spec.tokenizer) if is_served else None,
+        "model": spec.model if is_served else None,
         "task": spec.task,
         "prompt_template": config.prompt_template,
         "chat_template": config.use_chat_template,
@@ -250,7 +268,7 @@ def output_settings(spec: RewriteFileSpec, config: RewriteConfig, input_path: st
         "require_gold": config.require_gold,
         "require_route_kept": config.require_route_kept,
         "teacher_thinking": config.teacher_enable_thinking,
-        "send_chat_template_kwargs": config.send_chat_template_kwargs if served else None,
+        "send_chat_template_kwargs": config.send_chat_template_kwargs if is_served else None,
     }
 
 

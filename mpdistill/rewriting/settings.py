@@ -1,6 +1,10 @@
 """A recipe's ``rewrite:`` section: how the teacher is asked, how its rewrites are sampled,
 accepted and mixed, and where they come from. ``MPDConfig``'s ``rewrite_*`` fields, the ``rewrite``
-command's options and the dry run read this one declaration."""
+command's options and the dry run read this one declaration.
+
+The rules here hold for every backend; what a backend asks of these settings (a served model's
+endpoint, say) it declares itself and :func:`mpdistill.rewriting.backends.settings_problems` checks.
+"""
 
 from __future__ import annotations
 
@@ -101,43 +105,16 @@ class RewriteConfig(StrictSettings):
             )
         return data
 
-    @field_validator("backend")
-    @classmethod
-    def _known_backend(cls, v: str) -> str:
-        from mpdistill.rewriting.backends import BACKENDS
-
-        return BACKENDS.check(v)
-
     @model_validator(mode="after")
-    def _served_needs_endpoint(self):
-        if self.backend == "openai":
-            for key in ("base_url", "model"):
-                if not getattr(self, key):
-                    raise ValueError(f"rewrite.{key} is required when rewrite.backend is 'openai'")
-        elif self.overlap:
-            raise ValueError(f"rewrite.overlap needs rewrite.backend: openai (a rewriter on its own hardware); the "
-                             f"{self.backend!r} backend writes on the training hardware, so nothing can overlap")
+    def _overlap_lays_out_student_prompts(self):
         if self.overlap and self.teacher_context != "problem":
             raise ValueError("rewrite.teacher_context: concise is not available with rewrite.overlap (the overlapped "
                              "step lays out the teacher's prompts as the student's); set one of them back")
         return self
 
-    @field_validator("extra_body")
-    @classmethod
-    def _extra_body_adds_only(cls, v: dict) -> dict:
-        from mpdistill.rewriting.served import REQUEST_FIELDS
-
-        taken = sorted(set(v) & set(REQUEST_FIELDS))
-        if taken:
-            raise ValueError(f"{taken[0]!r} is set from the recipe's own keys; extra_body may only add other fields")
-        return v
-
     @model_validator(mode="after")
     def _thinking_needs_chat(self):
         if self.teacher_enable_thinking is not None and self.use_chat_template is False:
             raise ValueError("rewrite.teacher_enable_thinking needs rewrite.use_chat_template: true")
-        if self.teacher_enable_thinking is not None and self.backend == "openai" and not self.send_chat_template_kwargs:
-            raise ValueError("rewrite.teacher_enable_thinking is sent to a served teacher as chat_template_kwargs, "
-                             "which rewrite.send_chat_template_kwargs: false turns off; keep one of the two")
         return self
 

@@ -323,7 +323,7 @@ def describe_sampling(recipe: Recipe, student: dict, teacher: dict) -> dict:
         # Its thinking is switched (off unless asked for) wherever its prompt goes through its chat template.
         chat = r.use_chat_template if r.use_chat_template is not None else get_task(recipe.task).rewrite_chat
         switched = r.teacher_enable_thinking is not None or chat
-        card, source = recommended(teacher, teacher_thinks, switched) if r.backend != "openai" else (None, None)
+        card, source = (None, None) if get_backend(r.backend).served else recommended(teacher, teacher_thinks, switched)
         out["rewrites"] = {"temperature": r.temperature, "top_p": r.top_p, "top_k": r.top_k, "thinking": teacher_thinks,
                            "card": card, "source": source}
     return out

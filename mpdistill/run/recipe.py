@@ -258,6 +258,14 @@ class Recipe(StrictSettings):
         return v if v is None else TASKS.check(v)
 
     @model_validator(mode="after")
+    def _rewrite_backend_takes_these_settings(self):
+        from mpdistill.rewriting.backends import settings_problems
+
+        if problems := settings_problems(self.rewrite):
+            raise ValueError("; ".join(problems))
+        return self
+
+    @model_validator(mode="after")
     def _two_engines_leave_room_to_train(self):
         v, r = self.training.vllm, self.rewrite
         if v is not None and v.mode == "colocate" and r.backend == "vllm":
@@ -409,8 +417,8 @@ def resolve_paths(data: dict, recipe_path: Path) -> dict:
         value = holder.get(keys[-1]) if holder is not None else None
         if not isinstance(value, str) or not value or value.startswith("embedded:"):
             continue
-        if keys == ("rewrite", "model") and holder.get("backend") == "openai":
-            continue
+        if keys == ("rewrite", "model") and _served(holder.get("backend")):
+            continue  # the name of a served model, not a path
         if not ((base / value).exists() or looks_local(value, data_file=keys == ("data", "train"))):
             continue
         resolved = (base / Path(value).expanduser()).resolve()
@@ -442,6 +450,12 @@ def parse_overrides(items: list[str]) -> dict:
                 raise ConfigError(f"--set {item!r}: {k} is given a value by another --set")
         holder[keys[-1]] = value
     return out
+
+
+def _served(backend) -> bool:
+    from mpdistill.rewriting.backends import BACKENDS
+
+    return isinstance(backend, str) and backend in BACKENDS and BACKENDS[backend].served
 
 
 def _merge(base: dict, extra: dict, prefix: str = "") -> dict:

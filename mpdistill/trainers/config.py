@@ -23,6 +23,7 @@ from typing import Any
 from pydantic import ValidationError
 from trl import DistillationConfig
 
+from mpdistill.rewriting.backends import settings_problems
 from mpdistill.rewriting.rewrite import RewriteSettings, rewrite_settings_from
 from mpdistill.rewriting.settings import RewriteConfig, with_task_defaults
 from mpdistill.tasks import TASKS, Task, get_task
@@ -107,13 +108,16 @@ class MPDConfig(_WithRewriteFields):
         values = {f.name[len(REWRITE_PREFIX):]: getattr(self, f.name)
                   for f in dataclasses.fields(self) if f.name.startswith(REWRITE_PREFIX)}
         try:
-            return RewriteConfig.model_validate(with_task_defaults(values, self.task))
+            config = RewriteConfig.model_validate(with_task_defaults(values, self.task))
         except ValidationError as err:
-            # A rule across settings names them as recipe keys (rewrite.base_url): here they are fields.
-            problems = "; ".join(f"{REWRITE_PREFIX}{'.'.join(map(str, e['loc']))}: {e['msg'].removeprefix('Value error, ')}"
-                                 if e["loc"] else re.sub(r"\brewrite\.(\w+)", REWRITE_PREFIX + r"\1",
-                                                         e["msg"].removeprefix("Value error, ")) for e in err.errors())
-            raise ValueError(problems) from None
+            problems = [f"{REWRITE_PREFIX}{'.'.join(map(str, e['loc']))}: {e['msg'].removeprefix('Value error, ')}"
+                        if e["loc"] else e["msg"].removeprefix("Value error, ") for e in err.errors()]
+        else:
+            problems = settings_problems(config)  # what the chosen backend asks of them
+            if not problems:
+                return config
+        # A rule across settings names them as recipe keys (rewrite.base_url): here they are fields.
+        raise ValueError("; ".join(re.sub(r"\brewrite\.(\w+)", REWRITE_PREFIX + r"\1", p) for p in problems))
 
     def get_task(self) -> Task:
         return get_task(self.task)
