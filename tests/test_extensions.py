@@ -154,3 +154,37 @@ def test_eval_of_a_task_without_default_benchmarks_asks_for_them(registries, tmp
     register_task("units", lambda: Task(name="units", extract_answer=lambda t: None, answers_match=lambda a, b: a == b))
     with pytest.raises(EvalError, match="the units task has no default benchmarks: name them with --benchmarks"):
         EvalSpec(model="embedded:student", task="units").check()
+
+
+def test_a_package_adds_a_task_a_backend_and_a_method_without_touching_mpdistill(tmp_path, tiny_pair):
+    """tests/fixtures/extension_plugin: one module each, declared through the entry point; the command
+    then trains with the package's method, on its task, with its rewriter."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    site = tmp_path / "site"
+    shutil.copytree(Path(__file__).parent / "fixtures" / "extension_plugin" / "digits_plugin", site / "digits_plugin")
+    info = site / "digits_plugin-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: digits-plugin\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[mpdistill.plugins]\ndigits = digits_plugin\n")
+    # The embedded student writes traces with readable answers, which the package's rewriter then cuts.
+    recipe = _recipe(tiny_pair, method="mpd_plugin", task="digits", student="embedded:student",
+                     teacher="embedded:teacher")
+    recipe["training"] = {**recipe["training"], "max_completion_length": 192}
+    recipe["rewrite"] = {**recipe["rewrite"], "backend": "answer_only"}
+    (tmp_path / "recipe.yaml").write_text(json.dumps(recipe))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]),
+           "OMP_NUM_THREADS": "1"}
+    run = subprocess.run([sys.executable, "-m", "mpdistill", "train", str(tmp_path / "recipe.yaml"), "--out",
+                          str(tmp_path / "run")], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    record = json.loads((tmp_path / "run" / "model" / "mpdistill.json").read_text())
+    assert (record["method"], record["task"]) == ("mpd_plugin", "digits")
+    assert "MPD (digits plugin)" in (tmp_path / "run" / "model" / "README.md").read_text()
+    rows = [json.loads(line) for line in (tmp_path / "run" / "rollouts.jsonl").read_text().splitlines()]
+    accepted = [r for r in rows if r["reason"] == "accepted"]
+    assert accepted and all(r["rewrite"] == f"A:{chain.extract_answer(r['student'])}" for r in accepted)
