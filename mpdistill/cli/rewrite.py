@@ -59,7 +59,8 @@ def rewrite_cmd(
     rewritten as training would rewrite it."""
     import json
 
-    from mpdistill.rewriting.offline import RewriteFileSpec, format_summary, rewrite_file
+    from mpdistill.rewriting.offline import RewriteFileSpec, rewrite_file
+    from mpdistill.rewriting.summary import format_summary
 
     spec = RewriteFileSpec(
         backend=backend, teacher=teacher, tokenizer=tokenizer, base_url=base_url, model=model, api_key_env=api_key_env,
