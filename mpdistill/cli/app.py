@@ -88,10 +88,12 @@ def interrupted(saved: str) -> None:
 
 def storage_failed(err: BaseException, kept: str) -> None:
     """A write the storage refused (full disk, quota, read-only): one ``error:`` line saying what is kept
-    and how to go on. Any other exception is re-raised as it is."""
-    from mpdistill.errors import storage_failure
+    and how to go on. Any other exception is re-raised as it is: an error the code already said in its
+    own words (an MPDistillError, such as an output folder checked before anything ran) goes to
+    :func:`one_line_errors` unchanged."""
+    from mpdistill.errors import MPDistillError, storage_failure
 
-    said = storage_failure(err)
+    said = None if isinstance(err, MPDistillError) else storage_failure(err)
     if said is None:
         raise err
     fail(f"{said}. {kept}")

@@ -19,7 +19,7 @@ from mpdistill.models.loading import check_compatible, load_model
 from mpdistill.models.record import write_record
 from mpdistill.run.checks import (check_prompt_lengths, check_thinking, pre_run_problems, same_model_problem,
                                   warn_if_templates_differ)
-from mpdistill.run.recipe import Recipe, dump_recipe
+from mpdistill.run.recipe import NOT_ONE_FIELD, TRL_NAMES, Recipe, dump_recipe
 from mpdistill.run.resume import prepare_resume
 from mpdistill.tasks import get_task
 from mpdistill.tasks.problems import DataError, chain_problems, load_problems
@@ -146,47 +146,27 @@ def training_arguments(recipe: Recipe, run_dir: Path) -> MPDConfig:
     setting, raised by ``train`` before any weights load or folder is written. (``--dry-run`` does not
     build it: transformers sets up the launch it runs under, and a dry run plans for another machine.)"""
     t = recipe.training
+    # Every training: key is the MPDConfig field of its name (TRL's where TRL has it), but for those
+    # TRL_NAMES renames and the few that become something else (below).
+    same = {TRL_NAMES.get(key, key): getattr(t, key) for key in type(t).model_fields if key not in NOT_ONE_FIELD}
     settings = dict(
-        output_dir=str(run_dir / "trainer"),
-        max_steps=t.steps,
-        per_device_train_batch_size=t.batch_size,
-        gradient_accumulation_steps=t.gradient_accumulation_steps,
-        learning_rate=t.learning_rate,
-        lr_scheduler_type=t.lr_scheduler_type,
-        warmup_steps=t.warmup_steps,
-        beta=t.beta,
-        temperature=t.temperature,
-        top_p=t.top_p,
-        top_k=t.top_k,
-        max_completion_length=t.max_completion_length,
-        logging_steps=t.logging_steps,
+        **same,
         **checkpointing_arg(t.gradient_checkpointing),
-        bf16=t.bf16,
-        max_grad_norm=t.max_grad_norm,
-        seed=recipe.seed,
-        data_seed=recipe.seed,
-        report_to="none",
         save_strategy="steps" if t.save_steps else "no",
         save_steps=t.save_steps or 500,
-        save_total_limit=t.save_total_limit,
-        use_cpu=not torch.cuda.is_available(),
-        dataloader_num_workers=0,
-        disable_tqdm=False,
         chat_template_kwargs=(
             None if t.student_enable_thinking is None else {"enable_thinking": t.student_enable_thinking}
         ),
-        trust_remote_code=recipe.security.trust_remote_code,
         **vllm_rollout_args(t.vllm),
+        output_dir=str(run_dir / "trainer"),
+        seed=recipe.seed,
+        data_seed=recipe.seed,
         task=recipe.task,
-        teacher_instruction=t.teacher_instruction,
-        teacher_sync_steps=t.teacher_sync_steps,
-        teacher_update_rate=t.teacher_update_rate,
-        teacher_share=t.teacher_share,
-        num_generations=t.num_generations,
-        length_penalty=t.length_penalty,
-        length_reference=t.length_reference,
-        length_penalty_on=t.length_penalty_on,
-        max_nonfinite_steps=t.max_nonfinite_steps,
+        trust_remote_code=recipe.security.trust_remote_code,
+        report_to="none",
+        use_cpu=not torch.cuda.is_available(),
+        dataloader_num_workers=0,
+        disable_tqdm=False,
         rollouts_file=str(run_dir / ROLLOUTS),
         train_log_file=str(run_dir / TRAIN_LOG),
         **{REWRITE_PREFIX + key: value for key, value in recipe.rewrite.model_dump().items()},

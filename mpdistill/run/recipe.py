@@ -195,6 +195,12 @@ class TrainingConfig(StrictSettings):
 
 
 # TrainingArguments / DistillationConfig fields a recipe sets in other words (training: may not name them).
+# The training: keys MPDConfig (TRL's DistillationConfig, MPD's fields) knows by another name; every
+# other key is the field of its own name, but those in NOT_ONE_FIELD, which pipeline.training_arguments
+# turns into something else (a release-dependent name, a dict, a save strategy, their own sections).
+TRL_NAMES = {"steps": "max_steps", "batch_size": "per_device_train_batch_size"}
+NOT_ONE_FIELD = {"gradient_checkpointing", "student_enable_thinking", "save_steps", "lora", "vllm", "trl_args"}
+
 SET_ELSEWHERE = {
     "output_dir": "mpdistill train --out (the trainer writes into OUT/trainer)",
     "max_steps": "training.steps", "per_device_train_batch_size": "training.batch_size",
