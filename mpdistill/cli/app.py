@@ -32,7 +32,7 @@ def _options(version: bool = typer.Option(False, "--version", callback=_print_ve
     """Mixed-Policy Distillation for reasoning compression."""
 
 
-# Both run code from the checkpoint when a model loads: off unless asked for (see models.load_model).
+# Both run code from the checkpoint when a model loads: off unless asked for (see models.loading.load_model).
 ALLOW_PICKLE = typer.Option(False, "--allow-pickle-checkpoints",
                             help="Also load .bin/.pt weights (pickle can run code); default safetensors only.")
 TRUST_REMOTE_CODE = typer.Option(False, "--trust-remote-code", help="Run Python code shipped with the model; read it first.")

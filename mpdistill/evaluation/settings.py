@@ -63,7 +63,7 @@ class EvalSpec:
     tensor_parallel_size: int = 1
     gpu_memory_utilization: float | None = None  # vllm: the engine's share of GPU memory (CPU build: of RAM)
     budget_source: str = "given"  # where max_new_tokens came from, when set before run_eval
-    allow_pickle_checkpoints: bool = False  # see models.load_model: safetensors only unless set
+    allow_pickle_checkpoints: bool = False  # see models.loading.load_model: safetensors only unless set
     trust_remote_code: bool = False
 
     def check(self) -> None:

@@ -99,7 +99,7 @@ class RewriteFileSpec:
     # Whether the teacher thinks before writing (None: off wherever it can be switched, as in training).
     teacher_thinking: bool | None = None
     send_chat_template_kwargs: bool | None = None  # openai + chat: send the switch (vLLM, SGLang read it)
-    allow_pickle_checkpoints: bool = False  # see models.load_model: safetensors only unless set
+    allow_pickle_checkpoints: bool = False  # see models.loading.load_model: safetensors only unless set
     trust_remote_code: bool = False
 
     def check(self) -> RewriteConfig:

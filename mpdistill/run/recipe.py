@@ -208,7 +208,7 @@ SET_ELSEWHERE = {
     "chat_template_kwargs": "training.student_enable_thinking",
     "activation_checkpointing": "training.gradient_checkpointing",
     "trust_remote_code": "security.trust_remote_code",
-    # mpdistill loads both models itself (models.py: its safetensors-only policy, the embedded names).
+    # mpdistill loads both models itself (models/loading.py: its safetensors-only policy, the embedded names).
     **{key: "student and teacher (mpdistill loads both models itself)" for key in (
         "model_init_kwargs", "teacher_model_init_kwargs", "teacher_model_name_or_path", "teacher_model_revision")},
     "use_vllm": "training.vllm", **{f"vllm_{k}": "training.vllm" for k in (

@@ -77,6 +77,22 @@ class RunFiles:
     _student_samples = True  # the student samples what it trains on (off-policy KD: the teacher does)
     _uses_teacher = True  # GRPO with a length penalty has none
 
+    def _start_run_files(self, model, teacher_model, train_dataset) -> None:
+        """Before TRL's constructor: the models' names as the user gave them, for the model card (a
+        loaded model knows only its folder)."""
+        self.card_facts = CardFacts(student=model if isinstance(model, str) else loaded_name(model),
+                                    teacher=teacher_model if isinstance(teacher_model, str) else loaded_name(teacher_model),
+                                    problems=len(train_dataset) if hasattr(train_dataset, "__len__") else None)
+        self._hub_error: str | None = None  # set by init_hf_repo (on the main process, where transformers runs it)
+
+    def _finish_run_files(self, args) -> None:
+        """After TRL's constructor: a Hub repository that could not be created stops every process alike;
+        the NaN/inf guard and the live training log watch every step."""
+        check_hub_repository(self)
+        self.add_callback(NonFiniteGuard(args.max_nonfinite_steps, metrics=self._metrics))
+        if path := args.train_log_path():
+            self.add_callback(TrainLogFile(path))
+
     def train(self, resume_from_checkpoint=None, **kwargs):
         """TRL's ``train``; a resumed run's rollout log keeps only the steps its checkpoint holds, and a
         run the NaN/inf guard or the mix monitor stopped raises instead of returning as if it finished."""
@@ -178,6 +194,21 @@ class RunFiles:
                                "turn push_to_hub off")
 
 
+def by_name(model, init_kwargs: dict | None, processing_class, trust_remote_code: bool):
+    """A model given by name, for TRL to load under mpdistill's loading policy: the embedded names
+    resolved, safetensors only (pickled weights run code when loaded; ``use_safetensors=None`` in the
+    init kwargs, or a model loaded by hand, opts in), and its tokenizer checked (a folder without its
+    tokenizer files is refused). A loaded model passes as it is. Returns (model, init kwargs, tokenizer)."""
+    if not isinstance(model, str):
+        return model, init_kwargs, processing_class
+    from mpdistill.models.loading import load_tokenizer, resolve_model
+
+    model = resolve_model(model)
+    if processing_class is None:
+        processing_class = load_tokenizer(model, trust_remote_code=trust_remote_code)
+    return model, {"use_safetensors": True, **(init_kwargs or {})}, processing_class
+
+
 def drop_training_arguments(folder: str | Path) -> None:
     """Remove transformers' ``training_args.bin`` from a model folder meant to be shared: a pickle runs
     code when loaded, and the run's settings are in its ``recipe.yaml`` and model card. (Checkpoints
@@ -230,12 +261,9 @@ class BaseTrainer(RunFiles, ResumableTraining, DistillationTrainer):
 
     def __init__(self, model, teacher_model=None, args: MPDConfig | None = None, train_dataset=None,
                  eval_dataset=None, processing_class=None, *, teacher_processing_class=None, **kwargs) -> None:
-        from mpdistill.models.loading import check_compatible, load_tokenizer, resolve_model
+        from mpdistill.models.loading import check_compatible
 
-        # The names as the user gave them, for the model card (a loaded model knows only its folder).
-        self.card_facts = CardFacts(student=model if isinstance(model, str) else loaded_name(model),
-                                    teacher=teacher_model if isinstance(teacher_model, str) else loaded_name(teacher_model),
-                                    problems=len(train_dataset) if hasattr(train_dataset, "__len__") else None)
+        self._start_run_files(model, teacher_model, train_dataset)
         if args is None:  # as TRL names its default output folder: after the model
             name = model if isinstance(model, str) else getattr(model.config, "_name_or_path", "") or "model"
             args = MPDConfig(re.sub(r"[^\w.-]+", "-", f"{Path(name).name}-{self._name}"))
@@ -245,21 +273,12 @@ class BaseTrainer(RunFiles, ResumableTraining, DistillationTrainer):
         # The rows, before any model loads: a missing field found mid-step is a bare KeyError after minutes.
         check_training_rows(train_dataset, needs_answer="rewrite_require_gold" if args.rewrite_require_gold and
                             self._checks_gold else None)
-        if isinstance(model, str):  # loaded by TRL, under mpdistill's loading policy
-            model = resolve_model(model)
-            # Safetensors only, as models.load_model: pickled weights run code when loaded (use_safetensors=None
-            # in model_init_kwargs, or a model loaded by hand, to opt in).
-            args.model_init_kwargs = {"use_safetensors": True, **(args.model_init_kwargs or {})}
-            if processing_class is None:  # checked: a folder without its tokenizer files is refused
-                processing_class = load_tokenizer(model, trust_remote_code=args.trust_remote_code)
-        if isinstance(teacher_model, str):
-            teacher_model = resolve_model(teacher_model)
-            args.teacher_model_init_kwargs = {"use_safetensors": True, **(args.teacher_model_init_kwargs or {})}
-            if teacher_processing_class is None:
-                teacher_processing_class = load_tokenizer(teacher_model, trust_remote_code=args.trust_remote_code)
-        self._hub_error: str | None = None  # set by init_hf_repo (on the main process, where transformers runs it)
+        model, args.model_init_kwargs, processing_class = by_name(model, args.model_init_kwargs, processing_class,
+                                                                  args.trust_remote_code)
+        teacher_model, args.teacher_model_init_kwargs, teacher_processing_class = by_name(
+            teacher_model, args.teacher_model_init_kwargs, teacher_processing_class, args.trust_remote_code)
         super().__init__(model, teacher_model, args, train_dataset, eval_dataset, processing_class, **kwargs)
-        check_hub_repository(self)
+        self._finish_run_files(args)
         if args.use_vllm:
             from mpdistill.rollout.vllm import refresh_colocated_engine_in_place
 
@@ -269,9 +288,6 @@ class BaseTrainer(RunFiles, ResumableTraining, DistillationTrainer):
             check_compatible("the student", self._tokenizer, self.model, "the teacher", self.teacher_tokenizer,
                              self.local_teacher())
         self.task = args.get_task()
-        self.add_callback(NonFiniteGuard(args.max_nonfinite_steps, metrics=self._metrics))
-        if path := args.train_log_path():
-            self.add_callback(TrainLogFile(path))
 
     def local_teacher(self):
         """The teacher's own module (not the training wrapper around it), for generation."""

@@ -31,15 +31,11 @@ import random
 from trl import GRPOConfig, GRPOTrainer
 
 from mpdistill.errors import ConfigError
-from mpdistill.models.card import CardFacts
 from mpdistill.rewriting.rewrite import answer_section
 from mpdistill.rollout import GenerationSettings, generate_texts
-from mpdistill.trainers.base import (RolloutLog, RunFiles, check_hub_repository, check_training_rows, loaded_name,
-                                     student_record)
+from mpdistill.trainers.base import RolloutLog, RunFiles, by_name, check_training_rows, student_record
 from mpdistill.trainers.checkpoints import ResumableTraining
 from mpdistill.trainers.config import MPDConfig
-from mpdistill.trainers.nonfinite import NonFiniteGuard
-from mpdistill.trainers.train_log import TrainLogFile
 
 # How many training problems the initial student answers to measure the reference length.
 REFERENCE_PROBLEMS = 64
@@ -94,29 +90,19 @@ class LengthPenaltyGRPOTrainer(RunFiles, RolloutLog, ResumableTraining, GRPOTrai
 
     def __init__(self, model, teacher_model=None, args: MPDConfig | None = None, train_dataset=None, eval_dataset=None,
                  processing_class=None, *, teacher_processing_class=None, peft_config=None, **kwargs) -> None:
-        from mpdistill.models.loading import load_tokenizer, resolve_model
-
         if not isinstance(args, MPDConfig):
             raise TypeError(f"{type(self).__name__} takes an mpdistill.MPDConfig (output_dir, task, the sampling and "
                             f"length_penalty settings), got {type(args).__name__}")
         # Its reward is the answer's correctness: a row without a gold answer would train on length alone.
         check_training_rows(train_dataset, needs_answer="grpo_length (its reward is the answer's correctness)")
-        self.card_facts = CardFacts(student=model if isinstance(model, str) else loaded_name(model), teacher=None,
-                                    problems=len(train_dataset) if hasattr(train_dataset, "__len__") else None)
+        self._start_run_files(model, None, train_dataset)
         config = grpo_config(args)
-        if isinstance(model, str):  # loaded by TRL, under mpdistill's loading policy (safetensors only)
-            model = resolve_model(model)
-            config.model_init_kwargs = {"use_safetensors": True, **(config.model_init_kwargs or {})}
-            if processing_class is None:
-                processing_class = load_tokenizer(model, trust_remote_code=args.trust_remote_code)
+        model, config.model_init_kwargs, processing_class = by_name(model, config.model_init_kwargs, processing_class,
+                                                                    args.trust_remote_code)
         self.task = config.get_task()
-        self._hub_error: str | None = None  # set by init_hf_repo (RunFiles), on the main process
         super().__init__(model, reward_funcs=[self._correct, self._length], args=config, train_dataset=train_dataset,
                          eval_dataset=eval_dataset, processing_class=processing_class, peft_config=peft_config, **kwargs)
-        check_hub_repository(self)
-        self.add_callback(NonFiniteGuard(config.max_nonfinite_steps, metrics=self._metrics))
-        if path := config.train_log_path():
-            self.add_callback(TrainLogFile(path))
+        self._finish_run_files(config)
         # Measured per run (so per seed): the reward's scale is the initial student's length as this run samples it.
         self.length_reference = config.length_reference or self._measure_reference(train_dataset)
 
