@@ -374,3 +374,12 @@ def test_budget_and_samples_default_by_model_family_and_set_size(tiny_qwen3, pro
     spec = EvalSpec(model=str(tiny_qwen3), benchmarks=["gsm8k"], limit=2, batch_size=64)
     summary = eval_runner.run_eval(spec, tmp_path / "gsm8k", console=Console(file=io.StringIO(), width=200))
     assert budgets == [32_768] and summary["settings"]["n_samples"] == {"gsm8k": 1}  # 1319 problems in the set
+
+
+def test_the_eval_request_is_left_as_given_and_the_plan_filled_in():
+    """``mpdistill eval``'s input and the plan it runs are two objects: resolving fills in a copy."""
+    request = EvalSpec(model="embedded:student")
+    plan = request.resolved()
+    assert (request.task, request.benchmarks, request.prompt_template, request.chat_template) == (None, None, "", None)
+    assert plan.task == "chain" and plan.benchmarks == ["chain"] and "{problem}" in plan.prompt_template
+    assert plan.chat_template is False  # the embedded models read plain prompts (their mpdistill.json)

@@ -153,7 +153,7 @@ def test_eval_of_a_task_without_default_benchmarks_asks_for_them(registries, tmp
 
     register_task("units", lambda: Task(name="units", extract_answer=lambda t: None, answers_match=lambda a, b: a == b))
     with pytest.raises(EvalError, match="the units task has no default benchmarks: name them with --benchmarks"):
-        EvalSpec(model="embedded:student", task="units").check()
+        EvalSpec(model="embedded:student", task="units").resolved()
 
 
 def test_a_package_adds_a_task_a_backend_and_a_method_without_touching_mpdistill(tmp_path, tiny_pair):

@@ -88,8 +88,7 @@ def test_training_the_rewrite_prompt_and_evaluation_see_the_same_problem_text(qw
     assert recipe.task == "math"  # chosen from the data: a dataset for real models
     row = training_problems(recipe)[0]
     trained = row["prompt"][0]["content"]
-    spec = EvalSpec(model=str(qwen3_pair / "student"), benchmarks=["gsm8k"])
-    spec.check()
+    spec = EvalSpec(model=str(qwen3_pair / "student"), benchmarks=["gsm8k"]).resolved()
     tok = AutoTokenizer.from_pretrained(qwen3_pair / "student")
     evaluated = PromptEncoder(tok, template=spec.prompt_template).text("What is 0+0?")
     expected = "What is 0+0?\nPlease reason step by step, and put your final answer within \\boxed{}."

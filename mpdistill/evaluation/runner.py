@@ -167,7 +167,7 @@ def run_eval(spec: EvalSpec, out: str | Path, *, console=None) -> dict:
     from mpdistill.tasks import get_task
 
     console = console or stdout
-    spec.check()
+    spec = spec.resolved()  # the plan; the request is left as given
     out = Path(out)
     check_output_dir(out)
     benchmarks = load_benchmarks(spec)

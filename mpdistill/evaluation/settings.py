@@ -4,7 +4,7 @@ for the model."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from pydantic import Field
 
@@ -35,7 +35,8 @@ class EvalConfig(StrictSettings):
 
 @dataclass
 class EvalSpec:
-    """Everything ``mpdistill eval`` needs. Left as None: the task, prompt, prompt style, thinking and
+    """Everything ``mpdistill eval`` is asked to do (the command's options, or a script's request);
+    :meth:`resolved` turns it into the plan that runs. Left as None: the task, prompt, prompt style, thinking and
     budget the model folder's mpdistill.json records; then sampling from the model's generation_config
     or its family's card (prompts.sampling_defaults), the budget from its family's card or
     generation_config (prompts.max_new_tokens_default)."""
@@ -66,8 +67,13 @@ class EvalSpec:
     allow_pickle_checkpoints: bool = False  # see models.loading.load_model: safetensors only unless set
     trust_remote_code: bool = False
 
-    def check(self) -> None:
-        """Fill in what the model's own record decides and refuse impossible settings, before anything loads."""
+    def resolved(self) -> EvalSpec:
+        """The plan ``mpdistill eval`` runs: a copy of this request with what the model's own record
+        decides filled in (task, benchmarks, prompt, prompt style, thinking, budget), impossible
+        settings refused before anything loads. The request itself is left as given."""
+        return replace(self)._resolve()
+
+    def _resolve(self) -> EvalSpec:
         from mpdistill.models.record import read_record
         from mpdistill.tasks import TASKS, get_task
 
@@ -126,6 +132,7 @@ class EvalSpec:
 
             check_engine("--backend vllm", self.tensor_parallel_size, tp_key="--tensor-parallel-size",
                          models={f"--model {self.model!r}": resolve_model(self.model)})
+        return self
 
     @property
     def gold(self) -> bool:
