@@ -207,3 +207,16 @@ def test_overrides_into_a_scalar_section_give_config_error(tmp_path):
     path = write(tmp_path, "training: 5\n")
     with pytest.raises(ConfigError, match="training"):
         load_recipe(path, {"training": {"steps": 2}})
+
+
+def test_every_training_key_reaches_an_mpdconfig_field_by_one_rule():
+    """pipeline.training_arguments passes each training: key to the MPDConfig field of its name (or
+    TRL_NAMES's): a new key without such a field must be mapped, not silently refused at run time."""
+    from dataclasses import fields
+
+    from mpdistill.run.recipe import NOT_ONE_FIELD, TRL_NAMES, TrainingConfig
+    from mpdistill.trainers.config import MPDConfig
+
+    names = {f.name for f in fields(MPDConfig)}
+    keys = {TRL_NAMES.get(k, k) for k in TrainingConfig.model_fields if k not in NOT_ONE_FIELD}
+    assert keys <= names, sorted(keys - names)

@@ -1,4 +1,4 @@
-"""Command line: ``mpdistill demo | study | train | eval | compare | view | bench | rewrite | recipes | bootstrap``.
+"""Command line: ``mpdistill demo | study | bootstrap | train | eval | compare | view | rewrite | bench | recipes``.
 
 One module per group of commands; :mod:`mpdistill.cli.app` holds what they share. The work itself
 lives in the package (``run``, ``evaluation``, ``rewriting``, ``experiments``): a command reads its
@@ -10,7 +10,7 @@ import logging
 import sys
 
 # Each module registers its commands; in this order they are listed by --help.
-from mpdistill.cli import experiments, train, evaluate, view, rewrite, tools, recipes  # noqa: F401, I001
+from mpdistill.cli import experiments, train, evaluate, view, rewrite, bench, recipes  # noqa: F401, I001
 from mpdistill.cli.app import app
 
 
@@ -31,6 +31,3 @@ def main() -> None:
         sys.exit(2)
     app()
 
-
-if __name__ == "__main__":
-    sys.exit(main())

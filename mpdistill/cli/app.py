@@ -57,7 +57,8 @@ def fail(message: str, *, shared: bool = False) -> None:
     from mpdistill.utils.console import error
 
     if os.environ.get("RANK", "0") == "0" or not shared:
-        error(message)
+        for line in message.splitlines() or [message]:  # several problems found at once: one line each
+            error(line)
     raise typer.Exit(code=2)
 
 

@@ -1,4 +1,5 @@
-"""``mpdistill demo | study | bench | bootstrap``: the experiments on the embedded worlds."""
+"""``mpdistill demo | study | bootstrap``: the experiments on the embedded worlds, and their models trained again
+from scratch."""
 
 from __future__ import annotations
 
@@ -69,3 +70,53 @@ def study(
     except Exception as err:  # noqa: BLE001 - only a refused write is said here
         storage_failed(err, f"Finished trainings and evaluations are kept in {out}; once it can be written again, run "
                         "the same command again to go on from there")
+
+
+@app.command()
+@one_line_errors
+def bootstrap(
+    out: Path = typer.Option(..., "--out", help="Folder for student/ and teacher/."),
+    seed: int = typer.Option(0, "--seed"),
+    student_max_steps: Optional[int] = typer.Option(None, "--student-max-steps"),
+    teacher_max_steps: Optional[int] = typer.Option(None, "--teacher-max-steps"),
+    first_check: Optional[int] = typer.Option(None, "--first-check", help="First step with a validation check."),
+    only: Optional[str] = typer.Option(
+        None, "--only", help="Train only 'student' or only 'teacher'."
+    ),
+    world: str = WORLD,
+) -> None:
+    """Train an embedded world's student and teacher from scratch (deterministic from the seed)."""
+    from dataclasses import asdict, replace
+
+    from mpdistill.models.worlds import WORLDS, BootstrapPlan
+    from mpdistill.models.worlds import bootstrap as run
+
+    checked_world(world)
+    # The world's own plan (its stop rules and checks), with this seed and these options.
+    plan = BootstrapPlan(**{**asdict(WORLDS[world].plan), "seed": seed})
+    for field, value in (
+        ("student_max_steps", student_max_steps),
+        ("teacher_max_steps", teacher_max_steps),
+        ("first_check", first_check),
+    ):
+        if value is not None:
+            plan = replace(plan, **{field: value})
+    from mpdistill.models.worlds import STAGES
+
+    if only is not None and only not in STAGES:
+        fail(f"--only must be one of {', '.join(STAGES)}; got {only!r}")
+    names = (only,) if only else STAGES
+
+    def progress(name: str, step: int, loss: float, scores: dict | None) -> None:
+        if scores is not None:
+            shown = ", ".join(f"{k} {v:.3f}" for k, v in scores.items())
+            console.print(f"{name}: step {step} validation: {shown}")
+        elif step == 1 or step % 100 == 0:
+            console.print(f"{name}: step {step} loss {loss:.4f}")
+
+    manifest = run(out, plan, progress=progress, only=names, world=world)
+    for name, info in manifest["stages"].items():
+        console.print(
+            f"{name}: {info['parameters']:,} parameters, {info['steps']} steps, "
+            f"final loss {info['final_loss']:.4f}, {info['seconds']}s"
+        )

@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from mpdistill.cli.app import app, fail, interrupted, one_line_errors, storage_failed
+from mpdistill.errors import MPDistillError
 from mpdistill.utils.console import stdout as console
 
 
@@ -67,6 +68,8 @@ def train_cmd(
         model_dir = train(recipe, out, resume=resume)
     except KeyboardInterrupt:
         interrupted(_train_saved(out))
+    except MPDistillError:
+        raise  # said in its own words by one_line_errors
     except Exception as err:  # noqa: BLE001 - only a refused write is said here; anything else is a bug, shown as such
         storage_failed(err, _train_saved(out).replace("The run can continue",
                                                        "Once it can be written again, the run can continue"))

@@ -43,7 +43,7 @@ class EvalSpec:
 
     model: str
     benchmarks: list[str] | None = None  # None: the task's (DEFAULT_BENCHMARKS)
-    task: str | None = None  # None: the model's recorded task (model_record), else math
+    task: str | None = None  # None: the model's recorded task (models.record), else math
     backend: str = "transformers"
     n_samples: int | None = None  # None: SMALL_SET_SAMPLES for a set of fewer than SMALL_SET problems, else 1
     max_new_tokens: int | None = None  # None: see above

@@ -49,7 +49,6 @@ from mpdistill.models.worlds import DEFAULT_WORLD
 from mpdistill.run.recipe import Recipe
 
 
-
 @dataclass(frozen=True)
 class Arm:
     """One row of the study: a registered ``method`` with ``fixed`` recipe settings (by section:

@@ -20,7 +20,7 @@ from typing import Callable
 from mpdistill.errors import ConfigError
 from mpdistill.registry import Registry
 from mpdistill.rewriting.rewrite import Rewriter, rewrite_settings_from
-from mpdistill.rewriting.settings import RewriteConfig as RewriteSection
+from mpdistill.rewriting.settings import RewriteConfig
 from mpdistill.tasks.prompts import teacher_template_kwargs
 
 
@@ -47,9 +47,9 @@ class RewriterBackend:
     """
 
     name: str
-    make: Callable[[RewriteSection, Teacher, int], Callable[[int], Rewriter]]
-    describe: Callable[[RewriteSection, str], str]
-    check: Callable[[RewriteSection, str, bool], None] | None = None
+    make: Callable[[RewriteConfig, Teacher, int], Callable[[int], Rewriter]]
+    describe: Callable[[RewriteConfig, str], str]
+    check: Callable[[RewriteConfig, str, bool], None] | None = None
     # The local teacher's chat template renders the prompts (its thinking switch applies).
     local_template: bool = True
     # Writes with the loaded teacher's weights (``Teacher.model`` must be given).
@@ -60,7 +60,7 @@ class RewriterBackend:
     # Settings it cannot run without (each named in the error), and rules of its own on the others:
     # ``settings_check(config)`` raises ValueError naming the recipe key.
     required: tuple[str, ...] = ()
-    settings_check: Callable[[RewriteSection], None] | None = None
+    settings_check: Callable[[RewriteConfig], None] | None = None
 
 
 BACKENDS: Registry[RewriterBackend] = Registry("rewriter backend")
@@ -74,7 +74,7 @@ def get_backend(name: str) -> RewriterBackend:
     return BACKENDS.lookup(name)
 
 
-def settings_problems(config: RewriteSection) -> list[str]:
+def settings_problems(config: RewriteConfig) -> list[str]:
     """What the chosen backend refuses in these settings, one line each in recipe keys (``rewrite.x``):
     an unknown backend, a setting it requires left out, an overlap it cannot give, its own rules. A
     recipe, ``MPDConfig`` and ``mpdistill rewrite`` each check their settings with this, once."""
@@ -98,12 +98,12 @@ def settings_problems(config: RewriteSection) -> list[str]:
     return problems
 
 
-def build_rewriter(config: RewriteSection, teacher: Teacher, seed: int) -> Rewriter:
+def build_rewriter(config: RewriteConfig, teacher: Teacher, seed: int) -> Rewriter:
     """The rewriter a training run uses: the backend's, seeded with the run's seed."""
     return get_backend(config.backend).make(config, teacher, seed)(seed)
 
 
-def template_kwargs(config: RewriteSection, tokenizer) -> dict | None:
+def template_kwargs(config: RewriteConfig, tokenizer) -> dict | None:
     """The teacher's chat-template switches (see :func:`mpdistill.tasks.prompts.teacher_template_kwargs`)."""
     return teacher_template_kwargs(chat=config.use_chat_template, thinking=config.teacher_enable_thinking,
                                    tokenizer=tokenizer, send_to_server=config.send_chat_template_kwargs)
@@ -119,7 +119,7 @@ def _teacher_tokenizer(teacher: Teacher, name: str | None = None):
 
 # --- transformers: the local teacher -------------------------------------------------------------
 
-def _make_local(config: RewriteSection, teacher: Teacher, seed: int):
+def _make_local(config: RewriteConfig, teacher: Teacher, seed: int):
     from mpdistill.rewriting.rewrite import TransformersRewriter
 
     if teacher.model is None:
@@ -136,7 +136,7 @@ register_backend(RewriterBackend(
 
 # --- vllm: an in-process engine ------------------------------------------------------------------
 
-def _make_vllm(config: RewriteSection, teacher: Teacher, seed: int):
+def _make_vllm(config: RewriteConfig, teacher: Teacher, seed: int):
     from mpdistill.models.loading import model_path
     from mpdistill.rewriting.rewrite import VLLMRewriter
     from mpdistill.rollout.vllm import VLLMGenerator
@@ -150,7 +150,7 @@ def _make_vllm(config: RewriteSection, teacher: Teacher, seed: int):
     return lambda s: VLLMRewriter(engine, tokenizer, rewrite_settings_from(config).generation, seed=s, **options)
 
 
-def _check_vllm(config: RewriteSection, teacher_name: str, contact: bool) -> None:
+def _check_vllm(config: RewriteConfig, teacher_name: str, contact: bool) -> None:
     from mpdistill.models.loading import resolve_model
     from mpdistill.rollout.vllm import check_engine
 
@@ -168,7 +168,7 @@ register_backend(RewriterBackend(
 
 # --- openai: a served model ----------------------------------------------------------------------
 
-def served_rewriter(config: RewriteSection, seed: int):
+def served_rewriter(config: RewriteConfig, seed: int):
     from mpdistill.rewriting.served import OpenAIRewriter
 
     return OpenAIRewriter(
@@ -180,12 +180,12 @@ def served_rewriter(config: RewriteSection, seed: int):
     )
 
 
-def _make_served(config: RewriteSection, teacher: Teacher, seed: int):
+def _make_served(config: RewriteConfig, teacher: Teacher, seed: int):
     served = served_rewriter(config, seed)  # one client: its request counts cover the whole run
     return lambda s: served
 
 
-def _check_served(config: RewriteSection, teacher_name: str, contact: bool) -> None:
+def _check_served(config: RewriteConfig, teacher_name: str, contact: bool) -> None:
     if not contact:
         return
     from mpdistill.rewriting.served import check_endpoint
@@ -195,12 +195,12 @@ def _check_served(config: RewriteSection, teacher_name: str, contact: bool) -> N
     served_rewriter(config, 0).preflight()
 
 
-def _describe_served(config: RewriteSection, teacher: str) -> str:
+def _describe_served(config: RewriteConfig, teacher: str) -> str:
     key = f", API key from ${config.api_key_env}" if config.api_key_env else ""
     return f"served: {config.model} at {config.base_url}{key}"
 
 
-def _served_settings(config: RewriteSection) -> None:
+def _served_settings(config: RewriteConfig) -> None:
     from mpdistill.rewriting.served import REQUEST_FIELDS
 
     taken = sorted(set(config.extra_body) & set(REQUEST_FIELDS))

@@ -41,7 +41,7 @@ from mpdistill.errors import ConfigError, MPDistillError
 from mpdistill.rewriting.rewrite import (RewriteSettings, Rewriter, Sample, encode_completion, rewrite_batch,
                                          rewrite_settings_from)
 from mpdistill.rewriting.settings import RewriteConfig, with_task_defaults
-from mpdistill.rewriting.summary import summarize
+from mpdistill.rewriting.summary import summarize_rewrites
 from mpdistill.rollout import derive_seed
 from mpdistill.tasks.problems import DataError, iter_jsonl
 from mpdistill.utils.durable import (LogError, append_jsonl, changed_settings, cut_torn_tail, read_jsonl_log,
@@ -111,9 +111,6 @@ class RewriteFileSpec:
             raise RewriteFileError(f"--backend must be one of {BACKENDS.known()}; got {backend!r}")
         if BACKENDS[backend].local_template and not self.teacher:
             raise RewriteFileError(f"--teacher is required with --backend {backend}")
-        for key in BACKENDS[backend].required:
-            if not getattr(self, key):
-                raise RewriteFileError(f"{_option(key)} is required with --backend {backend}")
         if not BACKENDS[backend].local_template and not self.tokenizer and not self.teacher:
             raise RewriteFileError(
                 f"--backend {backend} needs a tokenizer to count trace and rewrite tokens: "
@@ -409,7 +406,7 @@ def rewrite_file(input_path: str | Path, out: str | Path, spec: RewriteFileSpec,
                         done[r["index"]] = r
                     append_jsonl(out, new)
                     bar.advance(job, len(new))
-        summary = summarize([done[i] for i in range(len(rows))])
+        summary = summarize_rewrites([done[i] for i in range(len(rows))])
         summary["generated"] = len(rows) - resumed
         summary["resumed"] = resumed
         summary["retried"] = len(retried)

@@ -1,4 +1,4 @@
-"""Step 2-3 of MPD: the teacher rewrites a student trace, the rewrite is verified, and the
+"""Step 3 of the pipeline: the teacher rewrites a student trace, the rewrite is verified, and the
 mixing rule decides what the student is trained on.
 
 * :class:`RewriteSettings` — the prompt, the acceptance rule and the mixing rule (all config).
@@ -19,6 +19,7 @@ from typing import Callable, Literal, Protocol, Sequence
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from mpdistill.rewriting.settings import RewriteConfig
 from mpdistill.rollout import GenerationSettings, generate_texts, pad_generate_calls
 from mpdistill.tasks import Task
 from mpdistill.tasks.prompts import DEFAULT_REWRITE_PROMPT, THINK_CLOSE, THINK_OPEN, encode_message
@@ -95,8 +96,8 @@ class RewriteSettings:
 _FIELD_RE = re.compile(r"\{problem\}|\{trace\}|\{thinking\}|\{\{|\}\}")
 
 
-def rewrite_settings_from(r) -> RewriteSettings:
-    """A run's checked ``rewrite:`` section (:class:`mpdistill.run.recipe.RewriteConfig`, read by field name)
+def rewrite_settings_from(r: RewriteConfig) -> RewriteSettings:
+    """A run's checked ``rewrite:`` section (:class:`mpdistill.rewriting.settings.RewriteConfig`)
     as the settings :func:`rewrite_batch` reads."""
     return RewriteSettings(
         prompt_template=r.prompt_template,  # a built-in name is already its text

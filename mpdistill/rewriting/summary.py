@@ -9,7 +9,7 @@ from collections import Counter
 from mpdistill.evaluation.stats import wilson_interval
 
 
-def summarize(records: list[dict]) -> dict:
+def summarize_rewrites(records: list[dict]) -> dict:
     """Acceptance (with a 95% Wilson interval), token means, compression and rejection reasons."""
     n = len(records)
     accepted = [r for r in records if r["accepted"]]

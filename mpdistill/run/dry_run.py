@@ -9,6 +9,7 @@ what depends on the devices of the machine it will run on, when checked on one w
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from pathlib import Path
@@ -106,12 +107,18 @@ def describe_data(recipe: Recipe, student: dict) -> tuple[dict, list[str], list[
 def local_tokenizer(info: dict):
     """The tokenizer of a model described by :func:`describe_model` when it is a local folder that
     has one (tokenizers load without the weights); None otherwise."""
-    from transformers import AutoTokenizer
-
     if info["path"] is None or not looks_local(info["path"]):
         return None
+    return _tokenizer_in(str(Path(info["path"]).expanduser()))
+
+
+@functools.lru_cache(maxsize=4)
+def _tokenizer_in(folder: str):
+    """Read once per plan (:func:`describe_run` clears it), whichever part of the plan asks for it."""
+    from transformers import AutoTokenizer
+
     try:
-        return AutoTokenizer.from_pretrained(str(Path(info["path"]).expanduser()), local_files_only=True)
+        return AutoTokenizer.from_pretrained(folder, local_files_only=True)
     except Exception:  # noqa: BLE001 - a folder without tokenizer files is reported when the run loads it
         return None
 
@@ -127,6 +134,7 @@ def probe_devices() -> dict:
 
 def describe_run(recipe: Recipe, out: str | Path | None = None) -> dict:
     """The run ``recipe`` describes, resolved and checked without loading any weights."""
+    _tokenizer_in.cache_clear()  # a folder may have changed since the last plan in this process
     errors: list[str] = []
     student, e = describe_model("student", recipe.student)
     errors += e

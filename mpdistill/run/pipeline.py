@@ -209,7 +209,7 @@ def build_trainer(recipe: Recipe, student, teacher, tokenizer, rows: list[dict],
 @contextmanager
 def same_on_every_process():
     """Errors of checks every process makes alike (same recipe, files, models): under a launcher the
-    main process reports them, once (see mpdistill.cli._fail)."""
+    main process reports them, once (see mpdistill.cli.app.fail)."""
     try:
         yield
     except (ConfigError, DataError) as err:

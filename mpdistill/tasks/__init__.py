@@ -1,4 +1,5 @@
-"""Tasks: a family of problems and how its answers are read, compared and prompted for.
+"""Step 1 of the pipeline, problems: a task is a family of problems and how its answers are read,
+compared and prompted for.
 
 A :class:`Task` is the whole extension point for a kind of problem. It bundles what the pipeline
 needs to know: the user message a problem becomes (the same for training, the rewrite prompt's

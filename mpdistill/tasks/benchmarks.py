@@ -71,7 +71,6 @@ _SHIPPED: dict[str, _Shipped] = {
 }
 
 
-
 def known_benchmarks() -> list[str]:
     """Names of the benchmarks shipped with the package, sorted."""
     return sorted(_SHIPPED)

@@ -1,4 +1,4 @@
-"""Resuming a killed run: checkpoints it can resume from, and the run folder brought back to one.
+"""Checkpoints a killed run can resume from: written whole or not at all, with MPD's random streams.
 
 ``transformers`` writes a checkpoint folder file by file under its final name, so a run killed
 mid-save leaves ``checkpoint-N`` looking like a checkpoint that is not one. Here every checkpoint

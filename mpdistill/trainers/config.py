@@ -3,7 +3,7 @@
 Every ``TrainingArguments`` / ``DistillationConfig`` field keeps its name and meaning. MPD adds:
 
 * ``task``: how answers are read and compared and the prompt a problem becomes (:mod:`mpdistill.tasks`);
-* ``rewrite_<key>`` for every key of a recipe's ``rewrite:`` section (:class:`mpdistill.run.recipe.RewriteConfig`
+* ``rewrite_<key>`` for every key of a recipe's ``rewrite:`` section (:class:`mpdistill.rewriting.settings.RewriteConfig`
   documents each one): the rewrite prompt, acceptance and mixing rule, the teacher's sampling and
   where rewrites come from (``rewrite_backend``: the local teacher, an in-process vLLM engine or a
   served model). ``rewrite_prompt_template`` and ``rewrite_use_chat_template`` default to the task's;
@@ -34,7 +34,7 @@ REWRITE_PREFIX = "rewrite_"
 
 def _rewrite_field(name: str, info) -> tuple[str, Any, dataclasses.Field]:
     default = {"default_factory": info.default_factory} if info.default_factory else {"default": info.default}
-    help_text = f"The recipe's rewrite.{name} (see mpdistill.run.recipe.RewriteConfig)."
+    help_text = f"The recipe's rewrite.{name} (see mpdistill.rewriting.settings.RewriteConfig)."
     return REWRITE_PREFIX + name, info.annotation, dataclasses.field(**default, metadata={"help": help_text})
 
 

@@ -13,7 +13,6 @@ from mpdistill.trainers.base import BaseTrainer, RolloutLog
 from mpdistill.utils.processes import count_on_every_process
 
 
-
 class OffPolicyKDTrainer(RolloutLog, BaseTrainer):
     """Baseline: the same divergence on the teacher's own samples for each prompt.
 

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-
 from mpdistill.rewriting.rewrite import answer_section
 from mpdistill.trainers.base import BaseTrainer, RolloutLog, student_record
-
 
 
 class OPDTrainer(RolloutLog, BaseTrainer):

@@ -12,7 +12,6 @@ from mpdistill.trainers.base import student_record
 from mpdistill.trainers.offpolicy_kd import OffPolicyKDTrainer
 
 
-
 class MixedOPDTrainer(OffPolicyKDTrainer):
     """Control for MPD: on-policy distillation in which a share of the samples (``args.teacher_share``,
     drawn per sample) is replaced by the teacher's own sample for the problem, trained the same way

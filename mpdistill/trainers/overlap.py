@@ -147,7 +147,7 @@ class _PendingStep:
     counts_before: dict | None  # the served rewriter's request counts at the step's start
     samples: list = field(default_factory=list)
     budgets: list = field(default_factory=list)
-    answers: list = field(default_factory=list)  # PendingRewrite (served_rewriter), None where nothing was sent
+    answers: list = field(default_factory=list)  # PendingRewrite (rewriting.served), None where nothing was sent
     groups: list[list[int]] = field(default_factory=list)
     prompts_padded: tuple = ()  # (ids, mask) of every row, padded as TRL pads the generation batch
     provisional: torch.Tensor | None = None

@@ -10,7 +10,6 @@ from mpdistill.rewriting.rewrite import RewriteSettings
 from mpdistill.trainers.mpd import MPDTrainer
 
 
-
 class RewriteSFTTrainer(MPDTrainer):
     """Baseline: cross-entropy on accepted rewrites only, no teacher logits in the loss."""
 

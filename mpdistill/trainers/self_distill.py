@@ -3,13 +3,11 @@ teacher, reading the problem with a concise instruction."""
 
 from __future__ import annotations
 
-
 from transformers import TrainerCallback
 
 from mpdistill.errors import ConfigError
 from mpdistill.trainers.opd import OPDTrainer
 from mpdistill.trainers.teacher_prompts import TeacherPrompts, concise_instruction, teacher_prompt
-
 
 
 class TeacherRefresh(TrainerCallback):

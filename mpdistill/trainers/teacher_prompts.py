@@ -12,7 +12,6 @@ from mpdistill.trainers.config import MPDConfig
 from mpdistill.trainers.overlap import pad_prompts
 
 
-
 def teacher_prompt(prompt: Any, instruction: str) -> Any:
     """The prompt as the self-distillation teacher reads it: the problem, then ``instruction`` (a
     chat's last user turn gets it as a new paragraph; a plain prompt gets it on a line of its own)."""

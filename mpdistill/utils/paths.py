@@ -31,7 +31,6 @@ def looks_local(name: str, *, data_file: bool = False) -> bool:
         or (data_file and name.lower().endswith(DATA_SUFFIXES))
 
 
-
 class OutputPathError(ConfigError):
     """An output path that cannot be written; the message names the option and the path."""
 

@@ -17,7 +17,7 @@ from mpdistill.experiments.bench.trainers import BenchSettings, QUICK
 def bench_settings(*, quick: bool, student: str, teacher: str, tokenizer: str | None, seed: int, rewrite_budgets: bool,
                    **given: int | None) -> BenchSettings:
     """The shapes to step at: what was given, else ``--quick``'s, else the defaults (2 warm-up steps,
-    10 measured). A count of 0 (of -1) is refused, not read as "the default"."""
+    10 measured). A count of 0 (or -1) is refused, not read as "the default"."""
     for name, value in given.items():
         least = 0 if name == "warmup" else 1
         if value is not None and value < least:
