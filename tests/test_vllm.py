@@ -211,9 +211,14 @@ def pretend(monkeypatch):
 
 def _train_cli(tmp_path, recipe_text, student=None):
     path = tmp_path / "r.yaml"
-    # The student does not exist: a check that runs after loading would fail on that instead.
+    # The student does not exist: a check that ran after loading would never be reached. Every pre-run
+    # problem is said, one line each, generation's before the model folders'.
     path.write_text(f"student: {student or tmp_path / 'no-such-student'}\n{recipe_text}")
     return runner.invoke(app, ["train", str(path), "--out", str(tmp_path / "run")])
+
+
+def _errors(output: str) -> list[str]:
+    return [" ".join(line.split()) for line in " ".join(output.split("\n")).split("error: ")[1:]]
 
 
 @pytest.mark.parametrize("recipe_text, installed, gpus, device, message", [
@@ -240,7 +245,8 @@ def test_a_vllm_request_this_machine_cannot_serve_is_one_line_before_loading(tmp
     pretend(installed, gpus, device)
     result = _train_cli(tmp_path, recipe_text)
     assert result.exit_code == 2
-    assert result.output.count("error:") == 1 and message in " ".join(result.output.split()), result.output
+    errors = _errors(result.output)
+    assert len(errors) == 2 and message in errors[0] and "no-such-student': no such folder" in errors[1], result.output
     assert not (tmp_path / "run").exists()
 
 
@@ -264,9 +270,9 @@ def test_an_unreachable_rollout_server_is_one_line_before_loading(tmp_path, pret
         port = s.getsockname()[1]
     result = _train_cli(tmp_path, f"training: {{vllm: {{mode: server, server_base_url: 'http://127.0.0.1:{port}',"
                                   " server_timeout_s: 2}}\n")
-    text = " ".join(result.output.split())
-    assert result.exit_code == 2 and result.output.count("error:") == 1
-    assert "cannot reach the vLLM server" in text and "trl vllm-serve --model STUDENT" in text
+    errors = _errors(result.output)
+    assert result.exit_code == 2 and len(errors) == 2 and "no such folder" in errors[1]
+    assert "cannot reach the vLLM server" in errors[0] and "trl vllm-serve --model STUDENT" in errors[0]
 
 
 def test_dry_run_shows_where_rollouts_run_and_what_is_missing(tmp_path, pretend):

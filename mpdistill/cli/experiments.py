@@ -3,6 +3,7 @@ from scratch."""
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Optional
 
@@ -10,6 +11,20 @@ import typer
 
 from mpdistill.cli.app import WORLD, app, checked_world, fail, interrupted, one_line_errors, storage_failed
 from mpdistill.utils.console import stdout as console
+
+
+@contextlib.contextmanager
+def _kept_for_a_rerun(out: Path):
+    """Ctrl-C, or a write the storage refused, in work that a re-run with the same --out resumes: what
+    is kept and how to go on, in one line."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        interrupted(f"finished trainings and evaluations are kept in {out}; run the same command again to go on "
+                    "from there")
+    except Exception as err:  # noqa: BLE001 - only a refused write is said here
+        storage_failed(err, f"Finished trainings and evaluations are kept in {out}; once it can be written again, run "
+                       "the same command again to go on from there")
 
 
 @app.command()
@@ -31,15 +46,9 @@ def demo(
 
     if rewrite_backend not in (None, "transformers", "vllm"):
         fail(f"--rewrite-backend must be transformers or vllm, got {rewrite_backend!r}")
-    try:
+    with _kept_for_a_rerun(out):
         run_demo(out, quick=quick, seed=seed, recipe_path=recipe, rewrite_backend=rewrite_backend,
                  world=checked_world(world), console=console)
-    except KeyboardInterrupt:
-        interrupted(f"finished trainings and evaluations are kept in {out}; run the same command again to go on "
-                     "from there")
-    except Exception as err:  # noqa: BLE001 - only a refused write is said here
-        storage_failed(err, f"Finished trainings and evaluations are kept in {out}; once it can be written again, run "
-                        "the same command again to go on from there")
 
 
 @app.command()
@@ -62,14 +71,8 @@ def study(
     if 0 not in seed_list:
         fail(f"--seeds must include 0 (each method is tuned with seed 0); got {seeds!r}")
     chosen = tuple(m.strip() for m in methods.split(",")) if methods else ARM_NAMES
-    try:
+    with _kept_for_a_rerun(out):
         run_study(out, quick=quick, seeds=seed_list, arms=chosen, world=checked_world(world), console=console)
-    except KeyboardInterrupt:
-        interrupted(f"finished trainings and evaluations are kept in {out}; run the same command again to go on "
-                     "from there")
-    except Exception as err:  # noqa: BLE001 - only a refused write is said here
-        storage_failed(err, f"Finished trainings and evaluations are kept in {out}; once it can be written again, run "
-                        "the same command again to go on from there")
 
 
 @app.command()

@@ -198,19 +198,13 @@ class Problems:
 
 def pre_run_problems(recipe: Recipe, rows: list[dict] | None, processes: int, *, servers: bool = True,
                      gpus_here: bool = True, tokenizer=None, teacher_tokenizer=None) -> Problems:
-    """Everything checked before weights load: the model folders, the training rows against the settings (gold answers
+    """Everything checked before weights load, in this order: the training rows against the settings (gold answers
     where ``rewrite.require_gold`` needs them, enough problems for one step), what generation needs
-    (vLLM and its device, a served rewriter or rollout server when ``servers``), and, where the
-    tokenizers are given, their thinking switches. ``rows`` None: the data is not here to count
+    (vLLM and its device, a served rewriter or rollout server when ``servers``), the model folders, and,
+    where the tokenizers are given, their thinking switches. ``rows`` None: the data is not here to count
     (a Hub dataset in a dry run). ``gpus_here`` False (a machine planning for GPU nodes): a problem of
     this machine's devices is a warning, not an error."""
     problems = Problems()
-    for role, name in (("student", recipe.student), ("teacher", teacher_source(recipe))):  # None: no teacher
-        if name is not None:
-            try:
-                model_path(name)
-            except ConfigError as err:
-                problems.errors.append(f"{role}: {err}")
     if rows is not None:
         if recipe.rewrite.require_gold and get_method(recipe.method).teacher_text:
             missing = next((i for i, r in enumerate(rows) if r.get("answer") is None), None)
@@ -221,6 +215,12 @@ def pre_run_problems(recipe: Recipe, rows: list[dict] | None, processes: int, *,
     for problem in generation_problems(recipe, servers=servers):
         device = getattr(problem, "device_dependent", False)
         (problems.warnings if device and not gpus_here else problems.errors).append(str(problem))
+    for role, name in (("student", recipe.student), ("teacher", teacher_source(recipe))):  # None: no teacher
+        if name is not None:
+            try:
+                model_path(name)
+            except ConfigError as err:
+                problems.errors.append(f"{role}: {err}")
     if tokenizer is not None:
         problems.collect(lambda: check_thinking(recipe, tokenizer, teacher_tokenizer))
     return problems
