@@ -119,3 +119,34 @@ def test_a_non_finite_value_is_written_as_null_so_every_line_is_json(tmp_path):
     callback.on_log(None, state, None)
     assert [json.loads(line, parse_constant=pytest.fail) for line in path.read_text().splitlines()] == [
         {"loss": None, "grad_norm": None, "step": 1}]
+
+
+def test_with_log_completions_each_logging_step_sends_the_rollout_table(tiny_pair, tmp_path):
+    """TensorBoard gets, at each logging step, a table of the samples that step trained on: the trace,
+    the rewrite, the verdict and its reason, the tokens; the same samples as rollouts.jsonl."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = tmp_path / "run"
+    train(_recipe(tiny_pair, report_to=["tensorboard"], log_completions=True), run)
+    events = EventAccumulator(str(next((run / "trainer").rglob("events.out.tfevents.*")).parent))
+    events.Reload()
+    tables = events.Tensors("rollouts/text_summary")
+    assert [t.step for t in tables] == [1, 2, 3]
+    rollouts = [json.loads(line) for line in (run / "rollouts.jsonl").read_text().splitlines()]
+    for table in tables:
+        lines = table.tensor_proto.string_val[0].decode().splitlines()
+        header = [c.strip() for c in lines[0].strip("|").split("|")]
+        assert header[:8] == ["step", "prompt", "student", "rewrite", "teacher", "accepted", "reason", "student_tokens"]
+        rows = [[c.strip() for c in line.strip("| ").split(" | ")] for line in lines[2:]]
+        logged = [r for r in rollouts if r["step"] == table.step - 1]  # rollouts.jsonl: steps finished before
+        assert len(rows) == len(logged) == 4
+        assert [row[0] for row in rows] == [str(table.step)] * 4
+        assert [row[header.index("reason")] for row in rows] == [r["reason"] for r in logged]
+        assert [row[header.index("student_tokens")] for row in rows] == [str(r["student_tokens"]) for r in logged]
+
+
+def test_a_run_is_named_after_its_method_and_folder(tiny_pair, tmp_path):
+    from mpdistill.run.pipeline import training_arguments
+
+    assert training_arguments(_recipe(tiny_pair), tmp_path / "mpd-seed0").run_name == "mpd-mpd-seed0"
+    assert training_arguments(_recipe(tiny_pair, run_name="mine"), tmp_path / "x").run_name == "mine"

@@ -164,6 +164,7 @@ def training_arguments(recipe: Recipe, run_dir: Path) -> MPDConfig:
         task=recipe.task,
         trust_remote_code=recipe.security.trust_remote_code,
         report_to="none",
+        run_name=f"{recipe.method}-{run_dir.name}",  # what a tracker names the run (training.run_name sets another)
         use_cpu=not torch.cuda.is_available(),
         dataloader_num_workers=0,
         disable_tqdm=False,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 from transformers import PreTrainedTokenizerBase
 
@@ -259,3 +260,13 @@ def check_template(template: str) -> str:
         raise ValueError("must contain one of {trace} (the student's whole trace) and {thinking} (its thinking "
                          "alone, which the rewrite replaces)")
     return template
+
+
+def problem_text(prompt: Any) -> str:
+    """The problem as the rewriter should see it: the text, or the last user turn of a chat."""
+    if isinstance(prompt, str):
+        return prompt
+    users = [m["content"] for m in prompt if m.get("role") == "user"]
+    if not users or not isinstance(users[-1], str):
+        raise ValueError(f"conversational prompt has no text user turn: {prompt!r}")
+    return users[-1]

@@ -25,16 +25,6 @@ from mpdistill.utils.durable import append_jsonl
 log = logging.getLogger(__name__)
 
 
-def problem_text(prompt: Any) -> str:
-    """The problem as the rewriter should see it: the text, or the last user turn of a chat."""
-    if isinstance(prompt, str):
-        return prompt
-    users = [m["content"] for m in prompt if m.get("role") == "user"]
-    if not users or not isinstance(users[-1], str):
-        raise ValueError(f"conversational prompt has no text user turn: {prompt!r}")
-    return users[-1]
-
-
 def student_record(task, prompt: Any, gold: str | None, text: str, tokens: int, answer: str | None) -> dict:
     """A rollout-log line for a student sample trained on as sampled, graded where the problem has a
     gold answer (``answer``: what the task read from ``text``, after its thinking; None: nothing)."""
@@ -45,7 +35,9 @@ def student_record(task, prompt: Any, gold: str | None, text: str, tokens: int, 
 
 class RolloutLog:
     """Appends one JSON line per sample to ``rollouts_path``, on the main process only, and keeps the
-    step's rows at hand (``self._inputs``) for ``_generate``, which TRL gives only the prompts."""
+    step's rows at hand (``self._inputs``) for ``_generate``, which TRL gives only the prompts. With
+    ``log_completions``, the same samples reach the trackers as a table at each logging step
+    (:mod:`mpdistill.trainers.tracking`)."""
 
     @property
     def rollouts_path(self) -> Path | None:
@@ -55,10 +47,26 @@ class RolloutLog:
     def _write_rollouts(self, records: list[dict]) -> None:
         rank = self.accelerator.process_index
         records = gather_object([{**r, "process": rank} for r in records])
-        if self.rollouts_path is None or not self.accelerator.is_main_process:
+        if not self.accelerator.is_main_process:
+            return
+        if getattr(self.args, "log_completions", False):  # the trackers' rollout table, sent at the next log
+            from mpdistill.trainers.tracking import rollout_rows
+
+            self._tracked_rollouts = [*getattr(self, "_tracked_rollouts", []),
+                                      *rollout_rows(records, self.state.global_step)]
+        if self.rollouts_path is None:
             return
         # One line per sample, flushed before the step trains: a crash tears at most this batch's last line.
         append_jsonl(self.rollouts_path, [{"step": self.state.global_step, "index": i, **r} for i, r in enumerate(records)])
+
+    def log(self, logs: dict, start_time: float | None = None) -> None:
+        super().log(logs, start_time)
+        rows = getattr(self, "_tracked_rollouts", None)
+        if rows and self.accelerator.is_main_process:
+            from mpdistill.trainers.tracking import send_rollout_table
+
+            send_rollout_table(self, rows)
+            self._tracked_rollouts = []
 
     def _generate_and_score_completions(self, inputs):
         # TRL's ``_generate`` receives only the prompts; the rows (gold answer, problem text) ride along here.

@@ -13,7 +13,8 @@ from accelerate.utils import gather_object
 from mpdistill.errors import ConfigError
 from mpdistill.rewriting.backends import Teacher, build_rewriter
 from mpdistill.rewriting.rewrite import REASONS, RewriteSettings, Rewriter, Sample, encode_completion, rewrite_batch
-from mpdistill.trainers.base import BaseTrainer, RolloutLog, problem_text, student_record
+from mpdistill.tasks.prompts import problem_text
+from mpdistill.trainers.base import BaseTrainer, RolloutLog, student_record
 from mpdistill.trainers.mix_monitor import MixMonitor
 from mpdistill.trainers.overlap import OverlappedStep
 from mpdistill.trainers.teacher_prompts import TeacherPrompts, concise_instruction, teacher_prompt
