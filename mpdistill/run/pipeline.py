@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -167,7 +168,9 @@ def training_arguments(recipe: Recipe, run_dir: Path) -> MPDConfig:
         run_name=f"{recipe.method}-{run_dir.name}",  # what a tracker names the run (training.run_name sets another)
         use_cpu=not torch.cuda.is_available(),
         dataloader_num_workers=0,
-        disable_tqdm=False,
+        # A bar redrawn in a redirected log is a wall of lines: there the console log's one line per
+        # logging step is the progress (training.disable_tqdm sets it either way).
+        disable_tqdm=not sys.stderr.isatty(),
         rollouts_file=str(run_dir / ROLLOUTS),
         train_log_file=str(run_dir / TRAIN_LOG),
         **{REWRITE_PREFIX + key: value for key, value in recipe.rewrite.model_dump().items()},
