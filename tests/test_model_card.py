@@ -44,6 +44,10 @@ def test_a_trained_model_folder_has_a_card_saying_how_it_was_made(tiny_pair, tmp
     assert "Not evaluated yet: `mpdistill eval --model MODEL_DIR --benchmarks" in text and "arXiv:2605.08776" in text
     assert "trl" in card.data.tags and "## Framework versions" in text and "- TRL " in text
     assert str(tmp_path) not in card.content and str(tiny_pair) not in card.content  # no machine paths
+    # The quick start runs as written, with the folder's path for MODEL_DIR.
+    snippet = text.split("## Quick start", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    assert "tokenizer('Q:3+4-2='" in snippet  # plain text, as the embedded models were trained
+    exec(snippet.replace("'MODEL_DIR'", repr(str(model_dir))), {})
 
 
 def test_hub_names_link_to_the_hub_and_the_embedded_default_is_apache():
@@ -110,3 +114,18 @@ def test_a_folder_saved_through_the_python_api_is_the_same(tiny_pair, tmp_path):
     assert json.loads((tmp_path / "saved" / "config.json").read_text())["use_cache"] is True
     assert not (tmp_path / "saved" / "training_args.bin").exists()
     assert trainer.model.config.use_cache is False  # training's own setting is left as it was
+
+
+def test_the_quick_start_of_a_chat_model_uses_its_template_and_thinking_switch(tiny_qwen3):
+    """The snippet's prompt is the task's as training rendered it (single braces, the thinking switch),
+    and the snippet runs as written on a model with the real Qwen3 tokenizer and template."""
+    from mpdistill import MPDConfig
+    from mpdistill.models.card import quick_start
+
+    args = MPDConfig("out", task="math", chat_template_kwargs={"enable_thinking": False}, max_completion_length=8)
+    snippet = quick_start("MODEL_DIR", args, "chat").split("```python\n", 1)[1].split("```", 1)[0]
+    assert "\\\\boxed{}" in snippet and "enable_thinking=False" in snippet
+    scope = {}
+    exec(snippet.replace("'MODEL_DIR'", repr(str(tiny_qwen3))), scope)
+    prompt = scope["tokenizer"].decode(scope["inputs"]["input_ids"][0])
+    assert prompt.endswith("<think>\n\n</think>\n\n") and "\\boxed{}" in prompt

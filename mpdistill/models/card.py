@@ -76,13 +76,14 @@ def _settings_table(rows: list[tuple[str, object]]) -> str:
 
 def render_card(*, method: str, summary: str = "", rewrites: bool, facts: CardFacts, args, steps: int, processes: int = 1,
                 lora: str | None = None, evaluation: str | None = None, kl_loss: bool = True,
-                student_samples: bool = True, uses_teacher: bool = True) -> str:
+                student_samples: bool = True, uses_teacher: bool = True, prompt_style: str = "chat") -> str:
     """The card's text. ``args``: the run's :class:`~mpdistill.trainers.config.MPDConfig`; ``steps``: the
     optimizer steps trained; ``summary``: what the method does, in a sentence; ``rewrites``: whether the method trains on a teacher's rewrites; ``lora``:
     None (full fine-tuning), "adapter" (the folder holds LoRA adapters) or "merged" (folded in);
     ``kl_loss`` / ``student_samples``: whether ``beta`` and the student's sampling settings apply (not
     to Rewrite-SFT's cross-entropy, not to off-policy KD, where only the teacher samples); ``uses_teacher``:
-    false for a method without one (GRPO with a length penalty)."""
+    false for a method without one (GRPO with a length penalty); ``prompt_style``: how the student was
+    prompted (``chat`` or ``plain``), which the quick start shows."""
     from huggingface_hub import ModelCardData
 
     license_id = base_license(facts.student)
@@ -124,6 +125,8 @@ def render_card(*, method: str, summary: str = "", rewrites: bool, facts: CardFa
             ("backend", rewrite.backend), ("max_ratio", rewrite.max_ratio), ("require_gold", rewrite.require_gold),
             ("require_route_kept", rewrite.require_route_kept), ("on_reject", rewrite.on_reject), ("on_policy_fraction", rewrite.on_policy_fraction),
             ("teacher temperature", rewrite.temperature), ("max_new_tokens", rewrite.max_new_tokens)]))
+    if lora != "adapter":  # an adapter folder loads through peft on its base model, not on its own
+        sections.append(quick_start(args.hub_model_id or "MODEL_DIR", args, prompt_style))
     data = f"{facts.problems} training problems" if facts.problems else "the training problems"
     sections.append(f"## Data\n\n{data} of the `{args.task}` task"
                     + (f", from {_shown(facts.dataset)}" if facts.dataset else "") + ".")
@@ -136,6 +139,31 @@ def render_card(*, method: str, summary: str = "", rewrites: bool, facts: CardFa
         f"The base model's license applies: see {_shown(facts.student)}."))
     sections.append(f"## Citation\n\n```bibtex\n{CITATION}\n```")
     return "\n\n".join(sections) + "\n"
+
+
+def quick_start(model: str, args, prompt_style: str) -> str:
+    """A snippet that loads the model with transformers and asks it one question, prompted as it was
+    trained (the task's prompt; the chat template with the run's thinking switch, or plain text)."""
+    from mpdistill.tasks import get_task
+    from mpdistill.tasks.prompts import user_message
+
+    question = "What is 12 + 30?" if args.task != "chain" else "Q:3+4-2="
+    prompt = user_message(get_task(args.task).prompt_template, question)
+    if prompt_style == "chat":
+        kwargs = "".join(f", {k}={v!r}" for k, v in (args.chat_template_kwargs or {}).items())
+        encode = (f"messages = [{{\"role\": \"user\", \"content\": {prompt!r}}}]\n"
+                  f"inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors=\"pt\""
+                  f", return_dict=True{kwargs})")
+    else:
+        encode = f"inputs = tokenizer({prompt!r}, return_tensors=\"pt\")"
+    code = (f"from transformers import AutoModelForCausalLM, AutoTokenizer\n\n"
+            f"tokenizer = AutoTokenizer.from_pretrained({model!r})\n"
+            f"model = AutoModelForCausalLM.from_pretrained({model!r})\n"
+            f"{encode}\n"
+            f"output = model.generate(**inputs, max_new_tokens={args.max_completion_length})\n"
+            f"print(tokenizer.decode(output[0, inputs[\"input_ids\"].shape[1]:], skip_special_tokens=True))")
+    return (f"## Quick start\n\nPrompted as it was trained (`mpdistill eval --model {model}` prompts and grades "
+            f"it the same way):\n\n```python\n{code}\n```")
 
 
 def framework_versions() -> list[tuple[str, str]]:

@@ -161,12 +161,16 @@ class RunFiles:
             drop_training_arguments(folder)
             self._describe_folder(folder)
 
+    def _prompt_style(self) -> str:
+        """How the student was prompted: ``plain`` text, or a ``chat`` through its template."""
+        prompt = next(iter(self.train_dataset or []), {}).get("prompt", "")  # plain text, or a conversation
+        return "plain" if isinstance(prompt, str) else "chat"
+
     def _describe_folder(self, folder: str) -> None:
         """``mpdistill.json`` and the model card beside saved weights."""
-        prompt = next(iter(self.train_dataset or []), {}).get("prompt", "")  # plain text, or a conversation
         kwargs = self.args.chat_template_kwargs or {}
         write_record(folder, task=self.args.task, prompt_template=self.task.prompt_template,
-                     prompt_style="plain" if isinstance(prompt, str) else "chat", thinking=kwargs.get("enable_thinking"))
+                     prompt_style=self._prompt_style(), thinking=kwargs.get("enable_thinking"))
         write_card(folder, self.model_card())
 
     def model_card(self, evaluation: str | None = None, *, merged: bool = False) -> str:
@@ -177,7 +181,8 @@ class RunFiles:
                            rewrites=getattr(self, "rewriter", None) is not None, kl_loss=self._kl_loss,
                            student_samples=self._student_samples, uses_teacher=self._uses_teacher,
                            facts=self.card_facts, args=self.args, steps=self.state.global_step,
-                           processes=self.accelerator.num_processes, lora=lora, evaluation=evaluation)
+                           processes=self.accelerator.num_processes, lora=lora, evaluation=evaluation,
+                           prompt_style=self._prompt_style())
 
     def create_model_card(self, model_name: str | None = None, dataset_name: str | None = None,
                           tags: str | list[str] | None = None) -> None:
