@@ -9,7 +9,6 @@ what depends on the devices of the machine it will run on, when checked on one w
 
 from __future__ import annotations
 
-import functools
 import os
 import re
 from pathlib import Path
@@ -74,10 +73,10 @@ def describe_model(key: str, name: str) -> tuple[dict, list[str]]:
     return info, []
 
 
-def describe_data(recipe: Recipe, student: dict) -> tuple[dict, list[str], list[dict] | None]:
+def describe_data(recipe: Recipe, tokenizer) -> tuple[dict, list[str], list[dict] | None]:
     """The training data: its kind and row count where it is here, and its longest prompt in tokens
-    where the student's tokenizer is here too (``longest_prompt``, None otherwise); and the rows (None
-    where they are not here to read)."""
+    where the student's ``tokenizer`` is here too (``longest_prompt``, None otherwise); and the rows
+    (None where they are not here to read)."""
     from mpdistill.run.checks import longest_prompt
     from mpdistill.run.pipeline import training_problems
     from mpdistill.tasks.problems import DataError
@@ -98,7 +97,6 @@ def describe_data(recipe: Recipe, student: dict) -> tuple[dict, list[str], list[
     except (DataError, ValueError, OSError) as err:
         return info, [f"data.train: {err}"], None
     info["rows"] = len(rows)
-    tokenizer = local_tokenizer(student)
     if rows and tokenizer is not None:
         info["longest_prompt"] = longest_prompt(recipe, rows, tokenizer)[1]
     return info, [], rows
@@ -107,18 +105,12 @@ def describe_data(recipe: Recipe, student: dict) -> tuple[dict, list[str], list[
 def local_tokenizer(info: dict):
     """The tokenizer of a model described by :func:`describe_model` when it is a local folder that
     has one (tokenizers load without the weights); None otherwise."""
-    if info["path"] is None or not looks_local(info["path"]):
-        return None
-    return _tokenizer_in(str(Path(info["path"]).expanduser()))
-
-
-@functools.lru_cache(maxsize=4)
-def _tokenizer_in(folder: str):
-    """Read once per plan (:func:`describe_run` clears it), whichever part of the plan asks for it."""
     from transformers import AutoTokenizer
 
+    if info["path"] is None or not looks_local(info["path"]):
+        return None
     try:
-        return AutoTokenizer.from_pretrained(folder, local_files_only=True)
+        return AutoTokenizer.from_pretrained(str(Path(info["path"]).expanduser()), local_files_only=True)
     except Exception:  # noqa: BLE001 - a folder without tokenizer files is reported when the run loads it
         return None
 
@@ -134,7 +126,6 @@ def probe_devices() -> dict:
 
 def describe_run(recipe: Recipe, out: str | Path | None = None) -> dict:
     """The run ``recipe`` describes, resolved and checked without loading any weights."""
-    _tokenizer_in.cache_clear()  # a folder may have changed since the last plan in this process
     errors: list[str] = []
     student, e = describe_model("student", recipe.student)
     errors += e
@@ -150,7 +141,8 @@ def describe_run(recipe: Recipe, out: str | Path | None = None) -> dict:
     if vocab_match is False:
         errors.append(f"teacher: vocab_size {tv} differs from the student's {sv}; both must share one tokenizer")
 
-    data, e, rows = describe_data(recipe, student)
+    tokenizer = local_tokenizer(student)  # read once: the data's longest prompt and the pre-run checks use it
+    data, e, rows = describe_data(recipe, tokenizer)
     errors += e
 
     t = recipe.training
@@ -176,7 +168,7 @@ def describe_run(recipe: Recipe, out: str | Path | None = None) -> dict:
     # (they may not be up while a run is planned), and on a machine without a GPU (a login node planning
     # for GPU nodes) a problem with this machine's devices is a warning.
     problems = pre_run_problems(recipe, rows, processes, servers=False, gpus_here=bool(devices["cuda"]),
-                                tokenizer=local_tokenizer(student),
+                                tokenizer=tokenizer,
                                 teacher_tokenizer=local_tokenizer(teacher) if teacher["path"] else None)
     errors += problems.errors
     warnings += problems.warnings
