@@ -9,6 +9,8 @@ from typing import Callable
 
 import typer
 
+from mpdistill.errors import MPDistillError
+
 
 # Plain click help: rich's help cuts long option names at the terminal's width (80 when piped);
 # a traceback is only ever a bug, shown as Python writes it.
@@ -68,8 +70,6 @@ def one_line_errors(command: Callable) -> Callable:
 
     @functools.wraps(command)
     def run(*args, **kwargs):
-        from mpdistill.errors import MPDistillError
-
         try:
             return command(*args, **kwargs)
         except MPDistillError as err:
@@ -87,14 +87,14 @@ def interrupted(saved: str) -> None:
     raise typer.Exit(code=130)
 
 
-def storage_failed(err: BaseException, kept: str) -> None:
+def storage_failed(err: BaseException, kept: Callable[[], str]) -> None:
     """A write the storage refused (full disk, quota, read-only): one ``error:`` line saying what is kept
-    and how to go on. Any other exception is re-raised as it is: an error the code already said in its
-    own words (an MPDistillError, such as an output folder checked before anything ran) goes to
-    :func:`one_line_errors` unchanged."""
-    from mpdistill.errors import MPDistillError, storage_failure
+    (``kept()``, which may read the output folder, so only then) and how to go on. Any other exception
+    is re-raised as it is: an error the code already said in its own words (an MPDistillError, such as
+    an output folder checked before anything ran) goes to :func:`one_line_errors` unchanged."""
+    from mpdistill.errors import storage_failure
 
     said = None if isinstance(err, MPDistillError) else storage_failure(err)
     if said is None:
         raise err
-    fail(f"{said}. {kept}")
+    fail(f"{said}. {kept()}")

@@ -84,8 +84,8 @@ def eval_cmd(
                      "(finished batches are kept, the rest is drawn as an uninterrupted run would)"
                      if done else f"No sample was finished yet; run {command} again to start")
     except Exception as err:  # noqa: BLE001 - only a refused write is said here
-        storage_failed(err, f"The graded samples written so far are kept in {out}; once it can be written again, run "
-                        "the same command again to go on")
+        storage_failed(err, lambda: f"The graded samples written so far are kept in {out}; once it can be written "
+                                    "again, run the same command again to go on")
 
 
 @app.command("compare")

@@ -23,8 +23,8 @@ def _kept_for_a_rerun(out: Path):
         interrupted(f"finished trainings and evaluations are kept in {out}; run the same command again to go on "
                     "from there")
     except Exception as err:  # noqa: BLE001 - only a refused write is said here
-        storage_failed(err, f"Finished trainings and evaluations are kept in {out}; once it can be written again, run "
-                       "the same command again to go on from there")
+        storage_failed(err, lambda: f"Finished trainings and evaluations are kept in {out}; once it can be written "
+                                    "again, run the same command again to go on from there")
 
 
 @app.command()

@@ -78,8 +78,8 @@ def rewrite_cmd(
     except KeyboardInterrupt:
         interrupted(f"finished chunks are saved in {out}; run the same command again to continue")
     except Exception as err:  # noqa: BLE001 - only a refused write is said here
-        storage_failed(err, f"Finished chunks are kept in {out}; once it can be written again, run the same "
-                        "command again to go on")
+        storage_failed(err, lambda: f"Finished chunks are kept in {out}; once it can be written again, run the same "
+                                    "command again to go on")
     console.print(format_summary(summary), markup=False, highlight=False)
     console.print(f"summary: {json.dumps(summary)}", markup=False, highlight=False, soft_wrap=True)
     console.print(f"wrote {out}", markup=False)

@@ -8,7 +8,6 @@ from typing import Optional
 import typer
 
 from mpdistill.cli.app import app, fail, interrupted, one_line_errors, storage_failed
-from mpdistill.errors import MPDistillError
 from mpdistill.utils.console import stdout as console
 
 
@@ -68,11 +67,9 @@ def train_cmd(
         model_dir = train(recipe, out, resume=resume)
     except KeyboardInterrupt:
         interrupted(_train_saved(out))
-    except MPDistillError:
-        raise  # said in its own words by one_line_errors
     except Exception as err:  # noqa: BLE001 - only a refused write is said here; anything else is a bug, shown as such
-        storage_failed(err, _train_saved(out).replace("The run can continue",
-                                                       "Once it can be written again, the run can continue"))
+        storage_failed(err, lambda: _train_saved(out).replace("The run can continue",
+                                                               "Once it can be written again, the run can continue"))
     from mpdistill.utils.processes import is_main_process
 
     if is_main_process():  # under a launcher, one line for the run, not one per process
