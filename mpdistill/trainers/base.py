@@ -39,6 +39,8 @@ class RolloutLog:
     ``log_completions``, the same samples reach the trackers as a table at each logging step
     (:mod:`mpdistill.trainers.tracking`)."""
 
+    _tracked_rollouts: tuple[dict, ...] = ()  # the trackers' rows since the last log (log_completions)
+
     @property
     def rollouts_path(self) -> Path | None:
         path = self.args.rollouts_path()
@@ -49,11 +51,10 @@ class RolloutLog:
         records = gather_object([{**r, "process": rank} for r in records])
         if not self.accelerator.is_main_process:
             return
-        if getattr(self.args, "log_completions", False):  # the trackers' rollout table, sent at the next log
+        if self.args.log_completions:  # the trackers' rollout table, sent at the next log
             from mpdistill.trainers.tracking import rollout_rows
 
-            self._tracked_rollouts = [*getattr(self, "_tracked_rollouts", []),
-                                      *rollout_rows(records, self.state.global_step)]
+            self._tracked_rollouts += tuple(rollout_rows(records, self.state.global_step))
         if self.rollouts_path is None:
             return
         # One line per sample, flushed before the step trains: a crash tears at most this batch's last line.
@@ -61,12 +62,11 @@ class RolloutLog:
 
     def log(self, logs: dict, start_time: float | None = None) -> None:
         super().log(logs, start_time)
-        rows = getattr(self, "_tracked_rollouts", None)
-        if rows and self.accelerator.is_main_process:
+        if self._tracked_rollouts:  # kept on the main process only
             from mpdistill.trainers.tracking import send_rollout_table
 
-            send_rollout_table(self, rows)
-            self._tracked_rollouts = []
+            send_rollout_table(self, list(self._tracked_rollouts))
+            self._tracked_rollouts = ()
 
     def _generate_and_score_completions(self, inputs):
         # TRL's ``_generate`` receives only the prompts; the rows (gold answer, problem text) ride along here.

@@ -18,20 +18,18 @@ TEXT_LIMIT = 4000  # characters of a text kept in a TensorBoard cell (the full t
 
 def rollout_rows(records: list[dict], finished_steps: int) -> list[dict]:
     """The tracker's rows for one step's rollout-log records (written when ``finished_steps`` had finished)."""
-    rows = []
-    for r in records:
-        row = {key: r.get(key) for key in COLUMNS}
-        row["step"] = finished_steps + 1
-        row["prompt"] = r.get("prompt") if isinstance(r.get("prompt"), str) else _prompt_text(r.get("prompt"))
-        rows.append(row)
-    return rows
+    return [{**{key: r.get(key) for key in COLUMNS}, "step": finished_steps + 1,
+             "prompt": _prompt_text(r.get("prompt"))} for r in records]
 
 
 def _prompt_text(prompt) -> str | None:
+    """The prompt's text (a chat's last user turn); a chat without one as it is written."""
+    if prompt is None:
+        return None
     try:
         return problem_text(prompt)
-    except (TypeError, ValueError, AttributeError):
-        return None if prompt is None else str(prompt)
+    except ValueError:
+        return str(prompt)
 
 
 def send_rollout_table(trainer, rows: list[dict]) -> None:
