@@ -102,11 +102,16 @@ class RewriteFileSpec:
     allow_pickle_checkpoints: bool = False  # see models.loading.load_model: safetensors only unless set
     trust_remote_code: bool = False
 
+    @property
+    def backend_name(self) -> str:
+        """``--backend``, or the recipe's default backend when it is not given."""
+        return self.backend or RewriteConfig.model_fields["backend"].default
+
     def check(self) -> RewriteConfig:
         """These options as a checked ``rewrite:`` section, or a :class:`RewriteFileError` naming the option."""
         from mpdistill.rewriting.backends import BACKENDS
 
-        backend = self.backend or RewriteConfig.model_fields["backend"].default
+        backend = self.backend_name
         if backend not in BACKENDS:
             raise RewriteFileError(f"--backend must be one of {BACKENDS.known()}; got {backend!r}")
         if BACKENDS[backend].local_template and not self.teacher:
@@ -128,7 +133,7 @@ class RewriteFileSpec:
         """These options as a recipe's ``rewrite:`` section, validated by it (errors name the option)."""
         values = dict(
             backend=self.backend, base_url=self.base_url, api_key_env=self.api_key_env,
-            model=self.model if served(self.backend) else None,  # a local backend writes with --teacher
+            model=self.model if served(self.backend_name) else None,  # a local backend writes with --teacher
             prompt_template=self.prompt_template, use_chat_template=self.chat_template, max_ratio=self.max_ratio,
             max_new_tokens=self.max_new_tokens, temperature=self.temperature, top_p=self.top_p, top_k=self.top_k,
             batch_size=self.batch_size, require_gold=self.require_gold, require_route_kept=self.require_route_kept,
@@ -155,12 +160,11 @@ def _option(key: str) -> str:
     return OPTIONS.get(key) or "--" + key.replace("_", "-")
 
 
-def served(backend: str | None) -> bool:
-    """Whether ``backend`` (None: the default) writes on a server of its own."""
+def served(backend: str) -> bool:
+    """Whether ``backend`` writes on a server of its own."""
     from mpdistill.rewriting.backends import BACKENDS
 
-    name = backend or RewriteConfig.model_fields["backend"].default
-    return name in BACKENDS and BACKENDS[name].served
+    return backend in BACKENDS and BACKENDS[backend].served
 
 
 # -- input and output files ------------------------------------------------------------------
