@@ -147,8 +147,10 @@ def quick_start(model: str, args, prompt_style: str) -> str:
     from mpdistill.tasks import get_task
     from mpdistill.tasks.prompts import user_message
 
-    question = "What is 12 + 30?" if args.task != "chain" else "Q:3+4-2="
-    prompt = user_message(get_task(args.task).prompt_template, question)
+    task = get_task(args.task)
+    # One of the task's own problems where it makes them (the embedded chain task), else a plain question.
+    question = task.problems(1, seed=0)[0]["problem"] if task.make_problems else "What is 12 + 30?"
+    prompt = user_message(task.prompt_template, question)
     if prompt_style == "chat":
         kwargs = "".join(f", {k}={v!r}" for k, v in (args.chat_template_kwargs or {}).items())
         encode = (f"messages = [{{\"role\": \"user\", \"content\": {prompt!r}}}]\n"
